@@ -1,0 +1,49 @@
+"""The FastAPI application: `create_app()` builds it, the lifespan owns its connections."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api_service.errors import install_error_handlers
+from api_service.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from api_service.routes import health, tasks
+from shared import safeguards
+from shared.db.engine import create_engine, create_sessionmaker
+from shared.logging import configure_logging
+from shared.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new app; settings default to the environment's."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings)
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.sessionmaker = create_sessionmaker(engine)
+        app.state.redis = safeguards.create_redis(settings)
+        try:
+            yield
+        finally:
+            await app.state.redis.aclose()
+            await engine.dispose()
+
+    app = FastAPI(title="scan-outbox", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(tasks.router)
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def main() -> FastAPI:
+    """Uvicorn factory entry point (`uvicorn api_service.app:main --factory`)."""
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    return create_app(settings)

@@ -1,0 +1,69 @@
+"""FastAPI dependencies: settings, session, Redis and the authenticated user."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import redis.asyncio as aioredis
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.db import queries
+from shared.db.models import User
+from shared.errors import Forbidden, NotAuthenticated
+from shared.settings import Settings
+from shared.tokens import hash_token
+
+
+def get_app_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_redis(request: Request) -> aioredis.Redis:
+    client: aioredis.Redis = request.app.state.redis
+    return client
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    async with sessionmaker() as session:
+        yield session
+
+
+def get_request_id(request: Request) -> str | None:
+    request_id: str | None = request.scope.get("state", {}).get("request_id")
+    return request_id
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+RequestIdDep = Annotated[str | None, Depends(get_request_id)]
+
+
+async def get_current_user(request: Request) -> User:
+    """The active user whose bearer token the request carries."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise NotAuthenticated("a bearer token is required", field="Authorization")
+    # Its own short session, so the route's session starts with no transaction open.
+    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    async with sessionmaker() as session:
+        user = await queries.get_active_user_by_token_hash(session, hash_token(token.strip()))
+    if user is None:
+        raise NotAuthenticated("the token is invalid or revoked", field="Authorization")
+    return user
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+async def get_admin_user(user: CurrentUser) -> User:
+    if not user.is_admin:
+        raise Forbidden("this endpoint is for administrators")
+    return user
+
+
+AdminUser = Annotated[User, Depends(get_admin_user)]

@@ -1,0 +1,95 @@
+"""The one place errors become HTTP responses: `{"error": {"code", "message", "field"?}}`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shared.errors import ScanOutboxError
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+_HTTP_CODES = {
+    401: "not_authenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if field is not None:
+        body["field"] = field
+    body.update(extra)
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def _field_of(loc: tuple[Any, ...]) -> str:
+    """`("body", "config", "keywords")` → `config.keywords`; a bare body position → `body`."""
+    section, *rest = loc or ("body",)
+    if section not in ("body", "query", "path", "header"):
+        rest = [section, *rest]
+    if not rest or all(isinstance(part, int) for part in rest):
+        return "body"
+    return ".".join(str(part) for part in rest)
+
+
+async def _on_project_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ScanOutboxError)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    return error_response(exc.status_code, exc.code, exc.message, exc.field, headers)
+
+
+async def _on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    details = [
+        {"field": _field_of(tuple(err.get("loc", ()))), "message": str(err.get("msg", ""))}
+        for err in exc.errors()
+    ]
+    first = details[0] if details else {"field": "body", "message": "invalid request"}
+    return error_response(
+        422, "invalid_input", first["message"], first["field"], details=details
+    )
+
+
+async def _on_http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+
+async def _on_database_down(_: Request, exc: Exception) -> JSONResponse:
+    log.error("database_unavailable", error=type(exc).__name__)
+    return error_response(503, "unavailable", "the database is unavailable; try again shortly")
+
+
+async def _on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled_error", error=type(exc).__name__)
+    return error_response(500, "internal_error", "internal error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ScanOutboxError, _on_project_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    for exc_type in (OperationalError, InterfaceError, OSError):
+        app.add_exception_handler(exc_type, _on_database_down)
+    app.add_exception_handler(Exception, _on_unexpected)

@@ -1,0 +1,98 @@
+"""ASGI middleware: request ids and the request-body size cap."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import structlog
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api_service.errors import error_response
+
+REQUEST_ID_HEADER = "x-request-id"
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def pick_request_id(given: str | None) -> str:
+    """The caller's id when it is short and plain, otherwise a new one."""
+    if given and _SAFE_REQUEST_ID.match(given):
+        return given
+    return uuid.uuid4().hex
+
+
+class RequestIdMiddleware:
+    """Binds a request id to every log line and returns it in `X-Request-ID`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = None
+        for name, value in scope.get("headers", []):
+            if name == REQUEST_ID_HEADER.encode():
+                given = value.decode("latin-1")
+                break
+        request_id = pick_request_id(given)
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).append("X-Request-ID", request_id)
+            await send(message)
+
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            await self.app(scope, receive, send_with_id)
+
+
+class BodyTooLarge(HTTPException):
+    """An HTTPException, so the body parser passes it on instead of calling it a bad body."""
+
+    def __init__(self, max_body_bytes: int) -> None:
+        super().__init__(413, f"request body exceeds {max_body_bytes} bytes")
+
+
+class BodySizeLimitMiddleware:
+    """Refuses bodies over `max_body_bytes` with 413, whether or not Content-Length says so."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_body_bytes:
+                await self._refuse(scope, receive, send)
+                return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise BodyTooLarge(self.max_body_bytes)
+            return message
+
+        try:
+            await self.app(scope, counting_receive, send)
+        except BodyTooLarge:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(
+            413,
+            "payload_too_large",
+            f"request body exceeds {self.max_body_bytes} bytes",
+            "body",
+        )
+        await response(scope, receive, send)

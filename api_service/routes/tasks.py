@@ -1,0 +1,87 @@
+"""/api/v1/tasks: submit scans and read their state."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response, status
+
+from api_service import services
+from api_service.deps import CurrentUser, RedisDep, RequestIdDep, SessionDep, SettingsDep
+from api_service.schemas import ErrorResponse, TaskCreate, TaskOut, TaskPage
+from shared.db.models import TaskStatus
+from shared.errors import InvalidInput
+
+router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
+
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorResponse} for code in (401, 404, 409, 413, 422, 503)
+}
+
+
+def _checked_idempotency_key(value: str | None) -> str | None:
+    if value is not None and not _IDEMPOTENCY_KEY.match(value):
+        raise InvalidInput(
+            "must be 1 to 255 visible ASCII characters", field="Idempotency-Key"
+        )
+    return value
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TaskOut,
+    responses={200: {"model": TaskOut, "description": "Replay of an idempotent create"}, **_ERRORS},
+)
+async def create_task(
+    body: TaskCreate,
+    response: Response,
+    user: CurrentUser,
+    session: SessionDep,
+    redis: RedisDep,
+    settings: SettingsDep,
+    request_id: RequestIdDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> TaskOut:
+    """Accept a scan: the task and the message that starts it are committed together."""
+    task, created = await services.create_task(
+        session,
+        redis,
+        settings,
+        user,
+        body,
+        idempotency_key=_checked_idempotency_key(idempotency_key),
+        request_id=request_id,
+    )
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    response.headers["Location"] = f"/api/v1/tasks/{task.id}"
+    return TaskOut.model_validate(task)
+
+
+@router.get("/{task_id}", response_model=TaskOut, responses=_ERRORS)
+async def get_task(task_id: uuid.UUID, user: CurrentUser, session: SessionDep) -> TaskOut:
+    return TaskOut.model_validate(await services.get_task(session, user, task_id))
+
+
+@router.get("", response_model=TaskPage, responses=_ERRORS)
+async def list_tasks(
+    user: CurrentUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    status_filter: Annotated[TaskStatus | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> TaskPage:
+    """The caller's tasks, newest first, one keyset page at a time."""
+    page, next_cursor = await services.list_tasks(
+        session,
+        user,
+        limit=min(limit, settings.page_size_max),
+        status=status_filter,
+        cursor=cursor,
+    )
+    return TaskPage(items=[TaskOut.model_validate(t) for t in page], next_cursor=next_cursor)

@@ -1,0 +1,76 @@
+"""Request and response models of the HTTP API (never the ORM classes)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+MAX_RULES = 50
+RuleText = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class ScanConfig(BaseModel):
+    """What a scan looks for in the home page, beyond the standard facts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keywords: list[RuleText] = Field(default_factory=list, max_length=MAX_RULES)
+    regexes: list[RuleText] = Field(default_factory=list, max_length=MAX_RULES)
+
+    @field_validator("regexes")
+    @classmethod
+    def _compilable(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from exc
+        return patterns
+
+
+class TaskCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target_domain: str = Field(
+        max_length=1024, description="A public domain name; IDN allowed, no scheme or path."
+    )
+    config: ScanConfig = Field(default_factory=ScanConfig)
+
+
+class TaskOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    target_domain: str
+    config: dict[str, Any]
+    status: str
+    attempts: int
+    max_attempts: int
+    result: dict[str, Any] | None
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    queued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class TaskPage(BaseModel):
+    items: list[TaskOut]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` to get the next (older) page; null on the last page."
+    )
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,121 @@
+"""Use cases: each writes its business rows and their outbox row, then commits once."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+import redis.asyncio as aioredis
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api_service.schemas import TaskCreate
+from shared import safeguards
+from shared.db import queries
+from shared.db.models import Task, TaskStatus, User
+from shared.domains import normalise_domain
+from shared.errors import Conflict, InvalidInput, NotFound
+from shared.logging import get_logger
+from shared.messages import scan_entry
+from shared.settings import Settings
+
+log = get_logger(__name__)
+
+
+def request_fingerprint(target_domain: str, config: dict[str, object]) -> str:
+    """Identifies a create request's meaning, to tell a retry from a different request."""
+    canonical = json.dumps({"target_domain": target_domain, "config": config}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def create_task(
+    session: AsyncSession,
+    redis: aioredis.Redis,
+    settings: Settings,
+    user: User,
+    body: TaskCreate,
+    *,
+    idempotency_key: str | None,
+    request_id: str | None,
+) -> tuple[Task, bool]:
+    """Commit a pending task with its outbox row; returns (task, created).
+
+    With an idempotency key already used for the same request, returns the
+    original task and created=False; for a different request, raises Conflict.
+    """
+    domain = normalise_domain(body.target_domain)
+    config = body.config.model_dump()
+    fingerprint = request_fingerprint(domain, config)
+    new = queries.NewTask(
+        user_id=user.id,
+        target_domain=domain,
+        config=config,
+        max_attempts=settings.task_max_attempts,
+        idempotency_key=idempotency_key,
+        request_hash=fingerprint,
+    )
+    task_id = uuid.uuid4()
+    entry = scan_entry(task_id, settings.queue_name, request_id)
+    existing: Task | None = None
+    async with session.begin():
+        task = await queries.insert_task_with_message(session, task_id, new, entry)
+        if task is None and idempotency_key is not None:
+            existing = await queries.get_task_by_idempotency_key(session, user.id, idempotency_key)
+    if task is None:
+        if existing is None or existing.request_hash != fingerprint:
+            raise Conflict(
+                "this Idempotency-Key was already used for a different request",
+                field="Idempotency-Key",
+            )
+        return existing, False
+    log.info("task_created", task_id=str(task.id), message_id=str(entry.message_id))
+    await safeguards.set_created_marker(redis, task.id, settings.marker_ttl_s)
+    return task, True
+
+
+async def get_task(session: AsyncSession, user: User, task_id: uuid.UUID) -> Task:
+    """The user's own task; another user's task is indistinguishable from a missing one."""
+    task = await queries.get_user_task(session, user.id, task_id)
+    if task is None:
+        raise NotFound("no such task", field="task_id")
+    return task
+
+
+def encode_cursor(task: Task) -> str:
+    raw = f"{task.created_at.isoformat()}|{task.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created, _, task_id = base64.urlsafe_b64decode(padded).decode().partition("|")
+        return datetime.fromisoformat(created), uuid.UUID(task_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidInput("is not a cursor returned by this API", field="cursor") from exc
+
+
+async def list_tasks(
+    session: AsyncSession,
+    user: User,
+    *,
+    limit: int,
+    status: TaskStatus | None,
+    cursor: str | None,
+) -> tuple[Sequence[Task], str | None]:
+    """One page, newest first, and the cursor of the next page if there is one."""
+    before = decode_cursor(cursor) if cursor else None
+    rows = await queries.list_user_tasks(
+        session,
+        user.id,
+        limit=limit + 1,
+        status=status.value if status else None,
+        before=before,
+    )
+    page = rows[:limit]
+    next_cursor = encode_cursor(page[-1]) if len(rows) > limit else None
+    return page, next_cursor

@@ -1,0 +1,1 @@
+"""The library every scan-outbox service builds on: settings, database, outbox, broker."""

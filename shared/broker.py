@@ -1,0 +1,34 @@
+"""The Dramatiq Redis broker, built from settings, and the outbox→Dramatiq message mapping."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+
+from shared.settings import Settings
+
+
+def create_broker(settings: Settings, *, middleware: list[Any] | None = None) -> RedisBroker:
+    """A Redis broker for the configured URL; pass `middleware` to replace Dramatiq's defaults."""
+    return RedisBroker(url=settings.effective_broker_url, middleware=middleware)
+
+
+def build_message(
+    message_id: uuid.UUID, queue: str, actor: str, payload: dict[str, Any]
+) -> dramatiq.Message[Any]:
+    """The Dramatiq message for an outbox row, carrying the row's message id.
+
+    `send_with_options(message_id=...)` would only put the id in the options,
+    so the message is built directly and given to `broker.enqueue`.
+    """
+    return dramatiq.Message(
+        queue_name=queue,
+        actor_name=actor,
+        args=(),
+        kwargs=payload,
+        options={},
+        message_id=str(message_id),
+    )

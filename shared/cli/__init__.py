@@ -1,0 +1,1 @@
+"""`scanctl`: the operator's command line."""

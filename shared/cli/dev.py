@@ -1,0 +1,100 @@
+"""`scanctl dev`: the whole stack on one machine, on embedded servers when no URLs are set."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from shared.cli.common import console, db_session, run_async
+from shared.cli.processes import api_command, relay_command, worker_command
+from shared.db import migrate, queries
+from shared.embedded import EmbeddedUrls, embedded_servers
+from shared.settings import Settings, get_settings
+from shared.tokens import hash_token, new_token
+
+DEMO_USER = "demo"
+STOP_TIMEOUT_S = 30.0
+
+
+@contextlib.contextmanager
+def _servers(data_dir: Path) -> Iterator[EmbeddedUrls | None]:
+    if os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"):
+        yield None
+        return
+    with embedded_servers(data_dir) as urls:
+        yield urls
+
+
+def _rotate_demo_token(settings: Settings) -> str:
+    token = new_token()
+
+    async def store() -> None:
+        async with db_session(settings) as session, session.begin():
+            await queries.set_user_token(session, DEMO_USER, hash_token(token), is_admin=True)
+
+    run_async(store)
+    return token
+
+
+def _print_welcome(settings: Settings, token: str) -> None:
+    base = f"http://{settings.api_host}:{settings.api_port}"
+    console.print(f"\n[bold]scan-outbox is starting[/bold] on {base}")
+    console.print(f"demo user token (admin, new on every start): [bold]{token}[/bold]\n")
+    console.print("Submit a scan and read it back:", highlight=False)
+    console.print(
+        f"  TOKEN={token}\n"
+        f"  curl -s -X POST {base}/api/v1/tasks -H \"Authorization: Bearer $TOKEN\" "
+        "-H 'Content-Type: application/json' -d '{\"target_domain\": \"example.com\"}'\n"
+        f"  curl -s {base}/api/v1/tasks/<id> -H \"Authorization: Bearer $TOKEN\"\n",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print("Press Ctrl-C to stop everything.\n")
+
+
+def _stop_all(children: list[subprocess.Popen[bytes]]) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def run_stack(data_dir: Path) -> int:
+    """Start servers if needed, migrate, print a demo token, run api+relay+worker until Ctrl-C."""
+    with _servers(data_dir) as urls:
+        env = dict(os.environ)
+        if urls is not None:
+            env["DATABASE_URL"], env["REDIS_URL"] = urls.database_url, urls.redis_url
+            os.environ.update(DATABASE_URL=urls.database_url, REDIS_URL=urls.redis_url)
+            get_settings.cache_clear()
+        settings = get_settings()
+        migrate.upgrade(settings.database_url.get_secret_value())
+        _print_welcome(settings, _rotate_demo_token(settings))
+        children = [
+            subprocess.Popen(command, env=env)
+            for command in (api_command(settings), relay_command(), worker_command())
+        ]
+        # Ctrl-C reaches the children through the terminal too; here it only ends the wait.
+        previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        try:
+            while all(child.poll() is None for child in children):
+                time.sleep(0.5)
+            console.print("[red]a service exited; stopping the others[/red]")
+            return 1
+        except KeyboardInterrupt:
+            console.print("\nstopping…")
+            return 0
+        finally:
+            _stop_all(children)
+            signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,82 @@
+"""The `scanctl` entry point: one Typer app wiring every command group."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from shared.cli import users
+from shared.cli.common import console, fail
+from shared.cli.processes import api_command, relay_command, worker_command
+from shared.settings import get_settings
+
+app = typer.Typer(
+    name="scanctl",
+    help="Operate scan-outbox: migrations, users and the three services.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(users.app, name="users")
+
+
+def _exec(command: list[str]) -> None:
+    """Replace this process, so signals reach the service directly."""
+    os.execvp(command[0], command)
+
+
+@app.command()
+def migrate(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+    down: Annotated[bool, typer.Option("--down", help="Downgrade to REVISION instead.")] = False,
+) -> None:
+    """Apply the database schema (Alembic) up to REVISION, or down to it with --down."""
+    from alembic.util.exc import CommandError
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    from shared.db import migrate as migrations
+
+    url = get_settings().database_url.get_secret_value()
+    try:
+        if down:
+            migrations.downgrade(url, revision)
+        else:
+            migrations.upgrade(url, revision)
+    except CommandError as exc:
+        fail(str(exc))
+    except (OperationalError, InterfaceError, OSError) as exc:
+        fail(f"the database is unreachable ({type(exc).__name__}); check DATABASE_URL")
+    console.print(f"database at {'revision ' + revision if down else revision}")
+
+
+@app.command()
+def api() -> None:
+    """Run the HTTP API under uvicorn (SCAN_API_HOST, SCAN_API_PORT)."""
+    _exec(api_command(get_settings()))
+
+
+@app.command()
+def relay() -> None:
+    """Run the relay daemon: publish committed outbox rows to the broker."""
+    _exec(relay_command())
+
+
+@app.command()
+def worker(
+    processes: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    threads: Annotated[int, typer.Option(min=1, help="Threads per process.")] = 8,
+) -> None:
+    """Run a Dramatiq worker for the scan queue."""
+    _exec(worker_command(processes, threads))
+
+
+@app.command()
+def dev(
+    data_dir: Annotated[Path, typer.Option(help="Where embedded servers keep their data.")] = Path(".data"),
+) -> None:
+    """Run api, relay and worker together (embedded PostgreSQL/Redis unless URLs are set)."""
+    from shared.cli.dev import run_stack
+
+    raise typer.Exit(run_stack(data_dir.resolve()))

@@ -1,0 +1,27 @@
+"""The commands that start each service, shared by `scanctl api|relay|worker` and `scanctl dev`."""
+
+from __future__ import annotations
+
+import sys
+
+from shared.settings import Settings
+
+
+def api_command(settings: Settings) -> list[str]:
+    return [
+        sys.executable, "-m", "uvicorn", "api_service.app:main", "--factory",
+        "--host", settings.api_host, "--port", str(settings.api_port),
+        "--no-access-log", "--timeout-graceful-shutdown", "20",
+    ]
+
+
+def relay_command() -> list[str]:
+    return [sys.executable, "-m", "relay_service"]
+
+
+def worker_command(processes: int = 1, threads: int = 8, shutdown_timeout_ms: int = 25_000) -> list[str]:
+    return [
+        sys.executable, "-m", "dramatiq", "worker_service.actors",
+        "--processes", str(processes), "--threads", str(threads),
+        "--worker-shutdown-timeout", str(shutdown_timeout_ms),
+    ]

@@ -1,0 +1,1 @@
+"""Database models, engine/session factories and every SQL statement the services run."""

