@@ -83,7 +83,7 @@ def run_stack(data_dir: Path) -> int:
         _print_welcome(settings, _rotate_demo_token(settings))
         children = [
             subprocess.Popen(command, env=env)
-            for command in (api_command(settings), relay_command(), worker_command())
+            for command in (api_command(settings.api_host, settings.api_port), relay_command(), worker_command())
         ]
         # Ctrl-C reaches the children through the terminal too; here it only ends the wait.
         previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

@@ -54,7 +54,8 @@ def migrate(
 @app.command()
 def api() -> None:
     """Run the HTTP API under uvicorn (SCAN_API_HOST, SCAN_API_PORT)."""
-    _exec(api_command(get_settings()))
+    settings = get_settings()
+    _exec(api_command(settings.api_host, settings.api_port))
 
 
 @app.command()
@@ -80,3 +81,7 @@ def dev(
     from shared.cli.dev import run_stack
 
     raise typer.Exit(run_stack(data_dir.resolve()))
+
+
+if __name__ == "__main__":
+    app()

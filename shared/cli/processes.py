@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import sys
 
-from shared.settings import Settings
 
 
-def api_command(settings: Settings) -> list[str]:
+def api_command(host: str, port: int) -> list[str]:
     return [
         sys.executable, "-m", "uvicorn", "api_service.app:main", "--factory",
-        "--host", settings.api_host, "--port", str(settings.api_port),
+        "--host", host, "--port", str(port),
         "--no-access-log", "--timeout-graceful-shutdown", "20",
     ]
 

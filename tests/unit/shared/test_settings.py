@@ -1,0 +1,42 @@
+import pytest
+from pydantic import ValidationError
+
+from shared.settings import Settings, to_asyncpg_dsn, to_sqlalchemy_url
+
+
+def test_database_url_is_adapted_for_sqlalchemy_and_asyncpg() -> None:
+    url = "postgresql://u:p@/db?host=/run/pg"
+    assert to_sqlalchemy_url(url) == "postgresql+asyncpg://u:p@/db?host=/run/pg"
+    assert to_asyncpg_dsn("postgresql+asyncpg://u:p@h/db") == "postgresql://u:p@h/db"
+
+
+def test_environment_names_are_unprefixed_for_urls_and_prefixed_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://a@b/c")
+    monkeypatch.setenv("SCAN_RELAY_BATCH_SIZE", "7")
+    monkeypatch.setenv("SCAN_RESOLVER_OVERRIDES", "example.com=127.0.0.1, Other.ORG.=::1")
+    monkeypatch.setenv("SCAN_SCHEMES", "http")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.database_url.get_secret_value() == "postgresql://a@b/c"
+    assert settings.relay_batch_size == 7
+    assert settings.resolver_overrides == {"example.com": "127.0.0.1", "other.org": "::1"}
+    assert settings.schemes == ["http"]
+
+
+def test_secrets_do_not_show_in_the_settings_repr() -> None:
+    settings = Settings(database_url="postgresql://user:hunter2@db/x", _env_file=None)  # type: ignore[arg-type, call-arg]
+    assert "hunter2" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("SCAN_SCHEMES", "ftp"), ("SCAN_RESOLVER_OVERRIDES", "no-equals-sign"), ("SCAN_RELAY_BATCH_SIZE", "0")],
+)
+def test_bad_settings_are_refused_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    assert name.removeprefix("SCAN_").lower() in str(caught.value)
