@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -32,7 +33,7 @@ def error_response(
     code: str,
     message: str,
     field: str | None = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
     **extra: Any,
 ) -> JSONResponse:
     body: dict[str, Any] = {"code": code, "message": message}
@@ -65,9 +66,7 @@ async def _on_validation_error(_: Request, exc: Exception) -> JSONResponse:
         for err in exc.errors()
     ]
     first = details[0] if details else {"field": "body", "message": "invalid request"}
-    return error_response(
-        422, "invalid_input", first["message"], first["field"], details=details
-    )
+    return error_response(422, "invalid_input", first["message"], first["field"], details=details)
 
 
 async def _on_http_error(_: Request, exc: Exception) -> JSONResponse:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -58,8 +59,6 @@ class NotifyListener:
                 log.warning("relay_listen_lost", error=type(exc).__name__, retry_in_s=delay_s)
             if stop.is_set():
                 return
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay_s)
-            except TimeoutError:
-                pass
             delay_s = min(self.reconnect_max_s, delay_s * 2)

@@ -53,8 +53,12 @@ class Relay:
                 if error is None:
                     published.append(message.id)
                 elif isinstance(error, PermanentPublishError):
-                    log.error("outbox_message_dead", message_id=str(message.message_id),
-                              task_id=str(message.task_id), error=str(error))
+                    log.error(
+                        "outbox_message_dead",
+                        message_id=str(message.message_id),
+                        task_id=str(message.task_id),
+                        error=str(error),
+                    )
                     await queries.mark_dead(session, message.id, str(error))
                 else:
                     retry_in_s = publish_backoff_s(
@@ -62,9 +66,15 @@ class Relay:
                         self.settings.relay_backoff_base_s,
                         self.settings.relay_backoff_max_s,
                     )
-                    log.warning("outbox_publish_failed", message_id=str(message.message_id),
-                                error=str(error), retry_in_s=round(retry_in_s, 3))
-                    await queries.record_publish_failure(session, message.id, str(error), retry_in_s)
+                    log.warning(
+                        "outbox_publish_failed",
+                        message_id=str(message.message_id),
+                        error=str(error),
+                        retry_in_s=round(retry_in_s, 3),
+                    )
+                    await queries.record_publish_failure(
+                        session, message.id, str(error), retry_in_s
+                    )
             await queries.mark_published(session, published)
         log.info("outbox_batch_published", claimed=len(batch), published=len(published))
         return len(batch)
@@ -95,7 +105,9 @@ class Relay:
             await _wait_any(stop, self.wakeup, None)
 
 
-async def _wait_any(stop: asyncio.Event, other: asyncio.Event | None, timeout_s: float | None) -> None:
+async def _wait_any(
+    stop: asyncio.Event, other: asyncio.Event | None, timeout_s: float | None
+) -> None:
     waiters = [asyncio.create_task(stop.wait())]
     if other is not None:
         waiters.append(asyncio.create_task(other.wait()))

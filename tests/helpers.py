@@ -29,11 +29,15 @@ async def count_rows(sessionmaker: async_sessionmaker[AsyncSession]) -> tuple[in
     """(tasks, outbox rows) in the database."""
     async with sessionmaker() as session:
         tasks = (await session.execute(select(func.count()).select_from(Task))).scalar_one()
-        outbox = (await session.execute(select(func.count()).select_from(OutboxMessage))).scalar_one()
+        outbox = (
+            await session.execute(select(func.count()).select_from(OutboxMessage))
+        ).scalar_one()
     return tasks, outbox
 
 
-def wait_until(check: Callable[[], T | None], deadline_s: float, what: str, every_s: float = 0.05) -> T:
+def wait_until(
+    check: Callable[[], T | None], deadline_s: float, what: str, every_s: float = 0.05
+) -> T:
     """Poll `check` until it returns a truthy value, or fail naming `what`."""
     end = time.monotonic() + deadline_s
     while True:

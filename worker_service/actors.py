@@ -1,4 +1,4 @@
-"""Dramatiq actors (thin: decode the message, run the task). Run: `dramatiq worker_service.actors`."""
+"""Dramatiq actors, thin: decode the message, run the task (`dramatiq worker_service.actors`)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,9 @@ def scan_domain(task_id: str, request_id: str | None = None) -> None:
         loop_thread.run_coroutine(_run(parsed, task_id, message_id, request_id))
 
 
-async def _run(task_id: uuid.UUID, raw_id: str, message_id: str | None, request_id: str | None) -> None:
+async def _run(
+    task_id: uuid.UUID, raw_id: str, message_id: str | None, request_id: str | None
+) -> None:
     with structlog.contextvars.bound_contextvars(
         task_id=raw_id, message_id=message_id, request_id=request_id
     ):

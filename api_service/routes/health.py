@@ -34,4 +34,6 @@ async def readyz(request: Request, redis: RedisDep) -> JSONResponse:
     except (RedisError, OSError):
         checks["redis"] = "down"
     ready = checks["database"] == "ok"
-    return JSONResponse({"status": "ready" if ready else "not_ready", **checks}, 200 if ready else 503)
+    return JSONResponse(
+        {"status": "ready" if ready else "not_ready", **checks}, 200 if ready else 503
+    )

@@ -24,9 +24,7 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 
 def _checked_idempotency_key(value: str | None) -> str | None:
     if value is not None and not _IDEMPOTENCY_KEY.match(value):
-        raise InvalidInput(
-            "must be 1 to 255 visible ASCII characters", field="Idempotency-Key"
-        )
+        raise InvalidInput("must be 1 to 255 visible ASCII characters", field="Idempotency-Key")
     return value
 
 

@@ -48,9 +48,9 @@ def _print_welcome(settings: Settings, token: str) -> None:
     console.print("Submit a scan and read it back:", highlight=False)
     console.print(
         f"  TOKEN={token}\n"
-        f"  curl -s -X POST {base}/api/v1/tasks -H \"Authorization: Bearer $TOKEN\" "
+        f'  curl -s -X POST {base}/api/v1/tasks -H "Authorization: Bearer $TOKEN" '
         "-H 'Content-Type: application/json' -d '{\"target_domain\": \"example.com\"}'\n"
-        f"  curl -s {base}/api/v1/tasks/<id> -H \"Authorization: Bearer $TOKEN\"\n",
+        f'  curl -s {base}/api/v1/tasks/<id> -H "Authorization: Bearer $TOKEN"\n',
         highlight=False,
         soft_wrap=True,
     )
@@ -83,10 +83,16 @@ def run_stack(data_dir: Path) -> int:
         _print_welcome(settings, _rotate_demo_token(settings))
         children = [
             subprocess.Popen(command, env=env)
-            for command in (api_command(settings.api_host, settings.api_port), relay_command(), worker_command())
+            for command in (
+                api_command(settings.api_host, settings.api_port),
+                relay_command(),
+                worker_command(),
+            )
         ]
         # Ctrl-C reaches the children through the terminal too; here it only ends the wait.
-        previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        previous = signal.signal(
+            signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt())
+        )
         try:
             while all(child.poll() is None for child in children):
                 time.sleep(0.5)

@@ -75,7 +75,9 @@ def worker(
 
 @app.command()
 def dev(
-    data_dir: Annotated[Path, typer.Option(help="Where embedded servers keep their data.")] = Path(".data"),
+    data_dir: Annotated[Path, typer.Option(help="Where embedded servers keep their data.")] = Path(
+        ".data"
+    ),
 ) -> None:
     """Run api, relay and worker together (embedded PostgreSQL/Redis unless URLs are set)."""
     from shared.cli.dev import run_stack

@@ -5,12 +5,20 @@ from __future__ import annotations
 import sys
 
 
-
 def api_command(host: str, port: int) -> list[str]:
     return [
-        sys.executable, "-m", "uvicorn", "api_service.app:main", "--factory",
-        "--host", host, "--port", str(port),
-        "--no-access-log", "--timeout-graceful-shutdown", "20",
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "api_service.app:main",
+        "--factory",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--timeout-graceful-shutdown",
+        "20",
     ]
 
 
@@ -18,9 +26,18 @@ def relay_command() -> list[str]:
     return [sys.executable, "-m", "relay_service"]
 
 
-def worker_command(processes: int = 1, threads: int = 8, shutdown_timeout_ms: int = 25_000) -> list[str]:
+def worker_command(
+    processes: int = 1, threads: int = 8, shutdown_timeout_ms: int = 25_000
+) -> list[str]:
     return [
-        sys.executable, "-m", "dramatiq", "worker_service.actors",
-        "--processes", str(processes), "--threads", str(threads),
-        "--worker-shutdown-timeout", str(shutdown_timeout_ms),
+        sys.executable,
+        "-m",
+        "dramatiq",
+        "worker_service.actors",
+        "--processes",
+        str(processes),
+        "--threads",
+        str(threads),
+        "--worker-shutdown-timeout",
+        str(shutdown_timeout_ms),
     ]

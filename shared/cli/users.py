@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from sqlalchemy.exc import IntegrityError
 from rich.table import Table
+from sqlalchemy.exc import IntegrityError
 
 from shared.cli.common import console, db_session, fail, run_async
 from shared.db import queries
@@ -45,7 +45,12 @@ def list_users() -> None:
     async def load() -> list[tuple[str, bool, str, str]]:
         async with db_session() as session:
             return [
-                (u.name, u.is_admin, u.created_at.isoformat(), u.revoked_at.isoformat() if u.revoked_at else "")
+                (
+                    u.name,
+                    u.is_admin,
+                    u.created_at.isoformat(),
+                    u.revoked_at.isoformat() if u.revoked_at else "",
+                )
                 for u in await queries.list_users(session)
             ]
 

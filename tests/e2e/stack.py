@@ -86,7 +86,9 @@ class Stack:
         """
         for name, code in codes.items():
             log = self.services[name].log()
-            clean = code == 0 or (name == "api" and code == -signal.SIGTERM and "Finished server process" in log)
+            clean = code == 0 or (
+                name == "api" and code == -signal.SIGTERM and "Finished server process" in log
+            )
             assert clean, f"{name} exited with {code}:\n{log[-3000:]}"
 
     @property

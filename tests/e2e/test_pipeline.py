@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import redis
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared import keys
 from shared.broker import build_message, create_broker
+from shared.db.engine import create_engine, create_sessionmaker
 from shared.db.models import OutboxMessage
 from shared.embedded import EmbeddedUrls
 from shared.settings import Settings
 from tests.e2e.stack import Stack, new_stack
-from tests.helpers import make_user, wait_until
+from tests.helpers import wait_until
 from tests.sites import Site, local_site
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("clean_state")]
 SCANS = 50
+TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 @pytest.fixture
@@ -31,12 +36,7 @@ def site() -> Iterator[Site]:
 
 
 @pytest.fixture
-def stack(
-    servers: EmbeddedUrls,
-    site: Site,
-    tmp_path: Path,
-    sessionmaker: async_sessionmaker[AsyncSession],
-) -> Iterator[Stack]:
+def stack(servers: EmbeddedUrls, site: Site, tmp_path: Path, clean_state: None) -> Iterator[Stack]:
     stack = new_stack(servers.database_url, servers.redis_url, site.port, tmp_path)
     stack.start_all()
     try:
@@ -45,66 +45,80 @@ def stack(
         stack.assert_stopped_cleanly(stack.stop_all())
 
 
-def all_finished(http: httpx.Client, ids: list[str]) -> list[dict[str, object]] | None:
-    tasks = [http.get(f"/api/v1/tasks/{task_id}").json() for task_id in ids]
-    if all(task["status"] in ("succeeded", "failed", "cancelled") for task in tasks):
-        return tasks
-    return None
-
-
-async def test_fifty_scans_over_http_all_succeed_with_results(
-    stack: Stack, site: Site, sessionmaker: async_sessionmaker[AsyncSession]
-) -> None:
-    _, token = await make_user(sessionmaker)
-    headers = {"Authorization": f"Bearer {token}"}
+@pytest.fixture
+def client(stack: Stack) -> Iterator[httpx.Client]:
+    """An HTTP client holding the token `scanctl users create` printed."""
+    created = subprocess.run(
+        [sys.executable, "-m", "shared.cli.main", "users", "create", "e2e"],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    headers = {"Authorization": f"Bearer {created.stdout.strip()}"}
     with httpx.Client(base_url=stack.api_url, headers=headers, timeout=10) as http:
-        ids = []
-        for index in range(SCANS):
-            response = http.post("/api/v1/tasks", json={"target_domain": f"site{index}.example.com"})
-            assert response.status_code == 201, response.text
-            ids.append(response.json()["id"])
-        tasks = wait_until(lambda: all_finished(http, ids), 60, "all scans to finish", every_s=0.2)
+        yield http
+
+
+def submit(http: httpx.Client, domains: list[str]) -> list[str]:
+    ids = []
+    for domain in domains:
+        response = http.post("/api/v1/tasks", json={"target_domain": domain})
+        assert response.status_code == 201, response.text
+        ids.append(response.json()["id"])
+    return ids
+
+
+def all_finished(http: httpx.Client, ids: list[str]) -> list[dict[str, Any]] | None:
+    tasks = [http.get(f"/api/v1/tasks/{task_id}").json() for task_id in ids]
+    return tasks if all(task["status"] in TERMINAL for task in tasks) else None
+
+
+def test_fifty_scans_over_http_all_succeed_with_results(
+    stack: Stack, site: Site, client: httpx.Client
+) -> None:
+    ids = submit(client, [f"site{index}.example.com" for index in range(SCANS)])
+    tasks = wait_until(lambda: all_finished(client, ids), 60, "all scans to finish", every_s=0.2)
 
     assert [task["status"] for task in tasks] == ["succeeded"] * SCANS
     for index, task in enumerate(tasks):
         result = task["result"]
-        assert isinstance(result, dict)
         assert result["http"]["status"] == 200
         assert result["http"]["title"] == f"site{index}.example.com"
         assert result["dns"]["a"] == ["127.0.0.1"]
         assert task["attempts"] == 1
     assert site.total_hits == SCANS
-    # One grep follows a scan: the worker logs carry the task id.
+    # One grep follows a scan: the worker's log lines carry the task id.
     worker_log = stack.services["worker"].log()
     assert all(task_id in worker_log for task_id in ids)
 
 
-async def test_duplicate_deliveries_of_finished_tasks_scan_nothing_again(
-    stack: Stack,
-    site: Site,
-    settings: Settings,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    redis_client: redis.Redis,
+def outbox_rows(settings: Settings) -> list[OutboxMessage]:
+    async def load() -> list[OutboxMessage]:
+        engine = create_engine(settings)
+        try:
+            async with create_sessionmaker(engine)() as session:
+                return list((await session.execute(select(OutboxMessage))).scalars().all())
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(load())
+
+
+def test_duplicate_deliveries_of_finished_tasks_scan_nothing_again(
+    stack: Stack, site: Site, client: httpx.Client, settings: Settings, redis_client: redis.Redis
 ) -> None:
-    _, token = await make_user(sessionmaker)
-    with httpx.Client(base_url=stack.api_url, headers={"Authorization": f"Bearer {token}"}) as http:
-        ids = [
-            http.post("/api/v1/tasks", json={"target_domain": f"dup{i}.example.com"}).json()["id"]
-            for i in range(5)
-        ]
-        wait_until(lambda: all_finished(http, ids), 30, "the first deliveries")
+    ids = submit(client, [f"dup{index}.example.com" for index in range(5)])
+    wait_until(lambda: all_finished(client, ids), 30, "the first deliveries")
     assert site.total_hits == 5
 
-    async with sessionmaker() as session:
-        rows = (await session.execute(select(OutboxMessage))).scalars().all()
     broker = create_broker(settings, middleware=[])
-    for row in rows:
+    for row in outbox_rows(settings):
         broker.enqueue(build_message(row.message_id, row.queue, row.actor, row.payload))
     broker.close()
     msgs_key = f"{keys.broker_queue_key(settings.queue_name)}.msgs"
     wait_until(lambda: redis_client.hlen(msgs_key) == 0, 30, "the duplicates to be acknowledged")
 
     assert site.total_hits == 5
-    with httpx.Client(base_url=stack.api_url, headers={"Authorization": f"Bearer {token}"}) as http:
-        for task_id in ids:
-            assert http.get(f"/api/v1/tasks/{task_id}").json()["attempts"] == 1
+    assert [client.get(f"/api/v1/tasks/{task_id}").json()["attempts"] for task_id in ids] == [1] * 5

@@ -75,7 +75,9 @@ async def test_request_id_header_is_carried_to_the_outbox_payload(
     client: httpx.AsyncClient, token: str, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     headers = {**auth(token), "X-Request-ID": "req-abc.123"}
-    response = await client.post("/api/v1/tasks", json={"target_domain": "a.example.com"}, headers=headers)
+    response = await client.post(
+        "/api/v1/tasks", json={"target_domain": "a.example.com"}, headers=headers
+    )
     assert response.headers["x-request-id"] == "req-abc.123"
     async with sessionmaker() as session:
         message = (await session.execute(select(OutboxMessage))).scalar_one()
@@ -104,7 +106,9 @@ async def test_get_returns_own_task_and_404_for_another_users_task(
     client: httpx.AsyncClient, token: str, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     _, other_token = await make_user(sessionmaker, "mallory")
-    created = await client.post("/api/v1/tasks", json={"target_domain": "example.com"}, headers=auth(token))
+    created = await client.post(
+        "/api/v1/tasks", json={"target_domain": "example.com"}, headers=auth(token)
+    )
     task_id = created.json()["id"]
 
     mine = await client.get(f"/api/v1/tasks/{task_id}", headers=auth(token))
@@ -128,7 +132,9 @@ async def test_list_is_newest_first_keyset_paginated_and_filtered(
         )
         ids.append(response.json()["id"])
     _, other_token = await make_user(sessionmaker, "eve")
-    await client.post("/api/v1/tasks", json={"target_domain": "eve.example.com"}, headers=auth(other_token))
+    await client.post(
+        "/api/v1/tasks", json={"target_domain": "eve.example.com"}, headers=auth(other_token)
+    )
 
     seen: list[str] = []
     cursor = None
@@ -157,8 +163,12 @@ async def test_idempotency_key_returns_the_same_task_or_409_for_another_body(
     client: httpx.AsyncClient, token: str, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     headers = {**auth(token), "Idempotency-Key": "order-42"}
-    first = await client.post("/api/v1/tasks", json={"target_domain": "example.com"}, headers=headers)
-    again = await client.post("/api/v1/tasks", json={"target_domain": "EXAMPLE.com"}, headers=headers)
+    first = await client.post(
+        "/api/v1/tasks", json={"target_domain": "example.com"}, headers=headers
+    )
+    again = await client.post(
+        "/api/v1/tasks", json={"target_domain": "EXAMPLE.com"}, headers=headers
+    )
     assert (first.status_code, again.status_code) == (201, 200)
     assert first.json()["id"] == again.json()["id"]
     other = await client.post("/api/v1/tasks", json={"target_domain": "other.com"}, headers=headers)
@@ -239,7 +249,9 @@ async def test_missing_or_wrong_token_is_401_and_writes_nothing(
     headers: dict[str, str],
 ) -> None:
     await make_user(sessionmaker, "alice")
-    response = await client.post("/api/v1/tasks", json={"target_domain": "example.com"}, headers=headers)
+    response = await client.post(
+        "/api/v1/tasks", json={"target_domain": "example.com"}, headers=headers
+    )
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
     assert response.json()["error"]["field"] == "Authorization"
@@ -248,7 +260,9 @@ async def test_missing_or_wrong_token_is_401_and_writes_nothing(
 
 async def test_invalid_idempotency_key_is_refused(client: httpx.AsyncClient, token: str) -> None:
     headers = {**auth(token), "Idempotency-Key": "x" * 300}
-    response = await client.post("/api/v1/tasks", json={"target_domain": "example.com"}, headers=headers)
+    response = await client.post(
+        "/api/v1/tasks", json={"target_domain": "example.com"}, headers=headers
+    )
     assert response.status_code == 422
     assert response.json()["error"]["field"] == "Idempotency-Key"
 

@@ -6,7 +6,6 @@ import asyncio
 import subprocess
 import sys
 
-import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from typer.testing import CliRunner, Result
@@ -24,7 +23,9 @@ async def invoke(*args: str) -> Result:
     return await asyncio.to_thread(runner.invoke, app, list(args))
 
 
-async def test_users_lifecycle(engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+async def test_users_lifecycle(
+    engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
     created = await invoke("users", "create", "carol", "--admin")
     assert created.exit_code == 0, created.output
     token = created.output.strip()

@@ -82,10 +82,14 @@ async def test_rolled_back_create_leaves_no_task_and_no_message(
     sessionmaker: async_sessionmaker[AsyncSession], relay: Relay, redis_client: redis.Redis
 ) -> None:
     user, _ = await make_user(sessionmaker)
-    with pytest.raises(RuntimeError):
+
+    async def create_then_fail() -> None:
         async with sessionmaker() as session, session.begin():
             await create_task(session, user.id)
             raise RuntimeError("the request failed after the insert")
+
+    with pytest.raises(RuntimeError):
+        await create_then_fail()
     assert await count_rows(sessionmaker) == (0, 0)
     assert await relay.run_once() == 0
     assert queued_message_ids(redis_client) == []
@@ -164,7 +168,8 @@ async def test_broker_down_keeps_rows_unpublished_with_backoff_then_they_drain(
     assert row.published_at is None
     assert row.dead_at is None
     assert row.publish_attempts == 1
-    assert row.last_error and "broker unavailable" in row.last_error
+    assert row.last_error is not None
+    assert "broker unavailable" in row.last_error
     assert row.available_at > row.created_at
     assert task.status == "pending"
     # Not due yet: the backoff holds it back even from a healthy relay.

@@ -25,7 +25,9 @@ class CountingScanner:
         self.delay_s = delay_s
         self.fail = fail
 
-    async def __call__(self, domain: str, config: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    async def __call__(
+        self, domain: str, config: dict[str, Any], settings: Settings
+    ) -> dict[str, Any]:
         self.calls.append(domain)
         await asyncio.sleep(self.delay_s)
         if self.fail:

@@ -103,8 +103,8 @@ async def resolve_host(name: str, settings: Settings) -> Resolution:
         pass
     else:
         return from_address(host)
-    override = match_override(host, settings.scan_resolver_overrides)
+    override = match_override(host, settings.resolver_overrides)
     if override is not None:
         return from_address(override)
     # An absolute name keeps the system's search domains out of the lookup.
-    return await _query_dns(host + ".", settings.scan_dns_timeout_s)
+    return await _query_dns(host + ".", settings.dns_timeout_s)

@@ -12,7 +12,7 @@ from shared.errors import InvalidInput
         ("example.com.", "example.com"),
         ("bücher.de", "xn--bcher-kva.de"),
         ("xn--bcher-kva.de", "xn--bcher-kva.de"),
-        ("ＥＸＡＭＰＬＥ.com", "example.com"),
+        ("\uff25\uff38\uff21\uff2d\uff30\uff2c\uff25.com", "example.com"),  # full-width
         ("sub.domain-with-hyphen.co.uk", "sub.domain-with-hyphen.co.uk"),
     ],
 )
@@ -51,5 +51,5 @@ def test_normalise_domain_rejects_with_a_reason(raw: str, reason: str) -> None:
 
 
 def test_homograph_is_normalised_to_its_own_punycode_not_the_lookalike() -> None:
-    # Cyrillic "а" looks like Latin "a" but must not become apple.com.
+    # Cyrillic U+0430 looks like Latin "a" but must not become apple.com.
     assert normalise_domain("\u0430pple.com") == "xn--pple-43d.com"

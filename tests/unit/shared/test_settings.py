@@ -31,7 +31,11 @@ def test_secrets_do_not_show_in_the_settings_repr() -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("SCAN_SCHEMES", "ftp"), ("SCAN_RESOLVER_OVERRIDES", "no-equals-sign"), ("SCAN_RELAY_BATCH_SIZE", "0")],
+    [
+        ("SCAN_SCHEMES", "ftp"),
+        ("SCAN_RESOLVER_OVERRIDES", "no-equals-sign"),
+        ("SCAN_RELAY_BATCH_SIZE", "0"),
+    ],
 )
 def test_bad_settings_are_refused_naming_the_setting(
     monkeypatch: pytest.MonkeyPatch, name: str, value: str

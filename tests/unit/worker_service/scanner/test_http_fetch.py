@@ -1,0 +1,205 @@
+"""The fetcher connects only to guarded addresses, by IP, with the name in Host and SNI."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from shared.settings import Settings
+from worker_service.scanner import http
+
+# Public addresses that are never contacted: every request is answered by a mock transport.
+SITE_IP = "93.184.215.14"
+OTHER_IP = "93.184.216.34"
+OVERRIDES = {"example.com": SITE_IP, "other.example": OTHER_IP, "intranet.example": "10.0.0.7"}
+PAGE = b"<html><title>Home</title><body>hi</body></html>"
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def ok(**headers: str) -> httpx.Response:
+    """A 200 with an unread body, as the real transport returns it."""
+    return httpx.Response(200, headers=headers, stream=httpx.ByteStream(PAGE))
+
+
+def settings(**overrides: object) -> Settings:
+    values: dict[str, object] = {"resolver_overrides": OVERRIDES, "schemes": ["https"]}
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def recording(handler: Handler, seen: list[httpx.Request]) -> httpx.MockTransport:
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return handler(request)
+
+    return httpx.MockTransport(record)
+
+
+def redirect_to(location: str) -> Handler:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/":
+            return httpx.Response(302, headers={"Location": location})
+        return ok()
+
+    return handler
+
+
+async def test_connects_to_the_checked_ip_with_host_header_and_sni() -> None:
+    seen: list[httpx.Request] = []
+    transport = recording(lambda _request: ok(), seen)
+
+    result = await http.fetch_home_page("example.com", settings(), transport=transport)
+
+    assert isinstance(result, http.HomePage)
+    assert (result.url, result.status, result.title) == ("https://example.com/", 200, "Home")
+    [request] = seen
+    assert (request.url.scheme, request.url.host, request.url.port) == ("https", SITE_IP, None)
+    assert request.headers["host"] == "example.com"
+    assert request.extensions["sni_hostname"] == "example.com"
+
+
+async def test_plain_http_sends_no_sni_and_uses_the_configured_port() -> None:
+    seen: list[httpx.Request] = []
+    transport = recording(lambda _request: ok(), seen)
+
+    await http.fetch_home_page(
+        "example.com", settings(schemes=["http"], http_port=8080), transport=transport
+    )
+
+    [request] = seen
+    assert (request.url.host, request.url.port) == (SITE_IP, 8080)
+    assert request.headers["host"] == "example.com"
+    assert "sni_hostname" not in request.extensions
+
+
+async def test_redirect_to_another_host_connects_to_that_hosts_checked_ip() -> None:
+    seen: list[httpx.Request] = []
+    transport = recording(redirect_to("https://other.example/landing?x=1"), seen)
+
+    result = await http.fetch_home_page(
+        "example.com", settings(https_port=8443), transport=transport
+    )
+
+    assert isinstance(result, http.HomePage)
+    assert result.url == "https://other.example/landing?x=1"
+    assert result.redirects == ["https://other.example/landing?x=1"]
+    second = seen[1]
+    assert (second.url.host, second.url.port, second.url.raw_path) == (
+        OTHER_IP,
+        8443,
+        b"/landing?x=1",
+    )
+    assert second.headers["host"] == "other.example"
+    assert second.extensions["sni_hostname"] == "other.example"
+
+
+async def test_redirect_keeps_an_explicit_port_in_url_and_host_header() -> None:
+    seen: list[httpx.Request] = []
+    transport = recording(redirect_to("http://other.example:8081/next"), seen)
+
+    await http.fetch_home_page("example.com", settings(), transport=transport)
+
+    assert (seen[1].url.host, seen[1].url.port) == (OTHER_IP, 8081)
+    assert seen[1].headers["host"] == "other.example:8081"
+
+
+@pytest.mark.parametrize(
+    ("location", "reason"),
+    [
+        ("http://127.0.0.1:8080/admin", "blocked by SSRF guard: 127.0.0.1 is loopback"),
+        (
+            "http://169.254.169.254/latest/",
+            "blocked by SSRF guard: 169.254.169.254 is cloud metadata",
+        ),
+        ("https://intranet.example/", "blocked by SSRF guard: 10.0.0.7 is private"),
+        ("http://[::ffff:7f00:1]/", "blocked by SSRF guard: ::ffff:7f00:1 is loopback"),
+    ],
+)
+async def test_redirect_to_a_forbidden_address_is_blocked_before_connecting(
+    location: str, reason: str
+) -> None:
+    seen: list[httpx.Request] = []
+    transport = recording(redirect_to(location), seen)
+
+    result = await http.fetch_home_page("example.com", settings(), transport=transport)
+
+    assert isinstance(result, http.FetchFailure)
+    assert result.error.startswith(reason)
+    assert result.redirects == [location]
+    assert len(seen) == 1
+
+
+async def test_first_hop_to_a_forbidden_address_is_blocked() -> None:
+    seen: list[httpx.Request] = []
+    transport = recording(lambda _request: ok(), seen)
+
+    result = await http.fetch_home_page(
+        "intranet.example", settings(schemes=["https", "http"]), transport=transport
+    )
+
+    assert isinstance(result, http.FetchFailure)
+    assert "blocked by SSRF guard: 10.0.0.7 is private" in result.error
+    assert [attempt["url"] for attempt in result.attempts] == [
+        "https://intranet.example/",
+        "http://intranet.example/",
+    ]
+    assert seen == []
+
+
+async def test_redirect_to_another_scheme_is_refused() -> None:
+    transport = httpx.MockTransport(redirect_to("ftp://example.com/file"))
+
+    result = await http.fetch_home_page("example.com", settings(), transport=transport)
+
+    assert isinstance(result, http.FetchFailure)
+    assert result.error == "redirect to unsupported URL 'ftp://example.com/file'"
+
+
+async def test_falls_back_to_the_next_scheme_when_connecting_fails() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.scheme == "https":
+            raise httpx.ConnectError("refused", request=request) from ConnectionRefusedError()
+        return ok()
+
+    result = await http.fetch_home_page(
+        "example.com",
+        settings(schemes=["https", "http"]),
+        transport=httpx.MockTransport(handler),
+    )
+
+    assert isinstance(result, http.HomePage)
+    assert result.url == "http://example.com/"
+
+
+async def test_no_fallback_once_the_first_scheme_answered() -> None:
+    seen: list[httpx.Request] = []
+    transport = recording(redirect_to("/"), seen)
+
+    result = await http.fetch_home_page(
+        "example.com",
+        settings(schemes=["https", "http"], max_redirects=2),
+        transport=transport,
+    )
+
+    assert isinstance(result, http.FetchFailure)
+    assert result.error == "too many redirects (limit 2)"
+    assert {request.url.scheme for request in seen} == {"https"}
+
+
+async def test_security_headers_are_kept_and_others_dropped() -> None:
+    headers = {"X-Frame-Options": "DENY", "Strict-Transport-Security": "max-age=1", "Server": "x"}
+    transport = httpx.MockTransport(lambda _request: ok(**headers))
+
+    result = await http.fetch_home_page("example.com", settings(), transport=transport)
+
+    assert isinstance(result, http.HomePage)
+    assert result.headers == {"strict-transport-security": "max-age=1", "x-frame-options": "DENY"}
+
+
+def test_one_candidate_per_family_in_order() -> None:
+    addresses = ["192.0.2.1", "192.0.2.2", "2001:db8::1", "2001:db8::2"]
+
+    assert http.connect_candidates(addresses) == ["192.0.2.1", "2001:db8::1"]
