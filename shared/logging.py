@@ -40,6 +40,8 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # The poll job runs every second; its "running job" lines would drown everything else.
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
