@@ -1,0 +1,86 @@
+"""Every Prometheus metric the services export, in one place so names stay consistent.
+
+One prefix, base units, `_total` on counters, and no high-cardinality labels
+(never a task or message id). Each process exposes the ones it updates.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+PREFIX = "scan_outbox"
+
+# Latencies from milliseconds to a minute.
+LATENCY_BUCKETS_S = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+
+# --- API ---------------------------------------------------------------------
+HTTP_REQUESTS = Counter(
+    f"{PREFIX}_http_requests_total",
+    "HTTP requests by route template and status",
+    ["method", "route", "status"],
+)
+HTTP_REQUEST_DURATION = Histogram(
+    f"{PREFIX}_http_request_duration_seconds",
+    "HTTP request latency",
+    ["method", "route"],
+    buckets=LATENCY_BUCKETS_S,
+)
+TASKS_CREATED = Counter(f"{PREFIX}_tasks_created_total", "Tasks committed by the create path")
+SAFEGUARD_FAILURES = Counter(
+    f"{PREFIX}_safeguard_failures_total",
+    "Redis safeguard operations that failed (the request went on without them)",
+    ["safeguard"],
+)
+
+# --- relay -------------------------------------------------------------------
+OUTBOX_BACKLOG = Gauge(f"{PREFIX}_outbox_backlog", "Unpublished, not dead outbox rows")
+OUTBOX_OLDEST_AGE = Gauge(
+    f"{PREFIX}_outbox_oldest_unpublished_age_seconds", "Age of the oldest unpublished row"
+)
+OUTBOX_DEAD = Gauge(f"{PREFIX}_outbox_dead", "Outbox rows given up as unpublishable")
+MESSAGES_PUBLISHED = Counter(f"{PREFIX}_messages_published_total", "Outbox rows published")
+PUBLISH_FAILURES = Counter(f"{PREFIX}_publish_failures_total", "Outbox publish failures", ["kind"])
+COMMIT_TO_PUBLISH = Histogram(
+    f"{PREFIX}_commit_to_publish_seconds",
+    "From outbox row creation to its publication",
+    buckets=LATENCY_BUCKETS_S,
+)
+RELAY_LEADER = Gauge(f"{PREFIX}_relay_leader", "1 while this relay runs the maintenance jobs")
+TASKS_REDISPATCHED = Counter(
+    f"{PREFIX}_tasks_redispatched_total", "Tasks sent again by maintenance", ["reason"]
+)
+OUTBOX_PRUNED = Counter(f"{PREFIX}_outbox_pruned_total", "Published outbox rows pruned")
+
+# --- worker ------------------------------------------------------------------
+TASKS_FINISHED = Counter(f"{PREFIX}_tasks_finished_total", "Task runs by outcome", ["outcome"])
+SCAN_DURATION = Histogram(
+    f"{PREFIX}_scan_duration_seconds", "Time spent scanning one task", buckets=LATENCY_BUCKETS_S
+)
+COMMIT_TO_START = Histogram(
+    f"{PREFIX}_commit_to_start_seconds",
+    "From task creation to a worker starting it",
+    buckets=LATENCY_BUCKETS_S,
+)
+EXISTENCE_CHECK_RETRIES = Counter(
+    f"{PREFIX}_existence_check_retries_total",
+    "Times the worker's existence check had to retry (by design: never)",
+)
+TASKS_DEFERRED = Counter(
+    f"{PREFIX}_tasks_deferred_total", "Messages deferred through the outbox", ["reason"]
+)
