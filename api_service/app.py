@@ -8,8 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api_service.errors import install_error_handlers
-from api_service.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
-from api_service.routes import health, tasks
+from api_service.middleware import BodySizeLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
+from api_service.routes import health, ops, tasks
 from shared import safeguards
 from shared.db.engine import create_engine, create_sessionmaker
 from shared.logging import configure_logging
@@ -37,8 +37,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(tasks.router)
+    app.include_router(ops.router)
+    app.include_router(ops.metrics_router)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
+    # Outermost, so refused bodies and errors are counted too.
+    app.add_middleware(MetricsMiddleware)
     return app
 
 

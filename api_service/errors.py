@@ -56,7 +56,9 @@ def _field_of(loc: tuple[Any, ...]) -> str:
 async def _on_project_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ScanOutboxError)
     headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-    return error_response(exc.status_code, exc.code, exc.message, exc.field, headers)
+    return error_response(
+        exc.status_code, exc.code, exc.message, exc.field, headers, **exc.details()
+    )
 
 
 async def _on_validation_error(_: Request, exc: Exception) -> JSONResponse:

@@ -1,8 +1,9 @@
-"""ASGI middleware: request ids and the request-body size cap."""
+"""ASGI middleware: request ids, request metrics and the request-body size cap."""
 
 from __future__ import annotations
 
 import re
+import time
 import uuid
 
 import structlog
@@ -11,6 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api_service.errors import error_response
+from shared import metrics
 
 REQUEST_ID_HEADER = "x-request-id"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -96,3 +98,44 @@ class BodySizeLimitMiddleware:
             "body",
         )
         await response(scope, receive, send)
+
+
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED_ROUTE = "unmatched"
+
+
+def route_label(scope: Scope) -> str:
+    """The matched route's template (`/api/v1/tasks/{task_id}`), never the raw path."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED_ROUTE
+
+
+class MetricsMiddleware:
+    """Counts requests and times them by method, route template and status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method = scope["method"] if scope["method"] in _KNOWN_METHODS else "OTHER"
+        status = 500  # what the client gets if the app raises before answering
+        started = time.perf_counter()
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            route = route_label(scope)
+            metrics.HTTP_REQUESTS.labels(method=method, route=route, status=str(status)).inc()
+            metrics.HTTP_REQUEST_DURATION.labels(method=method, route=route).observe(
+                time.perf_counter() - started
+            )

@@ -14,11 +14,11 @@ import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api_service.schemas import TaskCreate
-from shared import safeguards
+from shared import keys, metrics, safeguards
 from shared.db import queries
 from shared.db.models import Task, TaskStatus, User
 from shared.domains import normalise_domain
-from shared.errors import Conflict, InvalidInput, NotFound
+from shared.errors import Conflict, InvalidInput, InvalidState, NotFound, ScanOutboxError
 from shared.logging import get_logger
 from shared.messages import scan_entry
 from shared.settings import Settings
@@ -58,23 +58,89 @@ async def create_task(
         idempotency_key=idempotency_key,
         request_hash=fingerprint,
     )
+    if idempotency_key is None:
+        return await _insert_task(session, redis, settings, new, request_id)
+    # Narrows the race between two retries of one request; the unique index decides it anyway.
+    lock = keys.create_lock(user.id, idempotency_key)
+    async with safeguards.optional_lock(redis, lock, settings):
+        return await _insert_task(session, redis, settings, new, request_id)
+
+
+async def _insert_task(
+    session: AsyncSession,
+    redis: aioredis.Redis,
+    settings: Settings,
+    new: queries.NewTask,
+    request_id: str | None,
+) -> tuple[Task, bool]:
     task_id = uuid.uuid4()
     entry = scan_entry(task_id, settings.queue_name, request_id)
     existing: Task | None = None
     async with session.begin():
         task = await queries.insert_task_with_message(session, task_id, new, entry)
-        if task is None and idempotency_key is not None:
-            existing = await queries.get_task_by_idempotency_key(session, user.id, idempotency_key)
+        if task is None and new.idempotency_key is not None:
+            existing = await queries.get_task_by_idempotency_key(
+                session, new.user_id, new.idempotency_key
+            )
     if task is None:
-        if existing is None or existing.request_hash != fingerprint:
+        if existing is None or existing.request_hash != new.request_hash:
             raise Conflict(
                 "this Idempotency-Key was already used for a different request",
                 field="Idempotency-Key",
             )
         return existing, False
-    log.info("task_created", task_id=str(task.id), message_id=str(entry.message_id))
-    await safeguards.set_created_marker(redis, task.id, settings.marker_ttl_s)
+    metrics.TASKS_CREATED.inc()
+    marked = await safeguards.set_created_marker(redis, task.id, settings.marker_ttl_s)
+    log.info(
+        "task created and marked",
+        task_id=str(task.id),
+        message_id=str(entry.message_id),
+        marked=marked,
+    )
     return task, True
+
+
+def _refusal(current: Task | None, action: str, allowed: str) -> ScanOutboxError:
+    """404 for a task the user cannot see; 409 naming the state that forbids `action`."""
+    if current is None:
+        return NotFound("no such task", field="task_id")
+    return InvalidState(
+        f"a {current.status} task cannot be {action}; only {allowed} tasks can",
+        current_status=current.status,
+    )
+
+
+async def retry_task(
+    session: AsyncSession,
+    redis: aioredis.Redis,
+    settings: Settings,
+    user: User,
+    task_id: uuid.UUID,
+    *,
+    request_id: str | None,
+) -> Task:
+    """failed|cancelled -> pending with attempts reset, committed with its new outbox row."""
+    entry = scan_entry(task_id, settings.queue_name, request_id)
+    async with safeguards.optional_lock(redis, keys.task_lock(task_id), settings):
+        async with session.begin():
+            task = await queries.retry_task(session, user.id, task_id, entry)
+            current = None if task else await queries.get_user_task(session, user.id, task_id)
+        if task is None:
+            raise _refusal(current, "retried", "failed or cancelled")
+        marked = await safeguards.set_created_marker(redis, task.id, settings.marker_ttl_s)
+    log.info("task_retried", task_id=str(task.id), message_id=str(entry.message_id), marked=marked)
+    return task
+
+
+async def cancel_task(session: AsyncSession, user: User, task_id: uuid.UUID) -> Task:
+    """Any non-terminal state -> cancelled; a running scan stops at its next lease renewal."""
+    async with session.begin():
+        task = await queries.cancel_task(session, user.id, task_id)
+        current = None if task else await queries.get_user_task(session, user.id, task_id)
+    if task is None:
+        raise _refusal(current, "cancelled", "pending, queued or running")
+    log.info("task_cancelled", task_id=str(task.id))
+    return task
 
 
 async def get_task(session: AsyncSession, user: User, task_id: uuid.UUID) -> Task:

@@ -1,11 +1,15 @@
-"""`python -m relay_service`: wire the relay, its listener and scheduler; stop on SIGINT/SIGTERM."""
+"""`python -m relay_service`: the relay, its listener, jobs and probes, until SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import sys
 
+from relay_service.health import HealthServer, Readiness
 from relay_service.listener import NotifyListener
+from relay_service.maintenance import LeaderElection, MaintenanceJobs
 from relay_service.publisher import DramatiqPublisher
 from relay_service.relay import Relay
 from relay_service.scheduler import build_scheduler
@@ -18,26 +22,69 @@ from shared.settings import Settings, get_settings
 log = get_logger("relay_service")
 
 
-async def serve(settings: Settings) -> None:
+async def _run_until_stopped(
+    tasks: list[asyncio.Task[None]], stop: asyncio.Event, grace_s: float
+) -> int:
+    """Wait for `stop` (or a task dying), then give the tasks `grace_s` to finish their batch."""
+    stopping = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    crashed = [task for task in tasks if task in done and task.exception() is not None]
+    for task in crashed:
+        log.error("relay_task_crashed", error=repr(task.exception()))
+    stop.set()
+    stopping.cancel()
+    _, late = await asyncio.wait(tasks, timeout=grace_s)
+    for task in late:
+        # Cancelling rolls the batch's transaction back: its rows stay unpublished.
+        log.warning("relay_batch_abandoned")
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.gather(*late, return_exceptions=True)
+    return 1 if crashed else 0
+
+
+async def serve(settings: Settings) -> int:
+    """Run until SIGINT/SIGTERM; the exit code (0 after a clean stop)."""
     engine = create_engine(settings)
-    broker = create_broker(settings, middleware=[])
-    relay = Relay(create_sessionmaker(engine), DramatiqPublisher(broker), settings)
-    listener = NotifyListener(
-        settings.asyncpg_dsn, keys.OUTBOX_CHANNEL, relay.wake, settings.relay_listen_reconnect_max_s
+    sessionmaker = create_sessionmaker(engine)
+    broker = create_broker(
+        settings, middleware=[], socket_timeout_s=settings.relay_broker_timeout_s
     )
+    relay = Relay(sessionmaker, DramatiqPublisher(broker), settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    scheduler = build_scheduler(relay, settings)
-    scheduler.start()
-    log.info("relay_started", batch_size=settings.relay_batch_size)
+    election = LeaderElection(settings)
+    scheduler = build_scheduler(
+        relay, settings, MaintenanceJobs(sessionmaker, settings, election, stop)
+    )
+    health = HealthServer(settings, relay, Readiness(engine, broker))
     try:
-        # The current batch finishes before `run` returns: nothing is cut mid-transaction.
-        await asyncio.gather(relay.run(stop), listener.run(stop))
+        if settings.relay_health_port:
+            try:
+                await health.start()
+            except OSError as exc:
+                log.error("relay_probe_port_unavailable", error=str(exc))
+                return 1
+        scheduler.start()
+        tasks = [asyncio.create_task(relay.run(stop))]
+        if settings.relay_listen_enabled:
+            listener = NotifyListener(
+                settings.asyncpg_dsn,
+                keys.OUTBOX_CHANNEL,
+                relay.wake,
+                settings.relay_listen_reconnect_max_s,
+            )
+            tasks.append(asyncio.create_task(listener.run(stop)))
+        log.info("relay_started", batch_size=settings.relay_batch_size)
+        return await _run_until_stopped(tasks, stop, settings.relay_shutdown_timeout_s)
     finally:
-        scheduler.shutdown(wait=False)
-        broker.close()
+        if scheduler.running:
+            scheduler.shutdown(wait=False)
+        await election.release()
+        await health.close()
+        broker.client.connection_pool.disconnect()
         await engine.dispose()
         log.info("relay_stopped")
 
@@ -45,7 +92,7 @@ async def serve(settings: Settings) -> None:
 def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
-    asyncio.run(serve(settings))
+    sys.exit(asyncio.run(serve(settings)))
 
 
 if __name__ == "__main__":

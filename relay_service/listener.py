@@ -14,10 +14,16 @@ from shared.logging import get_logger
 log = get_logger(__name__)
 
 HEALTH_CHECK_INTERVAL_S = 1.0
+RECONNECT_MIN_S = 0.1
+# How the connection shows in pg_stat_activity.
+APPLICATION_NAME = "scan-outbox-relay-listener"
 
 
 class NotifyListener:
-    """Calls `on_notify` for every NOTIFY on `channel`, and once after each (re)connect."""
+    """Calls `on_notify` for every NOTIFY on `channel`, and once after each (re)connect.
+
+    While the connection is down no NOTIFY arrives; the relay's poll job covers the gap.
+    """
 
     def __init__(
         self, dsn: str, channel: str, on_notify: Callable[[], None], reconnect_max_s: float
@@ -27,15 +33,19 @@ class NotifyListener:
         self.on_notify = on_notify
         self.reconnect_max_s = reconnect_max_s
         self.connected = False
+        self.connections = 0
 
     def _notified(self, *_args: Any) -> None:
         self.on_notify()
 
     async def _listen_until_lost(self, stop: asyncio.Event) -> None:
-        connection = await asyncpg.connect(self.dsn)
+        connection = await asyncpg.connect(
+            self.dsn, server_settings={"application_name": APPLICATION_NAME}
+        )
         try:
             await connection.add_listener(self.channel, self._notified)
             self.connected = True
+            self.connections += 1
             log.info("relay_listening", channel=self.channel)
             # Rows committed while nobody listened are picked up by this wake-up.
             self.on_notify()
@@ -43,6 +53,7 @@ class NotifyListener:
                 try:
                     await asyncio.wait_for(stop.wait(), HEALTH_CHECK_INTERVAL_S)
                 except TimeoutError:
+                    # A dead connection is only noticed when used.
                     await connection.execute("SELECT 1")
         finally:
             self.connected = False
@@ -50,15 +61,17 @@ class NotifyListener:
                 await connection.close(timeout=2)
 
     async def run(self, stop: asyncio.Event) -> None:
-        delay_s = 0.1
+        delay_s = RECONNECT_MIN_S
         while not stop.is_set():
             try:
                 await self._listen_until_lost(stop)
-                delay_s = 0.1
+                delay_s = RECONNECT_MIN_S
+                error = "connection closed"
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                log.warning("relay_listen_lost", error=type(exc).__name__, retry_in_s=delay_s)
+                error = type(exc).__name__
             if stop.is_set():
                 return
+            log.warning("relay_listen_lost", error=error, retry_in_s=delay_s)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay_s)
             delay_s = min(self.reconnect_max_s, delay_s * 2)

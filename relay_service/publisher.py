@@ -4,44 +4,96 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
+import dramatiq
 from dramatiq.brokers.redis import RedisBroker
-from redis.exceptions import RedisError
+from redis import exceptions as redis_errors
 
+from relay_service import pipelined
 from shared import keys
 from shared.broker import build_message
 from shared.db.queries import ClaimedMessage
 from shared.errors import PermanentPublishError, PublishError
+from shared.logging import get_logger
+
+log = get_logger(__name__)
 
 # One outcome per message, in order: None when published, else why not.
 Outcomes = list[PublishError | None]
+
+# The broker cannot be reached at all: no point trying the rest of a batch.
+_UNREACHABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
+# A message the encoder cannot turn into bytes will never be publishable.
+_UNENCODABLE = (TypeError, ValueError)
 
 
 class Publisher(Protocol):
     async def publish(self, messages: Sequence[ClaimedMessage]) -> Outcomes: ...
 
 
-class DramatiqPublisher:
-    """Enqueues each message on the Dramatiq Redis broker under the outbox message id."""
+def _unavailable(exc: BaseException) -> PublishError:
+    return PublishError(f"broker unavailable: {type(exc).__name__}: {exc}")
 
-    def __init__(self, broker: RedisBroker) -> None:
+
+class DramatiqPublisher:
+    """Enqueues messages on the Dramatiq Redis broker under their outbox message ids.
+
+    A batch goes out in one pipeline when this Dramatiq supports it. If the
+    pipeline fails as a whole, each message is tried on its own, so every row
+    still gets its own outcome.
+    """
+
+    def __init__(self, broker: RedisBroker, *, use_pipeline: bool | None = None) -> None:
         self.broker = broker
+        self.use_pipeline = pipelined.usable(broker) if use_pipeline is None else use_pipeline
 
     async def publish(self, messages: Sequence[ClaimedMessage]) -> Outcomes:
         # The broker's client is synchronous; keep it off the event loop.
         return await asyncio.to_thread(self._publish_all, messages)
 
     def _publish_all(self, messages: Sequence[ClaimedMessage]) -> Outcomes:
-        return [self._publish_one(message) for message in messages]
+        outcomes: Outcomes = [None] * len(messages)
+        positions: list[int] = []
+        sendable: list[dramatiq.Message[Any]] = []
+        for position, row in enumerate(messages):
+            if row.actor not in keys.KNOWN_ACTORS:
+                outcomes[position] = PermanentPublishError(f"unknown actor {row.actor!r}")
+                continue
+            positions.append(position)
+            sendable.append(build_message(row.message_id, row.queue, row.actor, row.payload))
+        if sendable:
+            sent = self._send_pipelined(sendable) if self.use_pipeline else None
+            if sent is None:
+                sent = self._send_one_by_one(sendable)
+            for position, outcome in zip(positions, sent, strict=True):
+                outcomes[position] = outcome
+        return outcomes
 
-    def _publish_one(self, message: ClaimedMessage) -> PublishError | None:
-        if message.actor not in keys.KNOWN_ACTORS:
-            return PermanentPublishError(f"unknown actor {message.actor!r}")
+    def _send_pipelined(self, messages: Sequence[dramatiq.Message[Any]]) -> Outcomes | None:
+        """Outcomes from one pipeline, or None when it failed as a whole."""
         try:
-            self.broker.enqueue(
-                build_message(message.message_id, message.queue, message.actor, message.payload)
-            )
-        except (RedisError, OSError) as exc:
-            return PublishError(f"broker unavailable: {type(exc).__name__}: {exc}")
-        return None
+            replies = pipelined.enqueue_many(self.broker, messages)
+        except (redis_errors.RedisError, *_UNREACHABLE, *_UNENCODABLE) as exc:
+            log.warning("publish_pipeline_failed", error=type(exc).__name__, size=len(messages))
+            return None
+        return [
+            PublishError(f"broker refused: {reply}") if isinstance(reply, Exception) else None
+            for reply in replies
+        ]
+
+    def _send_one_by_one(self, messages: Sequence[dramatiq.Message[Any]]) -> Outcomes:
+        outcomes: Outcomes = []
+        for index, message in enumerate(messages):
+            try:
+                self.broker.enqueue(message)
+            except _UNREACHABLE as exc:
+                outcomes.extend([_unavailable(exc)] * (len(messages) - index))
+                break
+            except redis_errors.RedisError as exc:
+                outcomes.append(PublishError(f"broker refused: {exc}"))
+            except _UNENCODABLE as exc:
+                outcomes.append(PermanentPublishError(f"cannot encode message: {exc}"))
+            else:
+                outcomes.append(None)
+        return outcomes

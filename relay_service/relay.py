@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from relay_service.publisher import Publisher
+from relay_service.publisher import Outcomes, Publisher
+from shared import metrics
 from shared.db import queries
 from shared.errors import PermanentPublishError
 from shared.logging import get_logger
@@ -16,11 +20,44 @@ from shared.settings import Settings
 
 log = get_logger(__name__)
 
+# A lost database is retried at least this often, so the relay resumes soon
+# after it returns and its liveness probe keeps seeing the loop turn.
+DB_RETRY_MAX_S = 10.0
+
 
 def publish_backoff_s(attempts: int, base_s: float, max_s: float) -> float:
     """Exponential backoff after `attempts` failed publishes, with ±20 % jitter, capped."""
     delay = min(max_s, base_s * 2 ** max(0, attempts - 1))
     return float(min(max_s, delay * random.uniform(0.8, 1.2)))
+
+
+@dataclass
+class BatchOutcome:
+    """A batch's rows by outcome."""
+
+    published: list[queries.ClaimedMessage] = field(default_factory=list)
+    failures: list[queries.PublishFailure] = field(default_factory=list)
+    dead: list[tuple[queries.ClaimedMessage, str]] = field(default_factory=list)
+
+
+def sort_outcomes(
+    batch: Sequence[queries.ClaimedMessage], outcomes: Outcomes, settings: Settings
+) -> BatchOutcome:
+    """Published, failed for now (with each row's next backoff), or never publishable."""
+    result = BatchOutcome()
+    for message, error in zip(batch, outcomes, strict=True):
+        if error is None:
+            result.published.append(message)
+        elif isinstance(error, PermanentPublishError):
+            result.dead.append((message, str(error)))
+        else:
+            retry_in_s = publish_backoff_s(
+                message.publish_attempts + 1,
+                settings.relay_backoff_base_s,
+                settings.relay_backoff_max_s,
+            )
+            result.failures.append(queries.PublishFailure(message.id, str(error), retry_in_s))
+    return result
 
 
 class Relay:
@@ -36,10 +73,18 @@ class Relay:
         self.publisher = publisher
         self.settings = settings
         self.wakeup = asyncio.Event()
+        self.last_beat = time.monotonic()
 
     def wake(self) -> None:
         """Ask for a cycle soon (a NOTIFY arrived, or the poll interval passed)."""
         self.wakeup.set()
+
+    def beat(self) -> None:
+        self.last_beat = time.monotonic()
+
+    def seconds_since_beat(self) -> float:
+        """How long ago the loop last turned (the liveness probe's measure)."""
+        return time.monotonic() - self.last_beat
 
     async def run_once(self) -> int:
         """One batch in one transaction; returns how many rows were claimed."""
@@ -47,67 +92,83 @@ class Relay:
             batch = await queries.claim_batch(session, self.settings.relay_batch_size)
             if not batch:
                 return 0
+            started = time.monotonic()
             outcomes = await self.publisher.publish(batch)
-            published = []
-            for message, error in zip(batch, outcomes, strict=True):
-                if error is None:
-                    published.append(message.id)
-                elif isinstance(error, PermanentPublishError):
-                    log.error(
-                        "outbox_message_dead",
-                        message_id=str(message.message_id),
-                        task_id=str(message.task_id),
-                        error=str(error),
-                    )
-                    await queries.mark_dead(session, message.id, str(error))
-                else:
-                    retry_in_s = publish_backoff_s(
-                        message.publish_attempts + 1,
-                        self.settings.relay_backoff_base_s,
-                        self.settings.relay_backoff_max_s,
-                    )
-                    log.warning(
-                        "outbox_publish_failed",
-                        message_id=str(message.message_id),
-                        error=str(error),
-                        retry_in_s=round(retry_in_s, 3),
-                    )
-                    await queries.record_publish_failure(
-                        session, message.id, str(error), retry_in_s
-                    )
-            await queries.mark_published(session, published)
-        log.info("outbox_batch_published", claimed=len(batch), published=len(published))
+            publish_s = time.monotonic() - started
+            rows = sort_outcomes(batch, outcomes, self.settings)
+            for message, reason in rows.dead:
+                log.error(
+                    "outbox_message_dead",
+                    message_id=str(message.message_id),
+                    task_id=str(message.task_id),
+                    error=reason,
+                )
+                await queries.mark_dead(session, message.id, reason)
+            await queries.record_publish_failures(session, rows.failures)
+            await queries.mark_published(session, [m.id for m in rows.published])
+            # A row that had failed went out: the broker is back, so rows still
+            # backing off from the outage need not wait out their backoff.
+            recovered = any(m.publish_attempts for m in rows.published) and not rows.failures
+            released = await queries.release_backoff(session) if recovered else 0
+        self._observe(rows, publish_s)
+        log.info(
+            "outbox_batch_published",
+            claimed=len(batch),
+            published=len(rows.published),
+            failed=len(rows.failures),
+            dead=len(rows.dead),
+            released=released,
+        )
+        if rows.failures:
+            log.warning(
+                "outbox_publish_failed", count=len(rows.failures), error=rows.failures[0].error
+            )
         return len(batch)
 
-    async def drain(self) -> int:
-        """Run batches until a short one says the due backlog is empty."""
+    def _observe(self, rows: BatchOutcome, publish_s: float) -> None:
+        metrics.MESSAGES_PUBLISHED.inc(len(rows.published))
+        for message in rows.published:
+            metrics.COMMIT_TO_PUBLISH.observe(message.age_s + publish_s)
+        if rows.failures:
+            metrics.PUBLISH_FAILURES.labels(kind="transient").inc(len(rows.failures))
+        if rows.dead:
+            metrics.PUBLISH_FAILURES.labels(kind="permanent").inc(len(rows.dead))
+
+    async def drain(self, stop: asyncio.Event | None = None) -> int:
+        """Run batches until a short one says the due backlog is empty, or `stop` is set."""
         total = 0
         while True:
             claimed = await self.run_once()
+            self.beat()
             total += claimed
-            if claimed < self.settings.relay_batch_size:
+            if claimed < self.settings.relay_batch_size or (stop is not None and stop.is_set()):
                 return total
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Drain on every wake-up until `stop` is set; database errors back off, never kill."""
+        """Drain on every wake-up until `stop` is set; the batch in hand always completes.
+
+        Database errors back off (at most `DB_RETRY_MAX_S`), never end the loop.
+        """
         failures = 0
         while not stop.is_set():
+            self.beat()
             self.wakeup.clear()
             try:
-                await self.drain()
+                await self.drain(stop)
                 failures = 0
             except (SQLAlchemyError, OSError) as exc:
                 failures += 1
-                delay_s = publish_backoff_s(failures, 0.2, self.settings.relay_backoff_max_s)
+                delay_s = publish_backoff_s(failures, 0.2, DB_RETRY_MAX_S)
                 log.warning("relay_cycle_failed", error=type(exc).__name__, retry_in_s=delay_s)
-                await _wait_any(stop, None, delay_s)
+                await wait_any(stop, None, delay_s)
                 continue
-            await _wait_any(stop, self.wakeup, None)
+            await wait_any(stop, self.wakeup, None)
 
 
-async def _wait_any(
+async def wait_any(
     stop: asyncio.Event, other: asyncio.Event | None, timeout_s: float | None
 ) -> None:
+    """Return when `stop` or `other` is set, or after `timeout_s`."""
     waiters = [asyncio.create_task(stop.wait())]
     if other is not None:
         waiters.append(asyncio.create_task(other.wait()))

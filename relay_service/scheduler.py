@@ -1,24 +1,52 @@
-"""APScheduler jobs of the relay: the fallback poll (and, later, maintenance)."""
+"""APScheduler jobs of the relay: the fallback poll, leader election and maintenance."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from relay_service.maintenance import MaintenanceJobs
 from relay_service.relay import Relay
 from shared.settings import Settings
 
 
-def build_scheduler(relay: Relay, settings: Settings) -> AsyncIOScheduler:
-    """Must be started inside the running event loop."""
-    scheduler = AsyncIOScheduler()
-    interval_s = settings.relay_poll_interval_s
+def _every(
+    scheduler: AsyncIOScheduler,
+    job: Callable[[], Awaitable[None]] | Callable[[], None],
+    interval_s: float,
+    job_id: str,
+    *,
+    now: bool = False,
+) -> None:
+    # One instance at a time, missed runs merged into one: a slow job never piles up.
+    extra = {"next_run_time": datetime.now(UTC)} if now else {}
     scheduler.add_job(
-        relay.wake,
+        job,
         "interval",
         seconds=interval_s,
-        id="outbox_poll",
+        id=job_id,
         max_instances=1,
         coalesce=True,
         misfire_grace_time=max(1, int(interval_s) + 1),
+        **extra,
     )
+
+
+def build_scheduler(
+    relay: Relay, settings: Settings, jobs: MaintenanceJobs | None = None
+) -> AsyncIOScheduler:
+    """Must be started inside the running event loop."""
+    scheduler = AsyncIOScheduler()
+    # The poll also picks up rows whose available_at has come (backoff, delays),
+    # which no NOTIFY announces.
+    _every(scheduler, relay.wake, settings.relay_poll_interval_s, "outbox_poll")
+    if jobs is not None:
+        _every(
+            scheduler, jobs.check_leader, settings.relay_leader_check_interval_s, "leader", now=True
+        )
+        _every(scheduler, jobs.redispatch, settings.relay_redispatch_interval_s, "redispatch")
+        _every(scheduler, jobs.prune, settings.relay_prune_interval_s, "prune")
+        _every(scheduler, jobs.refresh_gauges, settings.relay_gauges_interval_s, "gauges")
     return scheduler

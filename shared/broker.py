@@ -6,17 +6,36 @@ import uuid
 from typing import Any
 
 import dramatiq
+import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from shared.settings import Settings
 
 
-def create_broker(settings: Settings, *, middleware: list[Any] | None = None) -> RedisBroker:
-    """A Redis broker for the configured URL; pass `middleware` to replace Dramatiq's defaults."""
-    broker: RedisBroker = RedisBroker(  # type: ignore[no-untyped-call]
-        url=settings.effective_broker_url, middleware=middleware
+def create_broker(
+    settings: Settings,
+    *,
+    middleware: list[Any] | None = None,
+    socket_timeout_s: float | None = None,
+) -> RedisBroker:
+    """A Redis broker for the configured URL; pass `middleware` to replace Dramatiq's defaults.
+
+    `socket_timeout_s` bounds every Redis call (by default a hung Redis blocks forever).
+    """
+    if socket_timeout_s is None:
+        broker: RedisBroker = RedisBroker(  # type: ignore[no-untyped-call]
+            url=settings.effective_broker_url, middleware=middleware
+        )
+        return broker
+    client = redis.Redis.from_url(
+        settings.effective_broker_url,
+        socket_timeout=socket_timeout_s,
+        socket_connect_timeout=socket_timeout_s,
     )
-    return broker
+    timed: RedisBroker = RedisBroker(  # type: ignore[no-untyped-call]
+        client=client, middleware=middleware
+    )
+    return timed
 
 
 def build_message(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ScanOutboxError(Exception):
     """Root of every error scan-outbox raises on purpose."""
@@ -13,6 +15,10 @@ class ScanOutboxError(Exception):
         super().__init__(message)
         self.message = message
         self.field = field
+
+    def details(self) -> dict[str, Any]:
+        """Extra members of the API error body, beyond code, message and field."""
+        return {}
 
 
 class InvalidInput(ScanOutboxError):
@@ -38,6 +44,19 @@ class NotFound(ScanOutboxError):
 class Conflict(ScanOutboxError):
     code = "conflict"
     status_code = 409
+
+
+class InvalidState(Conflict):
+    """The task's current state does not allow the transition; the body says which state."""
+
+    code = "invalid_state"
+
+    def __init__(self, message: str, *, current_status: str) -> None:
+        super().__init__(message)
+        self.current_status = current_status
+
+    def details(self) -> dict[str, Any]:
+        return {"current_status": self.current_status}
 
 
 class PayloadTooLarge(ScanOutboxError):

@@ -12,10 +12,30 @@ OUTBOX_CHANNEL = "scan_outbox"
 TASK_CREATED_MARKER = "task_created:{task_id}"
 CREATE_LOCK = "lock:create:{user_id}:{key}"
 TASK_LOCK = "lock:task:{task_id}"
+# SCAN patterns for operator cleanups.
+TASK_CREATED_MARKER_PATTERN = TASK_CREATED_MARKER.format(task_id="*")
+LOCK_PATTERN = "lock:*"
 
 
 def task_created_marker(task_id: object) -> str:
     return TASK_CREATED_MARKER.format(task_id=task_id)
+
+
+def create_lock(user_id: int, idempotency_key: str) -> str:
+    return CREATE_LOCK.format(user_id=user_id, key=idempotency_key)
+
+
+def task_lock(task_id: object) -> str:
+    return TASK_LOCK.format(task_id=task_id)
+
+
+# Class id of the transaction-scoped advisory lock a claim takes on its target
+# domain (the two-int key space, apart from any single-bigint lock).
+POLITENESS_LOCK_CLASS = 0x5C0A
+
+# Session-level advisory lock (single-bigint key space) held by the one relay
+# that runs the maintenance jobs.
+RELAY_LEADER_LOCK = 0x5C0A_1EAD
 
 
 def broker_queue_key(queue_name: str) -> str:

@@ -7,6 +7,8 @@ import sys
 
 import structlog
 
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+
 
 def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
     """Route structlog and stdlib records through one renderer on stderr."""
@@ -40,8 +42,22 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    _reroute_own_handlers()
     # The poll job runs every second; its "running job" lines would drown everything else.
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
+
+
+def _reroute_own_handlers() -> None:
+    """Send uvicorn's and Dramatiq's loggers through the root renderer, not their own handlers.
+
+    Uvicorn configures its loggers before it loads the app, with handlers that do not
+    propagate; a logger it silenced (`--no-access-log`: no handler, no propagation) stays silent.
+    """
+    for name in (*UVICORN_LOGGERS, "dramatiq"):
+        logger = logging.getLogger(name)
+        if logger.handlers:
+            logger.handlers.clear()
+            logger.propagate = True
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -84,3 +84,13 @@ EXISTENCE_CHECK_RETRIES = Counter(
 TASKS_DEFERRED = Counter(
     f"{PREFIX}_tasks_deferred_total", "Messages deferred through the outbox", ["reason"]
 )
+# What the worker's /metrics port exposes: worker processes import this whole module,
+# and the API and relay metrics would only show there as zeros.
+WORKER_METRICS = (
+    TASKS_FINISHED,
+    SCAN_DURATION,
+    COMMIT_TO_START,
+    EXISTENCE_CHECK_RETRIES,
+    TASKS_DEFERRED,
+    SAFEGUARD_FAILURES,
+)

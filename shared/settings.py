@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from typing import Annotated
 
@@ -50,6 +51,11 @@ class Settings(BaseSettings):
     # Redis safeguards.
     redis_timeout_s: float = Field(default=0.5, gt=0)
     marker_ttl_s: int = Field(default=300, ge=1)
+    lock_timeout_s: float = Field(default=30.0, gt=0)
+    lock_wait_s: float = Field(default=2.0, ge=0)
+    existence_check_attempts: int = Field(default=5, ge=1)
+    existence_check_delay_s: float = Field(default=1.0, ge=0)
+    existence_check_backoff: float = Field(default=1.5, ge=1)
 
     # Relay.
     relay_batch_size: int = Field(default=500, ge=1)
@@ -57,10 +63,37 @@ class Settings(BaseSettings):
     relay_backoff_base_s: float = Field(default=1.0, gt=0)
     relay_backoff_max_s: float = Field(default=300.0, gt=0)
     relay_listen_reconnect_max_s: float = Field(default=10.0, gt=0)
+    relay_listen_enabled: bool = Field(
+        default=True, description="false: poll only (e.g. behind a pooler that drops LISTEN)."
+    )
+    relay_broker_timeout_s: float = Field(default=5.0, gt=0)
+    relay_shutdown_timeout_s: float = Field(default=20.0, gt=0)
+    relay_health_host: str = "127.0.0.1"
+    relay_health_port: int = Field(default=8001, ge=0, le=65535, description="0 disables it.")
+    relay_livez_max_age_s: float = Field(default=60.0, gt=0)
+    relay_leader_check_interval_s: float = Field(default=5.0, gt=0)
+    relay_redispatch_interval_s: float = Field(default=30.0, gt=0)
+    relay_redispatch_batch_size: int = Field(default=100, ge=1)
+    relay_prune_interval_s: float = Field(default=300.0, gt=0)
+    relay_prune_batch_size: int = Field(default=1000, ge=1)
+    relay_gauges_interval_s: float = Field(default=5.0, gt=0)
+    outbox_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
 
     # Worker.
     queue_name: str = "scans"
     worker_lease_s: float = Field(default=120.0, gt=0)
+    retry_backoff_base_s: float = Field(default=5.0, gt=0)
+    retry_backoff_max_s: float = Field(default=300.0, gt=0)
+    per_target_concurrency: int = Field(default=2, ge=1)
+    politeness_delay_s: float = Field(default=5.0, gt=0)
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = Field(default=9191, ge=0, le=65535, description="0 disables it.")
+
+    # Operations: orphan detection, retention and the health verdict.
+    queued_stale_s: float = Field(default=600.0, gt=0)
+    idempotency_retention_s: float = Field(default=24 * 3600.0, gt=0)
+    health_max_outbox_age_s: float = Field(default=60.0, gt=0)
+    health_max_dead_rows: int = Field(default=0, ge=0)
 
     # Scanner.
     fetch_timeout_s: float = Field(default=10.0, gt=0)
@@ -72,6 +105,10 @@ class Settings(BaseSettings):
     https_port: int = Field(default=443, ge=1, le=65535)
     allow_private: bool = False
     resolver_overrides: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    total_timeout_s: float = Field(default=60.0, gt=0)
+    dns_nameservers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    tls_ca_bundle: str | None = None
+    tls_accept_untrusted: bool = False
 
     @field_validator("schemes", mode="before")
     @classmethod
@@ -86,6 +123,20 @@ class Settings(BaseSettings):
         unknown = [scheme for scheme in value if scheme not in ("http", "https")]
         if unknown or not value:
             raise ValueError("schemes must be a non-empty list of 'http' and 'https'")
+        return value
+
+    @field_validator("dns_nameservers", mode="before")
+    @classmethod
+    def _split_nameservers(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("dns_nameservers")
+    @classmethod
+    def _nameserver_addresses(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            split_host_port(entry, 53)
         return value
 
     @field_validator("resolver_overrides", mode="before")
@@ -119,6 +170,21 @@ def to_sqlalchemy_url(url: str) -> str:
     if not sep:
         raise ValueError("DATABASE_URL must look like postgresql://user:password@host/db")
     return f"postgresql+asyncpg://{rest}"
+
+
+def split_host_port(entry: str, default_port: int) -> tuple[str, int]:
+    """`ip`, `ip:port` or `[ipv6]:port` as (ip, port); ValueError for anything else."""
+    host, port = entry.strip(), default_port
+    if host.startswith("["):
+        host, _, rest = host[1:].partition("]")
+        port = int(rest.removeprefix(":")) if rest else default_port
+    elif host.count(":") == 1:
+        host, _, raw_port = host.partition(":")
+        port = int(raw_port)
+    ipaddress.ip_address(host)
+    if not 0 < port < 65536:
+        raise ValueError(f"port out of range in {entry!r}")
+    return host, port
 
 
 def to_asyncpg_dsn(url: str) -> str:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 from sqlalchemy import func, select
@@ -35,6 +39,20 @@ async def count_rows(sessionmaker: async_sessionmaker[AsyncSession]) -> tuple[in
     return tasks, outbox
 
 
+def scanctl(
+    *args: str, env: Mapping[str, str] | None = None, timeout_s: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`scanctl ARGS` as its own process, the way an operator or a script runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli.main", *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
 def wait_until(
     check: Callable[[], T | None], deadline_s: float, what: str, every_s: float = 0.05
 ) -> T:
@@ -47,3 +65,17 @@ def wait_until(
         if time.monotonic() > end:
             raise AssertionError(f"timed out after {deadline_s}s waiting for {what}")
         time.sleep(every_s)
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T | None]], deadline_s: float, what: str, every_s: float = 0.05
+) -> T:
+    """`wait_until` for async checks: the event loop keeps running between polls."""
+    end = time.monotonic() + deadline_s
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {deadline_s}s waiting for {what}")
+        await asyncio.sleep(every_s)

@@ -1,13 +1,16 @@
-"""A local website for scans to fetch: 127.0.0.1 only, counting every hit."""
+"""Local websites for scans to fetch, on 127.0.0.1 only: one counting every hit, and one
+serving configured routes over HTTP or HTTPS."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 
 @dataclass
@@ -52,3 +55,89 @@ def local_site() -> Iterator[Site]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+HOME = (
+    b"<html><head><title>\n  Local   Test Site </title></head>"
+    b"<body>Welcome to the ACME test site. acme! Mail: info@example.com</body></html>"
+)
+
+
+@dataclass(frozen=True)
+class Route:
+    status: int = 200
+    body: bytes = HOME
+    headers: dict[str, str] = field(default_factory=dict)
+    hang: bool = False
+
+
+@dataclass
+class RoutedSite:
+    """Serves `routes` by path; records (Host, path) of every request. A `hang` route waits
+    for `release` (set at teardown) and then closes without answering."""
+
+    port: int = 0
+    routes: dict[str, Route] = field(default_factory=dict)
+    requests: list[tuple[str, str]] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+class _TLSServer(ThreadingHTTPServer):
+    """Wraps each accepted connection in TLS on its own thread, so a refused handshake
+    never stalls the accept loop."""
+
+    tls: ssl.SSLContext
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        try:
+            wrapped = self.tls.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):
+            return
+        # The TLS socket took over the connection, so closing the original one would not.
+        with wrapped:
+            self.RequestHandlerClass(wrapped, client_address, self)
+
+
+@contextmanager
+def routed_site(tls: ssl.SSLContext | None = None) -> Iterator[RoutedSite]:
+    """A RoutedSite on a free port of 127.0.0.1, over HTTPS when given a server context."""
+    site = RoutedSite()
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            with lock:
+                site.requests.append((self.headers.get("Host", ""), self.path))
+            route = site.routes.get(self.path, Route(status=404, body=b"not found"))
+            if route.hang:
+                site.release.wait(10)
+                return
+            self.send_response(route.status)
+            for name, value in route.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(route.body)))
+            self.end_headers()
+            self.wfile.write(route.body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server: ThreadingHTTPServer
+    if tls is None:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    else:
+        server = _TLSServer(("127.0.0.1", 0), Handler)
+        server.tls = tls
+    server.daemon_threads = True
+    site.port = server.server_address[1]
+    # A short poll keeps teardown fast: shutdown() waits for the next poll.
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield site
+    finally:
+        site.release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

@@ -21,8 +21,14 @@ install_broker()
 log = get_logger(__name__)
 
 
-# Retries belong to the outbox (a new row with backoff), never to Dramatiq.
-@dramatiq.actor(actor_name=keys.SCAN_ACTOR, queue_name=get_settings().queue_name, max_retries=0)
+# Retries belong to the outbox (a new row with backoff), never to Dramatiq; and Dramatiq's
+# time limit sits above everything a run may take, so it never kills a scan on its own.
+@dramatiq.actor(
+    actor_name=keys.SCAN_ACTOR,
+    queue_name=get_settings().queue_name,
+    max_retries=0,
+    time_limit=lifecycle.actor_time_limit_ms(get_settings()),
+)
 def scan_domain(task_id: str, request_id: str | None = None) -> None:
     # A plain function on the worker thread, where the current message is known;
     # the task itself runs on the process's event loop.
@@ -48,4 +54,4 @@ async def _run(
     with structlog.contextvars.bound_contextvars(
         task_id=raw_id, message_id=message_id, request_id=request_id
     ):
-        await lifecycle.run_task(get_runtime(), task_id)
+        await lifecycle.run_task(get_runtime(), task_id, request_id)

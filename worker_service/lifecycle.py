@@ -1,49 +1,228 @@
-"""Claim, scan, finish: a task's life on a worker, every write fenced by the lease token."""
+"""Verify, claim, scan, finish: a task's life on a worker, every write fenced by the lease token.
+
+Problems of the target are findings in a successful result. An infrastructure error during the
+run (a worker-side timeout, the database or network failing under us) sends the task round the
+outbox again with exponential backoff until its attempts are used up; a scan that crashes for
+any other reason is a bug and fails the task at once.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import random
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared import metrics
 from shared.db import queries
-from shared.db.models import TaskStatus
+from shared.db.models import Task, TaskStatus
 from shared.logging import get_logger
+from shared.messages import scan_entry
+from shared.settings import Settings
+from worker_service import existence, lease
 from worker_service.runtime import WorkerRuntime
 
 log = get_logger(__name__)
+T = TypeVar("T")
+
+INFRASTRUCTURE_ERRORS = (OSError, OperationalError, InterfaceError)
+# The scanner bounds itself by `total_timeout_s`; past this grace the worker cuts it off.
+SCAN_GRACE_S = 5.0
+# Room for the claim and the final write on a slow database, within Dramatiq's time limit.
+DATABASE_ALLOWANCE_S = 60.0
+WRITE_ATTEMPTS = 3
+WRITE_RETRY_S = 0.5
 
 
 class Outcome(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
-    SKIPPED = "skipped"  # nothing to claim: a duplicate, stale or unknown message
+    RETRYING = "retrying"  # sent round the outbox again after an infrastructure error
+    DEFERRED = "deferred"  # too many live scans of the target: sent round again after a delay
+    CANCELLED = "cancelled"  # noticed at a lease renewal or the final write; nothing written
     LEASE_LOST = "lease_lost"  # another owner holds the task now; our result is dropped
+    SKIPPED = "skipped"  # nothing to claim: a duplicate, stale or unknown message
 
 
-async def run_task(runtime: WorkerRuntime, task_id: uuid.UUID) -> Outcome:
-    """Run the task once if this call wins the claim; otherwise do nothing."""
+def actor_time_limit_ms(settings: Settings) -> int:
+    """A Dramatiq time limit that can never cut a run short: the existence check's longest wait,
+    the scan's own cap and grace, and room for the database."""
+    check_s = existence.longest_wait_s(
+        settings.existence_check_attempts,
+        settings.existence_check_delay_s,
+        settings.existence_check_backoff,
+    )
+    return int((check_s + settings.total_timeout_s + SCAN_GRACE_S + DATABASE_ALLOWANCE_S) * 1000)
+
+
+def retry_backoff_s(attempts: int, settings: Settings) -> float:
+    """Delay before the next attempt after `attempts` tries: doubling, jittered, capped."""
+    delay_s = settings.retry_backoff_base_s * 2 ** max(0, attempts - 1)
+    return float(min(settings.retry_backoff_max_s, delay_s * random.uniform(0.8, 1.2)))
+
+
+async def run_task(
+    runtime: WorkerRuntime, task_id: uuid.UUID, request_id: str | None = None
+) -> Outcome:
+    """Run the task once if this call wins the claim; otherwise write nothing but a deferral."""
+    if not await existence.verify_task(runtime, task_id):
+        outcome = Outcome.SKIPPED
+    else:
+        claim = await _claim(runtime, task_id, request_id)
+        if isinstance(claim, Outcome):
+            outcome = claim
+        else:
+            outcome = await _run_claimed(runtime, claim[0], claim[1], request_id)
+    metrics.TASKS_FINISHED.labels(outcome=outcome.value).inc()
+    return outcome
+
+
+async def _claim(
+    runtime: WorkerRuntime, task_id: uuid.UUID, request_id: str | None
+) -> tuple[Task, uuid.UUID] | Outcome:
+    """One transaction: politeness check under the target's advisory lock, then the claim."""
+    settings = runtime.settings
     lease_token = uuid.uuid4()
     async with runtime.sessionmaker() as session, session.begin():
+        domain = await queries.get_task_target(session, task_id)
+        if domain is None:
+            log.info("task_not_claimable", task_id=str(task_id))
+            return Outcome.SKIPPED
+        # Held to commit: a concurrent claim on the same domain counts after ours is visible.
+        await queries.lock_target(session, domain)
+        live = await queries.count_live_scans(session, domain, task_id)
+        if live >= settings.per_target_concurrency:
+            return await _defer(session, settings, task_id, request_id, live)
         task = await queries.claim_task(
-            session, task_id, runtime.owner, lease_token, runtime.settings.worker_lease_s
+            session, task_id, runtime.owner, lease_token, settings.worker_lease_s
         )
-    if task is None:
-        log.info("task_not_claimable", task_id=str(task_id))
+        if task is None:
+            if await queries.fail_exhausted_task(session, task_id):
+                log.warning("task_attempts_exhausted", task_id=str(task_id))
+                return Outcome.FAILED
+            return Outcome.SKIPPED
+    return task, lease_token
+
+
+async def _defer(
+    session: AsyncSession, settings: Settings, task_id: uuid.UUID, request_id: str | None, live: int
+) -> Outcome:
+    # Jitter spreads the deferred scans of one busy domain instead of returning them together.
+    delay_s = settings.politeness_delay_s * random.uniform(1.0, 1.5)
+    entry = scan_entry(task_id, settings.queue_name, request_id)
+    if not await queries.defer_task(session, task_id, entry, delay_s):
         return Outcome.SKIPPED
-    log.info("task_started", task_id=str(task_id), attempt=task.attempts)
+    metrics.TASKS_DEFERRED.labels(reason="politeness").inc()
+    log.info("task_deferred", task_id=str(task_id), live_scans=live, retry_in_s=round(delay_s, 3))
+    return Outcome.DEFERRED
+
+
+async def _run_claimed(
+    runtime: WorkerRuntime, task: Task, lease_token: uuid.UUID, request_id: str | None
+) -> Outcome:
+    log.info("task_started", task_id=str(task.id), attempt=task.attempts)
+    if task.attempts == 1 and task.started_at is not None:
+        metrics.COMMIT_TO_START.observe((task.started_at - task.created_at).total_seconds())
     started = time.perf_counter()
     try:
-        result = await runtime.scanner(task.target_domain, task.config, runtime.settings)
-        status, error = TaskStatus.SUCCEEDED, None
+        result = await lease.run_under_lease(
+            runtime, task.id, lease_token, _bounded_scan(runtime, task)
+        )
+    except lease.LeaseLost:
+        return await _lease_gone(runtime, task.id)
+    except INFRASTRUCTURE_ERRORS as exc:
+        reason = _describe(exc)
+        log.warning("scan_infrastructure_error", task_id=str(task.id), error=reason)
+        return await _retry_or_fail(runtime, task, lease_token, reason, request_id)
     except Exception as exc:  # the scanner reports target problems as findings, so this is a bug
-        log.exception("scan_crashed", task_id=str(task_id))
-        result, status, error = None, TaskStatus.FAILED, f"scan error: {type(exc).__name__}"
-    async with runtime.sessionmaker() as session, session.begin():
-        finished = await queries.finish_task(session, task_id, lease_token, status, result, error)
-    duration_ms = round((time.perf_counter() - started) * 1000)
-    if not finished:
-        log.warning("task_lease_lost", task_id=str(task_id), duration_ms=duration_ms)
-        return Outcome.LEASE_LOST
-    log.info("task_finished", task_id=str(task_id), status=status.value, duration_ms=duration_ms)
+        log.exception("scan_crashed", task_id=str(task.id))
+        error = f"scan error: {type(exc).__name__}"
+        return await _finish(runtime, task.id, lease_token, TaskStatus.FAILED, None, error)
+    finally:
+        metrics.SCAN_DURATION.observe(time.perf_counter() - started)
+    return await _finish(runtime, task.id, lease_token, TaskStatus.SUCCEEDED, result, None)
+
+
+async def _bounded_scan(runtime: WorkerRuntime, task: Task) -> dict[str, Any]:
+    """The scan, cut off (TimeoutError: a worker-side timeout) if it overruns its own cap."""
+    async with asyncio.timeout(runtime.settings.total_timeout_s + SCAN_GRACE_S):
+        return await runtime.scanner(task.target_domain, task.config, runtime.settings)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "worker-side timeout"
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+async def _retry_or_fail(
+    runtime: WorkerRuntime, task: Task, lease_token: uuid.UUID, reason: str, request_id: str | None
+) -> Outcome:
+    if task.attempts >= task.max_attempts:
+        error = f"gave up after {task.attempts} attempts: {reason}"
+        return await _finish(runtime, task.id, lease_token, TaskStatus.FAILED, None, error)
+    settings = runtime.settings
+    delay_s = retry_backoff_s(task.attempts, settings)
+    entry = scan_entry(task.id, settings.queue_name, request_id)
+
+    async def requeue(session: AsyncSession) -> bool:
+        return await queries.requeue_task(session, task.id, lease_token, reason, entry, delay_s)
+
+    if not await _write(runtime, requeue):
+        return await _lease_gone(runtime, task.id)
+    log.warning(
+        "task_retry_scheduled",
+        task_id=str(task.id),
+        attempt=task.attempts,
+        retry_in_s=round(delay_s, 3),
+        error=reason,
+    )
+    return Outcome.RETRYING
+
+
+async def _finish(
+    runtime: WorkerRuntime,
+    task_id: uuid.UUID,
+    lease_token: uuid.UUID,
+    status: TaskStatus,
+    result: dict[str, Any] | None,
+    error: str | None,
+) -> Outcome:
+    async def finish(session: AsyncSession) -> bool:
+        return await queries.finish_task(session, task_id, lease_token, status, result, error)
+
+    if not await _write(runtime, finish):
+        return await _lease_gone(runtime, task_id)
+    log.info("task_finished", task_id=str(task_id), status=status.value, error=error)
     return Outcome(status.value)
+
+
+async def _write(runtime: WorkerRuntime, write: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run `write` in its own transaction, trying again briefly if the database blips; a
+    longer outage raises, and the expiring lease hands the task to another run."""
+    for attempt in range(1, WRITE_ATTEMPTS + 1):
+        try:
+            async with runtime.sessionmaker() as session, session.begin():
+                return await write(session)
+        except INFRASTRUCTURE_ERRORS as exc:
+            if attempt == WRITE_ATTEMPTS:
+                raise
+            log.warning("task_write_failed", attempt=attempt, error=type(exc).__name__)
+            await asyncio.sleep(WRITE_RETRY_S * attempt)
+    raise AssertionError("unreachable")
+
+
+async def _lease_gone(runtime: WorkerRuntime, task_id: uuid.UUID) -> Outcome:
+    async with runtime.sessionmaker() as session:
+        status = await queries.get_task_status(session, task_id)
+    if status == TaskStatus.CANCELLED.value:
+        log.info("task_cancel_noticed", task_id=str(task_id))
+        return Outcome.CANCELLED
+    log.warning("task_lease_lost", task_id=str(task_id), status=status)
+    return Outcome.LEASE_LOST

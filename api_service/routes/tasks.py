@@ -1,4 +1,4 @@
-"""/api/v1/tasks: submit scans and read their state."""
+"""/api/v1/tasks: submit scans, read their state, retry and cancel them."""
 
 from __future__ import annotations
 
@@ -83,3 +83,23 @@ async def list_tasks(
         cursor=cursor,
     )
     return TaskPage(items=[TaskOut.model_validate(t) for t in page], next_cursor=next_cursor)
+
+
+@router.post("/{task_id}/retry", response_model=TaskOut, responses=_ERRORS)
+async def retry_task(
+    task_id: uuid.UUID,
+    user: CurrentUser,
+    session: SessionDep,
+    redis: RedisDep,
+    settings: SettingsDep,
+    request_id: RequestIdDep,
+) -> TaskOut:
+    """Run a failed or cancelled task again from a fresh start (attempts reset to 0)."""
+    task = await services.retry_task(session, redis, settings, user, task_id, request_id=request_id)
+    return TaskOut.model_validate(task)
+
+
+@router.post("/{task_id}/cancel", response_model=TaskOut, responses=_ERRORS)
+async def cancel_task(task_id: uuid.UUID, user: CurrentUser, session: SessionDep) -> TaskOut:
+    """Cancel a pending, queued or running task; a running scan stops without a result."""
+    return TaskOut.model_validate(await services.cancel_task(session, user, task_id))

@@ -3,27 +3,48 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from typing import NoReturn, TypeVar
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Annotated, Any, NoReturn, TypeVar
 
+import redis.asyncio as aioredis
 import typer
+from pydantic import ValidationError
+from redis.exceptions import RedisError
 from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from shared import safeguards
 from shared.db.engine import create_engine, create_sessionmaker
 from shared.errors import ScanOutboxError
 from shared.settings import Settings, get_settings
 
 T = TypeVar("T")
 
-console = Console()
-err_console = Console(stderr=True)
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+PIPED_WIDTH = 200
+
+
+def _console(stderr: bool = False) -> Console:
+    console = Console(stderr=stderr)
+    # Piped output has no width, and rich's default 80 columns would crop tables of ids.
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = PIPED_WIDTH
+    return console
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False)
+    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -37,16 +58,86 @@ def run_async(factory: Callable[[], Awaitable[T]]) -> T:
         return asyncio.run(main())
     except ScanOutboxError as exc:
         fail(exc.message)
+    except RedisError as exc:
+        fail(f"Redis is unreachable ({type(exc).__name__}); check REDIS_URL")
     except (OperationalError, InterfaceError, OSError) as exc:
         fail(f"the database is unreachable ({type(exc).__name__}); check DATABASE_URL")
+
+
+def load_settings() -> Settings:
+    """The environment's settings, or one line naming what is wrong (never the values)."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ())) or "settings"
+        fail(f"invalid setting {where}: {first.get('msg', 'invalid value')}")
 
 
 @asynccontextmanager
 async def db_session(settings: Settings | None = None) -> AsyncIterator[AsyncSession]:
     """A session on a short-lived engine, for one command."""
-    engine = create_engine(settings or get_settings())
+    engine = create_engine(settings or load_settings())
     try:
         async with create_sessionmaker(engine)() as session:
             yield session
     finally:
         await engine.dispose()
+
+
+@asynccontextmanager
+async def db_and_redis(
+    settings: Settings,
+) -> AsyncIterator[tuple[async_sessionmaker[AsyncSession], aioredis.Redis]]:
+    """A sessionmaker and a Redis client for one command, both closed on exit."""
+    engine = create_engine(settings)
+    redis = safeguards.create_redis(settings)
+    try:
+        yield create_sessionmaker(engine), redis
+    finally:
+        await redis.aclose()
+        await engine.dispose()
+
+
+def print_json(data: Any) -> None:
+    """Plain JSON on stdout: no colours, no wrapping, whatever the terminal."""
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+class BarProgress:
+    """A rich progress display on stderr, one line per step; stdout stays clean for the output."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._task: TaskID | None = None
+        self._done = 0
+
+    def step(self, description: str, total: int | None = None) -> None:
+        self.finish()
+        self._task, self._done = self._progress.add_task(description, total=total), 0
+
+    def advance(self, amount: int = 1) -> None:
+        if self._task is not None:
+            self._done += amount
+            self._progress.advance(self._task, amount)
+
+    def finish(self) -> None:
+        """Show the current step as complete, whatever total it announced."""
+        if self._task is not None:
+            self._progress.update(self._task, total=self._done, completed=self._done)
+            self._task = None
+
+
+@contextmanager
+def progress_bar(enabled: bool = True) -> Iterator[BarProgress]:
+    """Progress for long operations; pass enabled=False under --json."""
+    columns = (
+        SpinnerColumn(finished_text="[green]✓[/green]"),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}"),
+    )
+    with Progress(*columns, console=err_console, disable=not enabled) as progress:
+        sink = BarProgress(progress)
+        yield sink
+        sink.finish()

@@ -8,18 +8,23 @@ from typing import Annotated
 
 import typer
 
-from shared.cli import users
-from shared.cli.common import console, fail
+from shared.cli import ops, outbox, scan, tasks, users
+from shared.cli.common import console, fail, load_settings
 from shared.cli.processes import api_command, relay_command, worker_command
-from shared.settings import get_settings
 
 app = typer.Typer(
     name="scanctl",
-    help="Operate scan-outbox: migrations, users and the three services.",
+    help="Operate scan-outbox: health, cleanups, outbox, tasks, users, scans and the services.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
 app.add_typer(users.app, name="users")
+app.add_typer(tasks.app, name="tasks")
+app.add_typer(outbox.app, name="outbox")
+app.command("status")(ops.status)
+app.command("cleanup-orphaned")(ops.cleanup_orphaned)
+app.command("full-cleanup")(ops.full_cleanup)
+app.command("scan")(scan.scan)
 
 
 def _exec(command: list[str]) -> None:
@@ -38,7 +43,7 @@ def migrate(
 
     from shared.db import migrate as migrations
 
-    url = get_settings().database_url.get_secret_value()
+    url = load_settings().database_url.get_secret_value()
     try:
         if down:
             migrations.downgrade(url, revision)
@@ -54,7 +59,7 @@ def migrate(
 @app.command()
 def api() -> None:
     """Run the HTTP API under uvicorn (SCAN_API_HOST, SCAN_API_PORT)."""
-    settings = get_settings()
+    settings = load_settings()
     _exec(api_command(settings.api_host, settings.api_port))
 
 
@@ -69,7 +74,7 @@ def worker(
     processes: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
     threads: Annotated[int, typer.Option(min=1, help="Threads per process.")] = 8,
 ) -> None:
-    """Run a Dramatiq worker for the scan queue."""
+    """Run Dramatiq workers for the scan queue (JSON logs, metrics on SCAN_WORKER_METRICS_PORT)."""
     _exec(worker_command(processes, threads))
 
 

@@ -29,11 +29,11 @@ def relay_command() -> list[str]:
 def worker_command(
     processes: int = 1, threads: int = 8, shutdown_timeout_ms: int = 25_000
 ) -> list[str]:
+    """Dramatiq's worker through `python -m worker_service`: JSON logs and a metrics port."""
     return [
         sys.executable,
         "-m",
-        "dramatiq",
-        "worker_service.actors",
+        "worker_service",
         "--processes",
         str(processes),
         "--threads",

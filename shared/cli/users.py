@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.exc import IntegrityError
 
-from shared.cli.common import console, db_session, fail, run_async
+from shared.cli.common import JsonOption, console, db_session, fail, print_json, run_async
+from shared.cli.render import iso
 from shared.db import queries
 from shared.tokens import hash_token, new_token
 
@@ -39,24 +41,33 @@ def create(
 
 
 @app.command("list")
-def list_users() -> None:
+def list_users(json_output: JsonOption = False) -> None:
     """List users (never their tokens)."""
 
-    async def load() -> list[tuple[str, bool, str, str]]:
+    async def load() -> list[dict[str, Any]]:
         async with db_session() as session:
             return [
-                (
-                    u.name,
-                    u.is_admin,
-                    u.created_at.isoformat(),
-                    u.revoked_at.isoformat() if u.revoked_at else "",
-                )
+                {
+                    "name": u.name,
+                    "is_admin": u.is_admin,
+                    "created_at": iso(u.created_at),
+                    "revoked_at": iso(u.revoked_at),
+                }
                 for u in await queries.list_users(session)
             ]
 
+    users = run_async(load)
+    if json_output:
+        print_json(users)
+        return
     table = Table("name", "admin", "created", "revoked")
-    for name, is_admin, created, revoked in run_async(load):
-        table.add_row(name, "yes" if is_admin else "", created, revoked)
+    for user in users:
+        table.add_row(
+            escape(user["name"]),
+            "yes" if user["is_admin"] else "",
+            user["created_at"],
+            user["revoked_at"] or "",
+        )
     console.print(table)
 
 

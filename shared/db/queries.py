@@ -12,10 +12,25 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, text, tuple_, update
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Float,
+    TextClause,
+    and_,
+    bindparam,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB, UUID
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from shared import keys
 from shared.db.models import OutboxMessage, Task, TaskStatus, User
 from shared.messages import OutboxEntry
 
@@ -146,21 +161,71 @@ async def list_user_tasks(
 # --- tasks: worker lifecycle -------------------------------------------------
 
 _CLAIMABLE = (TaskStatus.PENDING.value, TaskStatus.QUEUED.value)
+_NOT_TERMINAL = (*_CLAIMABLE, TaskStatus.RUNNING.value)
+
+
+def _claimable() -> ColumnElement[bool]:
+    """Waiting to run, or running under a lease that expired (its worker died or stalled).
+
+    Taking over an expired lease is safe because every later write of the old holder is
+    conditional on its token, which the takeover replaces.
+    """
+    return or_(
+        Task.status.in_(_CLAIMABLE),
+        and_(Task.status == TaskStatus.RUNNING.value, Task.lease_expires_at < func.now()),
+    )
+
+
+def _seconds(value_s: float) -> ColumnElement[Any]:
+    return func.make_interval(0, 0, 0, 0, 0, 0, value_s)
+
+
+async def task_exists(session: AsyncSession, task_id: uuid.UUID) -> bool:
+    stmt = select(Task.id).where(Task.id == task_id)
+    return (await session.execute(stmt)).first() is not None
+
+
+async def get_task_target(session: AsyncSession, task_id: uuid.UUID) -> str | None:
+    """The target domain of a task that could be claimed now; None otherwise."""
+    stmt = select(Task.target_domain).where(Task.id == task_id, _claimable())
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def lock_target(session: AsyncSession, domain: str) -> None:
+    """Serialise claims on one target domain until the transaction ends (politeness)."""
+    stmt = text("SELECT pg_advisory_xact_lock(:lock_class, hashtext(:domain))")
+    await session.execute(stmt, {"lock_class": keys.POLITENESS_LOCK_CLASS, "domain": domain})
+
+
+async def count_live_scans(session: AsyncSession, domain: str, other_than: uuid.UUID) -> int:
+    """Running tasks of `domain` whose lease is still live, this task excluded."""
+    stmt = (
+        select(func.count())
+        .select_from(Task)
+        .where(
+            Task.target_domain == domain,
+            Task.status == TaskStatus.RUNNING.value,
+            Task.lease_expires_at >= func.now(),
+            Task.id != other_than,
+        )
+    )
+    return int((await session.execute(stmt)).scalar_one())
 
 
 async def claim_task(
     session: AsyncSession, task_id: uuid.UUID, owner: str, lease_token: uuid.UUID, lease_s: float
 ) -> Task | None:
-    """pending|queued -> running with a fresh lease; None if another claim or state won."""
+    """Claimable -> running with a fresh lease, counting an attempt; None if another claim or
+    state won, or the task has no attempt left (see `fail_exhausted_task`)."""
     stmt = (
         update(Task)
-        .where(Task.id == task_id, Task.status.in_(_CLAIMABLE))
+        .where(Task.id == task_id, _claimable(), Task.attempts < Task.max_attempts)
         .values(
             status=TaskStatus.RUNNING.value,
             attempts=Task.attempts + 1,
             lease_owner=owner,
             lease_token=lease_token,
-            lease_expires_at=func.now() + func.make_interval(0, 0, 0, 0, 0, 0, lease_s),
+            lease_expires_at=func.now() + _seconds(lease_s),
             started_at=func.now(),
             updated_at=func.now(),
             error=None,
@@ -201,6 +266,192 @@ async def finish_task(
     return (await session.execute(stmt)).first() is not None
 
 
+async def renew_lease(
+    session: AsyncSession, task_id: uuid.UUID, lease_token: uuid.UUID, lease_s: float
+) -> bool:
+    """Push the lease forward; False once the token is no longer current or the task is no
+    longer running (cancelled, taken over)."""
+    stmt = (
+        update(Task)
+        .where(
+            Task.id == task_id,
+            Task.status == TaskStatus.RUNNING.value,
+            Task.lease_token == lease_token,
+        )
+        .values(lease_expires_at=func.now() + _seconds(lease_s), updated_at=func.now())
+        .returning(Task.id)
+    )
+    return (await session.execute(stmt)).first() is not None
+
+
+async def fail_exhausted_task(session: AsyncSession, task_id: uuid.UUID) -> bool:
+    """Fail a claimable task that has used all its attempts (e.g. its workers kept dying)."""
+    stmt = (
+        update(Task)
+        .where(Task.id == task_id, _claimable(), Task.attempts >= Task.max_attempts)
+        .values(
+            status=TaskStatus.FAILED.value,
+            error=func.concat(
+                "gave up after ",
+                Task.attempts,
+                " attempts",
+                func.coalesce(literal(": ").concat(Task.error), ""),
+            ),
+            finished_at=func.now(),
+            updated_at=func.now(),
+            lease_owner=None,
+            lease_token=None,
+            lease_expires_at=None,
+        )
+        .returning(Task.id)
+    )
+    return (await session.execute(stmt)).first() is not None
+
+
+def _redispatch_sql(task_update: str, *extra: BindParameter[Any]) -> TextClause:
+    """`task_update` (an UPDATE ... RETURNING id) and, only if it matched, a new outbox row
+    due after `:delay_s`: the state change and its message commit together or not at all."""
+    return text(
+        f"""
+        WITH changed AS ({task_update})
+        INSERT INTO outbox (message_id, actor, queue, payload, task_id, available_at)
+        SELECT :message_id, :actor, :queue, :payload, id, now() + make_interval(secs => :delay_s)
+        FROM changed
+        RETURNING task_id
+        """
+    ).bindparams(
+        bindparam("task_id", type_=UUID(as_uuid=True)),
+        bindparam("message_id", type_=UUID(as_uuid=True)),
+        bindparam("payload", type_=JSONB),
+        bindparam("delay_s", type_=Float),
+        *extra,
+    )
+
+
+_LEASE_CLEARED = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
+
+# Over the politeness limit: back to pending, to be published again after the delay.
+_DEFER_SQL = _redispatch_sql(
+    f"""
+    UPDATE tasks SET status = 'pending', queued_at = NULL, updated_at = now(), {_LEASE_CLEARED}
+    WHERE id = :task_id AND (status IN ('pending', 'queued')
+                             OR (status = 'running' AND lease_expires_at < now()))
+    RETURNING id
+    """
+)
+
+# An infrastructure error during the run: the lease holder sends the task round again.
+_REQUEUE_SQL = _redispatch_sql(
+    f"""
+    UPDATE tasks SET status = 'pending', error = :error, queued_at = NULL, updated_at = now(),
+                     {_LEASE_CLEARED}
+    WHERE id = :task_id AND status = 'running' AND lease_token = :lease_token
+    RETURNING id
+    """,
+    bindparam("lease_token", type_=UUID(as_uuid=True)),
+)
+
+
+def _entry_params(entry: OutboxEntry, delay_s: float) -> dict[str, Any]:
+    return {
+        "message_id": entry.message_id,
+        "actor": entry.actor,
+        "queue": entry.queue,
+        "payload": entry.payload,
+        "delay_s": delay_s,
+    }
+
+
+async def defer_task(
+    session: AsyncSession, task_id: uuid.UUID, entry: OutboxEntry, delay_s: float
+) -> bool:
+    """Claimable -> pending with `entry` due in `delay_s`; False if the task was not claimable."""
+    params = {"task_id": task_id, **_entry_params(entry, delay_s)}
+    return (await session.execute(_DEFER_SQL, params)).first() is not None
+
+
+async def requeue_task(
+    session: AsyncSession,
+    task_id: uuid.UUID,
+    lease_token: uuid.UUID,
+    error: str,
+    entry: OutboxEntry,
+    delay_s: float,
+) -> bool:
+    """running -> pending with `entry` due in `delay_s`, only for the current lease holder."""
+    params = {
+        "task_id": task_id,
+        "lease_token": lease_token,
+        "error": error,
+        **_entry_params(entry, delay_s),
+    }
+    return (await session.execute(_REQUEUE_SQL, params)).first() is not None
+
+
+async def get_task_status(session: AsyncSession, task_id: uuid.UUID) -> str | None:
+    stmt = select(Task.status).where(Task.id == task_id)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+# --- tasks: user transitions (retry, cancel) ---------------------------------
+
+# The task goes back to a fresh start and its new message is written in the same
+# statement, so a retry can never leave a pending task without a message.
+_RETRY_TASK_SQL = text(
+    f"""
+    WITH retried AS (
+        UPDATE tasks SET status = 'pending', attempts = 0, result = NULL, error = NULL,
+                         queued_at = NULL, started_at = NULL, finished_at = NULL,
+                         updated_at = now(), {_LEASE_CLEARED}
+        WHERE id = :task_id AND user_id = :user_id AND status IN ('failed', 'cancelled')
+        RETURNING *
+    ), new_message AS (
+        INSERT INTO outbox (message_id, actor, queue, payload, task_id)
+        SELECT :message_id, :actor, :queue, :payload, id FROM retried
+    )
+    SELECT * FROM retried
+    """
+).bindparams(
+    bindparam("task_id", type_=UUID(as_uuid=True)),
+    bindparam("message_id", type_=UUID(as_uuid=True)),
+    bindparam("payload", type_=JSONB),
+)
+
+
+async def retry_task(
+    session: AsyncSession, user_id: int, task_id: uuid.UUID, entry: OutboxEntry
+) -> Task | None:
+    """failed|cancelled -> pending with attempts reset and a new outbox row; None otherwise."""
+    stmt = select(Task).from_statement(_RETRY_TASK_SQL)
+    params = {
+        "task_id": task_id,
+        "user_id": user_id,
+        "message_id": entry.message_id,
+        "actor": entry.actor,
+        "queue": entry.queue,
+        "payload": entry.payload,
+    }
+    return (await session.execute(stmt, params)).scalar_one_or_none()
+
+
+async def cancel_task(session: AsyncSession, user_id: int, task_id: uuid.UUID) -> Task | None:
+    """Any non-terminal state -> cancelled; a running worker finds out at its next renewal."""
+    stmt = (
+        update(Task)
+        .where(Task.id == task_id, Task.user_id == user_id, Task.status.in_(_NOT_TERMINAL))
+        .values(
+            status=TaskStatus.CANCELLED.value,
+            finished_at=func.now(),
+            updated_at=func.now(),
+            lease_owner=None,
+            lease_token=None,
+            lease_expires_at=None,
+        )
+        .returning(Task)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
 # --- outbox ------------------------------------------------------------------
 
 
@@ -227,6 +478,7 @@ class ClaimedMessage:
     payload: dict[str, Any]
     task_id: uuid.UUID | None
     publish_attempts: int
+    age_s: float = 0.0  # since the row was written, on the database's clock
 
 
 async def claim_batch(session: AsyncSession, limit: int) -> list[ClaimedMessage]:
@@ -240,6 +492,7 @@ async def claim_batch(session: AsyncSession, limit: int) -> list[ClaimedMessage]
             OutboxMessage.payload,
             OutboxMessage.task_id,
             OutboxMessage.publish_attempts,
+            func.extract("epoch", func.clock_timestamp() - OutboxMessage.created_at).cast(Float),
         )
         .where(
             OutboxMessage.published_at.is_(None),
@@ -256,10 +509,12 @@ async def claim_batch(session: AsyncSession, limit: int) -> list[ClaimedMessage]
 
 # Rows and their tasks change together: a task becomes `queued` only if it is
 # still `pending` (a worker may already have claimed it from the broker).
+# clock_timestamp(), not now(): the moment the broker took the batch, not when
+# the claim's transaction began.
 _MARK_PUBLISHED_SQL = text(
     """
     WITH published AS (
-        UPDATE outbox SET published_at = now(), last_error = NULL
+        UPDATE outbox SET published_at = clock_timestamp(), last_error = NULL
         WHERE id = ANY(:ids)
         RETURNING task_id
     )
@@ -288,6 +543,65 @@ async def record_publish_failure(
         )
     )
     await session.execute(stmt)
+
+
+_RECORD_FAILURE_SQL = text(
+    """
+    UPDATE outbox SET publish_attempts = publish_attempts + 1, last_error = :error,
+                      available_at = now() + make_interval(secs => :retry_in_s)
+    WHERE id = :id
+    """
+).bindparams(bindparam("retry_in_s", type_=Float))
+
+
+@dataclass(frozen=True)
+class PublishFailure:
+    outbox_id: int
+    error: str
+    retry_in_s: float
+
+
+async def record_publish_failures(
+    session: AsyncSession, failures: Sequence[PublishFailure]
+) -> None:
+    """`record_publish_failure` for many rows in one round trip."""
+    if failures:
+        params = [
+            {"id": f.outbox_id, "error": f.error, "retry_in_s": f.retry_in_s} for f in failures
+        ]
+        await session.execute(_RECORD_FAILURE_SQL, params)
+
+
+# Only rows that failed to publish (publish_attempts > 0): a row deliberately
+# written with a later available_at (a deferred task) keeps its time.
+_RELEASE_BACKOFF_SQL = text(
+    """
+    UPDATE outbox SET available_at = now()
+    WHERE published_at IS NULL AND dead_at IS NULL
+      AND publish_attempts > 0 AND available_at > now()
+    """
+)
+
+
+async def release_backoff(session: AsyncSession) -> int:
+    """Make every row backing off after a failed publish due now (the broker is back)."""
+    result = await session.execute(_RELEASE_BACKOFF_SQL)
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def insert_messages(session: AsyncSession, entries: Sequence[OutboxEntry]) -> None:
+    """Append many messages in the caller's transaction, in as few statements as possible."""
+    session.add_all(
+        OutboxMessage(
+            message_id=e.message_id,
+            actor=e.actor,
+            queue=e.queue,
+            payload=e.payload,
+            task_id=e.task_id,
+        )
+        for e in entries
+    )
+    await session.flush()
 
 
 _MARK_DEAD_SQL = text(
@@ -319,3 +633,333 @@ async def set_user_token(session: AsyncSession, name: str, token_hash: str, is_a
         """
     )
     await session.execute(stmt, {"name": name, "token_hash": token_hash, "is_admin": is_admin})
+
+
+# --- maintenance: leader lock, orphan re-dispatch, pruning -------------------
+# Run by the relay leader's jobs and by `scanctl cleanup-orphaned` through
+# shared.maintenance; each statement touches a bounded batch of rows.
+
+
+async def ping(connection: AsyncConnection) -> None:
+    await connection.execute(text("SELECT 1"))
+
+
+async def try_advisory_lock(connection: AsyncConnection, key: int) -> bool:
+    """Take the session-level advisory lock `key` if it is free; it lasts until released or the
+    connection ends (so a dead holder's lock goes with its connection)."""
+    stmt = text("SELECT pg_try_advisory_lock(:key)")
+    return bool((await connection.execute(stmt, {"key": key})).scalar_one())
+
+
+async def holds_advisory_lock(connection: AsyncConnection, key: int) -> bool:
+    # A bigint key shows in pg_locks as its high and low 32 bits, objsubid 1.
+    stmt = text(
+        """
+        SELECT EXISTS (SELECT 1 FROM pg_locks
+                       WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
+                         AND classid::bigint = :high AND objid::bigint = :low AND objsubid = 1)
+        """
+    )
+    params = {"high": (key >> 32) & 0xFFFFFFFF, "low": key & 0xFFFFFFFF}
+    return bool((await connection.execute(stmt, params)).scalar_one())
+
+
+async def advisory_unlock(connection: AsyncConnection, key: int) -> None:
+    await connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+
+
+@dataclass(frozen=True)
+class RedispatchedTask:
+    task_id: uuid.UUID
+    status: str  # pending (sent again) or failed (out of attempts)
+    attempts: int
+
+
+# One conditional UPDATE per batch: rows another session holds are skipped, and
+# a task whose state moved on (finished, renewed, claimed) no longer matches.
+# Out of attempts, the task fails with the reason; otherwise it goes back to
+# pending and the caller writes its new outbox row in the same transaction.
+_REDISPATCH_EXPIRED_SQL = text(
+    f"""
+    UPDATE tasks t SET
+        status = CASE WHEN t.attempts < t.max_attempts THEN 'pending' ELSE 'failed' END,
+        error = CASE WHEN t.attempts < t.max_attempts THEN 'lease expired; sent again'
+                     ELSE 'lease expired after ' || t.attempts || ' attempts' END,
+        finished_at = CASE WHEN t.attempts < t.max_attempts THEN NULL ELSE now() END,
+        queued_at = NULL, updated_at = now(), {_LEASE_CLEARED}
+    WHERE t.id IN (SELECT id FROM tasks
+                   WHERE status = 'running' AND lease_expires_at < now()
+                   ORDER BY lease_expires_at LIMIT :limit FOR UPDATE SKIP LOCKED)
+      AND t.status = 'running' AND t.lease_expires_at < now()
+    RETURNING t.id, t.status, t.attempts
+    """
+)
+
+# The broker lost the message (e.g. Redis restarted without persistence). The
+# lost dispatch counts as an attempt, so a broker that keeps losing messages
+# cannot keep a task cycling forever.
+_REDISPATCH_STALE_SQL = text(
+    """
+    UPDATE tasks t SET
+        attempts = t.attempts + 1,
+        status = CASE WHEN t.attempts + 1 < t.max_attempts THEN 'pending' ELSE 'failed' END,
+        error = CASE WHEN t.attempts + 1 < t.max_attempts THEN 'queued too long; sent again'
+                     ELSE 'queued too long after ' || (t.attempts + 1) || ' attempts' END,
+        finished_at = CASE WHEN t.attempts + 1 < t.max_attempts THEN NULL ELSE now() END,
+        queued_at = NULL, updated_at = now()
+    WHERE t.id IN (SELECT id FROM tasks
+                   WHERE status = 'queued' AND queued_at < now() - make_interval(secs => :stale_s)
+                   ORDER BY queued_at LIMIT :limit FOR UPDATE SKIP LOCKED)
+      AND t.status = 'queued' AND t.queued_at < now() - make_interval(secs => :stale_s)
+    RETURNING t.id, t.status, t.attempts
+    """
+).bindparams(bindparam("stale_s", type_=Float))
+
+
+async def redispatch_expired_leases(session: AsyncSession, limit: int) -> list[RedispatchedTask]:
+    """Running tasks whose lease expired -> pending (or failed when out of attempts)."""
+    rows = (await session.execute(_REDISPATCH_EXPIRED_SQL, {"limit": limit})).all()
+    return [RedispatchedTask(*row) for row in rows]
+
+
+async def redispatch_stale_queued(
+    session: AsyncSession, stale_s: float, limit: int
+) -> list[RedispatchedTask]:
+    """Tasks queued longer than `stale_s` -> pending (or failed when out of attempts)."""
+    params = {"stale_s": stale_s, "limit": limit}
+    rows = (await session.execute(_REDISPATCH_STALE_SQL, params)).all()
+    return [RedispatchedTask(*row) for row in rows]
+
+
+@dataclass(frozen=True)
+class OrphanOutcomes:
+    """What re-dispatching the orphans found now would do."""
+
+    expired_redispatch: int
+    expired_fail: int
+    stale_redispatch: int
+    stale_fail: int
+
+
+_ORPHAN_OUTCOMES_SQL = text(
+    """
+    SELECT
+        count(*) FILTER (WHERE status = 'running' AND attempts < max_attempts),
+        count(*) FILTER (WHERE status = 'running' AND attempts >= max_attempts),
+        count(*) FILTER (WHERE status = 'queued' AND attempts + 1 < max_attempts),
+        count(*) FILTER (WHERE status = 'queued' AND attempts + 1 >= max_attempts)
+    FROM tasks
+    WHERE (status = 'running' AND lease_expires_at < now())
+       OR (status = 'queued' AND queued_at < now() - make_interval(secs => :stale_s))
+    """
+).bindparams(bindparam("stale_s", type_=Float))
+
+
+async def count_orphan_outcomes(session: AsyncSession, stale_s: float) -> OrphanOutcomes:
+    row = (await session.execute(_ORPHAN_OUTCOMES_SQL, {"stale_s": stale_s})).one()
+    return OrphanOutcomes(*row)
+
+
+# Small batches, rows another session holds skipped: pruning never waits on, or
+# holds up, the relay (which only ever locks unpublished rows anyway).
+_PRUNE_PUBLISHED_SQL = text(
+    """
+    DELETE FROM outbox
+    WHERE id IN (SELECT id FROM outbox
+                 WHERE published_at < now() - make_interval(secs => :retention_s)
+                 ORDER BY published_at LIMIT :limit FOR UPDATE SKIP LOCKED)
+    """
+).bindparams(bindparam("retention_s", type_=Float))
+
+
+async def prune_published(session: AsyncSession, retention_s: float, limit: int) -> int:
+    """Delete up to `limit` rows published more than `retention_s` ago; returns how many."""
+    params = {"retention_s": retention_s, "limit": limit}
+    result = await session.execute(_PRUNE_PUBLISHED_SQL, params)
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def count_prunable(session: AsyncSession, retention_s: float) -> int:
+    stmt = text(
+        "SELECT count(*) FROM outbox"
+        " WHERE published_at < now() - make_interval(secs => :retention_s)"
+    ).bindparams(bindparam("retention_s", type_=Float))
+    return int((await session.execute(stmt, {"retention_s": retention_s})).scalar_one())
+
+
+# --- operations: health facts, inspection, replay, expiry (scanctl, /ops) ----
+
+
+async def count_tasks_by_status(session: AsyncSession) -> dict[str, int]:
+    stmt = select(Task.status, func.count()).group_by(Task.status)
+    return {row[0]: row[1] for row in (await session.execute(stmt)).all()}
+
+
+@dataclass(frozen=True)
+class OutboxSummary:
+    backlog: int
+    oldest_unpublished_age_s: float | None
+    dead: int
+
+
+# Both counts read only a partial index (of unpublished rows, of dead rows), so a
+# health probe costs the same however many published rows the table keeps.
+_OUTBOX_BACKLOG_SQL = text(
+    """
+    SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8
+    FROM outbox WHERE published_at IS NULL AND dead_at IS NULL
+    """
+)
+
+
+async def summarize_outbox(session: AsyncSession) -> OutboxSummary:
+    backlog, oldest_age_s = (await session.execute(_OUTBOX_BACKLOG_SQL)).one()
+    dead_stmt = (
+        select(func.count()).select_from(OutboxMessage).where(OutboxMessage.dead_at.is_not(None))
+    )
+    dead = (await session.execute(dead_stmt)).scalar_one()
+    return OutboxSummary(backlog, oldest_age_s, dead)
+
+
+@dataclass(frozen=True)
+class OrphanCounts:
+    expired_leases: int
+    stale_queued: int
+
+    @property
+    def total(self) -> int:
+        return self.expired_leases + self.stale_queued
+
+
+_COUNT_ORPHANS_SQL = text(
+    """
+    SELECT count(*) FILTER (WHERE status = 'running' AND lease_expires_at < now()),
+           count(*) FILTER (WHERE status = 'queued'
+                            AND queued_at < now() - make_interval(secs => :stale_s))
+    FROM tasks WHERE status IN ('running', 'queued')
+    """
+).bindparams(bindparam("stale_s", type_=Float))
+
+
+async def count_orphans(session: AsyncSession, queued_stale_s: float) -> OrphanCounts:
+    """Running tasks whose lease expired, and tasks queued longer than `queued_stale_s`."""
+    row = (await session.execute(_COUNT_ORPHANS_SQL, {"stale_s": queued_stale_s})).one()
+    return OrphanCounts(*row)
+
+
+async def list_tasks_with_owner(
+    session: AsyncSession, *, limit: int, status: str | None = None, user_name: str | None = None
+) -> Sequence[tuple[Task, str]]:
+    """Newest first, across users, each with its owner's name."""
+    stmt = select(Task, User.name).join(User, User.id == Task.user_id)
+    if status is not None:
+        stmt = stmt.where(Task.status == status)
+    if user_name is not None:
+        stmt = stmt.where(User.name == user_name)
+    stmt = stmt.order_by(Task.created_at.desc(), Task.id.desc()).limit(limit)
+    return [(task, name) for task, name in (await session.execute(stmt)).all()]
+
+
+async def get_task_with_owner(session: AsyncSession, task_id: uuid.UUID) -> tuple[Task, str] | None:
+    stmt = select(Task, User.name).join(User, User.id == Task.user_id).where(Task.id == task_id)
+    row = (await session.execute(stmt)).one_or_none()
+    return (row[0], row[1]) if row else None
+
+
+async def get_task_statuses(
+    session: AsyncSession, task_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, str]:
+    """The status of each task that exists among `task_ids`."""
+    stmt = select(Task.id, Task.status).where(Task.id.in_(task_ids))
+    return {row[0]: row[1] for row in (await session.execute(stmt)).all()}
+
+
+async def list_outbox(
+    session: AsyncSession, *, limit: int, state: str | None = None
+) -> Sequence[OutboxMessage]:
+    """Newest first; `state` is unpublished, dead or published (None: every row)."""
+    stmt = select(OutboxMessage)
+    if state == "unpublished":
+        stmt = stmt.where(OutboxMessage.published_at.is_(None), OutboxMessage.dead_at.is_(None))
+    elif state == "dead":
+        stmt = stmt.where(OutboxMessage.dead_at.is_not(None))
+    elif state == "published":
+        stmt = stmt.where(OutboxMessage.published_at.is_not(None))
+    stmt = stmt.order_by(OutboxMessage.id.desc()).limit(limit)
+    return (await session.execute(stmt)).scalars().all()
+
+
+async def get_outbox_message(session: AsyncSession, outbox_id: int) -> OutboxMessage | None:
+    return await session.get(OutboxMessage, outbox_id)
+
+
+@dataclass(frozen=True)
+class ReplayedMessage:
+    id: int
+    task_id: uuid.UUID | None
+    task_revived: bool
+
+
+# A dead row's task goes back to pending only if that row is what failed it: the
+# task is failed with the row's error and no newer message exists for it (a retry
+# since then owns the task).
+_REPLAY_DEAD_SQL = text(
+    """
+    WITH replayed AS (
+        UPDATE outbox SET dead_at = NULL, available_at = now(), publish_attempts = 0
+        WHERE dead_at IS NOT NULL AND (CAST(:all_dead AS boolean) OR id = ANY(:ids))
+        RETURNING id, task_id, last_error
+    ), revived AS (
+        UPDATE tasks SET status = 'pending', error = NULL, finished_at = NULL, updated_at = now()
+        FROM replayed
+        WHERE tasks.id = replayed.task_id AND tasks.status = 'failed'
+          AND tasks.error IS NOT DISTINCT FROM replayed.last_error
+          AND NOT EXISTS (SELECT 1 FROM outbox newer
+                          WHERE newer.task_id = replayed.task_id AND newer.id > replayed.id)
+        RETURNING tasks.id
+    )
+    SELECT id, task_id, task_id IN (SELECT id FROM revived) FROM replayed ORDER BY id
+    """
+)
+
+
+async def replay_dead_messages(
+    session: AsyncSession, ids: Sequence[int] | None
+) -> list[ReplayedMessage]:
+    """Dead rows (`ids`, or all if None) become due again; tasks they failed go back to pending."""
+    params = {"all_dead": ids is None, "ids": list(ids or [])}
+    rows = (await session.execute(_REPLAY_DEAD_SQL, params)).all()
+    return [ReplayedMessage(row[0], row[1], bool(row[2])) for row in rows]
+
+
+async def notify_outbox(session: AsyncSession, channel: str) -> None:
+    """Wake the relays on commit; the outbox trigger only fires on INSERT."""
+    await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": channel})
+
+
+# Small batches, rows another session holds skipped: a large expiry never holds many
+# row locks, nor waits on a worker.
+_EXPIRE_IDEMPOTENCY_SQL = text(
+    """
+    UPDATE tasks SET idempotency_key = NULL
+    WHERE id IN (SELECT id FROM tasks
+                 WHERE idempotency_key IS NOT NULL
+                   AND created_at < now() - make_interval(secs => :older_than_s)
+                 LIMIT :batch FOR UPDATE SKIP LOCKED)
+    """
+).bindparams(bindparam("older_than_s", type_=Float))
+
+
+async def count_expired_idempotency_keys(session: AsyncSession, older_than_s: float) -> int:
+    stmt = text(
+        "SELECT count(*) FROM tasks WHERE idempotency_key IS NOT NULL"
+        " AND created_at < now() - make_interval(secs => :older_than_s)"
+    ).bindparams(bindparam("older_than_s", type_=Float))
+    return int((await session.execute(stmt, {"older_than_s": older_than_s})).scalar_one())
+
+
+async def expire_idempotency_keys(session: AsyncSession, older_than_s: float, batch: int) -> int:
+    """Clear up to `batch` idempotency keys of tasks created over `older_than_s` ago."""
+    params = {"older_than_s": older_than_s, "batch": batch}
+    result = await session.execute(_EXPIRE_IDEMPOTENCY_SQL, params)
+    return int(result.rowcount)  # type: ignore[attr-defined]

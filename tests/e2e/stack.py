@@ -109,6 +109,8 @@ def stack_env(database_url: str, redis_url: str, site_port: int, api_port: int) 
         SCAN_SCHEMES="http",
         SCAN_HTTP_PORT=str(site_port),
         SCAN_RELAY_POLL_INTERVAL_S="0.5",
+        SCAN_WORKER_METRICS_PORT=str(free_port()),
+        SCAN_RELAY_HEALTH_PORT=str(free_port()),
     )
     return env
 

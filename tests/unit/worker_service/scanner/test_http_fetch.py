@@ -9,6 +9,7 @@ import pytest
 
 from shared.settings import Settings
 from worker_service.scanner import http
+from worker_service.scanner.budget import Budget
 
 # Public addresses that are never contacted: every request is answered by a mock transport.
 SITE_IP = "93.184.215.14"
@@ -47,11 +48,17 @@ def redirect_to(location: str) -> Handler:
     return handler
 
 
+async def fetch(
+    domain: str, transport: httpx.AsyncBaseTransport, scheme: str = "https", **overrides: object
+) -> http.HomePage | http.FetchFailure:
+    return await http.fetch(domain, scheme, settings(**overrides), transport=transport)
+
+
 async def test_connects_to_the_checked_ip_with_host_header_and_sni() -> None:
     seen: list[httpx.Request] = []
     transport = recording(lambda _request: ok(), seen)
 
-    result = await http.fetch_home_page("example.com", settings(), transport=transport)
+    result = await fetch("example.com", transport)
 
     assert isinstance(result, http.HomePage)
     assert (result.url, result.status, result.title) == ("https://example.com/", 200, "Home")
@@ -65,9 +72,7 @@ async def test_plain_http_sends_no_sni_and_uses_the_configured_port() -> None:
     seen: list[httpx.Request] = []
     transport = recording(lambda _request: ok(), seen)
 
-    await http.fetch_home_page(
-        "example.com", settings(schemes=["http"], http_port=8080), transport=transport
-    )
+    await fetch("example.com", transport, "http", http_port=8080)
 
     [request] = seen
     assert (request.url.host, request.url.port) == (SITE_IP, 8080)
@@ -79,13 +84,15 @@ async def test_redirect_to_another_host_connects_to_that_hosts_checked_ip() -> N
     seen: list[httpx.Request] = []
     transport = recording(redirect_to("https://other.example/landing?x=1"), seen)
 
-    result = await http.fetch_home_page(
-        "example.com", settings(https_port=8443), transport=transport
-    )
+    result = await fetch("example.com", transport, https_port=8443)
 
     assert isinstance(result, http.HomePage)
     assert result.url == "https://other.example/landing?x=1"
     assert result.redirects == ["https://other.example/landing?x=1"]
+    assert [(hop.url, hop.status) for hop in result.chain] == [
+        ("https://example.com/", 302),
+        ("https://other.example/landing?x=1", 200),
+    ]
     second = seen[1]
     assert (second.url.host, second.url.port, second.url.raw_path) == (
         OTHER_IP,
@@ -100,7 +107,7 @@ async def test_redirect_keeps_an_explicit_port_in_url_and_host_header() -> None:
     seen: list[httpx.Request] = []
     transport = recording(redirect_to("http://other.example:8081/next"), seen)
 
-    await http.fetch_home_page("example.com", settings(), transport=transport)
+    await fetch("example.com", transport)
 
     assert (seen[1].url.host, seen[1].url.port) == (OTHER_IP, 8081)
     assert seen[1].headers["host"] == "other.example:8081"
@@ -124,11 +131,12 @@ async def test_redirect_to_a_forbidden_address_is_blocked_before_connecting(
     seen: list[httpx.Request] = []
     transport = recording(redirect_to(location), seen)
 
-    result = await http.fetch_home_page("example.com", settings(), transport=transport)
+    result = await fetch("example.com", transport)
 
     assert isinstance(result, http.FetchFailure)
     assert result.error.startswith(reason)
     assert result.redirects == [location]
+    assert [(hop.status, hop.error) for hop in result.chain] == [(302, None), (None, result.error)]
     assert len(seen) == 1
 
 
@@ -136,67 +144,58 @@ async def test_first_hop_to_a_forbidden_address_is_blocked() -> None:
     seen: list[httpx.Request] = []
     transport = recording(lambda _request: ok(), seen)
 
-    result = await http.fetch_home_page(
-        "intranet.example", settings(schemes=["https", "http"]), transport=transport
-    )
+    result = await fetch("intranet.example", transport, "http")
 
     assert isinstance(result, http.FetchFailure)
-    assert "blocked by SSRF guard: 10.0.0.7 is private" in result.error
-    assert [attempt["url"] for attempt in result.attempts] == [
-        "https://intranet.example/",
-        "http://intranet.example/",
-    ]
+    assert result.error == "blocked by SSRF guard: 10.0.0.7 is private"
+    assert result.url == "http://intranet.example/"
     assert seen == []
 
 
 async def test_redirect_to_another_scheme_is_refused() -> None:
     transport = httpx.MockTransport(redirect_to("ftp://example.com/file"))
 
-    result = await http.fetch_home_page("example.com", settings(), transport=transport)
+    result = await fetch("example.com", transport)
 
     assert isinstance(result, http.FetchFailure)
     assert result.error == "redirect to unsupported URL 'ftp://example.com/file'"
 
 
-async def test_falls_back_to_the_next_scheme_when_connecting_fails() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.scheme == "https":
-            raise httpx.ConnectError("refused", request=request) from ConnectionRefusedError()
-        return ok()
-
-    result = await http.fetch_home_page(
-        "example.com",
-        settings(schemes=["https", "http"]),
-        transport=httpx.MockTransport(handler),
-    )
-
-    assert isinstance(result, http.HomePage)
-    assert result.url == "http://example.com/"
-
-
-async def test_no_fallback_once_the_first_scheme_answered() -> None:
+async def test_too_many_redirects_stop_the_chain() -> None:
     seen: list[httpx.Request] = []
     transport = recording(redirect_to("/"), seen)
 
-    result = await http.fetch_home_page(
-        "example.com",
-        settings(schemes=["https", "http"], max_redirects=2),
-        transport=transport,
-    )
+    result = await fetch("example.com", transport, max_redirects=2)
 
     assert isinstance(result, http.FetchFailure)
     assert result.error == "too many redirects (limit 2)"
-    assert {request.url.scheme for request in seen} == {"https"}
+    assert len(seen) == 3
 
 
-async def test_security_headers_are_kept_and_others_dropped() -> None:
+async def test_security_headers_present_and_missing_are_reported() -> None:
     headers = {"X-Frame-Options": "DENY", "Strict-Transport-Security": "max-age=1", "Server": "x"}
     transport = httpx.MockTransport(lambda _request: ok(**headers))
 
-    result = await http.fetch_home_page("example.com", settings(), transport=transport)
+    result = await fetch("example.com", transport)
 
     assert isinstance(result, http.HomePage)
-    assert result.headers == {"strict-transport-security": "max-age=1", "x-frame-options": "DENY"}
+    assert result.to_json()["security_headers"] == {
+        "present": {"strict-transport-security": "max-age=1", "x-frame-options": "DENY"},
+        "missing": ["content-security-policy", "x-content-type-options", "referrer-policy"],
+    }
+
+
+async def test_an_exhausted_budget_stops_before_connecting() -> None:
+    seen: list[httpx.Request] = []
+    transport = recording(lambda _request: ok(), seen)
+
+    result = await http.fetch(
+        "example.com", "https", settings(), transport=transport, budget=Budget.start(0)
+    )
+
+    assert isinstance(result, http.FetchFailure)
+    assert result.error == "scan time limit of 0s reached"
+    assert seen == []
 
 
 def test_one_candidate_per_family_in_order() -> None:

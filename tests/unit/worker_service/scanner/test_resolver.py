@@ -171,3 +171,60 @@ def test_resolution_json_has_the_report_shape() -> None:
     resolution = resolver.Resolution(a=["192.0.2.1"], error=None)
 
     assert resolution.to_json() == {"a": ["192.0.2.1"], "aaaa": [], "error": None}
+
+
+@pytest.mark.usefixtures("no_dns")
+async def test_overridden_name_reports_its_address_and_no_other_records() -> None:
+    records = await resolver.lookup_records(
+        "www.example.com", Settings(resolver_overrides=OVERRIDES)
+    )
+
+    assert records.to_json() == {
+        "a": ["192.0.2.1"],
+        "aaaa": [],
+        "cname": [],
+        "mx": [],
+        "txt": [],
+        "error": None,
+    }
+
+
+async def test_records_of_every_reported_type_are_queried_together(
+    fake_dns: type[FakeResolver],
+) -> None:
+    fake_dns.table = {
+        ("example.net.", "A"): ["198.51.100.1"],
+        ("example.net.", "CNAME"): ["edge.cdn.example."],
+        ("example.net.", "MX"): ["20 backup.example.net.", "10 mail.example.net."],
+        ("example.net.", "TXT"): ['"v=spf1 -all"', '"part one" "part two"'],
+    }
+
+    records = await resolver.lookup_records("example.net", Settings(dns_timeout_s=1.5))
+
+    assert records.to_json() == {
+        "a": ["198.51.100.1"],
+        "aaaa": [],
+        "cname": ["edge.cdn.example"],
+        "mx": [
+            {"preference": 10, "exchange": "mail.example.net"},
+            {"preference": 20, "exchange": "backup.example.net"},
+        ],
+        "txt": ["part onepart two", "v=spf1 -all"],
+        "error": None,
+    }
+    assert sorted(query[1] for query in fake_dns.queries) == ["A", "AAAA", "CNAME", "MX", "TXT"]
+    assert {query[2] for query in fake_dns.queries} == {1.5}
+
+
+async def test_a_name_that_does_not_exist_is_reported_not_raised(
+    fake_dns: type[FakeResolver],
+) -> None:
+    fake_dns.table = {
+        ("gone.example.", rdtype): failure(dns.resolver.NXDOMAIN)
+        for rdtype in ("A", "AAAA", "CNAME", "MX", "TXT")
+    }
+
+    records = await resolver.lookup_records("gone.example", Settings())
+
+    assert records.to_json()["error"] == "NXDOMAIN"
+    assert records.resolution.addresses == []

@@ -1,0 +1,37 @@
+"""Operator endpoints: the admin health summary and the Prometheus exposition."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from api_service.deps import AdminUser, RedisDep, SettingsDep
+from api_service.schemas import ErrorResponse
+from shared import health
+
+router = APIRouter(prefix="/api/v1/ops", tags=["ops"])
+metrics_router = APIRouter(tags=["ops"])
+
+
+@router.get(
+    "/health",
+    responses={
+        503: {"description": "Unhealthy: the same report, with its reasons"},
+        **{code: {"model": ErrorResponse} for code in (401, 403)},
+    },
+)
+async def ops_health(
+    _: AdminUser, request: Request, redis: RedisDep, settings: SettingsDep
+) -> JSONResponse:
+    """The facts `scanctl status` shows, as JSON; 503 with the reasons when unhealthy."""
+    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    report = await health.gather_health(sessionmaker, redis, settings)
+    return JSONResponse(report.to_json(), status_code=200 if report.healthy else 503)
+
+
+@metrics_router.get("/metrics", include_in_schema=False)
+async def prometheus_metrics() -> Response:
+    """This process's metrics (the API runs one uvicorn process per pod: the default registry)."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,1 @@
+"""Benchmarks of scan-outbox on embedded PostgreSQL and Redis: `python -m bench [SCENARIO ...]`."""

@@ -1,0 +1,192 @@
+"""What every benchmark scenario shares: servers, a clean slate, bulk rows, processes, stats."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from shared.cli.processes import relay_command, worker_command
+from shared.embedded import free_port
+from shared.settings import Settings
+
+START_DEADLINE_S = 30.0
+STOP_DEADLINE_S = 30.0
+
+
+@dataclass
+class ScenarioResult:
+    """One scenario's table (rows of the same keys, in `columns` order) and its notes."""
+
+    title: str
+    columns: list[str]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BenchContext:
+    """Servers and settings for one run; every scenario starts from `reset()`."""
+
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    scale: float
+    work_dir: Path
+
+    def scaled(self, count: int, minimum: int = 1000) -> int:
+        return max(minimum, int(count * self.scale))
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.settings.effective_broker_url)
+
+    async def reset(self) -> None:
+        """Empty tables (one user left for tasks to belong to) and an empty Redis."""
+        async with self.engine.begin() as connection:
+            await connection.execute(text("TRUNCATE outbox, tasks, users RESTART IDENTITY CASCADE"))
+            await connection.execute(
+                text("INSERT INTO users (name, token_hash) VALUES ('bench', 'bench')")
+            )
+        client = self.redis()
+        client.flushdb()
+        client.close()
+
+    async def vacuum(self, *, analyze: bool = True) -> None:
+        # VACUUM cannot run inside a transaction block.
+        async with self.engine.connect() as connection:
+            autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            await autocommit.execute(text("VACUUM ANALYZE outbox" if analyze else "VACUUM outbox"))
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """Environment for a service process on these servers."""
+        env = dict(os.environ)
+        env.update(
+            DATABASE_URL=self.settings.database_url.get_secret_value(),
+            REDIS_URL=self.settings.redis_url.get_secret_value(),
+            SCAN_LOG_JSON="true",
+            SCAN_WORKER_METRICS_PORT="0",
+        )
+        env.update(extra)
+        return env
+
+
+# Tasks and their outbox rows straight from SQL: a backlog of any size in seconds.
+_FILL_TASKS_SQL = text(
+    """
+    WITH new_tasks AS (
+        INSERT INTO tasks (id, user_id, target_domain)
+        SELECT gen_random_uuid(), (SELECT min(id) FROM users), 'b' || g || '.example.com'
+        FROM generate_series(1, :count) g
+        RETURNING id
+    )
+    INSERT INTO outbox (message_id, actor, queue, payload, task_id)
+    SELECT gen_random_uuid(), 'scan_domain', :queue, jsonb_build_object('task_id', id::text), id
+    FROM new_tasks
+    """
+)
+
+_FILL_BARE_SQL = text(
+    """
+    INSERT INTO outbox (message_id, actor, queue, payload, published_at)
+    SELECT gen_random_uuid(), 'scan_domain', :queue, jsonb_build_object('task_id', g::text),
+           CASE WHEN :published THEN now() END
+    FROM generate_series(1, :count) g
+    """
+)
+
+
+async def fill_tasks(session: AsyncSession, count: int, queue: str) -> None:
+    """`count` pending tasks with their outbox rows, in the caller's transaction."""
+    await session.execute(_FILL_TASKS_SQL, {"count": count, "queue": queue})
+
+
+async def fill_outbox(
+    sessionmaker: async_sessionmaker[AsyncSession], count: int, *, published: bool, queue: str
+) -> None:
+    """`count` outbox rows without tasks, committed."""
+    async with sessionmaker() as session, session.begin():
+        params = {"count": count, "queue": queue, "published": published}
+        await session.execute(_FILL_BARE_SQL, params)
+
+
+async def backlog_left(sessionmaker: async_sessionmaker[AsyncSession]) -> bool:
+    # EXISTS stops at the first unpublished row: cheap enough to poll while relays work.
+    stmt = text(
+        "SELECT EXISTS (SELECT 1 FROM outbox WHERE published_at IS NULL AND dead_at IS NULL)"
+    )
+    async with sessionmaker() as session:
+        return bool((await session.execute(stmt)).scalar_one())
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    health_port: int | None = None
+
+    def stop(self) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+        try:
+            return self.popen.wait(timeout=STOP_DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            return self.popen.wait()
+
+
+def start_process(ctx: BenchContext, name: str, command: list[str], env: dict[str, str]) -> Process:
+    log_path = ctx.work_dir / f"{name}.log"
+    with log_path.open("ab") as log_file:
+        popen = subprocess.Popen(
+            command, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    return Process(name, popen, log_path)
+
+
+def start_relay(ctx: BenchContext, name: str, **extra_env: str) -> Process:
+    """A relay process, returned once its liveness probe answers."""
+    port = free_port()
+    env = ctx.env(SCAN_RELAY_HEALTH_PORT=str(port), **extra_env)
+    process = start_process(ctx, name, relay_command(), env)
+    process.health_port = port
+    deadline = time.monotonic() + START_DEADLINE_S
+    while time.monotonic() < deadline:
+        if process.popen.poll() is not None:
+            raise RuntimeError(f"{name} exited; see {process.log_path}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/livez", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    process.stop()
+    raise RuntimeError(f"{name} did not start; see {process.log_path}")
+
+
+def start_worker(ctx: BenchContext, name: str, **extra_env: str) -> Process:
+    return start_process(ctx, name, worker_command(processes=1, threads=8), ctx.env(**extra_env))
+
+
+def percentile(samples: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile; NaN for no samples."""
+    if not samples:
+        return float("nan")
+    ordered = sorted(samples)
+    rank = max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)

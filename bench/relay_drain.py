@@ -1,0 +1,114 @@
+"""relay_drain: how fast relays empty a backlog, against the database's own ceiling.
+
+The ceiling is a loop that claims and marks batches exactly as the relay does but
+publishes nothing. Relays run as real processes, woken by the commit that makes
+the whole backlog visible at once; the clock runs from that commit until no
+unpublished row is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+
+from bench.common import (
+    BenchContext,
+    ScenarioResult,
+    backlog_left,
+    fill_tasks,
+    start_relay,
+)
+from relay_service.publisher import DramatiqPublisher
+from relay_service.relay import Relay
+from shared.broker import create_broker
+from shared.db import queries
+
+ROWS = 100_000
+BATCH = 500
+POLL_S = 0.05
+
+
+async def _queue_backlog(ctx: BenchContext, rows: int) -> float:
+    """Insert `rows` tasks in one transaction; the monotonic time of its commit."""
+    async with ctx.sessionmaker() as session, session.begin():
+        await fill_tasks(session, rows, ctx.settings.queue_name)
+    return time.monotonic()
+
+
+async def _ceiling(ctx: BenchContext, rows: int) -> float:
+    """Claim-and-mark with no publishing: the database's limit, msgs/s."""
+    await ctx.reset()
+    await _queue_backlog(ctx, rows)
+    started, done = time.monotonic(), 0
+    while True:
+        async with ctx.sessionmaker() as session, session.begin():
+            batch = await queries.claim_batch(session, BATCH)
+            await queries.mark_published(session, [message.id for message in batch])
+        done += len(batch)
+        if len(batch) < BATCH:
+            return done / (time.monotonic() - started)
+
+
+async def _in_process(ctx: BenchContext, rows: int, *, pipelined: bool) -> float:
+    """The relay's own drain loop in this process, msgs/s."""
+    await ctx.reset()
+    await _queue_backlog(ctx, rows)
+    broker = create_broker(ctx.settings, middleware=[], socket_timeout_s=10)
+    settings = ctx.settings.model_copy(update={"relay_batch_size": BATCH})
+    relay = Relay(ctx.sessionmaker, DramatiqPublisher(broker, use_pipeline=pipelined), settings)
+    started = time.monotonic()
+    done = await relay.drain()
+    rate = done / (time.monotonic() - started)
+    broker.client.connection_pool.disconnect()
+    return rate
+
+
+async def _processes(ctx: BenchContext, rows: int, relays: int) -> float:
+    """`relays` relay processes draining one committed backlog, msgs/s."""
+    await ctx.reset()
+    started = [
+        start_relay(ctx, f"drain-relay-{relays}-{index}", SCAN_RELAY_BATCH_SIZE=str(BATCH))
+        for index in range(relays)
+    ]
+    try:
+        committed = await _queue_backlog(ctx, rows)
+        while True:
+            if not await backlog_left(ctx.sessionmaker):
+                return rows / (time.monotonic() - committed)
+            await asyncio.sleep(POLL_S)
+    finally:
+        for process in started:
+            process.stop()
+
+
+async def run(ctx: BenchContext) -> ScenarioResult:
+    rows = ctx.scaled(ROWS)
+    result = ScenarioResult(
+        title=f"relay_drain: {rows:,} queued rows, batches of {BATCH}",
+        columns=["setup", "msgs_per_s", "ratio_to_ceiling"],
+        params={"rows": rows, "batch": BATCH},
+    )
+    runs: list[tuple[str, Callable[[], Awaitable[float]]]] = [
+        ("ceiling: claim and mark, no publish (in process)", lambda: _ceiling(ctx, rows)),
+        (
+            "relay loop, one enqueue per message (in process)",
+            lambda: _in_process(ctx, rows, pipelined=False),
+        ),
+        ("relay loop, pipelined (in process)", lambda: _in_process(ctx, rows, pipelined=True)),
+        ("1 relay process", lambda: _processes(ctx, rows, 1)),
+        ("2 relay processes", lambda: _processes(ctx, rows, 2)),
+    ]
+    ceiling = 0.0
+    for setup, measure in runs:
+        rate = await measure()
+        ceiling = ceiling or rate
+        ratio = round(rate / ceiling, 2)
+        result.rows.append({"setup": setup, "msgs_per_s": round(rate), "ratio_to_ceiling": ratio})
+    result.notes.append(
+        "Relay processes are timed from the commit that makes the backlog visible to the "
+        "moment no unpublished row is left (polled every 50 ms). This machine has "
+        f"{os.cpu_count()} CPUs shared by PostgreSQL, Redis and the relays."
+    )
+    return result

@@ -1,0 +1,172 @@
+"""Leader election among relays and the maintenance jobs only the leader runs.
+
+The work itself lives in `shared.maintenance` (scanctl runs the same code);
+this module decides who runs it and when, and turns its counts into metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import NullPool
+
+from shared import keys, maintenance, metrics
+from shared.db import queries
+from shared.logging import get_logger
+from shared.settings import Settings
+
+log = get_logger(__name__)
+
+# How the leader's connection shows in pg_stat_activity.
+APPLICATION_NAME = "scan-outbox-relay-leader"
+# Bounds every statement on the leader connection, so a hung database cannot
+# wedge the election job.
+LEADER_COMMAND_TIMEOUT_S = 10.0
+# Pruning runs in chunks of this many batches, checking for shutdown in between.
+PRUNE_CHUNK_BATCHES = 20
+
+
+class LeaderElection:
+    """Holds a PostgreSQL session-level advisory lock on a dedicated connection.
+
+    Whoever holds the lock leads. If the leader dies, its connection ends and
+    PostgreSQL releases the lock; the next `check` by another relay takes it.
+    """
+
+    def __init__(self, settings: Settings, lock_key: int = keys.RELAY_LEADER_LOCK) -> None:
+        self.lock_key = lock_key
+        self.engine = create_async_engine(
+            settings.sqlalchemy_url,
+            poolclass=NullPool,
+            connect_args={
+                "server_settings": {"application_name": APPLICATION_NAME},
+                "command_timeout": LEADER_COMMAND_TIMEOUT_S,
+            },
+        )
+        self.connection: AsyncConnection | None = None
+        self.is_leader = False
+
+    async def check(self) -> bool:
+        """Take the lead if it is free, or confirm we still hold it; False on any error."""
+        try:
+            if self.connection is None:
+                self.connection = await self.engine.connect()
+            if self.is_leader:
+                held = await queries.holds_advisory_lock(self.connection, self.lock_key)
+            else:
+                held = await queries.try_advisory_lock(self.connection, self.lock_key)
+            # The lock outlives the transaction; an open one would pin a snapshot
+            # and hold back vacuum of the outbox.
+            await self.connection.commit()
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("relay_leader_check_failed", error=type(exc).__name__)
+            held = False
+            await self._drop_connection()
+        self._set(held)
+        return held
+
+    def _set(self, leader: bool) -> None:
+        if leader != self.is_leader:
+            log.info("relay_leader_gained" if leader else "relay_leader_lost")
+        self.is_leader = leader
+        metrics.RELAY_LEADER.set(1 if leader else 0)
+
+    async def _drop_connection(self) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            with contextlib.suppress(SQLAlchemyError, OSError):
+                await connection.invalidate()
+                await connection.close()
+
+    async def release(self) -> None:
+        """Step down now (on shutdown), so another relay need not wait for this one to die."""
+        if self.connection is not None and self.is_leader:
+            with contextlib.suppress(SQLAlchemyError, OSError):
+                await queries.advisory_unlock(self.connection, self.lock_key)
+                await self.connection.commit()
+        if self.connection is not None:
+            with contextlib.suppress(SQLAlchemyError, OSError):
+                await self.connection.close()
+        self.connection = None
+        self._set(False)
+        await self.engine.dispose()
+
+
+class MaintenanceJobs:
+    """The leader's jobs; on any other relay each is a no-op."""
+
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        election: LeaderElection,
+        stop: asyncio.Event,
+    ) -> None:
+        self.sessionmaker = sessionmaker
+        self.settings = settings
+        self.election = election
+        self.stop = stop
+
+    async def check_leader(self) -> None:
+        was_leader = self.election.is_leader
+        if not await self.election.check() and was_leader:
+            # Only the leader reports the backlog: max() over relays stays right.
+            _reset_gauges()
+
+    async def redispatch(self) -> None:
+        if not self.election.is_leader or self.stop.is_set():
+            return
+        try:
+            counts = await maintenance.redispatch_orphans(self.sessionmaker, self.settings)
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("maintenance_failed", job="redispatch", error=type(exc).__name__)
+            return
+        for reason in (maintenance.LEASE_EXPIRED, maintenance.STALE_QUEUED):
+            metrics.TASKS_REDISPATCHED.labels(reason=reason).inc(counts[reason])
+        if any(counts.values()):
+            log.info("tasks_redispatched", **counts)
+
+    async def prune(self) -> None:
+        chunk_rows = PRUNE_CHUNK_BATCHES * self.settings.relay_prune_batch_size
+        total = 0
+        while self.election.is_leader and not self.stop.is_set():
+            try:
+                counts = await maintenance.prune_published(
+                    self.sessionmaker, self.settings, max_batches=PRUNE_CHUNK_BATCHES
+                )
+            except (SQLAlchemyError, OSError) as exc:
+                log.warning("maintenance_failed", job="prune", error=type(exc).__name__)
+                break
+            pruned = counts["outbox_pruned"]
+            metrics.OUTBOX_PRUNED.inc(pruned)
+            total += pruned
+            if pruned < chunk_rows:
+                break
+        if total:
+            log.info("outbox_pruned", rows=total)
+
+    async def refresh_gauges(self) -> None:
+        if not self.election.is_leader:
+            return
+        try:
+            async with self.sessionmaker() as session:
+                summary = await queries.summarize_outbox(session)
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("maintenance_failed", job="gauges", error=type(exc).__name__)
+            return
+        metrics.OUTBOX_BACKLOG.set(summary.backlog)
+        metrics.OUTBOX_OLDEST_AGE.set(summary.oldest_unpublished_age_s or 0.0)
+        metrics.OUTBOX_DEAD.set(summary.dead)
+
+
+def _reset_gauges() -> None:
+    for gauge in (metrics.OUTBOX_BACKLOG, metrics.OUTBOX_OLDEST_AGE, metrics.OUTBOX_DEAD):
+        gauge.set(0)

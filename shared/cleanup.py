@@ -1,0 +1,214 @@
+"""Operator cleanups behind `scanctl cleanup-orphaned` and `scanctl full-cleanup`.
+
+Orphans and pruning go through `shared.maintenance`, the code the relay's
+maintenance jobs run; this module adds what only an operator asks for: stale
+Redis safeguard keys and expired idempotency keys. Every step honours `dry_run`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared import keys, maintenance
+from shared.db import queries
+from shared.db.models import TERMINAL_STATUSES
+from shared.errors import Unavailable
+from shared.settings import Settings
+
+SCAN_COUNT = 500
+IDEMPOTENCY_BATCH = 1000
+
+# Check and delete in one step, so a lock given an expiry meanwhile is kept.
+_DELETE_IF_NO_TTL = (
+    "if redis.call('ttl', KEYS[1]) == -1 then return redis.call('del', KEYS[1]) end return 0"
+)
+
+
+class ProgressSink(Protocol):
+    """Where a long step reports how far it got (a progress bar, or nothing)."""
+
+    def step(self, description: str, total: int | None = None) -> None: ...
+
+    def advance(self, amount: int = 1) -> None: ...
+
+
+class NoProgress:
+    def step(self, description: str, total: int | None = None) -> None:
+        pass
+
+    def advance(self, amount: int = 1) -> None:
+        pass
+
+
+@dataclass
+class CleanupReport:
+    """What each step did (or, with dry_run, would do), by step name."""
+
+    dry_run: bool
+    steps: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def _redis_down(exc: Exception) -> Unavailable:
+    return Unavailable(f"Redis is unreachable ({type(exc).__name__}); check REDIS_URL")
+
+
+def _marker_task_id(key: bytes) -> uuid.UUID | None:
+    _, _, raw = key.decode(errors="replace").partition(":")
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        return None
+
+
+async def _stale_markers(
+    sessionmaker: async_sessionmaker[AsyncSession], batch: Sequence[bytes]
+) -> list[bytes]:
+    """Markers whose task is terminal or gone; the marker only ever helps a live task."""
+    by_id = {task_id: key for key in batch if (task_id := _marker_task_id(key)) is not None}
+    async with sessionmaker() as session:
+        statuses = await queries.get_task_statuses(session, list(by_id))
+    return [
+        key
+        for task_id, key in by_id.items()
+        if task_id not in statuses or statuses[task_id] in TERMINAL_STATUSES
+    ]
+
+
+async def remove_stale_markers(
+    redis: aioredis.Redis,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    dry_run: bool,
+    progress: ProgressSink,
+) -> dict[str, int]:
+    """Delete `task_created:{id}` markers of terminal or deleted tasks."""
+    seen = stale = 0
+    batch: list[bytes] = []
+    try:
+        keys_iter = redis.scan_iter(match=keys.TASK_CREATED_MARKER_PATTERN, count=SCAN_COUNT)
+        async for key in keys_iter:
+            batch.append(key)
+            if len(batch) < SCAN_COUNT:
+                continue
+            stale += await _drop_markers(redis, sessionmaker, batch, dry_run)
+            seen, batch = seen + len(batch), []
+            progress.advance(SCAN_COUNT)
+        if batch:
+            stale += await _drop_markers(redis, sessionmaker, batch, dry_run)
+            seen += len(batch)
+            progress.advance(len(batch))
+    except (RedisError, OSError) as exc:
+        raise _redis_down(exc) from exc
+    return {"markers_seen": seen, "markers_removed": stale}
+
+
+async def _drop_markers(
+    redis: aioredis.Redis,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    batch: Sequence[bytes],
+    dry_run: bool,
+) -> int:
+    stale = await _stale_markers(sessionmaker, batch)
+    if stale and not dry_run:
+        await redis.delete(*stale)
+    return len(stale)
+
+
+async def remove_locks_without_ttl(
+    redis: aioredis.Redis, *, dry_run: bool, progress: ProgressSink
+) -> dict[str, int]:
+    """Delete `lock:*` keys that would never expire (a holder died between SET and EXPIRE)."""
+    seen = removed = 0
+    try:
+        async for key in redis.scan_iter(match=keys.LOCK_PATTERN, count=SCAN_COUNT):
+            seen += 1
+            progress.advance()
+            if await redis.ttl(key) != -1:
+                continue
+            if dry_run:
+                removed += 1
+            else:
+                removed += int(await redis.eval(_DELETE_IF_NO_TTL, 1, key))
+    except (RedisError, OSError) as exc:
+        raise _redis_down(exc) from exc
+    return {"locks_seen": seen, "locks_removed": removed}
+
+
+async def expire_idempotency_keys(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    *,
+    dry_run: bool,
+    progress: ProgressSink,
+) -> dict[str, int]:
+    """Clear idempotency keys older than `idempotency_retention_s`, one small batch per commit."""
+    retention_s = settings.idempotency_retention_s
+    async with sessionmaker() as session:
+        due = await queries.count_expired_idempotency_keys(session, retention_s)
+    if dry_run or not due:
+        return {"idempotency_keys_expired": due}
+    cleared = 0
+    while True:
+        async with sessionmaker() as session, session.begin():
+            count = await queries.expire_idempotency_keys(session, retention_s, IDEMPOTENCY_BATCH)
+        if not count:
+            return {"idempotency_keys_expired": cleared}
+        cleared += count
+        progress.advance(count)
+
+
+async def cleanup_orphaned(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: aioredis.Redis,
+    settings: Settings,
+    *,
+    dry_run: bool,
+    progress: ProgressSink | None = None,
+) -> CleanupReport:
+    """Re-dispatch or fail orphaned tasks, then drop stale markers and locks without a TTL."""
+    progress = progress or NoProgress()
+    report = CleanupReport(dry_run=dry_run)
+    progress.step("re-dispatching orphaned tasks")
+    report.steps["orphans"] = await maintenance.redispatch_orphans(
+        sessionmaker, settings, dry_run=dry_run
+    )
+    progress.step("removing stale task markers")
+    report.steps["markers"] = await remove_stale_markers(
+        redis, sessionmaker, dry_run=dry_run, progress=progress
+    )
+    progress.step("removing locks without a TTL")
+    report.steps["locks"] = await remove_locks_without_ttl(
+        redis, dry_run=dry_run, progress=progress
+    )
+    return report
+
+
+async def full_cleanup(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: aioredis.Redis,
+    settings: Settings,
+    *,
+    dry_run: bool,
+    progress: ProgressSink | None = None,
+) -> CleanupReport:
+    """`cleanup_orphaned`, then prune published outbox rows and expire idempotency keys."""
+    progress = progress or NoProgress()
+    report = await cleanup_orphaned(
+        sessionmaker, redis, settings, dry_run=dry_run, progress=progress
+    )
+    progress.step("pruning published outbox rows")
+    report.steps["outbox"] = await maintenance.prune_published(
+        sessionmaker, settings, dry_run=dry_run
+    )
+    progress.step("expiring idempotency keys")
+    report.steps["idempotency"] = await expire_idempotency_keys(
+        sessionmaker, settings, dry_run=dry_run, progress=progress
+    )
+    return report

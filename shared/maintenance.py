@@ -1,0 +1,103 @@
+"""Maintenance of tasks and the outbox: the relay leader's jobs and `scanctl` run this same code.
+
+Each function works in small batches, one transaction each, and returns counts;
+with `dry_run` it only counts what it would do. Safe to run from several places
+at once: batches skip rows another session holds, and every change is conditional.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.db import queries
+from shared.db.models import TaskStatus
+from shared.messages import scan_entry
+from shared.settings import Settings
+
+# Keys of the dict `redispatch_orphans` returns.
+LEASE_EXPIRED = "lease_expired"
+STALE_QUEUED = "stale_queued"
+
+Batch = Callable[[AsyncSession], Awaitable[list[queries.RedispatchedTask]]]
+
+
+async def _redispatch_batches(
+    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, batch: Batch
+) -> tuple[int, int]:
+    """Run `batch` until a short one; (sent again, failed). Each batch's task updates and
+    their new outbox rows commit together."""
+    redispatched = failed = 0
+    while True:
+        async with sessionmaker() as session, session.begin():
+            tasks = await batch(session)
+            again = [t for t in tasks if t.status == TaskStatus.PENDING]
+            await queries.insert_messages(
+                session, [scan_entry(t.task_id, settings.queue_name) for t in again]
+            )
+        redispatched += len(again)
+        failed += len(tasks) - len(again)
+        if len(tasks) < settings.relay_redispatch_batch_size:
+            return redispatched, failed
+
+
+async def redispatch_orphans(
+    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, *, dry_run: bool = False
+) -> dict[str, int]:
+    """Send again tasks whose worker lease expired and tasks queued longer than
+    `queued_stale_s` (the broker lost the message); out of attempts, fail them with the reason.
+
+    Returns `{lease_expired, lease_expired_failed, stale_queued, stale_queued_failed}`.
+    """
+    limit = settings.relay_redispatch_batch_size
+    if dry_run:
+        async with sessionmaker() as session:
+            outcomes = await queries.count_orphan_outcomes(session, settings.queued_stale_s)
+        return {
+            LEASE_EXPIRED: outcomes.expired_redispatch,
+            f"{LEASE_EXPIRED}_failed": outcomes.expired_fail,
+            STALE_QUEUED: outcomes.stale_redispatch,
+            f"{STALE_QUEUED}_failed": outcomes.stale_fail,
+        }
+
+    async def expired(session: AsyncSession) -> list[queries.RedispatchedTask]:
+        return await queries.redispatch_expired_leases(session, limit)
+
+    async def stale(session: AsyncSession) -> list[queries.RedispatchedTask]:
+        return await queries.redispatch_stale_queued(session, settings.queued_stale_s, limit)
+
+    expired_sent, expired_failed = await _redispatch_batches(sessionmaker, settings, expired)
+    stale_sent, stale_failed = await _redispatch_batches(sessionmaker, settings, stale)
+    return {
+        LEASE_EXPIRED: expired_sent,
+        f"{LEASE_EXPIRED}_failed": expired_failed,
+        STALE_QUEUED: stale_sent,
+        f"{STALE_QUEUED}_failed": stale_failed,
+    }
+
+
+async def prune_published(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    max_batches: int | None = None,
+) -> dict[str, int]:
+    """Delete outbox rows published more than `outbox_retention_s` ago, one small batch per
+    transaction (unpublished and dead rows are kept). Returns `{outbox_pruned}`."""
+    retention_s = settings.outbox_retention_s
+    if dry_run:
+        async with sessionmaker() as session:
+            return {"outbox_pruned": await queries.count_prunable(session, retention_s)}
+    pruned = batches = 0
+    while max_batches is None or batches < max_batches:
+        async with sessionmaker() as session, session.begin():
+            count = await queries.prune_published(
+                session, retention_s, settings.relay_prune_batch_size
+            )
+        pruned += count
+        batches += 1
+        if count < settings.relay_prune_batch_size:
+            break
+    return {"outbox_pruned": pruned}

@@ -1,0 +1,106 @@
+"""NOTIFY wakes the relay; a lost LISTEN connection comes back, and polling covers the gap."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+import pytest
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from sqlalchemy import func, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from relay_service.listener import APPLICATION_NAME, NotifyListener
+from relay_service.publisher import DramatiqPublisher
+from relay_service.relay import Relay
+from relay_service.scheduler import build_scheduler
+from shared import keys
+from shared.broker import create_broker
+from shared.db.models import OutboxMessage
+from shared.embedded import free_port
+from shared.settings import Settings
+from tests.helpers import eventually
+from tests.relay_support import create_tasks, terminate_backends, unpublished_count
+
+DEADLINE_S = 10.0
+
+
+@asynccontextmanager
+async def running(relay: Relay, listener: NotifyListener) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(relay.run(stop)), asyncio.create_task(listener.run(stop))]
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
+@pytest.fixture
+def broker(settings: Settings) -> Iterator[RedisBroker]:
+    broker = create_broker(settings, middleware=[])
+    yield broker
+    broker.client.connection_pool.disconnect()
+
+
+def all_published(sessionmaker: async_sessionmaker[AsyncSession]) -> Callable[[], object]:
+    async def check() -> bool:
+        return await unpublished_count(sessionmaker) == 0
+
+    return check
+
+
+async def test_listener_reconnects_after_its_backend_is_killed_and_notify_wakes_the_relay_again(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    broker: RedisBroker,
+    redis_client: redis.Redis,
+) -> None:
+    relay = Relay(sessionmaker, DramatiqPublisher(broker), settings)
+    listener = NotifyListener(settings.asyncpg_dsn, keys.OUTBOX_CHANNEL, relay.wake, 0.5)
+
+    async def connected(times: int) -> bool:
+        return listener.connected and listener.connections == times
+
+    # No scheduler: only a NOTIFY (or the listener's wake-up on connect) starts a cycle.
+    async with running(relay, listener):
+        await eventually(lambda: connected(1), DEADLINE_S, "the listener to connect")
+        await create_tasks(sessionmaker, 3)
+        await eventually(all_published(sessionmaker), DEADLINE_S, "the first rows to go out")
+
+        assert await terminate_backends(sessionmaker, APPLICATION_NAME) == 1
+        await eventually(lambda: connected(2), DEADLINE_S, "the listener to reconnect")
+        await create_tasks(sessionmaker, 3)
+        await eventually(all_published(sessionmaker), DEADLINE_S, "rows committed after it")
+    assert redis_client.llen(keys.broker_queue_key("scans")) == 6
+
+
+async def test_polling_publishes_while_nobody_listens_including_rows_due_later(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    broker: RedisBroker,
+    redis_client: redis.Redis,
+) -> None:
+    fast = settings.model_copy(update={"relay_poll_interval_s": 0.2})
+    relay = Relay(sessionmaker, DramatiqPublisher(broker), fast)
+    nowhere = f"postgresql://nobody@127.0.0.1:{free_port()}/none"
+    listener = NotifyListener(nowhere, keys.OUTBOX_CHANNEL, relay.wake, 0.5)
+    scheduler = build_scheduler(relay, fast)
+    await create_tasks(sessionmaker, 2)
+    # One row is only due in a moment: no NOTIFY will announce that.
+    async with sessionmaker() as session, session.begin():
+        later = func.now() + timedelta(seconds=0.5)
+        await session.execute(
+            update(OutboxMessage).where(OutboxMessage.id == 2).values(available_at=later)
+        )
+    scheduler.start()
+    try:
+        async with running(relay, listener):
+            await eventually(all_published(sessionmaker), DEADLINE_S, "polling to publish")
+    finally:
+        scheduler.shutdown(wait=False)
+    assert listener.connections == 0
+    assert redis_client.llen(keys.broker_queue_key("scans")) == 2

@@ -1,0 +1,102 @@
+"""The pipelined publisher against the real Redis, consumed by a real Dramatiq worker."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+
+import dramatiq
+import redis
+from dramatiq.middleware import CurrentMessage
+
+from relay_service import pipelined
+from relay_service.publisher import DramatiqPublisher
+from shared import keys
+from shared.broker import build_message, create_broker
+from shared.db.queries import ClaimedMessage
+from shared.settings import Settings
+from tests.helpers import wait_until
+
+QUEUE = "pipeline_check"
+
+
+def rows(count: int) -> list[ClaimedMessage]:
+    return [
+        ClaimedMessage(
+            id=index,
+            message_id=uuid.uuid4(),
+            actor=keys.SCAN_ACTOR,
+            queue=QUEUE,
+            payload={"task_id": f"task-{index}"},
+            task_id=None,
+            publish_attempts=0,
+        )
+        for index in range(count)
+    ]
+
+
+def test_a_real_dramatiq_worker_runs_each_pipelined_message_once_under_its_outbox_id(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    redis_client.flushdb()
+    consumer = create_broker(settings)
+    consumer.add_middleware(CurrentMessage())
+    seen: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def scan_domain(task_id: str) -> None:
+        message = CurrentMessage.get_current_message()
+        assert message is not None
+        with lock:
+            seen.append((message.message_id, task_id))
+
+    dramatiq.actor(
+        scan_domain, actor_name=keys.SCAN_ACTOR, queue_name=QUEUE, broker=consumer, max_retries=0
+    )
+    publisher = DramatiqPublisher(create_broker(settings, middleware=[], socket_timeout_s=5))
+    assert publisher.use_pipeline
+    batch = rows(300)
+    assert asyncio.run(publisher.publish(batch)) == [None] * len(batch)
+
+    publisher.broker.client.connection_pool.disconnect()
+
+    worker = dramatiq.Worker(consumer, worker_timeout=100, worker_threads=4)
+    worker.start()
+    try:
+        wait_until(lambda: len(seen) >= len(batch), 30, "the worker to run every message")
+    finally:
+        worker.stop()
+        consumer.client.connection_pool.disconnect()
+    expected = [(str(row.message_id), row.payload["task_id"]) for row in batch]
+    assert sorted(seen) == sorted(expected)
+    # Every message was acknowledged: nothing is left in the broker's storage.
+    assert redis_client.hlen(f"{keys.broker_queue_key(QUEUE)}.msgs") == 0
+    assert redis_client.llen(keys.broker_queue_key(QUEUE)) == 0
+
+
+def test_pipelined_messages_are_stored_exactly_as_enqueue_stores_them(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    redis_client.flushdb()
+    broker = create_broker(settings, middleware=[])
+    one, two = rows(2)
+    broker.enqueue(build_message(one.message_id, QUEUE, one.actor, one.payload))
+    pipelined.enqueue_many(broker, [build_message(two.message_id, QUEUE, two.actor, two.payload)])
+    broker.client.connection_pool.disconnect()
+
+    stored = redis_client.hgetall(f"{keys.broker_queue_key(QUEUE)}.msgs")
+    by_id = {}
+    for redis_id, data in stored.items():
+        message = dramatiq.Message.decode(data)
+        assert message.options["redis_message_id"] == redis_id.decode()
+        by_id[message.message_id] = message
+    via_enqueue, via_pipeline = by_id[str(one.message_id)], by_id[str(two.message_id)]
+    assert via_pipeline.asdict().keys() == via_enqueue.asdict().keys()
+    assert via_pipeline.options.keys() == via_enqueue.options.keys()
+    assert (via_pipeline.queue_name, via_pipeline.actor_name, via_pipeline.kwargs) == (
+        QUEUE,
+        keys.SCAN_ACTOR,
+        two.payload,
+    )
+    assert redis_client.llen(keys.broker_queue_key(QUEUE)) == 2

@@ -1,0 +1,88 @@
+"""Every library's log records come out as one JSON object per line, with the bound ids."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import logging.config
+from collections.abc import Iterator
+
+import pytest
+import structlog
+from uvicorn.config import LOGGING_CONFIG
+
+from shared.logging import UVICORN_LOGGERS, configure_logging, get_logger
+
+NAMES = ("", *UVICORN_LOGGERS, "dramatiq")
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """configure_logging changes process-wide state: put it back for the other tests."""
+    saved = {
+        name: (logging.getLogger(name).handlers[:], logging.getLogger(name).propagate)
+        for name in NAMES
+    }
+    level = logging.getLogger().level
+    config = structlog.get_config()
+    yield
+    for name, (handlers, propagate) in saved.items():
+        logging.getLogger(name).handlers[:] = handlers
+        logging.getLogger(name).propagate = propagate
+    logging.getLogger().setLevel(level)
+    structlog.configure(**config)
+
+
+def json_lines(text: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def uvicorn_configures_its_loggers(access_log: bool) -> None:
+    """What `uvicorn ... --no-access-log` does before it loads the app."""
+    logging.config.dictConfig(copy.deepcopy(LOGGING_CONFIG))
+    if not access_log:
+        logging.getLogger("uvicorn.access").handlers = []
+        logging.getLogger("uvicorn.access").propagate = False
+
+
+def test_uvicorn_and_dramatiq_lines_are_json_with_the_bound_request_id(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    uvicorn_configures_its_loggers(access_log=True)
+    logging.basicConfig(format="[%(asctime)s] plain text", force=True)  # as Dramatiq's CLI does
+    configure_logging("INFO", json=True)
+    with structlog.contextvars.bound_contextvars(request_id="req-42"):
+        logging.getLogger("uvicorn.error").info("Started server process [%d]", 7)
+        logging.getLogger("uvicorn.access").info('%s - "%s"', "127.0.0.1", "GET /livez")
+        logging.getLogger("dramatiq.worker.Worker").warning("Shutting down...")
+        get_logger("api_service").info("task_created", task_id="t-1")
+
+    lines = json_lines(capsys.readouterr().err)
+    assert [line["event"] for line in lines] == [
+        "Started server process [7]",
+        '127.0.0.1 - "GET /livez"',
+        "Shutting down...",
+        "task_created",
+    ]
+    assert all(line["request_id"] == "req-42" for line in lines)
+    assert lines[0]["logger"] == "uvicorn.error"
+    assert lines[3]["task_id"] == "t-1"
+
+
+def test_a_silenced_access_log_stays_silent(capsys: pytest.CaptureFixture[str]) -> None:
+    uvicorn_configures_its_loggers(access_log=False)
+    configure_logging("INFO", json=True)
+    logging.getLogger("uvicorn.access").info("GET /metrics")
+    logging.getLogger("uvicorn.error").info("ready")
+    assert [line["event"] for line in json_lines(capsys.readouterr().err)] == ["ready"]
+
+
+def test_exceptions_stay_on_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO", json=True)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("uvicorn.error").exception("failed")
+    (line,) = json_lines(capsys.readouterr().err)
+    assert "ValueError: boom" in str(line["exception"])
