@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -36,6 +38,12 @@ def _exec(command: list[str]) -> None:
 def migrate(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
     down: Annotated[bool, typer.Option("--down", help="Downgrade to REVISION instead.")] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Change nothing; exit 0 only if the schema is current.")
+    ] = False,
+    wait_s: Annotated[
+        float, typer.Option("--wait-s", min=0, help="With --check: wait this long for it.")
+    ] = 0.0,
 ) -> None:
     """Apply the database schema (Alembic) up to REVISION, or down to it with --down."""
     from alembic.util.exc import CommandError
@@ -44,6 +52,9 @@ def migrate(
     from shared.db import migrate as migrations
 
     url = load_settings().database_url.get_secret_value()
+    if check:
+        _check_schema(url, wait_s)
+        return
     try:
         if down:
             migrations.downgrade(url, revision)
@@ -54,6 +65,29 @@ def migrate(
     except (OperationalError, InterfaceError, OSError) as exc:
         fail(f"the database is unreachable ({type(exc).__name__}); check DATABASE_URL")
     console.print(f"database at {'revision ' + revision if down else revision}")
+
+
+def _check_schema(url: str, wait_s: float) -> None:
+    """Exit 0 once the database is at the code's head revision, 1 if it is not by `wait_s`."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    from shared.db import migrate as migrations
+
+    head = migrations.head_revision()
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            current = asyncio.run(migrations.current_revision(url))
+        except (OperationalError, InterfaceError, OSError) as exc:
+            current, problem = None, f"the database is unreachable ({type(exc).__name__})"
+        else:
+            problem = f"the database is at {current or 'no revision'}, the code needs {head}"
+        if current == head:
+            console.print(f"database at {head}")
+            return
+        if time.monotonic() >= deadline:
+            fail(problem)
+        time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
 
 
 @app.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -15,9 +16,15 @@ from shared.settings import get_settings
 target_metadata = Base.metadata
 
 
+# Any fixed number: several `scanctl migrate` started at once (a Job retried
+# beside a manual run) queue on this lock instead of racing on the DDL.
+MIGRATION_LOCK_KEY = 0x5CA0_0B0C
+
+
 def _run(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata)
     with context.begin_transaction():
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         context.run_migrations()
 
 
