@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from api_service.errors import install_error_handlers
 from api_service.middleware import BodySizeLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
 from api_service.routes import health, ops, tasks
+from api_service.ui import install_ui
 from shared import safeguards
 from shared.db.engine import create_engine, create_sessionmaker
 from shared.logging import configure_logging
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tasks.router)
     app.include_router(ops.router)
     app.include_router(ops.metrics_router)
+    install_ui(app, settings)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     # Outermost, so refused bodies and errors are counted too.

@@ -8,10 +8,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared.errors import ScanOutboxError
+from shared.db import outage
+from shared.errors import RateLimited, ScanOutboxError
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -56,6 +57,8 @@ def _field_of(loc: tuple[Any, ...]) -> str:
 async def _on_project_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ScanOutboxError)
     headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    if isinstance(exc, RateLimited):
+        headers = {"Retry-After": str(exc.retry_after_s)}
     return error_response(
         exc.status_code, exc.code, exc.message, exc.field, headers, **exc.details()
     )
@@ -73,6 +76,10 @@ async def _on_validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _on_http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):
+        # FastAPI's answer to a body json.loads refused for a reason other than syntax
+        # (bytes that are not UTF-8, nesting too deep): malformed all the same, so 422.
+        return error_response(422, "invalid_input", "the body is not valid JSON", "body")
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
@@ -87,10 +94,18 @@ async def _on_unexpected(_: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal_error", "internal error")
 
 
+async def _on_database_error(request: Request, exc: Exception) -> JSONResponse:
+    # A restarting server answers "shutting down"/"starting up" as plain DBAPIErrors: still an
+    # outage the client may retry, not an internal error.
+    if outage.is_outage(exc):
+        return await _on_database_down(request, exc)
+    return await _on_unexpected(request, exc)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ScanOutboxError, _on_project_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
-    for exc_type in (OperationalError, InterfaceError, OSError):
-        app.add_exception_handler(exc_type, _on_database_down)
+    app.add_exception_handler(DBAPIError, _on_database_error)
+    app.add_exception_handler(OSError, _on_database_down)
     app.add_exception_handler(Exception, _on_unexpected)

@@ -63,11 +63,18 @@ async def run_scenarios(
         for name in names:
             module = importlib.import_module(SCENARIOS[name])
             print(f"running {name} (scale {scale:g})…", flush=True)
+            # Other work on the machine skews the figures: keep the load next to them.
+            load_before = round(os.getloadavg()[0], 2)
             started = time.monotonic()
             result: ScenarioResult = await module.run(ctx)
             elapsed_s = round(time.monotonic() - started, 1)
             print(f"  done in {elapsed_s} s", flush=True)
-            results[name] = {**vars(result), "scale": scale, "elapsed_s": elapsed_s}
+            results[name] = {
+                **vars(result),
+                "scale": scale,
+                "elapsed_s": elapsed_s,
+                "load_1m": [load_before, round(os.getloadavg()[0], 2)],
+            }
     finally:
         await engine.dispose()
     return results
@@ -93,7 +100,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     for name, scenario in report["scenarios"].items():
         lines += ["", f"## {scenario['title']}", ""]
-        lines.append(f"`{name}`, scale {scenario['scale']:g}, {scenario['elapsed_s']} s.")
+        load = scenario.get("load_1m", ["?", "?"])
+        lines.append(
+            f"`{name}`, scale {scenario['scale']:g}, {scenario['elapsed_s']} s; "
+            f"1-minute load average {load[0]} before, {load[1]} after."
+        )
         lines += ["", "| " + " | ".join(scenario["columns"]) + " |"]
         lines.append("|" + "---|" * len(scenario["columns"]))
         for row in scenario["rows"]:

@@ -62,11 +62,12 @@ class BenchContext:
         client.flushdb()
         client.close()
 
-    async def vacuum(self, *, analyze: bool = True) -> None:
+    async def vacuum(self, *, analyze: bool = True, tables: str = "outbox") -> None:
         # VACUUM cannot run inside a transaction block.
         async with self.engine.connect() as connection:
             autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
-            await autocommit.execute(text("VACUUM ANALYZE outbox" if analyze else "VACUUM outbox"))
+            verb = "VACUUM ANALYZE" if analyze else "VACUUM"
+            await autocommit.execute(text(f"{verb} {tables}"))
 
     def env(self, **extra: str) -> dict[str, str]:
         """Environment for a service process on these servers."""
@@ -81,17 +82,20 @@ class BenchContext:
         return env
 
 
-# Tasks and their outbox rows straight from SQL: a backlog of any size in seconds.
+# Tasks and their outbox rows straight from SQL: a backlog (or a history of
+# finished tasks and published rows) of any size in seconds.
 _FILL_TASKS_SQL = text(
     """
     WITH new_tasks AS (
-        INSERT INTO tasks (id, user_id, target_domain)
-        SELECT gen_random_uuid(), (SELECT min(id) FROM users), 'b' || g || '.example.com'
+        INSERT INTO tasks (id, user_id, target_domain, status)
+        SELECT gen_random_uuid(), (SELECT min(id) FROM users), 'b' || g || '.example.com',
+               CASE WHEN :done THEN 'succeeded' ELSE 'pending' END
         FROM generate_series(1, :count) g
         RETURNING id
     )
-    INSERT INTO outbox (message_id, actor, queue, payload, task_id)
-    SELECT gen_random_uuid(), 'scan_domain', :queue, jsonb_build_object('task_id', id::text), id
+    INSERT INTO outbox (message_id, actor, queue, payload, task_id, published_at)
+    SELECT gen_random_uuid(), 'scan_domain', :queue, jsonb_build_object('task_id', id::text), id,
+           CASE WHEN :done THEN now() END
     FROM new_tasks
     """
 )
@@ -106,9 +110,10 @@ _FILL_BARE_SQL = text(
 )
 
 
-async def fill_tasks(session: AsyncSession, count: int, queue: str) -> None:
-    """`count` pending tasks with their outbox rows, in the caller's transaction."""
-    await session.execute(_FILL_TASKS_SQL, {"count": count, "queue": queue})
+async def fill_tasks(session: AsyncSession, count: int, queue: str, *, done: bool = False) -> None:
+    """`count` pending tasks with their outbox rows, in the caller's transaction (`done`:
+    succeeded tasks with published rows instead)."""
+    await session.execute(_FILL_TASKS_SQL, {"count": count, "queue": queue, "done": done})
 
 
 async def fill_outbox(

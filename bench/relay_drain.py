@@ -1,9 +1,10 @@
 """relay_drain: how fast relays empty a backlog, against the database's own ceiling.
 
-The ceiling is a loop that claims and marks batches exactly as the relay does but
-publishes nothing. Relays run as real processes, woken by the commit that makes
-the whole backlog visible at once; the clock runs from that commit until no
-unpublished row is left.
+Each run starts from a system that has been running (a history of finished
+tasks and published rows, vacuumed and analyzed), then one commit adds the whole
+backlog. The ceiling is a loop that claims and marks batches exactly as the
+relay does but publishes nothing. Relays run as real processes, woken by that
+commit; the clock runs from it until no unpublished row is left.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from shared.broker import create_broker
 from shared.db import queries
 
 ROWS = 100_000
+HISTORY = 100_000
 BATCH = 500
 POLL_S = 0.05
 
@@ -37,9 +39,16 @@ async def _queue_backlog(ctx: BenchContext, rows: int) -> float:
     return time.monotonic()
 
 
+async def _history(ctx: BenchContext, rows: int) -> None:
+    await ctx.reset()
+    async with ctx.sessionmaker() as session, session.begin():
+        await fill_tasks(session, rows, ctx.settings.queue_name, done=True)
+    await ctx.vacuum(tables="outbox, tasks")
+
+
 async def _ceiling(ctx: BenchContext, rows: int) -> float:
     """Claim-and-mark with no publishing: the database's limit, msgs/s."""
-    await ctx.reset()
+    await _history(ctx, ctx.scaled(HISTORY))
     await _queue_backlog(ctx, rows)
     started, done = time.monotonic(), 0
     while True:
@@ -53,7 +62,7 @@ async def _ceiling(ctx: BenchContext, rows: int) -> float:
 
 async def _in_process(ctx: BenchContext, rows: int, *, pipelined: bool) -> float:
     """The relay's own drain loop in this process, msgs/s."""
-    await ctx.reset()
+    await _history(ctx, ctx.scaled(HISTORY))
     await _queue_backlog(ctx, rows)
     broker = create_broker(ctx.settings, middleware=[], socket_timeout_s=10)
     settings = ctx.settings.model_copy(update={"relay_batch_size": BATCH})
@@ -67,7 +76,7 @@ async def _in_process(ctx: BenchContext, rows: int, *, pipelined: bool) -> float
 
 async def _processes(ctx: BenchContext, rows: int, relays: int) -> float:
     """`relays` relay processes draining one committed backlog, msgs/s."""
-    await ctx.reset()
+    await _history(ctx, ctx.scaled(HISTORY))
     started = [
         start_relay(ctx, f"drain-relay-{relays}-{index}", SCAN_RELAY_BATCH_SIZE=str(BATCH))
         for index in range(relays)
@@ -84,11 +93,11 @@ async def _processes(ctx: BenchContext, rows: int, relays: int) -> float:
 
 
 async def run(ctx: BenchContext) -> ScenarioResult:
-    rows = ctx.scaled(ROWS)
+    rows, history = ctx.scaled(ROWS), ctx.scaled(HISTORY)
     result = ScenarioResult(
-        title=f"relay_drain: {rows:,} queued rows, batches of {BATCH}",
+        title=f"relay_drain: {rows:,} tasks queued beside {history:,} done, batches of {BATCH}",
         columns=["setup", "msgs_per_s", "ratio_to_ceiling"],
-        params={"rows": rows, "batch": BATCH},
+        params={"rows": rows, "history": history, "batch": BATCH},
     )
     runs: list[tuple[str, Callable[[], Awaitable[float]]]] = [
         ("ceiling: claim and mark, no publish (in process)", lambda: _ceiling(ctx, rows)),

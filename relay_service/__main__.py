@@ -6,6 +6,11 @@ import asyncio
 import contextlib
 import signal
 import sys
+from dataclasses import dataclass
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from dramatiq.brokers.redis import RedisBroker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relay_service.health import HealthServer, Readiness
 from relay_service.listener import NotifyListener
@@ -43,49 +48,71 @@ async def _run_until_stopped(
     return 1 if crashed else 0
 
 
-async def serve(settings: Settings) -> int:
-    """Run until SIGINT/SIGTERM; the exit code (0 after a clean stop)."""
+@dataclass
+class Parts:
+    engine: AsyncEngine
+    broker: RedisBroker
+    relay: Relay
+    election: LeaderElection
+    scheduler: AsyncIOScheduler
+    health: HealthServer
+
+
+def build(settings: Settings, stop: asyncio.Event) -> Parts:
     engine = create_engine(settings)
     sessionmaker = create_sessionmaker(engine)
     broker = create_broker(
         settings, middleware=[], socket_timeout_s=settings.relay_broker_timeout_s
     )
     relay = Relay(sessionmaker, DramatiqPublisher(broker), settings)
+    election = LeaderElection(settings)
+    jobs = MaintenanceJobs(sessionmaker, settings, election, stop)
+    health = HealthServer(settings, relay, Readiness(engine, broker))
+    return Parts(engine, broker, relay, election, build_scheduler(relay, settings, jobs), health)
+
+
+def _loops(settings: Settings, relay: Relay, stop: asyncio.Event) -> list[asyncio.Task[None]]:
+    tasks = [asyncio.create_task(relay.run(stop))]
+    if settings.relay_listen_enabled:
+        listener = NotifyListener(
+            settings.asyncpg_dsn,
+            keys.OUTBOX_CHANNEL,
+            relay.wake,
+            settings.relay_listen_reconnect_max_s,
+        )
+        tasks.append(asyncio.create_task(listener.run(stop)))
+    return tasks
+
+
+async def _close(parts: Parts) -> None:
+    if parts.scheduler.running:
+        parts.scheduler.shutdown(wait=False)
+    await parts.election.release()
+    await parts.health.close()
+    parts.broker.client.connection_pool.disconnect()
+    await parts.engine.dispose()
+
+
+async def serve(settings: Settings) -> int:
+    """Run until SIGINT/SIGTERM; the exit code (0 after a clean stop)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    election = LeaderElection(settings)
-    scheduler = build_scheduler(
-        relay, settings, MaintenanceJobs(sessionmaker, settings, election, stop)
-    )
-    health = HealthServer(settings, relay, Readiness(engine, broker))
+    parts = build(settings, stop)
     try:
         if settings.relay_health_port:
             try:
-                await health.start()
+                await parts.health.start()
             except OSError as exc:
                 log.error("relay_probe_port_unavailable", error=str(exc))
                 return 1
-        scheduler.start()
-        tasks = [asyncio.create_task(relay.run(stop))]
-        if settings.relay_listen_enabled:
-            listener = NotifyListener(
-                settings.asyncpg_dsn,
-                keys.OUTBOX_CHANNEL,
-                relay.wake,
-                settings.relay_listen_reconnect_max_s,
-            )
-            tasks.append(asyncio.create_task(listener.run(stop)))
+        parts.scheduler.start()
+        tasks = _loops(settings, parts.relay, stop)
         log.info("relay_started", batch_size=settings.relay_batch_size)
         return await _run_until_stopped(tasks, stop, settings.relay_shutdown_timeout_s)
     finally:
-        if scheduler.running:
-            scheduler.shutdown(wait=False)
-        await election.release()
-        await health.close()
-        broker.client.connection_pool.disconnect()
-        await engine.dispose()
+        await _close(parts)
         log.info("relay_stopped")
 
 

@@ -96,20 +96,7 @@ class Relay:
             outcomes = await self.publisher.publish(batch)
             publish_s = time.monotonic() - started
             rows = sort_outcomes(batch, outcomes, self.settings)
-            for message, reason in rows.dead:
-                log.error(
-                    "outbox_message_dead",
-                    message_id=str(message.message_id),
-                    task_id=str(message.task_id),
-                    error=reason,
-                )
-                await queries.mark_dead(session, message.id, reason)
-            await queries.record_publish_failures(session, rows.failures)
-            await queries.mark_published(session, [m.id for m in rows.published])
-            # A row that had failed went out: the broker is back, so rows still
-            # backing off from the outage need not wait out their backoff.
-            recovered = any(m.publish_attempts for m in rows.published) and not rows.failures
-            released = await queries.release_backoff(session) if recovered else 0
+            released = await self._record(session, rows)
         self._observe(rows, publish_s)
         log.info(
             "outbox_batch_published",
@@ -124,6 +111,24 @@ class Relay:
                 "outbox_publish_failed", count=len(rows.failures), error=rows.failures[0].error
             )
         return len(batch)
+
+    async def _record(self, session: AsyncSession, rows: BatchOutcome) -> int:
+        """Write each row's outcome; returns how many backing-off rows were made due."""
+        for message, reason in rows.dead:
+            log.error(
+                "outbox_message_dead",
+                message_id=str(message.message_id),
+                task_id=str(message.task_id),
+                error=reason,
+            )
+            await queries.mark_dead(session, message.id, reason)
+        await queries.record_publish_failures(session, rows.failures)
+        await queries.mark_published(session, [m.id for m in rows.published])
+        # A row that had failed went out: the broker is back, so rows still
+        # backing off from the outage need not wait out their backoff.
+        if any(m.publish_attempts for m in rows.published) and not rows.failures:
+            return await queries.release_backoff(session)
+        return 0
 
     def _observe(self, rows: BatchOutcome, publish_s: float) -> None:
         metrics.MESSAGES_PUBLISHED.inc(len(rows.published))

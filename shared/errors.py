@@ -59,6 +59,20 @@ class InvalidState(Conflict):
         return {"current_status": self.current_status}
 
 
+class RateLimited(ScanOutboxError):
+    """Too many requests from one token; the body and `Retry-After` say when to come back."""
+
+    code = "rate_limited"
+    status_code = 429
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def details(self) -> dict[str, Any]:
+        return {"retry_after_s": self.retry_after_s}
+
+
 class PayloadTooLarge(ScanOutboxError):
     code = "payload_too_large"
     status_code = 413

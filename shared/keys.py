@@ -12,6 +12,8 @@ OUTBOX_CHANNEL = "scan_outbox"
 TASK_CREATED_MARKER = "task_created:{task_id}"
 CREATE_LOCK = "lock:create:{user_id}:{key}"
 TASK_LOCK = "lock:task:{task_id}"
+# Per-token create rate limit: the theoretical arrival time of the next create (GCRA).
+CREATE_RATE = "ratelimit:create:{user_id}"
 # SCAN patterns for operator cleanups.
 TASK_CREATED_MARKER_PATTERN = TASK_CREATED_MARKER.format(task_id="*")
 LOCK_PATTERN = "lock:*"
@@ -29,6 +31,10 @@ def task_lock(task_id: object) -> str:
     return TASK_LOCK.format(task_id=task_id)
 
 
+def create_rate(user_id: int) -> str:
+    return CREATE_RATE.format(user_id=user_id)
+
+
 # Class id of the transaction-scoped advisory lock a claim takes on its target
 # domain (the two-int key space, apart from any single-bigint lock).
 POLITENESS_LOCK_CLASS = 0x5C0A
@@ -36,6 +42,23 @@ POLITENESS_LOCK_CLASS = 0x5C0A
 # Session-level advisory lock (single-bigint key space) held by the one relay
 # that runs the maintenance jobs.
 RELAY_LEADER_LOCK = 0x5C0A_1EAD
+
+
+# The prefix of the application_name every relay connection that sets one shows in
+# pg_stat_activity (its leader-election and LISTEN connections); the dashboard finds
+# relays by it.
+RELAY_APPLICATION_NAME_PREFIX = "scan-outbox-relay"
+
+# Dramatiq's Redis broker stamps every broker client's id here (ZSET: id -> last command,
+# epoch ms) on each command; worker processes put this prefix in their broker id, so
+# the dashboard can tell them from relays publishing.
+BROKER_HEARTBEATS_KEY = "dramatiq:__heartbeats__"
+WORKER_BROKER_ID_PREFIX = "scan-outbox-worker"
+
+
+def worker_broker_id(hostname: str, pid: int, nonce: str) -> str:
+    """`scan-outbox-worker:{hostname}:{pid}:{nonce}`: unique per process, readable by people."""
+    return f"{WORKER_BROKER_ID_PREFIX}:{hostname}:{pid}:{nonce}"
 
 
 def broker_queue_key(queue_name: str) -> str:

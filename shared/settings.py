@@ -9,6 +9,9 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# A shorter dashboard signing key could be guessed offline from one signed cookie.
+UI_SECRET_KEY_MIN_CHARS = 32
+
 
 class Settings(BaseSettings):
     """All knobs of scan-outbox: `DATABASE_URL`, `REDIS_URL`, `BROKER_URL`, the rest `SCAN_*`."""
@@ -44,6 +47,12 @@ class Settings(BaseSettings):
     max_config_bytes: int = Field(default=16 * 1024, ge=16)
     max_config_depth: int = Field(default=8, ge=1)
     page_size_max: int = Field(default=100, ge=1)
+    rate_limit_per_minute: int = Field(
+        default=600, ge=0, description="Creates per token per minute, sustained; 0: no limit."
+    )
+    rate_limit_burst: int = Field(
+        default=60, ge=1, description="Creates a token may send at once before the rate applies."
+    )
 
     # Task defaults.
     task_max_attempts: int = Field(default=3, ge=1)
@@ -94,6 +103,17 @@ class Settings(BaseSettings):
     idempotency_retention_s: float = Field(default=24 * 3600.0, gt=0)
     health_max_outbox_age_s: float = Field(default=60.0, gt=0)
     health_max_dead_rows: int = Field(default=0, ge=0)
+
+    # Operations dashboard (/ui).
+    ui_secret_key: SecretStr | None = Field(
+        default=None,
+        description="Signs dashboard sessions (32+ characters); generated per process if unset.",
+    )
+    ui_session_ttl_s: int = Field(default=8 * 3600, ge=60)
+    ui_cookie_secure: bool | None = Field(
+        default=None, description="Secure cookies; unset: only when the request came over HTTPS."
+    )
+    ui_refresh_s: int = Field(default=10, ge=0, description="Overview auto-refresh; 0: off.")
 
     # Scanner.
     fetch_timeout_s: float = Field(default=10.0, gt=0)
@@ -148,6 +168,13 @@ class Settings(BaseSettings):
             if any(len(pair) != 2 for pair in pairs):
                 raise ValueError("expected name=address pairs separated by commas")
             return {name.strip().lower().rstrip("."): addr.strip() for name, addr in pairs}
+        return value
+
+    @field_validator("ui_secret_key")
+    @classmethod
+    def _long_enough_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < UI_SECRET_KEY_MIN_CHARS:
+            raise ValueError(f"must be at least {UI_SECRET_KEY_MIN_CHARS} characters")
         return value
 
     @property

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import uuid
+
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import AsyncIO, CurrentMessage
 
+from shared import keys
 from shared.broker import create_broker
 from shared.settings import get_settings
 
@@ -13,6 +18,10 @@ from shared.settings import get_settings
 def install_broker() -> RedisBroker:
     """Build the Redis broker with asyncio support and make it Dramatiq's global broker."""
     broker = create_broker(get_settings())
+    # Dramatiq's heartbeat ZSET lists broker ids; a named one tells operators (and the
+    # dashboard) which host and process a worker is. Set before the first command.
+    nonce = uuid.uuid4().hex[:8]
+    broker.broker_id = keys.worker_broker_id(socket.gethostname(), os.getpid(), nonce)
     broker.add_middleware(AsyncIO())
     broker.add_middleware(CurrentMessage())
     dramatiq.set_broker(broker)

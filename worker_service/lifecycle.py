@@ -20,7 +20,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared import metrics
-from shared.db import queries
+from shared.db import outage, queries
 from shared.db.models import Task, TaskStatus
 from shared.logging import get_logger
 from shared.messages import scan_entry
@@ -210,8 +210,10 @@ async def _write(runtime: WorkerRuntime, write: Callable[[AsyncSession], Awaitab
         try:
             async with runtime.sessionmaker() as session, session.begin():
                 return await write(session)
-        except INFRASTRUCTURE_ERRORS as exc:
-            if attempt == WRITE_ATTEMPTS:
+        except Exception as exc:
+            # A restarting database also fails with errors outside INFRASTRUCTURE_ERRORS
+            # ("the database system is shutting down"): worth the same retry.
+            if attempt == WRITE_ATTEMPTS or not outage.is_outage(exc):
                 raise
             log.warning("task_write_failed", attempt=attempt, error=type(exc).__name__)
             await asyncio.sleep(WRITE_RETRY_S * attempt)

@@ -6,9 +6,9 @@ import re
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Response, status
 
-from api_service import services
+from api_service import ratelimit, services
 from api_service.deps import CurrentUser, RedisDep, RequestIdDep, SessionDep, SettingsDep
 from api_service.schemas import ErrorResponse, TaskCreate, TaskOut, TaskPage
 from shared.db.models import TaskStatus
@@ -32,7 +32,16 @@ def _checked_idempotency_key(value: str | None) -> str | None:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=TaskOut,
-    responses={200: {"model": TaskOut, "description": "Replay of an idempotent create"}, **_ERRORS},
+    responses={
+        200: {"model": TaskOut, "description": "Replay of an idempotent create"},
+        **_ERRORS,
+        429: {
+            "model": ErrorResponse,
+            "description": "Too many creates from this token; `Retry-After` says when to retry",
+            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+        },
+    },
+    dependencies=[Depends(ratelimit.limit_creates)],
 )
 async def create_task(
     body: TaskCreate,

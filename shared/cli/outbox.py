@@ -10,9 +10,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from shared import keys
+from shared import outbox_admin
 from shared.cli.common import JsonOption, console, db_session, fail, print_json, run_async
-from shared.cli.render import outbox_json, outbox_state, short_time
+from shared.cli.render import outbox_json, short_time
 from shared.db import queries
 from shared.db.models import OutboxMessage
 
@@ -47,7 +47,7 @@ def list_rows(
     for row in rows:
         table.add_row(
             str(row.id),
-            outbox_state(row),
+            outbox_admin.outbox_state(row),
             str(row.task_id or ""),
             short_time(row.created_at),
             str(row.publish_attempts),
@@ -86,14 +86,11 @@ def show(
 
 
 def _why_not_dead(outbox_id: int) -> str:
-    async def load() -> OutboxMessage | None:
+    async def load() -> str:
         async with db_session() as session:
-            return await queries.get_outbox_message(session, outbox_id)
+            return await outbox_admin.why_not_replayed(session, outbox_id)
 
-    row = run_async(load)
-    if row is None:
-        return f"no outbox row {outbox_id}"
-    return f"outbox row {outbox_id} is {outbox_state(row)}, not dead: nothing to replay"
+    return run_async(load)
 
 
 @app.command("replay")
@@ -114,11 +111,8 @@ def replay(
     ids = None if outbox_id is None else [outbox_id]
 
     async def do_replay() -> list[queries.ReplayedMessage]:
-        async with db_session() as session, session.begin():
-            replayed = await queries.replay_dead_messages(session, ids)
-            if replayed:
-                await queries.notify_outbox(session, keys.OUTBOX_CHANNEL)
-        return replayed
+        async with db_session() as session:
+            return await outbox_admin.replay_dead(session, ids)
 
     replayed = run_async(do_replay)
     if outbox_id is not None and not replayed:

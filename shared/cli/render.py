@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from shared.db.models import OutboxMessage, Task
+from shared.outbox_admin import outbox_state
 
 MAX_TEXT_CHARS = 200
 
@@ -44,12 +45,6 @@ def task_json(task: Task, owner: str) -> dict[str, Any]:
         "started_at": iso(task.started_at),
         "finished_at": iso(task.finished_at),
     }
-
-
-def outbox_state(row: OutboxMessage) -> str:
-    if row.dead_at is not None:
-        return "dead"
-    return "published" if row.published_at is not None else "unpublished"
 
 
 def outbox_json(row: OutboxMessage, *, with_payload: bool) -> dict[str, Any]:

@@ -49,6 +49,11 @@ async def get_active_user_by_token_hash(session: AsyncSession, token_hash: str) 
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
+async def get_user(session: AsyncSession, user_id: int) -> User | None:
+    """The user with this id, revoked or not."""
+    return await session.get(User, user_id)
+
+
 async def list_users(session: AsyncSession) -> Sequence[User]:
     return (await session.execute(select(User).order_by(User.id))).scalars().all()
 
@@ -510,7 +515,10 @@ async def claim_batch(session: AsyncSession, limit: int) -> list[ClaimedMessage]
 # Rows and their tasks change together: a task becomes `queued` only if it is
 # still `pending` (a worker may already have claimed it from the broker).
 # clock_timestamp(), not now(): the moment the broker took the batch, not when
-# the claim's transaction began.
+# the claim's transaction began. The status test is written so that no index on
+# status can serve it: with statistics from before a burst of new tasks, the
+# planner would otherwise read every pending task for each batch instead of
+# looking up the batch's tasks by primary key.
 _MARK_PUBLISHED_SQL = text(
     """
     WITH published AS (
@@ -519,7 +527,7 @@ _MARK_PUBLISHED_SQL = text(
         RETURNING task_id
     )
     UPDATE tasks SET status = 'queued', queued_at = now(), updated_at = now()
-    WHERE id IN (SELECT task_id FROM published) AND status = 'pending'
+    WHERE id IN (SELECT task_id FROM published) AND (status = 'pending') IS TRUE
     """
 )
 

@@ -85,6 +85,10 @@ class Fleet:
         self.services.append(service)
         return service
 
+    def start(self, name: str, command: list[str], **env: str) -> Service:
+        """Any other process of the stack (the API, say), stopped with the rest."""
+        return self._start(name, command, env)
+
     def relay(self, name: str, **env: str) -> Relay:
         port = free_port()
         service = self._start(name, relay_command(), {"SCAN_RELAY_HEALTH_PORT": str(port), **env})

@@ -27,6 +27,10 @@ class Service:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def signal_group(self, signum: int) -> None:
+        """`signum` to the service and every process it started (they share its session)."""
+        os.killpg(self.process.pid, signum)
+
     def stop(self) -> int:
         """SIGTERM, then wait; returns the exit code."""
         if self.process.poll() is None:

@@ -1,0 +1,67 @@
+"""Per-token rate limit on creates: a token bucket kept in Redis, one round trip per request.
+
+A token may send `rate_limit_burst` creates at once, then one every 60/`rate_limit_per_minute`
+seconds. The bucket is the generic cell rate algorithm: one key per user holding the time its
+next create is due, read against Redis's own clock so every API replica shares one bucket.
+Like the other safeguards it fails open: with Redis down or slow the create goes on (logged,
+counted as `safeguard="rate_limit"`), since refusing every create would be worse than none.
+"""
+
+from __future__ import annotations
+
+import math
+
+from redis.exceptions import RedisError
+
+from api_service.deps import CurrentUser, RedisDep, SettingsDep
+from shared import keys, metrics
+from shared.errors import RateLimited
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+# KEYS[1]: the bucket; ARGV: the interval between creates (µs) and the burst.
+# Returns {1, 0} when allowed, {0, ms to wait} when not. TIME before a write is fine:
+# Redis replicates a script's effects, not the script.
+_GCRA_SCRIPT = """
+local interval_us = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local due = tonumber(redis.call('GET', KEYS[1])) or now
+if due < now then due = now end
+local next_due = due + interval_us
+local wait_us = next_due - burst * interval_us - now
+if wait_us > 0 then
+    return {0, math.ceil(wait_us / 1000)}
+end
+local ttl_ms = math.ceil((next_due - now) / 1000)
+redis.call('SET', KEYS[1], string.format('%d', next_due), 'PX', ttl_ms)
+return {1, 0}
+"""
+MICROSECONDS_PER_MINUTE = 60_000_000
+
+
+async def limit_creates(user: CurrentUser, redis: RedisDep, settings: SettingsDep) -> None:
+    """Let the create through, or raise RateLimited saying when the token may try again."""
+    per_minute = settings.rate_limit_per_minute
+    if per_minute == 0:
+        return
+    interval_us = MICROSECONDS_PER_MINUTE // per_minute
+    script = redis.register_script(_GCRA_SCRIPT)
+    try:
+        allowed, wait_ms = await script(
+            keys=[keys.create_rate(user.id)], args=[interval_us, settings.rate_limit_burst]
+        )
+    except (RedisError, OSError) as exc:
+        metrics.SAFEGUARD_FAILURES.labels(safeguard="rate_limit").inc()
+        log.warning("safeguard_rate_limit_failed", error=type(exc).__name__)
+        return
+    if allowed:
+        return
+    retry_after_s = max(1, math.ceil(int(wait_ms) / 1000))
+    log.info("create_rate_limited", user_id=user.id, retry_after_s=retry_after_s)
+    raise RateLimited(
+        f"too many creates: at most {per_minute} a minute, bursts of {settings.rate_limit_burst}",
+        retry_after_s=retry_after_s,
+    )

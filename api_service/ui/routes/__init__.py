@@ -1,0 +1,1 @@
+"""The dashboard's pages, by resource (as the API's routes are)."""
