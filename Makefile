@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-fast lint typecheck fmt bench clean
+.PHONY: install run test test-faults test-fast lint typecheck fmt bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ run: install
 ## Every test: unit, integration (real PostgreSQL + Redis) and end-to-end (three processes).
 test: install
 	$(BIN)/python -m pytest
+
+## The fault suite alone: kills, freezes and server restarts under load, then the invariants.
+test-faults: install
+	$(BIN)/python -m pytest tests/faults
 
 ## Unit tests only: no servers.
 test-fast: install

@@ -49,6 +49,10 @@ async def create_task(
     """
     domain = normalise_domain(body.target_domain)
     config = body.config.model_dump()
+    if len(json.dumps(config)) > settings.max_config_bytes:
+        raise InvalidInput(
+            f"must be at most {settings.max_config_bytes} bytes as JSON", field="config"
+        )
     fingerprint = request_fingerprint(domain, config)
     new = queries.NewTask(
         user_id=user.id,

@@ -19,7 +19,7 @@ async def livez() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "Not ready: the database does not answer"}})
 async def readyz(request: Request, redis: RedisDep) -> JSONResponse:
     """Ready when the database answers; Redis is reported but only a safeguard."""
     engine: AsyncEngine = request.app.state.engine

@@ -115,6 +115,9 @@ def stack_env(database_url: str, redis_url: str, site_port: int, api_port: int) 
         SCAN_RELAY_POLL_INTERVAL_S="0.5",
         SCAN_WORKER_METRICS_PORT=str(free_port()),
         SCAN_RELAY_HEALTH_PORT=str(free_port()),
+        # High enough that no test's creates are ever refused, low enough to stay in force.
+        SCAN_RATE_LIMIT_PER_MINUTE="1000000",
+        SCAN_RATE_LIMIT_BURST="100000",
     )
     return env
 

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
 
 from shared.settings import Settings
-from worker_service.scanner import http
+from worker_service.scanner import http, resolver
 from worker_service.scanner.budget import Budget
 
 # Public addresses that are never contacted: every request is answered by a mock transport.
 SITE_IP = "93.184.215.14"
 OTHER_IP = "93.184.216.34"
-OVERRIDES = {"example.com": SITE_IP, "other.example": OTHER_IP, "intranet.example": "10.0.0.7"}
+OVERRIDES = {
+    "example.com": SITE_IP,
+    "other.example": OTHER_IP,
+    "intranet.example": "10.0.0.7",
+    "mapped.example": "::ffff:10.0.0.7",
+}
 PAGE = b"<html><title>Home</title><body>hi</body></html>"
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -123,6 +129,12 @@ async def test_redirect_keeps_an_explicit_port_in_url_and_host_header() -> None:
         ),
         ("https://intranet.example/", "blocked by SSRF guard: 10.0.0.7 is private"),
         ("http://[::ffff:7f00:1]/", "blocked by SSRF guard: ::ffff:7f00:1 is loopback"),
+        ("http://169.254.10.20/", "blocked by SSRF guard: 169.254.10.20 is link-local"),
+        ("http://[fe80::1]/", "blocked by SSRF guard: fe80::1 is link-local"),
+        (
+            "https://mapped.example/",
+            "blocked by SSRF guard: ::ffff:a00:7 is private (10.0.0.7 embedded in IPv6)",
+        ),
     ],
 )
 async def test_redirect_to_a_forbidden_address_is_blocked_before_connecting(
@@ -202,3 +214,29 @@ def test_one_candidate_per_family_in_order() -> None:
     addresses = ["192.0.2.1", "192.0.2.2", "2001:db8::1", "2001:db8::2"]
 
     assert http.connect_candidates(addresses) == ["192.0.2.1", "2001:db8::1"]
+
+
+async def test_a_name_resolves_once_so_a_changed_answer_cannot_move_later_hops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answers = iter([SITE_IP, "127.0.0.1", "169.254.169.254"])
+    lookups: list[str] = []
+
+    async def rebinding(name: str, settings: Settings, **_: Any) -> resolver.Resolution:
+        lookups.append(name)
+        return resolver.from_address(next(answers))
+
+    monkeypatch.setattr(resolver, "resolve_host", rebinding)
+    seen: list[httpx.Request] = []
+    hops = {"/": "/again", "/again": "https://rebind.example/last"}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        location = hops.get(request.url.path)
+        return httpx.Response(302, headers={"Location": location}) if location else ok()
+
+    result = await fetch("rebind.example", recording(handler, seen))
+
+    assert isinstance(result, http.HomePage), result
+    assert lookups == ["rebind.example"]
+    assert [request.url.host for request in seen] == [SITE_IP] * 3
+    assert {request.headers["host"] for request in seen} == {"rebind.example"}
