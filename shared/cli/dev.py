@@ -70,6 +70,11 @@ def _stop_all(children: list[subprocess.Popen[bytes]]) -> None:
             child.wait()
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    """SIGTERM stops the stack the way Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
 def run_stack(data_dir: Path) -> int:
     """Start servers if needed, migrate, print a demo token, run api+relay+worker until Ctrl-C."""
     with _servers(data_dir) as urls:
@@ -81,18 +86,18 @@ def run_stack(data_dir: Path) -> int:
         settings = get_settings()
         migrate.upgrade(settings.database_url.get_secret_value())
         _print_welcome(settings, _rotate_demo_token(settings))
+        # Each service in its own session: Ctrl-C reaches only this process, which
+        # then stops every service with one SIGTERM, the signal each one handles
+        # gracefully (a second signal makes Dramatiq kill its workers).
         children = [
-            subprocess.Popen(command, env=env)
+            subprocess.Popen(command, env=env, start_new_session=True)
             for command in (
                 api_command(settings.api_host, settings.api_port),
                 relay_command(),
                 worker_command(),
             )
         ]
-        # Ctrl-C reaches the children through the terminal too; here it only ends the wait.
-        previous = signal.signal(
-            signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt())
-        )
+        previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             while all(child.poll() is None for child in children):
                 time.sleep(0.5)
