@@ -1,15 +1,12 @@
-"""The probes' routing and request parsing, with doubles for the relay and its checks."""
+"""The probes' routing, with doubles for the relay and its checks."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-from typing import Any
-
+import httpx
 import pytest
+from starlette.applications import Starlette
 
-from relay_service.health import HealthServer, read_request
-from shared.settings import Settings
+from relay_service.health import build_app
 
 
 class FakeRelay:
@@ -28,17 +25,18 @@ class FakeReadiness:
         return self.checks
 
 
-def server(relay: Any, readiness: Any) -> HealthServer:
-    settings = Settings(relay_livez_max_age_s=30, _env_file=None)  # type: ignore[call-arg]
-    return HealthServer(settings, relay, readiness)
+async def get(app: Starlette, path: str, method: str = "GET") -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://relay") as client:
+        return await client.request(method, path)
 
 
 async def test_livez_fails_once_the_loop_has_not_turned_for_too_long() -> None:
     ready = FakeReadiness(database="ok", broker="ok")
-    assert (await server(FakeRelay(1.0), ready).respond("GET", "/livez")).status == 200
-    stalled = await server(FakeRelay(31.0), ready).respond("GET", "/livez")
-    assert stalled.status == 503
-    assert json.loads(stalled.body)["status"] == "stalled"
+    assert (await get(build_app(FakeRelay(1.0), ready, 30), "/livez")).status_code == 200
+    stalled = await get(build_app(FakeRelay(31.0), ready, 30), "/livez")
+    assert stalled.status_code == 503
+    assert stalled.json()["status"] == "stalled"
 
 
 @pytest.mark.parametrize(
@@ -48,25 +46,18 @@ async def test_livez_fails_once_the_loop_has_not_turned_for_too_long() -> None:
 async def test_readyz_needs_both_the_database_and_the_broker(
     checks: dict[str, str], status: int
 ) -> None:
-    response = await server(FakeRelay(0), FakeReadiness(**checks)).respond("GET", "/readyz")
-    assert response.status == status
-    assert json.loads(response.body)["broker"] == checks["broker"]
+    response = await get(build_app(FakeRelay(0), FakeReadiness(**checks), 30), "/readyz")
+    assert response.status_code == status
+    assert response.json()["broker"] == checks["broker"]
+
+
+async def test_metrics_are_prometheus_text() -> None:
+    response = await get(build_app(FakeRelay(0), FakeReadiness(), 30), "/metrics")
+    assert response.status_code == 200
+    assert "scan_outbox_messages_published_total" in response.text
 
 
 async def test_unknown_paths_and_methods_are_refused() -> None:
-    probes = server(FakeRelay(0), FakeReadiness())
-    assert (await probes.respond("GET", "/nope")).status == 404
-    assert (await probes.respond("POST", "/livez")).status == 405
-
-
-async def test_a_request_line_and_its_headers_are_read_up_to_the_blank_line() -> None:
-    reader = asyncio.StreamReader()
-    reader.feed_data(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\nBODY")
-    assert await read_request(reader) == ("GET", "/metrics")
-
-
-async def test_a_garbled_request_line_is_an_error() -> None:
-    reader = asyncio.StreamReader()
-    reader.feed_data(b"hello\r\n\r\n")
-    with pytest.raises(ValueError, match="values to unpack"):
-        await read_request(reader)
+    app = build_app(FakeRelay(0), FakeReadiness(), 30)
+    assert (await get(app, "/nope")).status_code == 404
+    assert (await get(app, "/livez", method="POST")).status_code == 405
