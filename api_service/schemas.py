@@ -7,10 +7,30 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
 MAX_RULES = 50
-RuleText = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+# NUL cannot be stored in PostgreSQL text or jsonb, and a lone surrogate (legal in
+# JSON escapes) cannot be encoded as UTF-8: refuse both before they reach the database.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _storable(text: str) -> str:
+    if _UNSTORABLE.search(text):
+        raise ValueError("must not contain NUL characters or unpaired surrogates")
+    return text
+
+
+RuleText = Annotated[
+    str, StringConstraints(min_length=1, max_length=200), AfterValidator(_storable)
+]
 
 
 class ScanConfig(BaseModel):

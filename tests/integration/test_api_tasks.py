@@ -189,6 +189,12 @@ async def test_idempotency_key_returns_the_same_task_or_409_for_another_body(
         ({"target_domain": 42}, "target_domain"),
         ({"target_domain": "example.com", "config": {"keywords": ["k"] * 51}}, "config.keywords"),
         ({"target_domain": "example.com", "config": {"regexes": ["("]}}, "config.regexes"),
+        # PostgreSQL cannot store NUL in jsonb: refused up front, not a 500.
+        (
+            {"target_domain": "example.com", "config": {"keywords": ["a\u0000b"]}},
+            "config.keywords.0",
+        ),
+        ({"target_domain": "example.com", "config": {"regexes": ["\u0000"]}}, "config.regexes.0"),
         ({"target_domain": "example.com", "config": {"nested": {"a": {"b": {}}}}}, "config.nested"),
         ({"target_domain": "example.com", "extra": 1}, "extra"),
     ],
