@@ -3,6 +3,7 @@ no request, however odd, gets a 5xx, and every answer is one the schema declares
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,6 +106,9 @@ def test_no_request_gets_a_server_error_or_an_answer_the_schema_does_not_declare
         @given(case=cases)
         @settings(
             max_examples=EXAMPLES_PER_OPERATION,
+            # CI replays one fixed set of examples so a landing never depends on a
+            # dice roll; local runs draw new ones each time to keep finding bugs.
+            derandomize=bool(os.environ.get("CI")),
             deadline=None,
             database=None,
             suppress_health_check=list(HealthCheck),
