@@ -3,35 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from shared.embedded import EmbeddedUrls
-from tests.e2e.stack import Stack, new_stack
+from tests.e2e.stack import Stack
 from tests.helpers import scanctl, wait_until
-from tests.sites import Site, local_site
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("clean_state")]
-
-
-@pytest.fixture
-def site() -> Iterator[Site]:
-    with local_site() as site:
-        yield site
-
-
-@pytest.fixture
-def stack(servers: EmbeddedUrls, site: Site, tmp_path: Path, clean_state: None) -> Iterator[Stack]:
-    stack = new_stack(servers.database_url, servers.redis_url, site.port, tmp_path)
-    stack.start_all()
-    try:
-        yield stack
-    finally:
-        stack.assert_stopped_cleanly(stack.stop_all())
 
 
 def new_token(stack: Stack, name: str, *flags: str) -> str:

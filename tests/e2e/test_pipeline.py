@@ -6,7 +6,6 @@ import asyncio
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,31 +17,14 @@ from shared import keys
 from shared.broker import build_message, create_broker
 from shared.db.engine import create_engine, create_sessionmaker
 from shared.db.models import OutboxMessage
-from shared.embedded import EmbeddedUrls
 from shared.settings import Settings
-from tests.e2e.stack import Stack, new_stack
+from tests.e2e.stack import Stack
 from tests.helpers import wait_until
-from tests.sites import Site, local_site
+from tests.sites import Site
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("clean_state")]
 SCANS = 50
 TERMINAL = ("succeeded", "failed", "cancelled")
-
-
-@pytest.fixture
-def site() -> Iterator[Site]:
-    with local_site() as site:
-        yield site
-
-
-@pytest.fixture
-def stack(servers: EmbeddedUrls, site: Site, tmp_path: Path, clean_state: None) -> Iterator[Stack]:
-    stack = new_stack(servers.database_url, servers.redis_url, site.port, tmp_path)
-    stack.start_all()
-    try:
-        yield stack
-    finally:
-        stack.assert_stopped_cleanly(stack.stop_all())
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from shared.settings import Settings
 from tests.e2e.relays import Db, fleet
 from tests.helpers import wait_until
 from tests.relay_support import claimable_count, create_tasks, outbox_rows, task_states
-from tests.sites import Site, local_site
+from tests.sites import Site
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("clean_state")]
 DEADLINE_S = 60.0
@@ -28,12 +28,6 @@ def db(settings: Settings) -> Iterator[Db]:
     database = Db(settings)
     yield database
     database.close()
-
-
-@pytest.fixture
-def site() -> Iterator[Site]:
-    with local_site() as site:
-        yield site
 
 
 @pytest.fixture
