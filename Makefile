@@ -43,7 +43,14 @@ fmt: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: install
+BENCH_STAMP := $(VENV)/.bench-stamp
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+## Benchmarks on their own embedded servers; writes bench/results/ (not part of make test).
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench
 
 clean:

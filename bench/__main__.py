@@ -1,7 +1,8 @@
-"""`python -m bench [SCENARIO ...] [--scale F]`: run benchmark scenarios, write bench/results/.
+"""`python -m bench [SCENARIO ...] [--scale F] [--reps N]`: run benchmark scenarios.
 
-Starts its own embedded PostgreSQL and Redis, runs the scenarios in order and
-merges their tables into `bench/results/<date>.json` and `<date>.md`.
+Starts its own embedded PostgreSQL and Redis, runs the scenarios in order on
+those servers and merges their tables into `bench/results/<date>.json` and
+`<date>.md`, with their charts as `<date>-<scenario>-<n>.png` beside them.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import asyncio
 import importlib
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -19,9 +19,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import redis
 from sqlalchemy import text
 
+from bench.charts import render_charts
 from bench.common import BenchContext, ScenarioResult
+from bench.report import environment, render_markdown, to_json
 from shared.db import migrate
 from shared.db.engine import create_engine, create_sessionmaker
 from shared.embedded import embedded_servers
@@ -33,6 +36,9 @@ SCENARIOS = {
     "relay_drain": "bench.relay_drain",
     "claim_cost": "bench.claim_cost",
     "dispatch_latency": "bench.dispatch_latency",
+    "e2e_drain": "bench.e2e_drain",
+    "create_throughput": "bench.create_throughput",
+    "race": "bench.race",
 }
 RESULTS_DIR = Path(__file__).parent / "results"
 
@@ -43,6 +49,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--scale", type=float, default=1.0, help="multiply row counts and durations (e.g. 0.1)"
     )
+    parser.add_argument(
+        "--reps", type=int, default=3, help="repetitions behind each figure (3 or more)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
     args = parser.parse_args(argv)
     unknown = [name for name in args.scenarios if name not in SCENARIOS]
@@ -50,31 +59,36 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
     if args.scale <= 0:
         parser.error("--scale must be positive")
+    if args.reps < 1:
+        parser.error("--reps must be at least 1")
     return args
 
 
 async def run_scenarios(
-    names: list[str], settings: Settings, scale: float, work_dir: Path
-) -> dict[str, dict[str, Any]]:
+    names: list[str], settings: Settings, args: argparse.Namespace, work_dir: Path
+) -> dict[str, ScenarioResult]:
     engine = create_engine(settings)
-    ctx = BenchContext(settings, engine, create_sessionmaker(engine), scale, work_dir)
-    results: dict[str, dict[str, Any]] = {}
+    ctx = BenchContext(
+        settings, engine, create_sessionmaker(engine), args.scale, work_dir, reps=args.reps
+    )
+    results: dict[str, ScenarioResult] = {}
     try:
         for name in names:
             module = importlib.import_module(SCENARIOS[name])
-            print(f"running {name} (scale {scale:g})…", flush=True)
+            print(f"running {name} (scale {ctx.scale:g}, {ctx.reps} reps)…", flush=True)
             # Other work on the machine skews the figures: keep the load next to them.
             load_before = round(os.getloadavg()[0], 2)
             started = time.monotonic()
             result: ScenarioResult = await module.run(ctx)
             elapsed_s = round(time.monotonic() - started, 1)
             print(f"  done in {elapsed_s} s", flush=True)
-            results[name] = {
-                **vars(result),
-                "scale": scale,
-                "elapsed_s": elapsed_s,
-                "load_1m": [load_before, round(os.getloadavg()[0], 2)],
-            }
+            result.params.update(
+                scale=ctx.scale,
+                reps=ctx.reps,
+                elapsed_s=elapsed_s,
+                load_1m=[load_before, round(os.getloadavg()[0], 2)],
+            )
+            results[name] = result
     finally:
         await engine.dispose()
     return results
@@ -87,55 +101,29 @@ async def server_versions(settings: Settings) -> dict[str, str]:
             postgres = (await connection.execute(text("SHOW server_version"))).scalar_one()
     finally:
         await engine.dispose()
-    return {"postgresql": str(postgres)}
-
-
-def render_markdown(report: dict[str, Any]) -> str:
-    machine = report["machine"]
-    lines = [
-        f"# Benchmarks {report['date']}",
-        "",
-        f"{machine['cpus']} CPUs, Python {machine['python']}, PostgreSQL {machine['postgresql']}"
-        " and Redis embedded, all on this one machine. `python -m bench` wrote this file.",
-    ]
-    for name, scenario in report["scenarios"].items():
-        lines += ["", f"## {scenario['title']}", ""]
-        load = scenario.get("load_1m", ["?", "?"])
-        lines.append(
-            f"`{name}`, scale {scenario['scale']:g}, {scenario['elapsed_s']} s; "
-            f"1-minute load average {load[0]} before, {load[1]} after."
-        )
-        lines += ["", "| " + " | ".join(scenario["columns"]) + " |"]
-        lines.append("|" + "---|" * len(scenario["columns"]))
-        for row in scenario["rows"]:
-            lines.append(
-                "| " + " | ".join(_cell(row.get(c, "")) for c in scenario["columns"]) + " |"
-            )
-        lines += [""] + [f"- {note}" for note in scenario["notes"]]
-    return "\n".join(lines) + "\n"
-
-
-def _cell(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    try:
+        redis_version = str(client.info("server")["redis_version"])
+    finally:
+        client.close()
+    return {"postgresql": str(postgres), "redis": redis_version}
 
 
 def write_report(
-    out_dir: Path, scenarios: dict[str, dict[str, Any]], versions: dict[str, str]
+    out_dir: Path, scenarios: dict[str, ScenarioResult], versions: dict[str, str]
 ) -> Path:
     """Merge into today's report (a subset run keeps the other scenarios' last figures)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     date = datetime.now(UTC).date().isoformat()
     json_path = out_dir / f"{date}.json"
     report: dict[str, Any] = json.loads(json_path.read_text()) if json_path.exists() else {}
-    report.update(
-        date=date,
-        machine={"cpus": os.cpu_count(), "python": platform.python_version(), **versions},
-    )
-    report.setdefault("scenarios", {}).update(scenarios)
+    report.update(date=date, machine=environment(versions))
+    for name, result in scenarios.items():
+        scenario = to_json(result)
+        scenario["chart_files"] = [
+            path.name for path in render_charts(out_dir, f"{date}-{name}", result.charts)
+        ]
+        report.setdefault("scenarios", {})[name] = scenario
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / f"{date}.md").write_text(render_markdown(report))
     return json_path
@@ -155,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                 _env_file=None,  # type: ignore[call-arg]
             )
             versions = asyncio.run(server_versions(settings))
-            scenarios = asyncio.run(run_scenarios(names, settings, args.scale, work_dir))
+            print("environment:", json.dumps(environment(versions)), flush=True)
+            scenarios = asyncio.run(run_scenarios(names, settings, args, work_dir))
     path = write_report(args.out, scenarios, versions)
     print(f"wrote {path} and {path.with_suffix('.md')}")
     return 0

@@ -20,7 +20,15 @@ from typing import Any
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bench.common import BenchContext, ScenarioResult, fill_outbox, ms
+from bench.common import (
+    BenchContext,
+    DistributionChart,
+    ScenarioResult,
+    Spread,
+    fill_outbox,
+    ms,
+    verdict,
+)
 from shared.db import queries
 
 PUBLISHED_SMALL = 10_000
@@ -31,6 +39,7 @@ CLAIMS = 21
 BURST_BATCH = 5000
 AUTOVACUUM_DEADLINE_S = 100.0
 EXPLAIN = "EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON)"
+TARGET_RATIO = 1.5
 
 # Stand-ins for the relay's mark step, one batch per statement.
 _BURST_SQL = {
@@ -145,18 +154,30 @@ class Claims:
     def __init__(self, result: ScenarioResult, claim: tuple[str, Any]) -> None:
         self.result = result
         self.claim = claim
-        self.baseline_s = 0.0
+        self.baseline_ms = 0.0
 
-    async def add(self, ctx: BenchContext, state: str, count: int = CLAIMS, note: str = "") -> None:
+    async def add(
+        self,
+        ctx: BenchContext,
+        state: str,
+        count: int = CLAIMS,
+        note: str = "",
+        *,
+        judged: bool = True,
+    ) -> None:
+        """Measure `count` claims in the current state; `judged` rows carry the target's
+        verdict (the others show why a state costs what it does)."""
         times = await _claims(ctx, self.claim, count)
-        median = statistics.median(times[1:] or times)
-        self.baseline_s = self.baseline_s or median
+        repeated = Spread.of([ms(seconds) for seconds in times[1:] or times])
+        self.baseline_ms = self.baseline_ms or repeated.median
+        ratio = round(repeated.median / self.baseline_ms, 2)
         self.result.rows.append(
             {
                 "state": state,
                 "first_ms": ms(times[0]),
-                "median_ms": ms(median),
-                "ratio_to_baseline": round(median / self.baseline_s, 1),
+                "claim_ms": repeated,
+                "ratio_to_baseline": ratio,
+                "verdict": verdict(ratio, "≤", TARGET_RATIO) if judged else "",
                 "relay_call_ms": ms(await _round_trip(ctx)),
                 "note": note,
             }
@@ -170,6 +191,15 @@ async def _small_and_burst(ctx: BenchContext, claims: Claims, large: int) -> Non
     await _add_unpublished(ctx)
     await ctx.vacuum()
     await claims.add(ctx, f"beside {small:,} published, vacuumed (baseline)")
+
+    await _fresh(ctx, small)
+    rate = await _burst(ctx, "update")
+    await _add_unpublished(ctx)
+    await claims.add(
+        ctx,
+        f"right after a burst published {small:,}, no vacuum yet",
+        note=f"burst at {rate:,.0f} rows/s",
+    )
 
     await _fresh(ctx, large)
     rate = await _burst(ctx, "update")
@@ -222,9 +252,11 @@ async def _snapshot_held(ctx: BenchContext, claims: Claims, large: int) -> None:
         await _hold_snapshot(holder)
         await _burst(ctx, "update")
         await _add_unpublished(ctx)
-        await claims.add(ctx, "burst while another transaction held a snapshot", count=5)
+        await claims.add(
+            ctx, "burst while another transaction held a snapshot", count=5, judged=False
+        )
         await holder.rollback()
-    await claims.add(ctx, "the same, just after that transaction ended")
+    await claims.add(ctx, "the same, just after that transaction ended", judged=False)
 
 
 async def _hold_snapshot(connection: AsyncConnection) -> None:
@@ -241,18 +273,29 @@ async def _delete_on_publish(ctx: BenchContext, claims: Claims, large: int) -> N
         ctx,
         f"delete-on-publish: right after deleting {large:,}, no vacuum yet",
         note=f"burst at {rate:,.0f} rows/s",
+        judged=False,
     )
     started = time.monotonic()
     await ctx.vacuum(analyze=False)
     elapsed = time.monotonic() - started
-    await claims.add(ctx, "delete-on-publish, after VACUUM", note=f"VACUUM took {elapsed:.1f} s")
+    await claims.add(
+        ctx, "delete-on-publish, after VACUUM", note=f"VACUUM took {elapsed:.1f} s", judged=False
+    )
 
 
 async def run(ctx: BenchContext) -> ScenarioResult:
     large = ctx.scaled(PUBLISHED_LARGE, minimum=20_000)
     result = ScenarioResult(
         title=f"claim_cost: claiming {CLAIM_BATCH} of {UNPUBLISHED:,} unpublished rows",
-        columns=["state", "first_ms", "median_ms", "ratio_to_baseline", "relay_call_ms", "note"],
+        columns=[
+            "state",
+            "first_ms",
+            "claim_ms",
+            "ratio_to_baseline",
+            "verdict",
+            "relay_call_ms",
+            "note",
+        ],
         params={"large": large, "claims_per_state": CLAIMS},
     )
     # Captured once on an empty table: capturing runs a claim, which would spoil a "first".
@@ -262,9 +305,18 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     await _history_then_small_burst(ctx, claims, large)
     await _snapshot_held(ctx, claims, large)
     await _delete_on_publish(ctx, claims, large)
+    result.charts.append(
+        DistributionChart(
+            f"claim of {CLAIM_BATCH} rows, server time per state",
+            "ms",
+            {row["state"]: row["claim_ms"].samples for row in result.rows},
+            log_scale=True,
+        )
+    )
     result.notes += [
-        "first_ms: server execution time of the first claim in that state; median_ms: median "
-        f"of the next {CLAIMS - 1} (EXPLAIN ANALYZE of the statement claim_batch sends). "
+        "first_ms: server execution time of the first claim in that state; claim_ms: median "
+        f"(min-max) of the next {CLAIMS - 1} (EXPLAIN ANALYZE of the statement claim_batch "
+        f"sends). Target: ratio ≤ {TARGET_RATIO:g} in every judged state. "
         "relay_call_ms: the relay's whole call, 500 rows decoded into Python included.",
         "The first claim after a burst also marks the dead entries it walks as dead, which "
         "is why later claims are cheaper, though not flat, until VACUUM removes them.",

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import statistics
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,15 +25,74 @@ START_DEADLINE_S = 30.0
 STOP_DEADLINE_S = 30.0
 
 
+@dataclass(frozen=True)
+class Spread:
+    """A figure measured several times: its median (what ratios use), min and max."""
+
+    median: float
+    low: float
+    high: float
+    samples: tuple[float, ...]
+
+    @classmethod
+    def of(cls, samples: Sequence[float]) -> Spread:
+        if not samples:
+            raise ValueError("a spread needs at least one sample")
+        return cls(statistics.median(samples), min(samples), max(samples), tuple(samples))
+
+    def as_json(self) -> dict[str, Any]:
+        return {"median": self.median, "min": self.low, "max": self.high, "samples": self.samples}
+
+
+@dataclass(frozen=True)
+class BarChart:
+    """Throughput-style bars: one bar per label, whiskers from min to max."""
+
+    title: str
+    unit: str
+    bars: dict[str, Spread]
+
+
+@dataclass(frozen=True)
+class DistributionChart:
+    """Latency-style distributions: every raw sample per label (drawn as box plots)."""
+
+    title: str
+    unit: str
+    series: dict[str, Sequence[float]]
+    log_scale: bool = False
+
+
+Chart = BarChart | DistributionChart
+
+
 @dataclass
 class ScenarioResult:
-    """One scenario's table (rows of the same keys, in `columns` order) and its notes."""
+    """One scenario's table (rows of the same keys, in `columns` order), notes and charts.
+
+    A cell may hold a `Spread` (rendered "median (min-max)"); a scenario with a
+    target adds a `verdict` cell from `verdict()` to the rows it judges.
+    """
 
     title: str
     columns: list[str]
     rows: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
+    charts: list[Chart] = field(default_factory=list)
+
+
+def verdict(value: float, target: str, threshold: float) -> str:
+    """'meets ≥ 0.9' or 'MISSES ≥ 0.9': a missed target stays visible in the table."""
+    if target not in ("≥", "≤"):
+        raise ValueError(f"unknown comparison {target!r}")
+    met = value >= threshold if target == "≥" else value <= threshold
+    return f"{'meets' if met else 'MISSES'} {target} {threshold:g}"
+
+
+async def repeat(times: int, measure: Callable[[], Awaitable[float]]) -> Spread:
+    """Run `measure` `times` times (each from its own clean state) and keep the spread."""
+    return Spread.of([await measure() for _ in range(times)])
 
 
 @dataclass
@@ -44,6 +104,7 @@ class BenchContext:
     sessionmaker: async_sessionmaker[AsyncSession]
     scale: float
     work_dir: Path
+    reps: int = 3
 
     def scaled(self, count: int, minimum: int = 1000) -> int:
         return max(minimum, int(count * self.scale))
