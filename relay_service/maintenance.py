@@ -25,8 +25,8 @@ from shared.settings import Settings
 
 log = get_logger(__name__)
 
-# How the leader's connection shows in pg_stat_activity.
-APPLICATION_NAME = "scan-outbox-relay-leader"
+# How each relay's election connection shows in pg_stat_activity (leader or not).
+APPLICATION_NAME = keys.RELAY_ELECTION_APPLICATION_NAME
 # Bounds every statement on the leader connection, so a hung database cannot
 # wedge the election job.
 LEADER_COMMAND_TIMEOUT_S = 10.0

@@ -48,6 +48,9 @@ RELAY_LEADER_LOCK = 0x5C0A_1EAD
 # pg_stat_activity (its leader-election and LISTEN connections); the dashboard finds
 # relays by it.
 RELAY_APPLICATION_NAME_PREFIX = "scan-outbox-relay"
+# Every relay keeps one election connection (it holds RELAY_LEADER_LOCK only on the
+# leader), so counting these counts running relays.
+RELAY_ELECTION_APPLICATION_NAME = f"{RELAY_APPLICATION_NAME_PREFIX}-election"
 
 # Dramatiq's Redis broker stamps every broker client's id here (ZSET: id -> last command,
 # epoch ms) on each command; worker processes put this prefix in their broker id, so

@@ -21,7 +21,7 @@ from shared.settings import Settings
 
 CHART_MINUTES = 60
 # The relay's leader-election connection: one per running relay.
-RELAY_ELECTION_APP = f"{keys.RELAY_APPLICATION_NAME_PREFIX}-leader"
+RELAY_ELECTION_APP = keys.RELAY_ELECTION_APPLICATION_NAME
 
 
 @dataclass(frozen=True)
