@@ -19,6 +19,8 @@ app = typer.Typer(
     help="Operate scan-outbox: health, cleanups, outbox, tasks, users, scans and the services.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Plain click output: usage errors are one "Error: ..." line (scripts and logs read them).
+    rich_markup_mode=None,
 )
 app.add_typer(users.app, name="users")
 app.add_typer(tasks.app, name="tasks")
