@@ -81,7 +81,9 @@ async def _on_http_error(_: Request, exc: Exception) -> JSONResponse:
         # (bytes that are not UTF-8, nesting too deep): malformed all the same, so 422.
         return error_response(422, "invalid_input", "the body is not valid JSON", "body")
     code = _HTTP_CODES.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+    # A body found too large while it streams in is refused from inside the app: name it too.
+    field = "body" if exc.status_code == 413 else None
+    return error_response(exc.status_code, code, str(exc.detail), field, exc.headers)
 
 
 async def _on_database_down(_: Request, exc: Exception) -> JSONResponse:

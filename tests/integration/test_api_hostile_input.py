@@ -67,7 +67,7 @@ async def test_a_body_over_the_cap_without_a_content_length_is_413(
     response = await client.post(CREATE, content=chunks(), headers=auth(token))
 
     assert "content-length" not in response.request.headers
-    assert assert_refused(response, 413, None)["code"] == "payload_too_large"
+    assert assert_refused(response, 413, "body")["code"] == "payload_too_large"
     assert await count_rows(sessionmaker) == (0, 0)
 
 
