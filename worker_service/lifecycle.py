@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import random
 import time
 import uuid
@@ -17,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared import metrics
 from shared.db import outage, queries
@@ -71,43 +72,59 @@ async def run_task(
     runtime: WorkerRuntime, task_id: uuid.UUID, request_id: str | None = None
 ) -> Outcome:
     """Run the task once if this call wins the claim; otherwise write nothing but a deferral."""
-    if not await existence.verify_task(runtime, task_id):
-        outcome = Outcome.SKIPPED
+    claim = await _verify_and_claim(runtime, task_id, request_id)
+    if isinstance(claim, Outcome):
+        outcome = claim
     else:
-        claim = await _claim(runtime, task_id, request_id)
-        if isinstance(claim, Outcome):
-            outcome = claim
-        else:
-            outcome = await _run_claimed(runtime, claim[0], claim[1], request_id)
+        outcome = await _run_claimed(runtime, claim[0], claim[1], request_id)
     metrics.TASKS_FINISHED.labels(outcome=outcome.value).inc()
     return outcome
 
 
-async def _claim(
+async def _verify_and_claim(
     runtime: WorkerRuntime, task_id: uuid.UUID, request_id: str | None
 ) -> tuple[Task, uuid.UUID] | Outcome:
-    """One transaction: politeness check under the target's advisory lock, then the claim."""
+    """The existence check's look and the claim in one transaction on one connection."""
+    async with runtime.sessionmaker() as session:
+        sighting = await existence.verify_task(runtime, session, task_id)
+        if sighting is None:
+            return Outcome.SKIPPED
+        claim = await _claim(runtime, session, task_id, sighting, request_id)
+        await session.commit()
+    return claim
+
+
+async def _claim(
+    runtime: WorkerRuntime,
+    session: AsyncSession,
+    task_id: uuid.UUID,
+    sighting: queries.TaskSighting,
+    request_id: str | None,
+) -> tuple[Task, uuid.UUID] | Outcome:
+    """Politeness check under the target's advisory lock, then the claim (caller commits)."""
+    if not sighting.claimable:
+        log.info("task_not_claimable", task_id=str(task_id))
+        return Outcome.SKIPPED
     settings = runtime.settings
-    lease_token = uuid.uuid4()
-    async with runtime.sessionmaker() as session, session.begin():
-        domain = await queries.get_task_target(session, task_id)
-        if domain is None:
-            log.info("task_not_claimable", task_id=str(task_id))
-            return Outcome.SKIPPED
-        # Held to commit: a concurrent claim on the same domain counts after ours is visible.
-        await queries.lock_target(session, domain)
-        live = await queries.count_live_scans(session, domain, task_id)
-        if live >= settings.per_target_concurrency:
-            return await _defer(session, settings, task_id, request_id, live)
-        task = await queries.claim_task(
-            session, task_id, runtime.owner, lease_token, settings.worker_lease_s
-        )
-        if task is None:
-            if await queries.fail_exhausted_task(session, task_id):
-                log.warning("task_attempts_exhausted", task_id=str(task_id))
-                return Outcome.FAILED
-            return Outcome.SKIPPED
-    return task, lease_token
+    domain = sighting.target_domain
+    lease = queries.LeaseClaim(runtime.owner, uuid.uuid4(), settings.worker_lease_s)
+    # Held to commit: a concurrent claim on the same domain counts after ours is visible.
+    await queries.lock_target(session, domain)
+    limit = settings.per_target_concurrency
+    task = await queries.claim_polite_task(session, task_id, domain, limit, lease)
+    if task is not None:
+        return task, lease.lease_token
+    # The common case took one statement; now find out why it claimed nothing.
+    live = await queries.count_live_scans(session, domain, task_id)
+    if live >= limit:
+        return await _defer(session, settings, task_id, request_id, live)
+    task = await queries.claim_task(session, task_id, lease.owner, lease.lease_token, lease.lease_s)
+    if task is not None:
+        return task, lease.lease_token
+    if await queries.fail_exhausted_task(session, task_id):
+        log.warning("task_attempts_exhausted", task_id=str(task_id))
+        return Outcome.FAILED
+    return Outcome.SKIPPED
 
 
 async def _defer(
@@ -203,12 +220,21 @@ async def _finish(
     return Outcome(status.value)
 
 
+@functools.lru_cache(maxsize=8)
+def _single_statement_sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions whose every statement commits by itself: PostgreSQL makes one statement atomic
+    on its own, so a one-statement write needs no BEGIN and COMMIT round trips."""
+    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return async_sessionmaker(autocommit, expire_on_commit=False)
+
+
 async def _write(runtime: WorkerRuntime, write: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    """Run `write` in its own transaction, trying again briefly if the database blips; a
-    longer outage raises, and the expiring lease hands the task to another run."""
+    """Run `write`, one statement, as its own transaction, trying again briefly if the database
+    blips; a longer outage raises, and the expiring lease hands the task to another run."""
+    sessions = _single_statement_sessions(runtime.engine)
     for attempt in range(1, WRITE_ATTEMPTS + 1):
         try:
-            async with runtime.sessionmaker() as session, session.begin():
+            async with sessions() as session:
                 return await write(session)
         except Exception as exc:
             # A restarting database also fails with errors outside INFRASTRUCTURE_ERRORS

@@ -29,6 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from shared import keys
 from shared.db.models import OutboxMessage, Task, TaskStatus, User
@@ -185,15 +186,20 @@ def _seconds(value_s: float) -> ColumnElement[Any]:
     return func.make_interval(0, 0, 0, 0, 0, 0, value_s)
 
 
-async def task_exists(session: AsyncSession, task_id: uuid.UUID) -> bool:
-    stmt = select(Task.id).where(Task.id == task_id)
-    return (await session.execute(stmt)).first() is not None
+@dataclass(frozen=True)
+class TaskSighting:
+    """A task as the worker's existence check saw it: its target, and whether a claim could
+    take it at that moment (the claim itself decides again, conditionally)."""
+
+    target_domain: str
+    claimable: bool
 
 
-async def get_task_target(session: AsyncSession, task_id: uuid.UUID) -> str | None:
-    """The target domain of a task that could be claimed now; None otherwise."""
-    stmt = select(Task.target_domain).where(Task.id == task_id, _claimable())
-    return (await session.execute(stmt)).scalar_one_or_none()
+async def find_task(session: AsyncSession, task_id: uuid.UUID) -> TaskSighting | None:
+    """The task if it is visible (committed); None otherwise."""
+    stmt = select(Task.target_domain, _claimable()).where(Task.id == task_id)
+    row = (await session.execute(stmt)).first()
+    return TaskSighting(row[0], bool(row[1])) if row is not None else None
 
 
 async def lock_target(session: AsyncSession, domain: str) -> None:
@@ -217,26 +223,65 @@ async def count_live_scans(session: AsyncSession, domain: str, other_than: uuid.
     return int((await session.execute(stmt)).scalar_one())
 
 
-async def claim_task(
-    session: AsyncSession, task_id: uuid.UUID, owner: str, lease_token: uuid.UUID, lease_s: float
-) -> Task | None:
-    """Claimable -> running with a fresh lease, counting an attempt; None if another claim or
-    state won, or the task has no attempt left (see `fail_exhausted_task`)."""
-    stmt = (
+@dataclass(frozen=True)
+class LeaseClaim:
+    """Who claims a task and for how long."""
+
+    owner: str
+    lease_token: uuid.UUID
+    lease_s: float
+
+
+def _claim_statement(task_id: uuid.UUID, claim: LeaseClaim) -> ReturningUpdate[Task]:
+    return (
         update(Task)
         .where(Task.id == task_id, _claimable(), Task.attempts < Task.max_attempts)
         .values(
             status=TaskStatus.RUNNING.value,
             attempts=Task.attempts + 1,
-            lease_owner=owner,
-            lease_token=lease_token,
-            lease_expires_at=func.now() + _seconds(lease_s),
+            lease_owner=claim.owner,
+            lease_token=claim.lease_token,
+            lease_expires_at=func.now() + _seconds(claim.lease_s),
             started_at=func.now(),
             updated_at=func.now(),
             error=None,
         )
         .returning(Task)
     )
+
+
+async def claim_task(
+    session: AsyncSession, task_id: uuid.UUID, owner: str, lease_token: uuid.UUID, lease_s: float
+) -> Task | None:
+    """Claimable -> running with a fresh lease, counting an attempt; None if another claim or
+    state won, or the task has no attempt left (see `fail_exhausted_task`)."""
+    stmt = _claim_statement(task_id, LeaseClaim(owner, lease_token, lease_s))
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def claim_polite_task(
+    session: AsyncSession,
+    task_id: uuid.UUID,
+    domain: str,
+    live_limit: int,
+    claim: LeaseClaim,
+) -> Task | None:
+    """`claim_task` in the same statement as the politeness count: only while fewer than
+    `live_limit` other scans of `domain` hold a live lease. Run it under `lock_target`, in a
+    later statement than the lock (its snapshot then sees every claim committed before ours).
+    None says nothing about why: the caller counts and claims again the slow way."""
+    live = (
+        select(func.count())
+        .select_from(Task)
+        .where(
+            Task.target_domain == domain,
+            Task.status == TaskStatus.RUNNING.value,
+            Task.lease_expires_at >= func.now(),
+            Task.id != task_id,
+        )
+        .scalar_subquery()
+    )
+    stmt = _claim_statement(task_id, claim).where(live < live_limit)
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
