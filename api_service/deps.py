@@ -1,4 +1,8 @@
-"""FastAPI dependencies: settings, session, Redis and the authenticated user."""
+"""FastAPI dependencies: settings, session, Redis and the authenticated user.
+
+All are `async def`: FastAPI runs a plain `def` dependency in its thread pool, a thread
+hop per dependency per request for what is only an attribute read.
+"""
 
 from __future__ import annotations
 
@@ -16,12 +20,12 @@ from shared.settings import Settings
 from shared.tokens import hash_token
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_redis(request: Request) -> aioredis.Redis:
+async def get_redis(request: Request) -> aioredis.Redis:
     client: aioredis.Redis = request.app.state.redis
     return client
 
@@ -32,7 +36,7 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-def get_request_id(request: Request) -> str | None:
+async def get_request_id(request: Request) -> str | None:
     request_id: str | None = request.scope.get("state", {}).get("request_id")
     return request_id
 

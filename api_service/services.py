@@ -94,7 +94,9 @@ async def _insert_task(
             )
         return existing, False
     metrics.TASKS_CREATED.inc()
-    marked = await safeguards.set_created_marker(redis, task.id, settings.marker_ttl_s)
+    marked = settings.redis_safeguards and await safeguards.set_created_marker(
+        redis, task.id, settings.marker_ttl_s
+    )
     log.info(
         "task created and marked",
         task_id=str(task.id),
@@ -131,7 +133,9 @@ async def retry_task(
             current = None if task else await queries.get_user_task(session, user.id, task_id)
         if task is None:
             raise _refusal(current, "retried", "failed or cancelled")
-        marked = await safeguards.set_created_marker(redis, task.id, settings.marker_ttl_s)
+        marked = settings.redis_safeguards and await safeguards.set_created_marker(
+            redis, task.id, settings.marker_ttl_s
+        )
     log.info("task_retried", task_id=str(task.id), message_id=str(entry.message_id), marked=marked)
     return task
 

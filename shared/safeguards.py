@@ -61,7 +61,11 @@ async def optional_lock(
     The block runs either way: when Redis fails (logged, counted) or another holder keeps the
     lock past `lock_wait_s` (logged), the database's own guards still decide the outcome.
     The lock expires after `lock_timeout_s` should this process die holding it.
+    With `redis_safeguards` off the block runs at once, unlocked.
     """
+    if not settings.redis_safeguards:
+        yield False
+        return
     lock = redis.lock(name, timeout=settings.lock_timeout_s, blocking_timeout=settings.lock_wait_s)
     try:
         acquired = bool(await lock.acquire())

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     task_max_attempts: int = Field(default=3, ge=1)
 
     # Redis safeguards.
+    redis_safeguards: bool = Field(
+        default=True,
+        description="False: no rate limit, create/retry lock, created marker or marker check.",
+    )
     redis_timeout_s: float = Field(default=0.5, gt=0)
     marker_ttl_s: int = Field(default=300, ge=1)
     lock_timeout_s: float = Field(default=30.0, gt=0)
@@ -95,6 +99,12 @@ class Settings(BaseSettings):
     retry_backoff_max_s: float = Field(default=300.0, gt=0)
     per_target_concurrency: int = Field(default=2, ge=1)
     politeness_delay_s: float = Field(default=5.0, gt=0)
+    worker_idle_poll_ms: int = Field(
+        default=20,
+        ge=1,
+        le=60_000,
+        description="Longest sleep of an idle worker between polls of its Redis queue.",
+    )
     worker_metrics_host: str = "127.0.0.1"
     worker_metrics_port: int = Field(default=9191, ge=0, le=65535, description="0 disables it.")
 

@@ -44,3 +44,9 @@ def test_bad_settings_are_refused_naming_the_setting(
     with pytest.raises(ValidationError) as caught:
         Settings(_env_file=None)  # type: ignore[call-arg]
     assert name.removeprefix("SCAN_").lower() in str(caught.value)
+
+
+def test_redis_safeguards_are_on_unless_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings(_env_file=None).redis_safeguards is True  # type: ignore[call-arg]
+    monkeypatch.setenv("SCAN_REDIS_SAFEGUARDS", "false")
+    assert Settings(_env_file=None).redis_safeguards is False  # type: ignore[call-arg]
