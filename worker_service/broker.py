@@ -11,18 +11,22 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import AsyncIO, CurrentMessage
 
 from shared import keys
-from shared.broker import create_broker
 from shared.settings import get_settings
+from worker_service.idle_poll import IdlePollCap
+from worker_service.wakeup import WakingRedisBroker
 
 
 def install_broker() -> RedisBroker:
     """Build the Redis broker with asyncio support and make it Dramatiq's global broker."""
-    broker = create_broker(get_settings())
+    settings = get_settings()
+    # Idle consumers block on their queue (woken by the message) rather than poll it blind.
+    broker = WakingRedisBroker(url=settings.effective_broker_url)
     # Dramatiq's heartbeat ZSET lists broker ids; a named one tells operators (and the
     # dashboard) which host and process a worker is. Set before the first command.
     nonce = uuid.uuid4().hex[:8]
     broker.broker_id = keys.worker_broker_id(socket.gethostname(), os.getpid(), nonce)
     broker.add_middleware(AsyncIO())
     broker.add_middleware(CurrentMessage())
+    broker.add_middleware(IdlePollCap(settings.worker_idle_poll_ms))
     dramatiq.set_broker(broker)
     return broker

@@ -1,0 +1,76 @@
+"""The worker's broker against the real Redis: an idle fetch waits on the queue, not a timer."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from shared import keys
+from shared.broker import build_message, create_broker
+from shared.settings import Settings
+from worker_service.wakeup import WakingRedisBroker
+
+QUEUE = "wakeup_check"
+
+
+@pytest.fixture
+def waking(settings: Settings, redis_client: redis.Redis) -> Iterator[WakingRedisBroker]:
+    redis_client.flushdb()
+    broker = WakingRedisBroker(url=settings.effective_broker_url, wait_s=5)
+    broker.declare_queue(QUEUE)
+    yield broker
+    broker.client.connection_pool.disconnect()
+
+
+def send(settings: Settings, count: int) -> list[str]:
+    sender = create_broker(settings, middleware=[])
+    ids = []
+    for _ in range(count):
+        message = build_message(uuid.uuid4(), QUEUE, keys.SCAN_ACTOR, {"task_id": "x"})
+        ids.append(sender.enqueue(message).message_id)
+    sender.client.connection_pool.disconnect()
+    return ids
+
+
+def test_an_idle_fetch_returns_as_soon_as_a_message_is_queued(
+    waking: WakingRedisBroker, settings: Settings
+) -> None:
+    timer = threading.Timer(0.3, send, (settings, 1))
+    started = time.monotonic()
+    timer.start()
+    fetched = waking.do_fetch(QUEUE, 4)
+    elapsed_s = time.monotonic() - started
+    timer.join()
+    assert len(fetched) == 1
+    assert 0.25 < elapsed_s < 2.0
+
+
+def test_waiting_leaves_the_queue_and_its_order_unchanged(
+    waking: WakingRedisBroker, settings: Settings, redis_client: redis.Redis
+) -> None:
+    sent = send(settings, 3)
+    before = redis_client.lrange(f"dramatiq:{QUEUE}", 0, -1)
+    key = f"dramatiq:{QUEUE}"
+    assert waking.client.blmove(key, key, 1, "RIGHT", "RIGHT") is not None
+    assert redis_client.lrange(key, 0, -1) == before
+    fetched = waking.do_fetch(QUEUE, 10)
+    assert len(fetched) == len(sent) == 3
+
+
+def test_an_empty_fetch_gives_up_after_the_wait(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    redis_client.flushdb()
+    broker = WakingRedisBroker(url=settings.effective_broker_url, wait_s=1)
+    started = time.monotonic()
+    assert broker.do_fetch(QUEUE, 4) == []
+    assert 0.9 < time.monotonic() - started < 3.0
+    started = time.monotonic()
+    assert broker.do_fetch(f"{QUEUE}.DQ", 4) == []
+    assert time.monotonic() - started < 0.5
+    broker.client.connection_pool.disconnect()
