@@ -51,7 +51,7 @@ $(BENCH_STAMP): $(STAMP)
 
 ## Benchmarks on their own embedded servers; writes bench/results/ (not part of make test).
 bench: $(BENCH_STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench --readme
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache

@@ -15,6 +15,8 @@ import os
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from sqlalchemy import text
 
 from bench.charts import render_charts
 from bench.common import BenchContext, ScenarioResult
+from bench.readme import README, update_readme
 from bench.report import environment, render_markdown, to_json
 from shared.db import migrate
 from shared.db.engine import create_engine, create_sessionmaker
@@ -53,6 +56,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--reps", type=int, default=3, help="repetitions behind each figure (3 or more)"
     )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
+    parser.add_argument(
+        "--readme",
+        action="store_true",
+        help="also put the targets table and charts in README.md (what `make bench` does)",
+    )
     args = parser.parse_args(argv)
     unknown = [name for name in args.scenarios if name not in SCENARIOS]
     if unknown:
@@ -65,13 +73,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 async def run_scenarios(
-    names: list[str], settings: Settings, args: argparse.Namespace, work_dir: Path
-) -> dict[str, ScenarioResult]:
+    names: list[str],
+    settings: Settings,
+    args: argparse.Namespace,
+    work_dir: Path,
+    on_result: Callable[[str, ScenarioResult], None],
+) -> list[str]:
+    """Run each scenario, handing each result to `on_result` as it ends; the names of those
+    that failed (the others still run: one broken scenario must not cost a long run)."""
     engine = create_engine(settings)
     ctx = BenchContext(
         settings, engine, create_sessionmaker(engine), args.scale, work_dir, reps=args.reps
     )
-    results: dict[str, ScenarioResult] = {}
+    failed: list[str] = []
     try:
         for name in names:
             module = importlib.import_module(SCENARIOS[name])
@@ -79,7 +93,13 @@ async def run_scenarios(
             # Other work on the machine skews the figures: keep the load next to them.
             load_before = round(os.getloadavg()[0], 2)
             started = time.monotonic()
-            result: ScenarioResult = await module.run(ctx)
+            try:
+                result: ScenarioResult = await module.run(ctx)
+            except Exception:
+                traceback.print_exc()
+                print(f"  {name} FAILED; logs in {work_dir}", flush=True)
+                failed.append(name)
+                continue
             elapsed_s = round(time.monotonic() - started, 1)
             print(f"  done in {elapsed_s} s", flush=True)
             result.params.update(
@@ -88,10 +108,10 @@ async def run_scenarios(
                 elapsed_s=elapsed_s,
                 load_1m=[load_before, round(os.getloadavg()[0], 2)],
             )
-            results[name] = result
+            on_result(name, result)
     finally:
         await engine.dispose()
-    return results
+    return failed
 
 
 async def server_versions(settings: Settings) -> dict[str, str]:
@@ -112,7 +132,8 @@ async def server_versions(settings: Settings) -> dict[str, str]:
 def write_report(
     out_dir: Path, scenarios: dict[str, ScenarioResult], versions: dict[str, str]
 ) -> Path:
-    """Merge into today's report (a subset run keeps the other scenarios' last figures)."""
+    """Merge into today's report (a subset run keeps the other scenarios' last figures);
+    the JSON report's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     date = datetime.now(UTC).date().isoformat()
     json_path = out_dir / f"{date}.json"
@@ -127,6 +148,21 @@ def write_report(
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / f"{date}.md").write_text(render_markdown(report))
     return json_path
+
+
+def _keep_writing(
+    args: argparse.Namespace, versions: dict[str, str]
+) -> Callable[[str, ScenarioResult], None]:
+    """Write each scenario's figures the moment it ends, so a later failure keeps them."""
+
+    def write(name: str, result: ScenarioResult) -> None:
+        path = write_report(args.out, {name: result}, versions)
+        print(f"  wrote {path} and {path.with_suffix('.md')}", flush=True)
+        if args.readme:
+            report = json.loads(path.read_text())
+            update_readme(README, report, args.out)
+
+    return write
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,9 +180,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             versions = asyncio.run(server_versions(settings))
             print("environment:", json.dumps(environment(versions)), flush=True)
-            scenarios = asyncio.run(run_scenarios(names, settings, args, work_dir))
-    path = write_report(args.out, scenarios, versions)
-    print(f"wrote {path} and {path.with_suffix('.md')}")
+            on_result = _keep_writing(args, versions)
+            failed = asyncio.run(run_scenarios(names, settings, args, work_dir, on_result))
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -72,10 +72,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "Figures are the median of the repetitions, with (min-max) after them; ratios use",
         "medians. A target a figure misses says MISSES.",
     ]
-    verdicts = _verdicts(report["scenarios"])
-    if verdicts:
-        lines += ["", "## Targets", "", "| scenario | row | verdict |", "|---|---|---|"]
-        lines += [f"| {name} | {row} | {verdict} |" for name, row, verdict in verdicts]
+    targets = render_targets(report["scenarios"])
+    if targets:
+        lines += ["", "## Targets", "", *targets]
     for name, scenario in report["scenarios"].items():
         lines += ["", f"## {scenario['title']}", ""]
         params = scenario["params"]
@@ -93,6 +92,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [""] + [f"- {note}" for note in scenario["notes"]]
         lines += [""] + [f"![{name}]({file})" for file in scenario.get("chart_files", [])]
     return "\n".join(lines) + "\n"
+
+
+def render_targets(scenarios: dict[str, Any]) -> list[str]:
+    """Every judged row of every scenario as one Markdown table (empty if none)."""
+    verdicts = _verdicts(scenarios)
+    if not verdicts:
+        return []
+    lines = ["| scenario | row | verdict |", "|---|---|---|"]
+    return lines + [f"| {name} | {row} | {verdict} |" for name, row, verdict in verdicts]
 
 
 def _verdicts(scenarios: dict[str, Any]) -> list[tuple[str, str, str]]:
