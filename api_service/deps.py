@@ -41,23 +41,31 @@ async def get_request_id(request: Request) -> str | None:
     return request_id
 
 
+_AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
+
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 RequestIdDep = Annotated[str | None, Depends(get_request_id)]
 
 
-async def get_current_user(request: Request) -> User:
-    """The active user whose bearer token the request carries."""
+async def get_current_user(request: Request, session: SessionDep) -> User:
+    """The active user whose bearer token the request carries.
+
+    Looked up on the route's own session, so a request checks out one pooled connection.
+    That connection runs in autocommit: every statement behind a bearer token (this
+    SELECT, each service's write) is one statement, atomic by itself, so it needs no
+    BEGIN or COMMIT round trip, and no transaction stays open between them.
+    """
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise NotAuthenticated("a bearer token is required", field="Authorization")
-    # Its own short session, so the route's session starts with no transaction open.
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
-    async with sessionmaker() as session:
-        user = await queries.get_active_user_by_token_hash(session, hash_token(token.strip()))
+    await session.connection(execution_options=_AUTOCOMMIT)
+    user = await queries.get_active_user_by_token_hash(session, hash_token(token.strip()))
     if user is None:
         raise NotAuthenticated("the token is invalid or revoked", field="Authorization")
+    # Detached, as from a session of its own: a rollback of the route's work cannot expire it.
+    session.expunge(user)
     return user
 
 

@@ -10,7 +10,10 @@ counted as `safeguard="rate_limit"`), since refusing every create would be worse
 from __future__ import annotations
 
 import math
+import weakref
 
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from api_service.deps import CurrentUser, RedisDep, SettingsDep
@@ -40,6 +43,15 @@ redis.call('SET', KEYS[1], string.format('%d', next_due), 'PX', ttl_ms)
 return {1, 0}
 """
 MICROSECONDS_PER_MINUTE = 60_000_000
+# One registered script per client, not one per request (registering hashes the script).
+_scripts: weakref.WeakKeyDictionary[aioredis.Redis, AsyncScript] = weakref.WeakKeyDictionary()
+
+
+def _gcra_script(redis: aioredis.Redis) -> AsyncScript:
+    script = _scripts.get(redis)
+    if script is None:
+        script = _scripts[redis] = redis.register_script(_GCRA_SCRIPT)
+    return script
 
 
 async def limit_creates(user: CurrentUser, redis: RedisDep, settings: SettingsDep) -> None:
@@ -48,7 +60,7 @@ async def limit_creates(user: CurrentUser, redis: RedisDep, settings: SettingsDe
     if per_minute == 0 or not settings.redis_safeguards:
         return
     interval_us = MICROSECONDS_PER_MINUTE // per_minute
-    script = redis.register_script(_GCRA_SCRIPT)
+    script = _gcra_script(redis)
     try:
         allowed, wait_ms = await script(
             keys=[keys.create_rate(user.id)], args=[interval_us, settings.rate_limit_burst]

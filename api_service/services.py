@@ -7,7 +7,8 @@ import binascii
 import hashlib
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 
 import redis.asyncio as aioredis
@@ -24,6 +25,33 @@ from shared.messages import scan_entry
 from shared.settings import Settings
 
 log = get_logger(__name__)
+
+
+@asynccontextmanager
+async def transaction(session: AsyncSession) -> AsyncIterator[None]:
+    """`session.begin()` that also accepts the session authentication already used.
+
+    Behind a bearer token the session is in autocommit (`deps.get_current_user`), and
+    every write here is one statement, atomic by itself; elsewhere (the dashboard) the
+    block is a real transaction, committed once.
+    """
+    if not session.in_transaction():
+        async with session.begin():
+            yield
+        return
+    try:
+        yield
+    except BaseException:
+        await session.rollback()
+        raise
+    await session.commit()
+
+
+async def _end_read(session: AsyncSession, settings: Settings) -> None:
+    """Give the connection back to the pool before waiting up to `lock_wait_s` on a
+    Redis lock (so far the session has only read the user)."""
+    if settings.redis_safeguards and session.in_transaction():
+        await session.rollback()
 
 
 def request_fingerprint(target_domain: str, config: dict[str, object]) -> str:
@@ -66,6 +94,7 @@ async def create_task(
         return await _insert_task(session, redis, settings, new, request_id)
     # Narrows the race between two retries of one request; the unique index decides it anyway.
     lock = keys.create_lock(user.id, idempotency_key)
+    await _end_read(session, settings)
     async with safeguards.optional_lock(redis, lock, settings):
         return await _insert_task(session, redis, settings, new, request_id)
 
@@ -80,7 +109,7 @@ async def _insert_task(
     task_id = uuid.uuid4()
     entry = scan_entry(task_id, settings.queue_name, request_id)
     existing: Task | None = None
-    async with session.begin():
+    async with transaction(session):
         task = await queries.insert_task_with_message(session, task_id, new, entry)
         if task is None and new.idempotency_key is not None:
             existing = await queries.get_task_by_idempotency_key(
@@ -127,8 +156,9 @@ async def retry_task(
 ) -> Task:
     """failed|cancelled -> pending with attempts reset, committed with its new outbox row."""
     entry = scan_entry(task_id, settings.queue_name, request_id)
+    await _end_read(session, settings)
     async with safeguards.optional_lock(redis, keys.task_lock(task_id), settings):
-        async with session.begin():
+        async with transaction(session):
             task = await queries.retry_task(session, user.id, task_id, entry)
             current = None if task else await queries.get_user_task(session, user.id, task_id)
         if task is None:
@@ -142,7 +172,7 @@ async def retry_task(
 
 async def cancel_task(session: AsyncSession, user: User, task_id: uuid.UUID) -> Task:
     """Any non-terminal state -> cancelled; a running scan stops at its next lease renewal."""
-    async with session.begin():
+    async with transaction(session):
         task = await queries.cancel_task(session, user.id, task_id)
         current = None if task else await queries.get_user_task(session, user.id, task_id)
     if task is None:

@@ -17,6 +17,7 @@ from dramatiq.brokers.redis import RedisBroker
 from fastapi import APIRouter, FastAPI, Request, Response, status
 from sqlalchemy import insert
 
+from api_service import services
 from api_service.app import create_app
 from api_service.deps import CurrentUser, SessionDep, SettingsDep
 from api_service.schemas import TaskCreate, TaskOut
@@ -48,7 +49,7 @@ async def create_direct(
         "config": body.config.model_dump(),
         "max_attempts": settings.task_max_attempts,
     }
-    async with session.begin():
+    async with services.transaction(session):
         task = (await session.execute(insert(Task).values(values).returning(Task))).scalar_one()
     broker: RedisBroker = request.app.state.bench_broker
     message = build_message(
