@@ -32,7 +32,7 @@ import procrastinate
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import select, text
 
-from bench import dispatch_table, idle_cpu
+from bench import dispatch_table, idle_cpu, stub_scanner
 from bench import procrastinate_peer as peer
 from bench.common import BenchContext, Process, ScenarioResult, Spread, start_relay
 from bench.common import start_worker as start_worker_process
@@ -48,7 +48,6 @@ from bench.dispatch_table import (
 from shared.broker import build_message, create_broker
 from shared.db import queries
 from shared.db.models import OutboxMessage, Task
-from shared.embedded import free_port
 from shared.messages import scan_entry
 
 DURATION_S = {5.0: 10.0, 200.0: 5.0}
@@ -184,16 +183,8 @@ async def _measure(rig: Rig, mode: str, rate_per_s: float) -> Run:
 
 
 def _worker(ctx: BenchContext, name: str, **env: str) -> Process:
-    # Scans end at once: the target's port refuses connections (a result, not an error).
-    return start_worker_process(
-        ctx,
-        name,
-        SCAN_RESOLVER_OVERRIDES="example.com=127.0.0.1",
-        SCAN_ALLOW_PRIVATE="true",
-        SCAN_SCHEMES="http",
-        SCAN_HTTP_PORT=str(free_port()),
-        **env,
-    )
+    # Scans end at once (a no-op scanner): the pipeline is measured, not the network.
+    return start_worker_process(ctx, name, SCAN_SCANNER=stub_scanner.SCANNER_PATH, **env)
 
 
 @asynccontextmanager

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 
 from bench import procrastinate_peer as peer
+from bench import stub_scanner
 from bench.common import (
     BarChart,
     BenchContext,
@@ -30,7 +31,6 @@ from bench.common import (
     verdict,
 )
 from bench.common import start_worker as start_worker_process
-from shared.embedded import free_port
 
 TASKS = 20_000
 CONCURRENCY = 8
@@ -66,16 +66,9 @@ def _drain(count: int, launched: float, first_start: float, last_success: float)
 
 
 def _worker(ctx: BenchContext) -> Process:
-    # Scans end at once: the target's port refuses connections (a result, not an error),
-    # so the worker's own path (check, claim, lease, result write) is what is measured.
-    return start_worker_process(
-        ctx,
-        "e2e-drain-worker",
-        SCAN_RESOLVER_OVERRIDES="example.com=127.0.0.1",
-        SCAN_ALLOW_PRIVATE="true",
-        SCAN_SCHEMES="http",
-        SCAN_HTTP_PORT=str(free_port()),
-    )
+    # Scans end at once (a no-op scanner), so the worker's own path (check, claim, lease,
+    # result write) is what is measured.
+    return start_worker_process(ctx, "e2e-drain-worker", SCAN_SCANNER=stub_scanner.SCANNER_PATH)
 
 
 async def _wait(until_done: Callable[[], Awaitable[bool]], processes: list[Process]) -> None:
@@ -183,8 +176,8 @@ def _result(ctx: BenchContext, count: int, drains: dict[str, list[Drain]]) -> Sc
         "tasks_per_s runs from launching the processes to the last success as the database "
         "dated it (tasks.finished_at, procrastinate's 'succeeded' event); from_first_start_per_s "
         "leaves out start-up (startup_s: launch → first start).",
-        "scan-outbox scans end at once (the target resolves to 127.0.0.1 on a port that "
-        "refuses): the worker's whole path runs (existence check, claim, lease, result write). "
+        "scan-outbox scans end at once (SCAN_SCANNER=bench.stub_scanner:scan, a no-op): the "
+        "worker's whole path runs (existence check, claim, lease, result write). "
         "procrastinate runs a no-op task with its log level at warning.",
         f"Variants alternate in order each repetition; ratio: median against median; target "
         f"≥ {TARGET_RATIO:g} times.",

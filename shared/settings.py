@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     # Database pool.
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
+    db_pool_pre_ping: bool = Field(
+        default=False,
+        description="Test each pooled connection before use (a round trip or three per checkout).",
+    )
 
     # API.
     api_host: str = "127.0.0.1"
@@ -126,6 +130,10 @@ class Settings(BaseSettings):
     ui_refresh_s: int = Field(default=10, ge=0, description="Overview auto-refresh; 0: off.")
 
     # Scanner.
+    scanner: str = Field(
+        default="worker_service.scanner:scan_domain",
+        description="The scan the worker runs, as module:function (an async callable).",
+    )
     fetch_timeout_s: float = Field(default=10.0, gt=0)
     dns_timeout_s: float = Field(default=5.0, gt=0)
     fetch_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)

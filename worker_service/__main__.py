@@ -24,14 +24,21 @@ def main() -> int:
     # Imported after the metrics dir is set: nothing in the workers may see prometheus_client first.
     from dramatiq import cli
 
+    from worker_service import runtime
+
     argv = ["worker_service.actors", "--skip-logging", *sys.argv[1:]]
     if settings.worker_metrics_port:
         argv += ["--fork", FORK_METRICS]
     # Dramatiq re-executes sys.argv to reload on SIGHUP: make that this same command.
     sys.argv = [sys.executable, "-m", "worker_service", *sys.argv[1:]]
     try:
+        # Refused here, once and plainly, rather than as a failed message per task.
+        runtime.load_scanner(settings.scanner)
         args = cli.make_argument_parser().parse_args(argv)  # type: ignore[no-untyped-call]
         code: int = cli.main(args)  # type: ignore[no-untyped-call]
+    except runtime.ScannerUnavailable as exc:
+        print(f"Error: {exc.message}", file=sys.stderr)
+        return 2
     finally:
         if owned:
             shutil.rmtree(metrics_dir, ignore_errors=True)

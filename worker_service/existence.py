@@ -37,7 +37,7 @@ async def verify_task(
         sighting = await queries.find_task(session, task_id)
         if marked or sighting is not None:
             source = "marker" if marked else "database"
-            log.info("task verified", task_id=str(task_id), source=source, attempt=attempt)
+            log.debug("task verified", task_id=str(task_id), source=source, attempt=attempt)
             return sighting
         await session.rollback()
         if attempt < settings.existence_check_attempts:

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared import metrics
 from shared.db import outage, queries
-from shared.db.models import Task, TaskStatus
+from shared.db.models import TaskStatus
 from shared.logging import get_logger
 from shared.messages import scan_entry
 from shared.settings import Settings
@@ -39,6 +39,9 @@ SCAN_GRACE_S = 5.0
 DATABASE_ALLOWANCE_S = 60.0
 WRITE_ATTEMPTS = 3
 WRITE_RETRY_S = 0.5
+# A restarting database takes a second or two: the claim waits 0.5 + 1 + 1.5 s for it.
+CLAIM_ATTEMPTS = 4
+CLAIM_RETRY_S = 0.5
 
 
 class Outcome(enum.StrEnum):
@@ -52,14 +55,15 @@ class Outcome(enum.StrEnum):
 
 
 def actor_time_limit_ms(settings: Settings) -> int:
-    """A Dramatiq time limit that can never cut a run short: the existence check's longest wait,
-    the scan's own cap and grace, and room for the database."""
+    """A Dramatiq time limit that can never cut a run short: the existence check's longest wait
+    and the pauses between claim attempts, the scan's own cap and grace, room for the database."""
     check_s = existence.longest_wait_s(
         settings.existence_check_attempts,
         settings.existence_check_delay_s,
         settings.existence_check_backoff,
     )
-    return int((check_s + settings.total_timeout_s + SCAN_GRACE_S + DATABASE_ALLOWANCE_S) * 1000)
+    claim_s = CLAIM_ATTEMPTS * check_s + CLAIM_RETRY_S * sum(range(CLAIM_ATTEMPTS))
+    return int((claim_s + settings.total_timeout_s + SCAN_GRACE_S + DATABASE_ALLOWANCE_S) * 1000)
 
 
 def retry_backoff_s(attempts: int, settings: Settings) -> float:
@@ -83,7 +87,38 @@ async def run_task(
 
 async def _verify_and_claim(
     runtime: WorkerRuntime, task_id: uuid.UUID, request_id: str | None
-) -> tuple[Task, uuid.UUID] | Outcome:
+) -> tuple[queries.ClaimedTask, uuid.UUID] | Outcome:
+    """Verify and claim, tried again from the start if the database blips; a longer outage
+    raises, failing the message, and the relay's maintenance dispatches the task again once
+    it has been queued `queued_stale_s`."""
+    for attempt in range(1, CLAIM_ATTEMPTS + 1):
+        try:
+            return await _verify_and_claim_once(runtime, task_id, request_id)
+        except Exception as exc:
+            # The transaction died with its connection, so nothing of it was committed: unless
+            # the COMMIT itself was lost in flight, in which case the retry finds the task
+            # running under a live lease and skips it until that lease expires.
+            if not outage.is_outage(exc):
+                raise
+            if attempt == CLAIM_ATTEMPTS:
+                log.error(
+                    "task_claim_abandoned",
+                    task_id=str(task_id),
+                    attempts=attempt,
+                    error=type(exc).__name__,
+                    left_to="relay maintenance after queued_stale_s",
+                )
+                raise
+            log.warning(
+                "task_claim_failed", task_id=str(task_id), attempt=attempt, error=type(exc).__name__
+            )
+            await asyncio.sleep(CLAIM_RETRY_S * attempt)
+    raise AssertionError("unreachable")
+
+
+async def _verify_and_claim_once(
+    runtime: WorkerRuntime, task_id: uuid.UUID, request_id: str | None
+) -> tuple[queries.ClaimedTask, uuid.UUID] | Outcome:
     """The existence check's look and the claim in one transaction on one connection."""
     async with runtime.sessionmaker() as session:
         sighting = await existence.verify_task(runtime, session, task_id)
@@ -100,7 +135,7 @@ async def _claim(
     task_id: uuid.UUID,
     sighting: queries.TaskSighting,
     request_id: str | None,
-) -> tuple[Task, uuid.UUID] | Outcome:
+) -> tuple[queries.ClaimedTask, uuid.UUID] | Outcome:
     """Politeness check under the target's advisory lock, then the claim (caller commits)."""
     if not sighting.claimable:
         log.info("task_not_claimable", task_id=str(task_id))
@@ -141,7 +176,10 @@ async def _defer(
 
 
 async def _run_claimed(
-    runtime: WorkerRuntime, task: Task, lease_token: uuid.UUID, request_id: str | None
+    runtime: WorkerRuntime,
+    task: queries.ClaimedTask,
+    lease_token: uuid.UUID,
+    request_id: str | None,
 ) -> Outcome:
     log.info("task_started", task_id=str(task.id), attempt=task.attempts)
     if task.attempts == 1 and task.started_at is not None:
@@ -166,7 +204,7 @@ async def _run_claimed(
     return await _finish(runtime, task.id, lease_token, TaskStatus.SUCCEEDED, result, None)
 
 
-async def _bounded_scan(runtime: WorkerRuntime, task: Task) -> dict[str, Any]:
+async def _bounded_scan(runtime: WorkerRuntime, task: queries.ClaimedTask) -> dict[str, Any]:
     """The scan, cut off (TimeoutError: a worker-side timeout) if it overruns its own cap."""
     async with asyncio.timeout(runtime.settings.total_timeout_s + SCAN_GRACE_S):
         return await runtime.scanner(task.target_domain, task.config, runtime.settings)
@@ -179,7 +217,11 @@ def _describe(exc: BaseException) -> str:
 
 
 async def _retry_or_fail(
-    runtime: WorkerRuntime, task: Task, lease_token: uuid.UUID, reason: str, request_id: str | None
+    runtime: WorkerRuntime,
+    task: queries.ClaimedTask,
+    lease_token: uuid.UUID,
+    reason: str,
+    request_id: str | None,
 ) -> Outcome:
     if task.attempts >= task.max_attempts:
         error = f"gave up after {task.attempts} attempts: {reason}"

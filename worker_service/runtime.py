@@ -2,20 +2,47 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared import safeguards
 from shared.db.engine import create_engine, create_sessionmaker
+from shared.errors import ScanOutboxError
 from shared.settings import Settings, get_settings
 
 Scanner = Callable[[str, dict[str, Any], Settings], Awaitable[dict[str, Any]]]
+
+
+class ScannerUnavailable(ScanOutboxError):
+    """`SCAN_SCANNER` names nothing the worker can call: the worker refuses to start."""
+
+
+def load_scanner(path: str) -> Scanner:
+    """The callable `path` (`module:function`) names; ScannerUnavailable, saying why, if it
+    is malformed, cannot be imported, or is not callable."""
+    module_name, sep, attribute = path.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ScannerUnavailable(f"SCAN_SCANNER={path!r}: expected module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # a missing module, or one that fails while importing
+        reason = f"{type(exc).__name__}: {exc}"
+        raise ScannerUnavailable(f"SCAN_SCANNER={path!r}: cannot import: {reason}") from exc
+    target: object = module
+    for name in attribute.split("."):
+        target = getattr(target, name, None)
+    if target is None:
+        raise ScannerUnavailable(f"SCAN_SCANNER={path!r}: {module_name} has no {attribute}")
+    if not callable(target):
+        raise ScannerUnavailable(f"SCAN_SCANNER={path!r}: not callable")
+    return cast(Scanner, target)
 
 
 def worker_identity() -> str:
@@ -40,15 +67,13 @@ def get_runtime() -> WorkerRuntime:
     """The process's runtime; the engine and Redis client bind to the loop of the first caller."""
     global _runtime
     if _runtime is None:
-        from worker_service.scanner import scan_domain
-
         settings = get_settings()
         engine = create_engine(settings)
         _runtime = WorkerRuntime(
             settings,
             engine,
             create_sessionmaker(engine),
-            scan_domain,
+            load_scanner(settings.scanner),
             safeguards.create_redis(settings),
         )
     return _runtime

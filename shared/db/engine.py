@@ -13,11 +13,14 @@ from shared.settings import Settings
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
+    """A pooled engine. Without pre-ping (the default) a connection the server dropped fails
+    its next statement as an outage and SQLAlchemy discards the whole pool: callers retry
+    (worker), answer 503 (API) or wait for their next cycle (relay)."""
     return create_async_engine(
         settings.sqlalchemy_url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
-        pool_pre_ping=True,
+        pool_pre_ping=settings.db_pool_pre_ping,
     )
 
 

@@ -10,12 +10,13 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     BindParameter,
     ColumnElement,
     Float,
+    Table,
     TextClause,
     and_,
     bindparam,
@@ -29,7 +30,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-from sqlalchemy.sql.dml import ReturningUpdate
 
 from shared import keys
 from shared.db.models import OutboxMessage, Task, TaskStatus, User
@@ -168,6 +168,13 @@ async def list_user_tasks(
 
 _CLAIMABLE = (TaskStatus.PENDING.value, TaskStatus.QUEUED.value)
 _NOT_TERMINAL = (*_CLAIMABLE, TaskStatus.RUNNING.value)
+_RUNNING = TaskStatus.RUNNING.value
+
+# The worker's per-task statements are Core statements on the table, built once: the ORM's
+# bulk-update bookkeeping and rebuilding each statement per call were most of their CPU cost.
+# Bind names differ from column names: an UPDATE reserves those for its SET clause.
+_TASKS = cast(Table, Task.__table__)
+_tasks = _TASKS.c
 
 
 def _claimable() -> ColumnElement[bool]:
@@ -177,12 +184,12 @@ def _claimable() -> ColumnElement[bool]:
     conditional on its token, which the takeover replaces.
     """
     return or_(
-        Task.status.in_(_CLAIMABLE),
-        and_(Task.status == TaskStatus.RUNNING.value, Task.lease_expires_at < func.now()),
+        _tasks.status.in_(_CLAIMABLE),
+        and_(_tasks.status == _RUNNING, _tasks.lease_expires_at < func.now()),
     )
 
 
-def _seconds(value_s: float) -> ColumnElement[Any]:
+def _seconds(value_s: float | BindParameter[float]) -> ColumnElement[Any]:
     return func.make_interval(0, 0, 0, 0, 0, 0, value_s)
 
 
@@ -195,10 +202,12 @@ class TaskSighting:
     claimable: bool
 
 
+_FIND_TASK = select(_tasks.target_domain, _claimable()).where(_tasks.id == bindparam("task_id"))
+
+
 async def find_task(session: AsyncSession, task_id: uuid.UUID) -> TaskSighting | None:
     """The task if it is visible (committed); None otherwise."""
-    stmt = select(Task.target_domain, _claimable()).where(Task.id == task_id)
-    row = (await session.execute(stmt)).first()
+    row = (await session.execute(_FIND_TASK, {"task_id": task_id})).first()
     return TaskSighting(row[0], bool(row[1])) if row is not None else None
 
 
@@ -208,19 +217,24 @@ async def lock_target(session: AsyncSession, domain: str) -> None:
     await session.execute(stmt, {"lock_class": keys.POLITENESS_LOCK_CLASS, "domain": domain})
 
 
+# Running tasks of `:domain` whose lease is still live, `:task_id` excluded.
+_LIVE_SCANS = (
+    select(func.count())
+    .where(
+        _tasks.target_domain == bindparam("domain"),
+        _tasks.status == _RUNNING,
+        _tasks.lease_expires_at >= func.now(),
+        _tasks.id != bindparam("task_id"),
+    )
+    .scalar_subquery()
+)
+
+
 async def count_live_scans(session: AsyncSession, domain: str, other_than: uuid.UUID) -> int:
     """Running tasks of `domain` whose lease is still live, this task excluded."""
-    stmt = (
-        select(func.count())
-        .select_from(Task)
-        .where(
-            Task.target_domain == domain,
-            Task.status == TaskStatus.RUNNING.value,
-            Task.lease_expires_at >= func.now(),
-            Task.id != other_than,
-        )
-    )
-    return int((await session.execute(stmt)).scalar_one())
+    stmt = select(_LIVE_SCANS)
+    params = {"domain": domain, "task_id": other_than}
+    return int((await session.execute(stmt, params)).scalar_one())
 
 
 @dataclass(frozen=True)
@@ -232,31 +246,66 @@ class LeaseClaim:
     lease_s: float
 
 
-def _claim_statement(task_id: uuid.UUID, claim: LeaseClaim) -> ReturningUpdate[Task]:
-    return (
-        update(Task)
-        .where(Task.id == task_id, _claimable(), Task.attempts < Task.max_attempts)
-        .values(
-            status=TaskStatus.RUNNING.value,
-            attempts=Task.attempts + 1,
-            lease_owner=claim.owner,
-            lease_token=claim.lease_token,
-            lease_expires_at=func.now() + _seconds(claim.lease_s),
-            started_at=func.now(),
-            updated_at=func.now(),
-            error=None,
-        )
-        .returning(Task)
+@dataclass(frozen=True)
+class ClaimedTask:
+    """What a worker needs of the task it has just claimed (now `running` under its lease)."""
+
+    id: uuid.UUID
+    target_domain: str
+    config: dict[str, Any]
+    attempts: int
+    max_attempts: int
+    created_at: datetime
+    started_at: datetime
+
+
+_CLAIM = (
+    update(_TASKS)
+    .where(_tasks.id == bindparam("task_id"), _claimable(), _tasks.attempts < _tasks.max_attempts)
+    .values(
+        status=_RUNNING,
+        attempts=_tasks.attempts + 1,
+        lease_owner=bindparam("owner"),
+        lease_token=bindparam("new_token", type_=UUID(as_uuid=True)),
+        lease_expires_at=func.now() + _seconds(bindparam("lease_s", type_=Float)),
+        started_at=func.now(),
+        updated_at=func.now(),
+        error=None,
     )
+    .returning(
+        _tasks.id,
+        _tasks.target_domain,
+        _tasks.config,
+        _tasks.attempts,
+        _tasks.max_attempts,
+        _tasks.created_at,
+        _tasks.started_at,
+    )
+)
+_CLAIM_POLITE = _CLAIM.where(bindparam("live_limit") > _LIVE_SCANS)
+
+
+def _claim_params(task_id: uuid.UUID, claim: LeaseClaim) -> dict[str, Any]:
+    return {
+        "task_id": task_id,
+        "owner": claim.owner,
+        "new_token": claim.lease_token,
+        "lease_s": claim.lease_s,
+    }
+
+
+async def _claimed(session: AsyncSession, stmt: Any, params: dict[str, Any]) -> ClaimedTask | None:
+    row = (await session.execute(stmt, params)).first()
+    return ClaimedTask(*row) if row is not None else None
 
 
 async def claim_task(
     session: AsyncSession, task_id: uuid.UUID, owner: str, lease_token: uuid.UUID, lease_s: float
-) -> Task | None:
+) -> ClaimedTask | None:
     """Claimable -> running with a fresh lease, counting an attempt; None if another claim or
     state won, or the task has no attempt left (see `fail_exhausted_task`)."""
-    stmt = _claim_statement(task_id, LeaseClaim(owner, lease_token, lease_s))
-    return (await session.execute(stmt)).scalar_one_or_none()
+    params = _claim_params(task_id, LeaseClaim(owner, lease_token, lease_s))
+    return await _claimed(session, _CLAIM, params)
 
 
 async def claim_polite_task(
@@ -265,24 +314,38 @@ async def claim_polite_task(
     domain: str,
     live_limit: int,
     claim: LeaseClaim,
-) -> Task | None:
+) -> ClaimedTask | None:
     """`claim_task` in the same statement as the politeness count: only while fewer than
     `live_limit` other scans of `domain` hold a live lease. Run it under `lock_target`, in a
     later statement than the lock (its snapshot then sees every claim committed before ours).
     None says nothing about why: the caller counts and claims again the slow way."""
-    live = (
-        select(func.count())
-        .select_from(Task)
-        .where(
-            Task.target_domain == domain,
-            Task.status == TaskStatus.RUNNING.value,
-            Task.lease_expires_at >= func.now(),
-            Task.id != task_id,
-        )
-        .scalar_subquery()
+    params = {**_claim_params(task_id, claim), "domain": domain, "live_limit": live_limit}
+    return await _claimed(session, _CLAIM_POLITE, params)
+
+
+# Only the holder of the current lease, while the task is still running, may write.
+_HELD = and_(
+    _tasks.id == bindparam("task_id"),
+    _tasks.status == _RUNNING,
+    _tasks.lease_token == bindparam("held_token", type_=UUID(as_uuid=True)),
+)
+
+_FINISH = (
+    update(_TASKS)
+    .where(_HELD)
+    .values(
+        status=bindparam("new_status"),
+        # none_as_null: no result is SQL NULL, not the JSON value null.
+        result=bindparam("new_result", type_=JSONB(none_as_null=True)),
+        error=bindparam("new_error"),
+        finished_at=func.now(),
+        updated_at=func.now(),
+        lease_owner=None,
+        lease_token=None,
+        lease_expires_at=None,
     )
-    stmt = _claim_statement(task_id, claim).where(live < live_limit)
-    return (await session.execute(stmt)).scalar_one_or_none()
+    .returning(_tasks.id)
+)
 
 
 async def finish_task(
@@ -294,26 +357,25 @@ async def finish_task(
     error: str | None,
 ) -> bool:
     """running -> a terminal state, only for the holder of the current lease."""
-    stmt = (
-        update(Task)
-        .where(
-            Task.id == task_id,
-            Task.status == TaskStatus.RUNNING.value,
-            Task.lease_token == lease_token,
-        )
-        .values(
-            status=status.value,
-            result=result,
-            error=error,
-            finished_at=func.now(),
-            updated_at=func.now(),
-            lease_owner=None,
-            lease_token=None,
-            lease_expires_at=None,
-        )
-        .returning(Task.id)
+    params = {
+        "task_id": task_id,
+        "held_token": lease_token,
+        "new_status": status.value,
+        "new_result": result,
+        "new_error": error,
+    }
+    return (await session.execute(_FINISH, params)).first() is not None
+
+
+_RENEW = (
+    update(_TASKS)
+    .where(_HELD)
+    .values(
+        lease_expires_at=func.now() + _seconds(bindparam("lease_s", type_=Float)),
+        updated_at=func.now(),
     )
-    return (await session.execute(stmt)).first() is not None
+    .returning(_tasks.id)
+)
 
 
 async def renew_lease(
@@ -321,31 +383,22 @@ async def renew_lease(
 ) -> bool:
     """Push the lease forward; False once the token is no longer current or the task is no
     longer running (cancelled, taken over)."""
-    stmt = (
-        update(Task)
-        .where(
-            Task.id == task_id,
-            Task.status == TaskStatus.RUNNING.value,
-            Task.lease_token == lease_token,
-        )
-        .values(lease_expires_at=func.now() + _seconds(lease_s), updated_at=func.now())
-        .returning(Task.id)
-    )
-    return (await session.execute(stmt)).first() is not None
+    params = {"task_id": task_id, "held_token": lease_token, "lease_s": lease_s}
+    return (await session.execute(_RENEW, params)).first() is not None
 
 
 async def fail_exhausted_task(session: AsyncSession, task_id: uuid.UUID) -> bool:
     """Fail a claimable task that has used all its attempts (e.g. its workers kept dying)."""
     stmt = (
-        update(Task)
-        .where(Task.id == task_id, _claimable(), Task.attempts >= Task.max_attempts)
+        update(_TASKS)
+        .where(_tasks.id == task_id, _claimable(), _tasks.attempts >= _tasks.max_attempts)
         .values(
             status=TaskStatus.FAILED.value,
             error=func.concat(
                 "gave up after ",
-                Task.attempts,
+                _tasks.attempts,
                 " attempts",
-                func.coalesce(literal(": ").concat(Task.error), ""),
+                func.coalesce(literal(": ").concat(_tasks.error), ""),
             ),
             finished_at=func.now(),
             updated_at=func.now(),
@@ -353,7 +406,7 @@ async def fail_exhausted_task(session: AsyncSession, task_id: uuid.UUID) -> bool
             lease_token=None,
             lease_expires_at=None,
         )
-        .returning(Task.id)
+        .returning(_tasks.id)
     )
     return (await session.execute(stmt)).first() is not None
 

@@ -127,7 +127,9 @@ class Db:
 
     def __init__(self, settings: Settings) -> None:
         self.runner = asyncio.Runner()
-        self.engine = create_engine(settings)
+        # The observer, not the system under test: it must read on across database restarts
+        # without retry logic of its own, so it tests each pooled connection before use.
+        self.engine = create_engine(settings.model_copy(update={"db_pool_pre_ping": True}))
         self.sessionmaker = create_sessionmaker(self.engine)
 
     def __call__(self, query: Callable[[async_sessionmaker[AsyncSession]], Awaitable[T]]) -> T:

@@ -24,7 +24,7 @@ def test_the_actor_time_limit_is_above_everything_a_run_may_take(total_timeout_s
 
     limit_s = lifecycle.actor_time_limit_ms(settings) / 1000
 
-    assert limit_s > check_s + total_timeout_s + lifecycle.SCAN_GRACE_S
+    assert limit_s > lifecycle.CLAIM_ATTEMPTS * check_s + total_timeout_s + lifecycle.SCAN_GRACE_S
 
 
 def test_retry_backoff_doubles_within_jitter_and_is_capped() -> None:
