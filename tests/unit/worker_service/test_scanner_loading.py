@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from bench import stub_scanner
@@ -38,3 +42,22 @@ def test_an_unusable_scanner_path_is_refused_saying_why(path: str, reason: str) 
         runtime.load_scanner(path)
     assert reason in refused.value.message
     assert repr(path) in refused.value.message
+
+
+def test_the_worker_refuses_to_start_with_an_unusable_scanner() -> None:
+    # Checked before Dramatiq starts: no broker or database is needed to refuse.
+    env = {
+        **os.environ,
+        "SCAN_SCANNER": "no_such_module_here:scan",
+        "SCAN_WORKER_METRICS_PORT": "0",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "worker_service", "--processes", "1", "--threads", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("Error: SCAN_SCANNER=")
+    assert "ModuleNotFoundError" in done.stderr
