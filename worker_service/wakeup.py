@@ -6,18 +6,28 @@ queue's list (`BLMOVE key key RIGHT RIGHT`: it returns as soon as a message id i
 it straight back, so the list and its order are unchanged), then fetches again. An idle worker
 thus costs one blocked call per `wait_s` instead of a poll every few milliseconds, and a new
 message is fetched one round trip after it is queued. Delay queues keep Dramatiq's polling:
-their consumer must also wake to release messages whose time has come.
+their consumer must also wake to release messages whose time has come. scan-outbox never sends
+delayed messages (retries and deferrals wait in the outbox), so a delay-queue consumer polls
+at no less than `DELAY_QUEUE_POLL_MS` whatever the idle-poll cap: otherwise a low cap, there
+for the scan queue, makes the idle worker's CPU go on polling an empty delay queue.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from dramatiq.broker import Consumer
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name, q_name
 
 # Dramatiq's own idle wake-up: heartbeats and maintenance still run at least this often.
 DEFAULT_WAIT_S = 1
+# Dramatiq's default idle cap, kept for delay queues.
+DELAY_QUEUE_POLL_MS = 1000
+
+
+def is_delay_queue(queue_name: str) -> bool:
+    return dq_name(q_name(queue_name)) == queue_name
 
 
 class WakingRedisBroker(RedisBroker):
@@ -30,10 +40,15 @@ class WakingRedisBroker(RedisBroker):
     def do_fetch(self, queue_name: str, count: int) -> list[bytes]:
         fetch = self._dispatch("fetch")  # type: ignore[no-untyped-call]
         messages: list[bytes] = fetch(queue_name, count)
-        if messages or dq_name(q_name(queue_name)) == queue_name:
+        if messages or is_delay_queue(queue_name):
             return messages
         key = f"{self.namespace}:{queue_name}"
         if self.client.blmove(key, key, self.wait_s, "RIGHT", "RIGHT") is None:
             return []
         woken: list[bytes] = fetch(queue_name, count)
         return woken
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
+        if is_delay_queue(queue_name):
+            timeout = max(timeout, DELAY_QUEUE_POLL_MS)
+        return super().consume(queue_name, prefetch, timeout)

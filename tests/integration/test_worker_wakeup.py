@@ -13,7 +13,7 @@ import redis
 from shared import keys
 from shared.broker import build_message, create_broker
 from shared.settings import Settings
-from worker_service.wakeup import WakingRedisBroker
+from worker_service.wakeup import DELAY_QUEUE_POLL_MS, WakingRedisBroker
 
 QUEUE = "wakeup_check"
 
@@ -74,3 +74,11 @@ def test_an_empty_fetch_gives_up_after_the_wait(
     assert broker.do_fetch(f"{QUEUE}.DQ", 4) == []
     assert time.monotonic() - started < 0.5
     broker.client.connection_pool.disconnect()
+
+
+def test_only_delay_queues_keep_dramatiqs_slower_idle_poll(waking: WakingRedisBroker) -> None:
+    # The cap a worker passes (SCAN_WORKER_IDLE_POLL_MS) holds for the scan queue; the delay
+    # queue, which scan-outbox never uses, polls no faster than Dramatiq's default.
+    assert waking.consume(QUEUE, 1, 20).timeout == 20  # type: ignore[attr-defined]
+    assert waking.consume(f"{QUEUE}.DQ", 1, 20).timeout == DELAY_QUEUE_POLL_MS  # type: ignore[attr-defined]
+    assert waking.consume(f"{QUEUE}.DQ", 1, 5000).timeout == 5000  # type: ignore[attr-defined]
