@@ -57,6 +57,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
     parser.add_argument(
+        "--render",
+        metavar="JSON",
+        type=Path,
+        help="run nothing: write the Markdown report (and README block) again from a JSON report",
+    )
+    parser.add_argument(
         "--readme",
         action="store_true",
         help="also put the targets table and charts in README.md (what `make bench` does)",
@@ -165,8 +171,22 @@ def _keep_writing(
     return write
 
 
+def render_again(json_path: Path, readme: bool) -> int:
+    if not json_path.is_file():
+        print(f"Error: no JSON report at {json_path}", file=sys.stderr)
+        return 2
+    report = json.loads(json_path.read_text())
+    json_path.with_suffix(".md").write_text(render_markdown(report))
+    if readme:
+        update_readme(README, report, json_path.parent)
+    print(f"wrote {json_path.with_suffix('.md')}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.render:
+        return render_again(args.render, args.readme)
     names = args.scenarios or list(SCENARIOS)
     configure_logging("WARNING")
     with tempfile.TemporaryDirectory(prefix="scan-outbox-bench-") as tmp:

@@ -81,6 +81,8 @@ class ScenarioResult:
     notes: list[str] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
     charts: list[Chart] = field(default_factory=list)
+    # The columns that name a row in the report's targets table (the first one if empty).
+    label_columns: list[str] = field(default_factory=list)
 
 
 def verdict(value: float, target: str, threshold: float) -> str:

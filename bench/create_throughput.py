@@ -193,6 +193,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     duration_s = max(3.0, DURATION_S * ctx.scale)
     result = ScenarioResult(
         title="create_throughput: POST /api/v1/tasks against commit-then-send, over HTTP",
+        label_columns=["clients", "variant"],
         columns=[
             "clients",
             "variant",

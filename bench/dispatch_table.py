@@ -124,6 +124,7 @@ def build(
     result = ScenarioResult(
         title="dispatch_latency: commit → worker start, scan-outbox against the alternatives",
         columns=COLUMNS,
+        label_columns=["mode", "rate_per_s"],
         params={"rates_per_s": list(RATES_PER_S), "worker_idle_poll_ms": poll_ms, "reps": ctx.reps},
     )
     for rate in RATES_PER_S:

@@ -16,7 +16,7 @@ import dramatiq
 import psycopg
 import redis
 
-from bench.race import FOUND_KEY, MISSING_IDS_KEY, MISSING_KEY, QUEUE
+from bench.race import FOUND_KEY, MISSING_IDS_KEY, MISSING_KEY, QUEUE, SEEN_IDS_KEY
 from shared import keys
 from shared.broker import create_broker
 from shared.settings import get_settings
@@ -42,10 +42,11 @@ def _connection() -> psycopg.Connection[tuple[int]]:
 def naive_scan(task_id: str, request_id: str | None = None) -> None:
     """Count whether the task the message names is visible at the first look."""
     row = _connection().execute(_TASK_EXISTS_SQL, (task_id,)).fetchone()
-    if row is not None:
-        _counts.incr(FOUND_KEY)
-        return
     with _counts.pipeline() as pipe:
-        pipe.incr(MISSING_KEY)
-        pipe.sadd(MISSING_IDS_KEY, task_id)
+        pipe.sadd(SEEN_IDS_KEY, task_id)
+        if row is not None:
+            pipe.incr(FOUND_KEY)
+        else:
+            pipe.incr(MISSING_KEY)
+            pipe.sadd(MISSING_IDS_KEY, task_id)
         pipe.execute()

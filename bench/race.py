@@ -48,6 +48,8 @@ QUEUE = "bench-naive"
 FOUND_KEY = "bench:race:found"
 MISSING_KEY = "bench:race:missing"
 MISSING_IDS_KEY = "bench:race:missing_ids"
+# Every task id a message arrived for: a lost message is a committed id missing here.
+SEEN_IDS_KEY = "bench:race:seen_ids"
 CREATORS = 16
 DURATION_S = 10.0
 SETTLE_DEADLINE_S = 90.0
@@ -183,6 +185,22 @@ async def _messages_seen(ctx: BenchContext, tasks: int) -> int:
     raise RuntimeError(f"worker still busy after {SETTLE_DEADLINE_S} s")
 
 
+async def _committed_ids(ctx: BenchContext) -> set[str]:
+    async with ctx.sessionmaker() as session:
+        return {str(task_id) for task_id in (await session.scalars(select(Task.id))).all()}
+
+
+def _seen_ids(ctx: BenchContext) -> set[str]:
+    """Ids the worker got a message for (a message from an earlier run, or a redelivery,
+    adds nothing here, unlike a count)."""
+    client = ctx.redis()
+    try:
+        members = client.smembers(SEEN_IDS_KEY)
+        return {m.decode() if isinstance(m, bytes) else str(m) for m in members}
+    finally:
+        client.close()
+
+
 async def _killed_run(ctx: BenchContext, method: str) -> int:
     """SIGKILL a creator process mid-load; committed tasks whose message never came."""
     await ctx.reset()
@@ -198,7 +216,8 @@ async def _killed_run(ctx: BenchContext, method: str) -> int:
         creator.popen.kill()
         creator.popen.wait()
     tasks = await _tasks_count(ctx)
-    lost = tasks - await _messages_seen(ctx, tasks)
+    await _messages_seen(ctx, tasks)
+    lost = len(await _committed_ids(ctx) - _seen_ids(ctx))
     print(f"  {method}, creator killed: {tasks} tasks committed, {lost} never dispatched")
     return lost
 

@@ -48,6 +48,7 @@ def to_json(result: ScenarioResult) -> dict[str, Any]:
         "rows": [{key: _plain(value) for key, value in row.items()} for row in result.rows],
         "notes": result.notes,
         "params": {key: _plain(value) for key, value in result.params.items()},
+        "label_columns": result.label_columns or result.columns[:1],
     }
 
 
@@ -106,12 +107,13 @@ def render_targets(scenarios: dict[str, Any]) -> list[str]:
 def _verdicts(scenarios: dict[str, Any]) -> list[tuple[str, str, str]]:
     found = []
     for name, scenario in scenarios.items():
-        label = scenario["columns"][0]
+        labels = scenario.get("label_columns") or scenario["columns"][:1]
         for row in scenario["rows"]:
+            label = ", ".join(cell(row.get(column, "")) for column in labels)
             for key, value in row.items():
-                if key.startswith("verdict") and value:
+                if (key.startswith("verdict") or key.endswith("_target")) and value:
                     suffix = "" if key == "verdict" else f" ({key.removeprefix('verdict_')})"
-                    found.append((name, f"{row.get(label, '')}{suffix}", str(value)))
+                    found.append((name, f"{label}{suffix}", str(value)))
     return found
 
 

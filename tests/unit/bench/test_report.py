@@ -87,3 +87,30 @@ def test_markdown_lists_every_verdict_with_misses_visible() -> None:
     assert "baseline |" not in text.split("## drain")[0]
     assert "| ours | 3.00 (2.00-4.00) | meets ≥ 3 |" in text
     assert "dramatiq 2.2.1" in text
+
+
+def test_targets_name_rows_by_their_label_columns_and_list_every_target_column() -> None:
+    result = ScenarioResult(
+        title="latency",
+        columns=["mode", "rate_per_s", "p50_ms", "p50_target", "p99_target"],
+        label_columns=["mode", "rate_per_s"],
+    )
+    for rate in (5.0, 200.0):
+        result.rows.append(
+            {
+                "mode": "scan-outbox",
+                "rate_per_s": rate,
+                "p50_ms": 4.0,
+                "p50_target": verdict(4.0, "≤", 10),
+                "p99_target": verdict(60.0, "≤", 50),
+            }
+        )
+    machine = {"cpus": 2, "platform": "x", "python": "3", "postgresql": "18", "redis": "6"}
+    report = {
+        "date": "d",
+        "machine": {**machine, "packages": {}},
+        "scenarios": {"l": to_json(result)},
+    }
+    text = render_markdown(report)
+    assert "| l | scan-outbox, 5.00 (p50_target) | meets ≤ 10 |" in text
+    assert "| l | scan-outbox, 200 (p99_target) | MISSES ≤ 50 |" in text
