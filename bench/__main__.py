@@ -36,11 +36,11 @@ from shared.settings import Settings
 
 # name -> module; each module has `async def run(ctx: BenchContext) -> ScenarioResult`.
 SCENARIOS = {
-    "relay_drain": "bench.relay_drain",
-    "claim_cost": "bench.claim_cost",
+    "create_throughput": "bench.create_throughput",
     "dispatch_latency": "bench.dispatch_latency",
     "e2e_drain": "bench.e2e_drain",
-    "create_throughput": "bench.create_throughput",
+    "relay_drain": "bench.relay_drain",
+    "claim_cost": "bench.claim_cost",
     "race": "bench.race",
 }
 RESULTS_DIR = Path(__file__).parent / "results"
