@@ -49,7 +49,6 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8000, ge=1, le=65535)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     max_config_bytes: int = Field(default=16 * 1024, ge=16)
-    max_config_depth: int = Field(default=8, ge=1)
     page_size_max: int = Field(default=100, ge=1)
     rate_limit_per_minute: int = Field(
         default=600, ge=0, description="Creates per token per minute, sustained; 0: no limit."
