@@ -14,6 +14,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db import queries
+from shared.db.engine import autocommit
 from shared.db.models import User
 from shared.errors import Forbidden, NotAuthenticated
 from shared.settings import Settings
@@ -41,8 +42,6 @@ async def get_request_id(request: Request) -> str | None:
     return request_id
 
 
-_AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
-
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
@@ -60,7 +59,7 @@ async def get_current_user(request: Request, session: SessionDep) -> User:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise NotAuthenticated("a bearer token is required", field="Authorization")
-    await session.connection(execution_options=_AUTOCOMMIT)
+    await autocommit(session)
     user = await queries.get_active_user_by_token_hash(session, hash_token(token.strip()))
     if user is None:
         raise NotAuthenticated("the token is invalid or revoked", field="Authorization")

@@ -54,6 +54,13 @@ async def _end_read(session: AsyncSession, settings: Settings) -> None:
         await session.rollback()
 
 
+async def _mark_created(redis: aioredis.Redis, settings: Settings, task_id: uuid.UUID) -> bool:
+    """The secondary `task_created` marker, set after commit; False if off or Redis failed."""
+    if not settings.redis_safeguards:
+        return False
+    return await safeguards.set_created_marker(redis, task_id, settings.marker_ttl_s)
+
+
 def request_fingerprint(target_domain: str, config: dict[str, object]) -> str:
     """Identifies a create request's meaning, to tell a retry from a different request."""
     canonical = json.dumps({"target_domain": target_domain, "config": config}, sort_keys=True)
@@ -123,9 +130,7 @@ async def _insert_task(
             )
         return existing, False
     metrics.TASKS_CREATED.inc()
-    marked = settings.redis_safeguards and await safeguards.set_created_marker(
-        redis, task.id, settings.marker_ttl_s
-    )
+    marked = await _mark_created(redis, settings, task.id)
     log.info(
         "task created and marked",
         task_id=str(task.id),
@@ -163,9 +168,7 @@ async def retry_task(
             current = None if task else await queries.get_user_task(session, user.id, task_id)
         if task is None:
             raise _refusal(current, "retried", "failed or cancelled")
-        marked = settings.redis_safeguards and await safeguards.set_created_marker(
-            redis, task.id, settings.marker_ttl_s
-        )
+        marked = await _mark_created(redis, settings, task.id)
     log.info("task_retried", task_id=str(task.id), message_id=str(entry.message_id), marked=marked)
     return task
 

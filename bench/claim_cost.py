@@ -184,6 +184,18 @@ class Claims:
         )
 
 
+async def _just_published(ctx: BenchContext, claims: Claims, rows: int) -> None:
+    """`rows` published in a burst, the claim measured before any vacuum."""
+    await _fresh(ctx, rows)
+    rate = await _burst(ctx, "update")
+    await _add_unpublished(ctx)
+    await claims.add(
+        ctx,
+        f"right after a burst published {rows:,}, no vacuum yet",
+        note=f"burst at {rate:,.0f} rows/s",
+    )
+
+
 async def _small_and_burst(ctx: BenchContext, claims: Claims, large: int) -> None:
     await ctx.reset()
     small = ctx.scaled(PUBLISHED_SMALL)
@@ -192,23 +204,8 @@ async def _small_and_burst(ctx: BenchContext, claims: Claims, large: int) -> Non
     await ctx.vacuum()
     await claims.add(ctx, f"beside {small:,} published, vacuumed (baseline)")
 
-    await _fresh(ctx, small)
-    rate = await _burst(ctx, "update")
-    await _add_unpublished(ctx)
-    await claims.add(
-        ctx,
-        f"right after a burst published {small:,}, no vacuum yet",
-        note=f"burst at {rate:,.0f} rows/s",
-    )
-
-    await _fresh(ctx, large)
-    rate = await _burst(ctx, "update")
-    await _add_unpublished(ctx)
-    await claims.add(
-        ctx,
-        f"right after a burst published {large:,}, no vacuum yet",
-        note=f"burst at {rate:,.0f} rows/s",
-    )
+    await _just_published(ctx, claims, small)
+    await _just_published(ctx, claims, large)
     before = await _table_stats(ctx)
     waited = await _wait_for_autovacuum(ctx, before["autovacuums"])
     await claims.add(ctx, f"beside {large:,} published, after autovacuum", note=_waited(waited))

@@ -18,6 +18,7 @@ import redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from bench import stub_scanner
 from shared.cli.processes import relay_command, worker_command
 from shared.embedded import free_port
 from shared.settings import Settings
@@ -230,10 +231,15 @@ def start_relay(ctx: BenchContext, name: str, **extra_env: str) -> Process:
     env = ctx.env(SCAN_RELAY_HEALTH_PORT=str(port), **extra_env)
     process = start_process(ctx, name, relay_command(), env)
     process.health_port = port
+    return wait_live(process, port)
+
+
+def wait_live(process: Process, port: int) -> Process:
+    """`process` once `/livez` on `port` answers 200; stopped, and an error, if it never does."""
     deadline = time.monotonic() + START_DEADLINE_S
     while time.monotonic() < deadline:
         if process.popen.poll() is not None:
-            raise RuntimeError(f"{name} exited; see {process.log_path}")
+            raise RuntimeError(f"{process.name} exited; see {process.log_path}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/livez", timeout=1).status_code == 200:
                 return process
@@ -241,11 +247,14 @@ def start_relay(ctx: BenchContext, name: str, **extra_env: str) -> Process:
             pass
         time.sleep(0.05)
     process.stop()
-    raise RuntimeError(f"{name} did not start; see {process.log_path}")
+    raise RuntimeError(f"{process.name} did not start; see {process.log_path}")
 
 
 def start_worker(ctx: BenchContext, name: str, **extra_env: str) -> Process:
-    return start_process(ctx, name, worker_command(processes=1, threads=8), ctx.env(**extra_env))
+    """A worker (1 process, 8 threads) whose scans are the no-op stub: benchmarks measure the
+    pipeline, not the network."""
+    env = ctx.env(SCAN_SCANNER=stub_scanner.SCANNER_PATH, **extra_env)
+    return start_process(ctx, name, worker_command(processes=1, threads=8), env)
 
 
 def percentile(samples: Sequence[float], fraction: float) -> float:

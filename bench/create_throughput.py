@@ -21,18 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import httpx
 from sqlalchemy import func, select
 
+from bench import idle_cpu
 from bench.common import (
-    START_DEADLINE_S,
     BarChart,
     BenchContext,
     Process,
@@ -40,6 +36,7 @@ from bench.common import (
     Spread,
     start_process,
     verdict,
+    wait_live,
 )
 from bench.direct_app import DIRECT_PATH
 from shared.cli.processes import api_command
@@ -65,18 +62,7 @@ def start_api(ctx: BenchContext, name: str, **extra_env: str) -> tuple[Process, 
         for part in api_command("127.0.0.1", port)
     ]
     process = start_process(ctx, name, command, ctx.env(**UNLIMITED, **extra_env))
-    deadline = time.monotonic() + START_DEADLINE_S
-    while time.monotonic() < deadline:
-        if process.popen.poll() is not None:
-            raise RuntimeError(f"{name} exited; see {process.log_path}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/livez", timeout=1).status_code == 200:
-                return process, port
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    process.stop()
-    raise RuntimeError(f"{name} did not start; see {process.log_path}")
+    return wait_live(process, port), port
 
 
 async def _fresh_token(ctx: BenchContext) -> str:
@@ -94,12 +80,6 @@ class Target:
     port: int
     path: str
     pid: int
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _load(target: Target, token: str, concurrency: int, duration_s: float) -> dict[str, Any]:
@@ -127,9 +107,9 @@ async def _measure(
     """Completed creates per second, API CPU ms per create and failed requests, from a
     clean slate."""
     token = await _fresh_token(ctx)
-    cpu_before_s = _cpu_s(target.pid)
+    cpu_before_s = idle_cpu.tree_cpu_s(target.pid)
     figures = await _load(target, token, concurrency, duration_s)
-    cpu_ms = 1000 * (_cpu_s(target.pid) - cpu_before_s) / max(1, figures["ok"])
+    cpu_ms = 1000 * (idle_cpu.tree_cpu_s(target.pid) - cpu_before_s) / max(1, figures["ok"])
     written = await _tasks_written(ctx)
     # A request in flight at the stop may commit without its answer being counted.
     if not figures["ok"] <= written <= figures["ok"] + concurrency:

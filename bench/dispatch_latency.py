@@ -32,10 +32,16 @@ import procrastinate
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import select, text
 
-from bench import dispatch_table, idle_cpu, stub_scanner
+from bench import dispatch_table, idle_cpu
 from bench import procrastinate_peer as peer
-from bench.common import BenchContext, Process, ScenarioResult, Spread, start_relay
-from bench.common import start_worker as start_worker_process
+from bench.common import (
+    BenchContext,
+    Process,
+    ScenarioResult,
+    Spread,
+    start_relay,
+    start_worker,
+)
 from bench.dispatch_table import (
     COUNTDOWN,
     DIRECT,
@@ -182,11 +188,6 @@ async def _measure(rig: Rig, mode: str, rate_per_s: float) -> Run:
     return run
 
 
-def _worker(ctx: BenchContext, name: str, **env: str) -> Process:
-    # Scans end at once (a no-op scanner): the pipeline is measured, not the network.
-    return start_worker_process(ctx, name, SCAN_SCANNER=stub_scanner.SCANNER_PATH, **env)
-
-
 @asynccontextmanager
 async def _rig(ctx: BenchContext) -> AsyncIterator[Rig]:
     """Every process and client, ready: each mode has started one task before this yields."""
@@ -204,8 +205,10 @@ async def _rig(ctx: BenchContext) -> AsyncIterator[Rig]:
         rig = Rig(ctx, poll_ms, broker, peer_app)
         starters: dict[str, Callable[[], Process]] = {
             "relay": lambda: start_relay(ctx, "latency-relay"),
-            "worker": lambda: _worker(ctx, "latency-worker", SCAN_WORKER_IDLE_POLL_MS=str(poll_ms)),
-            "worker_default_cap": lambda: _worker(
+            "worker": lambda: start_worker(
+                ctx, "latency-worker", SCAN_WORKER_IDLE_POLL_MS=str(poll_ms)
+            ),
+            "worker_default_cap": lambda: start_worker(
                 ctx,
                 "latency-worker-poll1000",
                 SCAN_WORKER_IDLE_POLL_MS=str(dispatch_table.DRAMATIQ_DEFAULT_POLL_MS),

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from sqlalchemy import text
 
 from bench import procrastinate_peer as peer
-from bench import stub_scanner
 from bench.common import (
     BarChart,
     BenchContext,
@@ -28,9 +27,9 @@ from bench.common import (
     Spread,
     fill_tasks,
     start_relay,
+    start_worker,
     verdict,
 )
-from bench.common import start_worker as start_worker_process
 
 TASKS = 20_000
 CONCURRENCY = 8
@@ -65,12 +64,6 @@ def _drain(count: int, launched: float, first_start: float, last_success: float)
     )
 
 
-def _worker(ctx: BenchContext) -> Process:
-    # Scans end at once (a no-op scanner), so the worker's own path (check, claim, lease,
-    # result write) is what is measured.
-    return start_worker_process(ctx, "e2e-drain-worker", SCAN_SCANNER=stub_scanner.SCANNER_PATH)
-
-
 async def _wait(until_done: Callable[[], Awaitable[bool]], processes: list[Process]) -> None:
     deadline = time.monotonic() + DRAIN_DEADLINE_S
     while not await until_done():
@@ -96,7 +89,7 @@ async def _scan_outbox(ctx: BenchContext, count: int) -> Drain:
         return bool(total == count and left == 0)
 
     launched = time.time()
-    processes = [_worker(ctx)]
+    processes = [start_worker(ctx, "e2e-drain-worker")]
     try:
         processes.append(start_relay(ctx, "e2e-drain-relay"))
         await _wait(drained, processes)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import functools
 import random
 import time
 import uuid
@@ -18,10 +17,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared import metrics
 from shared.db import outage, queries
+from shared.db.engine import autocommit
 from shared.db.models import TaskStatus
 from shared.logging import get_logger
 from shared.messages import scan_entry
@@ -262,21 +262,13 @@ async def _finish(
     return Outcome(status.value)
 
 
-@functools.lru_cache(maxsize=8)
-def _single_statement_sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Sessions whose every statement commits by itself: PostgreSQL makes one statement atomic
-    on its own, so a one-statement write needs no BEGIN and COMMIT round trips."""
-    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
-    return async_sessionmaker(autocommit, expire_on_commit=False)
-
-
 async def _write(runtime: WorkerRuntime, write: Callable[[AsyncSession], Awaitable[T]]) -> T:
     """Run `write`, one statement, as its own transaction, trying again briefly if the database
     blips; a longer outage raises, and the expiring lease hands the task to another run."""
-    sessions = _single_statement_sessions(runtime.engine)
     for attempt in range(1, WRITE_ATTEMPTS + 1):
         try:
-            async with sessions() as session:
+            async with runtime.sessionmaker() as session:
+                await autocommit(session)
                 return await write(session)
         except Exception as exc:
             # A restarting database also fails with errors outside INFRASTRUCTURE_ERRORS

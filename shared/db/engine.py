@@ -26,3 +26,10 @@ def create_engine(settings: Settings) -> AsyncEngine:
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def autocommit(session: AsyncSession) -> None:
+    """Run `session`'s statements in autocommit: each one-statement write is atomic by itself
+    in PostgreSQL, so it needs no BEGIN and COMMIT round trips. SQLAlchemy puts the
+    connection's isolation level back when it returns to the pool."""
+    await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})

@@ -330,6 +330,15 @@ _HELD = and_(
     _tasks.lease_token == bindparam("held_token", type_=UUID(as_uuid=True)),
 )
 
+# What every end of a run writes besides its status: when, and no lease any more.
+_ENDED: dict[str, Any] = {
+    "finished_at": func.now(),
+    "updated_at": func.now(),
+    "lease_owner": None,
+    "lease_token": None,
+    "lease_expires_at": None,
+}
+
 _FINISH = (
     update(_TASKS)
     .where(_HELD)
@@ -338,11 +347,7 @@ _FINISH = (
         # none_as_null: no result is SQL NULL, not the JSON value null.
         result=bindparam("new_result", type_=JSONB(none_as_null=True)),
         error=bindparam("new_error"),
-        finished_at=func.now(),
-        updated_at=func.now(),
-        lease_owner=None,
-        lease_token=None,
-        lease_expires_at=None,
+        **_ENDED,
     )
     .returning(_tasks.id)
 )
@@ -400,11 +405,7 @@ async def fail_exhausted_task(session: AsyncSession, task_id: uuid.UUID) -> bool
                 " attempts",
                 func.coalesce(literal(": ").concat(_tasks.error), ""),
             ),
-            finished_at=func.now(),
-            updated_at=func.now(),
-            lease_owner=None,
-            lease_token=None,
-            lease_expires_at=None,
+            **_ENDED,
         )
         .returning(_tasks.id)
     )
@@ -544,11 +545,7 @@ async def cancel_task(session: AsyncSession, user_id: int, task_id: uuid.UUID) -
         .where(Task.id == task_id, Task.user_id == user_id, Task.status.in_(_NOT_TERMINAL))
         .values(
             status=TaskStatus.CANCELLED.value,
-            finished_at=func.now(),
-            updated_at=func.now(),
-            lease_owner=None,
-            lease_token=None,
-            lease_expires_at=None,
+            **_ENDED,
         )
         .returning(Task)
     )
