@@ -68,8 +68,12 @@ class TaskOut(BaseModel):
     target_domain: str
     config: dict[str, Any]
     status: str
-    attempts: int
+    attempts: int = Field(description="Runs started (claims); a re-dispatch is not one.")
     max_attempts: int
+    redispatches: int = Field(
+        description="Times the task was sent again through no fault of its own: its message "
+        "was lost, the broker lost its data, or its worker's lease expired."
+    )
     result: dict[str, Any] | None
     error: str | None
     created_at: datetime

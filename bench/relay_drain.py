@@ -60,7 +60,8 @@ async def _ceiling(ctx: BenchContext, rows: int) -> float:
     while True:
         async with ctx.sessionmaker() as session, session.begin():
             batch = await queries.claim_batch(session, BATCH)
-            await queries.mark_published(session, [message.id for message in batch])
+            published = [queries.PublishedMessage(m.id, str(m.message_id)) for m in batch]
+            await queries.mark_published(session, published)
         done += len(batch)
         if len(batch) < BATCH:
             return done / (time.monotonic() - started)

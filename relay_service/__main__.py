@@ -18,9 +18,10 @@ from relay_service.maintenance import LeaderElection, MaintenanceJobs
 from relay_service.publisher import DramatiqPublisher
 from relay_service.relay import Relay
 from relay_service.scheduler import build_scheduler
+from relay_service.whereabouts import BrokerWatch
 from shared import keys
 from shared.broker import create_broker
-from shared.db.engine import create_engine, create_sessionmaker
+from shared.db.engine import create_engine, create_sessionmaker, server_limits
 from shared.logging import configure_logging, get_logger
 from shared.settings import Settings, get_settings
 
@@ -66,7 +67,8 @@ def build(settings: Settings, stop: asyncio.Event) -> Parts:
     )
     relay = Relay(sessionmaker, DramatiqPublisher(broker), settings)
     election = LeaderElection(settings)
-    jobs = MaintenanceJobs(sessionmaker, settings, election, stop)
+    watch = BrokerWatch(sessionmaker, broker, settings)
+    jobs = MaintenanceJobs(sessionmaker, settings, election, stop, watch)
     health = HealthServer(settings, relay, Readiness(engine, broker))
     return Parts(engine, broker, relay, election, build_scheduler(relay, settings, jobs), health)
 
@@ -79,6 +81,7 @@ def _loops(settings: Settings, relay: Relay, stop: asyncio.Event) -> list[asynci
             keys.OUTBOX_CHANNEL,
             relay.wake,
             settings.relay_listen_reconnect_max_s,
+            server_limits(settings),
         )
         tasks.append(asyncio.create_task(listener.run(stop)))
     return tasks

@@ -26,9 +26,15 @@ class NotifyListener:
     """
 
     def __init__(
-        self, dsn: str, channel: str, on_notify: Callable[[], None], reconnect_max_s: float
+        self,
+        dsn: str,
+        channel: str,
+        on_notify: Callable[[], None],
+        reconnect_max_s: float,
+        server_settings: dict[str, str] | None = None,
     ) -> None:
         self.dsn = dsn
+        self.server_settings = server_settings or {}
         self.channel = channel
         self.on_notify = on_notify
         self.reconnect_max_s = reconnect_max_s
@@ -40,7 +46,7 @@ class NotifyListener:
 
     async def _listen_until_lost(self, stop: asyncio.Event) -> None:
         connection = await asyncpg.connect(
-            self.dsn, server_settings={"application_name": APPLICATION_NAME}
+            self.dsn, server_settings={**self.server_settings, "application_name": APPLICATION_NAME}
         )
         try:
             await connection.add_listener(self.channel, self._notified)
@@ -54,7 +60,7 @@ class NotifyListener:
                     await asyncio.wait_for(stop.wait(), HEALTH_CHECK_INTERVAL_S)
                 except TimeoutError:
                     # A dead connection is only noticed when used.
-                    await connection.execute("SELECT 1")
+                    await connection.execute("SELECT 1", timeout=HEALTH_CHECK_INTERVAL_S)
         finally:
             self.connected = False
             if not connection.is_closed():

@@ -18,8 +18,10 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import NullPool
 
+from relay_service.whereabouts import BROKER_ERRORS, BrokerWatch
 from shared import keys, maintenance, metrics
 from shared.db import queries
+from shared.db.engine import ms_setting, server_limits
 from shared.logging import get_logger
 from shared.settings import Settings
 
@@ -30,6 +32,9 @@ APPLICATION_NAME = keys.RELAY_ELECTION_APPLICATION_NAME
 # Bounds every statement on the leader connection, so a hung database cannot
 # wedge the election job.
 LEADER_COMMAND_TIMEOUT_S = 10.0
+# The leader's connection sits idle between checks; one idle this many check intervals
+# (a frozen or partitioned leader) is ended by the server, which releases the lock.
+LEADER_IDLE_CHECKS = 3
 # Pruning runs in chunks of this many batches, checking for shutdown in between.
 PRUNE_CHUNK_BATCHES = 20
 
@@ -38,7 +43,11 @@ class LeaderElection:
     """Holds a PostgreSQL session-level advisory lock on a dedicated connection.
 
     Whoever holds the lock leads. If the leader dies, its connection ends and
-    PostgreSQL releases the lock; the next `check` by another relay takes it.
+    PostgreSQL releases the lock; the next `check` by another relay takes it. A leader that
+    is alive but stuck (frozen, partitioned) loses it too: the server ends a session idle
+    for `LEADER_IDLE_CHECKS` check intervals, and TCP keepalives end one whose peer is gone.
+    The lock lives in the server session, so this connection must be direct or through a
+    session-pooled pooler (not transaction pooling).
     """
 
     def __init__(self, settings: Settings, lock_key: int = keys.RELAY_LEADER_LOCK) -> None:
@@ -47,7 +56,13 @@ class LeaderElection:
             settings.sqlalchemy_url,
             poolclass=NullPool,
             connect_args={
-                "server_settings": {"application_name": APPLICATION_NAME},
+                "server_settings": server_limits(
+                    settings,
+                    application_name=APPLICATION_NAME,
+                    idle_session_timeout=ms_setting(
+                        LEADER_IDLE_CHECKS * settings.relay_leader_check_interval_s
+                    ),
+                ),
                 "command_timeout": LEADER_COMMAND_TIMEOUT_S,
             },
         )
@@ -109,17 +124,34 @@ class MaintenanceJobs:
         settings: Settings,
         election: LeaderElection,
         stop: asyncio.Event,
+        watch: BrokerWatch | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.settings = settings
         self.election = election
         self.stop = stop
+        self.watch = watch
 
     async def check_leader(self) -> None:
         was_leader = self.election.is_leader
-        if not await self.election.check() and was_leader:
+        leads = await self.election.check()
+        if leads and not was_leader and self.watch is not None:
+            # A new leader has not watched the broker: its first walk checks every queued task.
+            self.watch.full_walk = True
+        if not leads and was_leader:
             # Only the leader reports the backlog: max() over relays stays right.
             _reset_gauges()
+
+    async def check_broker(self) -> None:
+        if self.watch is None or not self.election.is_leader or self.stop.is_set():
+            return
+        try:
+            counts = await self.watch.check()
+        except (SQLAlchemyError, *BROKER_ERRORS) as exc:
+            log.warning("maintenance_failed", job="broker_check", error=type(exc).__name__)
+            return
+        metrics.TASKS_REDISPATCHED.labels(reason="broker_reset").inc(counts.broker_reset)
+        metrics.TASKS_REDISPATCHED.labels(reason="message_lost").inc(counts.message_lost)
 
     async def redispatch(self) -> None:
         if not self.election.is_leader or self.stop.is_set():
@@ -129,7 +161,7 @@ class MaintenanceJobs:
         except (SQLAlchemyError, OSError) as exc:
             log.warning("maintenance_failed", job="redispatch", error=type(exc).__name__)
             return
-        for reason in (maintenance.LEASE_EXPIRED, maintenance.STALE_QUEUED):
+        for reason in (maintenance.LEASE_EXPIRED, maintenance.UNLOCATED):
             metrics.TASKS_REDISPATCHED.labels(reason=reason).inc(counts[reason])
         if any(counts.values()):
             log.info("tasks_redispatched", **counts)

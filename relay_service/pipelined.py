@@ -28,22 +28,26 @@ def usable(broker: RedisBroker) -> bool:
     return SUPPORTED and "dispatch" in broker.scripts
 
 
-def enqueue_many(broker: RedisBroker, messages: Sequence[dramatiq.Message[Any]]) -> list[object]:
+def enqueue_many(
+    broker: RedisBroker, messages: Sequence[dramatiq.Message[Any]]
+) -> list[tuple[str, object]]:
     """Enqueue `messages` as `broker.enqueue` would, in one pipeline.
 
-    Returns one entry per message: the script's reply, or the exception Redis
-    answered for that message alone. A connection failure raises instead, and
-    then any prefix of the batch may have reached Redis. The broker's middleware
-    hooks are not run (the relay's broker has none).
+    Returns one entry per message: the id Redis stores it under, and the script's
+    reply or the exception Redis answered for that message alone. A connection
+    failure raises instead, and then any prefix of the batch may have reached
+    Redis. The broker's middleware hooks are not run (the relay's broker has none).
     """
     dispatch = broker.scripts["dispatch"]
     namespace = [broker.namespace]
     max_unpack = broker._max_unpack_size()  # type: ignore[no-untyped-call]
     pipe = broker.client.pipeline(transaction=False)
+    redis_message_ids: list[str] = []
     for message in messages:
         # Like `enqueue`: a fresh Redis-side id per send, so a message sent twice
         # is stored twice rather than overwriting itself mid-delivery.
         redis_message_id = str(uuid.uuid4())
+        redis_message_ids.append(redis_message_id)
         stored = message.copy(options={"redis_message_id": redis_message_id})
         args = [
             "enqueue",
@@ -59,4 +63,4 @@ def enqueue_many(broker: RedisBroker, messages: Sequence[dramatiq.Message[Any]])
         ]
         dispatch(keys=namespace, args=args, client=pipe)
     replies: list[object] = pipe.execute(raise_on_error=False)
-    return replies
+    return list(zip(redis_message_ids, replies, strict=True))

@@ -19,8 +19,10 @@ from shared.logging import get_logger
 
 log = get_logger(__name__)
 
-# One outcome per message, in order: None when published, else why not.
-Outcomes = list[PublishError | None]
+# One outcome per message, in order: the id the broker stores it under when published,
+# else why not.
+Outcome = str | PublishError
+Outcomes = list[Outcome]
 
 # The broker cannot be reached at all: no point trying the rest of a batch.
 _UNREACHABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
@@ -53,7 +55,7 @@ class DramatiqPublisher:
         return await asyncio.to_thread(self._publish_all, messages)
 
     def _publish_all(self, messages: Sequence[ClaimedMessage]) -> Outcomes:
-        outcomes: Outcomes = [None] * len(messages)
+        outcomes: list[Outcome | None] = [None] * len(messages)
         positions: list[int] = []
         sendable: list[dramatiq.Message[Any]] = []
         for position, row in enumerate(messages):
@@ -68,7 +70,7 @@ class DramatiqPublisher:
                 sent = self._send_one_by_one(sendable)
             for position, outcome in zip(positions, sent, strict=True):
                 outcomes[position] = outcome
-        return outcomes
+        return [outcome for outcome in outcomes if outcome is not None]
 
     def _send_pipelined(self, messages: Sequence[dramatiq.Message[Any]]) -> Outcomes | None:
         """Outcomes from one pipeline, or None when it failed as a whole."""
@@ -78,15 +80,15 @@ class DramatiqPublisher:
             log.warning("publish_pipeline_failed", error=type(exc).__name__, size=len(messages))
             return None
         return [
-            PublishError(f"broker refused: {reply}") if isinstance(reply, Exception) else None
-            for reply in replies
+            PublishError(f"broker refused: {reply}") if isinstance(reply, Exception) else stored
+            for stored, reply in replies
         ]
 
     def _send_one_by_one(self, messages: Sequence[dramatiq.Message[Any]]) -> Outcomes:
         outcomes: Outcomes = []
         for index, message in enumerate(messages):
             try:
-                self.broker.enqueue(message)
+                sent = self.broker.enqueue(message)
             except _UNREACHABLE as exc:
                 outcomes.extend([_unavailable(exc)] * (len(messages) - index))
                 break
@@ -95,5 +97,5 @@ class DramatiqPublisher:
             except _UNENCODABLE as exc:
                 outcomes.append(PermanentPublishError(f"cannot encode message: {exc}"))
             else:
-                outcomes.append(None)
+                outcomes.append(str(sent.options["redis_message_id"]))
         return outcomes

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -12,7 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relay_service.publisher import Outcomes, Publisher
-from shared import metrics
+from shared import backoff, metrics
 from shared.db import queries
 from shared.errors import PermanentPublishError
 from shared.logging import get_logger
@@ -25,17 +24,11 @@ log = get_logger(__name__)
 DB_RETRY_MAX_S = 10.0
 
 
-def publish_backoff_s(attempts: int, base_s: float, max_s: float) -> float:
-    """Exponential backoff after `attempts` failed publishes, with ±20 % jitter, capped."""
-    delay = min(max_s, base_s * 2 ** max(0, attempts - 1))
-    return float(min(max_s, delay * random.uniform(0.8, 1.2)))
-
-
 @dataclass
 class BatchOutcome:
     """A batch's rows by outcome."""
 
-    published: list[queries.ClaimedMessage] = field(default_factory=list)
+    published: list[tuple[queries.ClaimedMessage, str]] = field(default_factory=list)
     failures: list[queries.PublishFailure] = field(default_factory=list)
     dead: list[tuple[queries.ClaimedMessage, str]] = field(default_factory=list)
 
@@ -46,12 +39,12 @@ def sort_outcomes(
     """Published, failed for now (with each row's next backoff), or never publishable."""
     result = BatchOutcome()
     for message, error in zip(batch, outcomes, strict=True):
-        if error is None:
-            result.published.append(message)
+        if isinstance(error, str):
+            result.published.append((message, error))
         elif isinstance(error, PermanentPublishError):
             result.dead.append((message, str(error)))
         else:
-            retry_in_s = publish_backoff_s(
+            retry_in_s = backoff.backoff_s(
                 message.publish_attempts + 1,
                 settings.relay_backoff_base_s,
                 settings.relay_backoff_max_s,
@@ -123,16 +116,18 @@ class Relay:
             )
             await queries.mark_dead(session, message.id, reason)
         await queries.record_publish_failures(session, rows.failures)
-        await queries.mark_published(session, [m.id for m in rows.published])
+        await queries.mark_published(
+            session, [queries.PublishedMessage(m.id, stored) for m, stored in rows.published]
+        )
         # A row that had failed went out: the broker is back, so rows still
         # backing off from the outage need not wait out their backoff.
-        if any(m.publish_attempts for m in rows.published) and not rows.failures:
+        if any(m.publish_attempts for m, _ in rows.published) and not rows.failures:
             return await queries.release_backoff(session)
         return 0
 
     def _observe(self, rows: BatchOutcome, publish_s: float) -> None:
         metrics.MESSAGES_PUBLISHED.inc(len(rows.published))
-        for message in rows.published:
+        for message, _stored in rows.published:
             metrics.COMMIT_TO_PUBLISH.observe(message.age_s + publish_s)
         if rows.failures:
             metrics.PUBLISH_FAILURES.labels(kind="transient").inc(len(rows.failures))
@@ -163,7 +158,7 @@ class Relay:
                 failures = 0
             except (SQLAlchemyError, OSError) as exc:
                 failures += 1
-                delay_s = publish_backoff_s(failures, 0.2, DB_RETRY_MAX_S)
+                delay_s = backoff.backoff_s(failures, 0.2, DB_RETRY_MAX_S)
                 log.warning("relay_cycle_failed", error=type(exc).__name__, retry_in_s=delay_s)
                 await wait_any(stop, None, delay_s)
                 continue

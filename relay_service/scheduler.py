@@ -47,6 +47,7 @@ def build_scheduler(
             scheduler, jobs.check_leader, settings.relay_leader_check_interval_s, "leader", now=True
         )
         _every(scheduler, jobs.redispatch, settings.relay_redispatch_interval_s, "redispatch")
+        _every(scheduler, jobs.check_broker, settings.relay_broker_check_interval_s, "broker")
         _every(scheduler, jobs.prune, settings.relay_prune_interval_s, "prune")
         _every(scheduler, jobs.refresh_gauges, settings.relay_gauges_interval_s, "gauges")
     return scheduler

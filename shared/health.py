@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared.db import queries
+from shared.db import queries, recovery
 from shared.db.models import TaskStatus
 from shared.settings import Settings
 
@@ -24,7 +24,7 @@ DATABASE_TIMEOUT_S = 5.0
 class DatabaseFacts:
     tasks_by_status: dict[str, int]
     outbox: queries.OutboxSummary
-    orphans: queries.OrphanCounts
+    orphans: recovery.OrphanCounts
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ async def _database_facts(
         async with asyncio.timeout(DATABASE_TIMEOUT_S), sessionmaker() as session:
             counts = await queries.count_tasks_by_status(session)
             outbox = await queries.summarize_outbox(session)
-            orphans = await queries.count_orphans(session, settings.queued_stale_s)
+            orphans = await recovery.count_orphans(session, settings.queued_stale_s)
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
         # The class only: a driver's message may quote the connection string.
         return type(exc).__name__
@@ -117,10 +117,10 @@ def _reasons(facts: DatabaseFacts, settings: Settings) -> list[str]:
             f"running tasks with an expired lease: {facts.orphans.expired_leases}; "
             "`scanctl cleanup-orphaned` re-dispatches them"
         )
-    if facts.orphans.stale_queued:
+    if facts.orphans.unlocated:
         reasons.append(
-            f"tasks queued longer than {settings.queued_stale_s:g}s: {facts.orphans.stale_queued}; "
-            "`scanctl cleanup-orphaned` re-dispatches them"
+            f"tasks queued longer than {settings.queued_stale_s:g}s with no known broker message: "
+            f"{facts.orphans.unlocated}; `scanctl cleanup-orphaned` re-dispatches them"
         )
     return reasons
 

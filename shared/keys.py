@@ -67,3 +67,14 @@ def worker_broker_id(hostname: str, pid: int, nonce: str) -> str:
 def broker_queue_key(queue_name: str) -> str:
     """The Redis LIST Dramatiq's Redis broker keeps a queue's message ids in."""
     return f"dramatiq:{queue_name}"
+
+
+def broker_messages_key(queue_name: str) -> str:
+    """The Redis HASH (id -> message) that holds a queue's message from enqueue to ack,
+    whether it waits in the queue or sits in a consumer's prefetch."""
+    return f"{broker_queue_key(queue_name)}.msgs"
+
+
+# Written by the relay leader into the broker's Redis and remembered in the database: when
+# it vanishes or changes, the broker lost its data (see relay_service/whereabouts.py).
+BROKER_EPOCH_KEY = "scan-outbox:broker-epoch"

@@ -11,16 +11,16 @@ from collections.abc import Awaitable, Callable
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared.db import queries
+from shared.db import queries, recovery
 from shared.db.models import TaskStatus
 from shared.messages import scan_entry
 from shared.settings import Settings
 
-# Keys of the dict `redispatch_orphans` returns.
+# Keys of the dict `redispatch_orphans` returns (and `reason` labels of the metric).
 LEASE_EXPIRED = "lease_expired"
-STALE_QUEUED = "stale_queued"
+UNLOCATED = "unlocated"
 
-Batch = Callable[[AsyncSession], Awaitable[list[queries.RedispatchedTask]]]
+Batch = Callable[[AsyncSession], Awaitable[list[recovery.RedispatchedTask]]]
 
 
 async def _redispatch_batches(
@@ -45,35 +45,34 @@ async def _redispatch_batches(
 async def redispatch_orphans(
     sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, *, dry_run: bool = False
 ) -> dict[str, int]:
-    """Send again tasks whose worker lease expired and tasks queued longer than
-    `queued_stale_s` (the broker lost the message); out of attempts, fail them with the reason.
+    """Send again tasks whose worker lease expired (failing those that already ran
+    `max_attempts` times) and, as a last resort, tasks queued longer than `queued_stale_s`
+    whose message nobody can locate (never failed, never charged an attempt).
 
-    Returns `{lease_expired, lease_expired_failed, stale_queued, stale_queued_failed}`.
+    Returns `{lease_expired, lease_expired_failed, unlocated}`.
     """
     limit = settings.relay_redispatch_batch_size
     if dry_run:
         async with sessionmaker() as session:
-            outcomes = await queries.count_orphan_outcomes(session, settings.queued_stale_s)
+            orphans = await recovery.count_orphans(session, settings.queued_stale_s)
         return {
-            LEASE_EXPIRED: outcomes.expired_redispatch,
-            f"{LEASE_EXPIRED}_failed": outcomes.expired_fail,
-            STALE_QUEUED: outcomes.stale_redispatch,
-            f"{STALE_QUEUED}_failed": outcomes.stale_fail,
+            LEASE_EXPIRED: orphans.expired_leases - orphans.expired_out_of_attempts,
+            f"{LEASE_EXPIRED}_failed": orphans.expired_out_of_attempts,
+            UNLOCATED: orphans.unlocated,
         }
 
-    async def expired(session: AsyncSession) -> list[queries.RedispatchedTask]:
-        return await queries.redispatch_expired_leases(session, limit)
+    async def expired(session: AsyncSession) -> list[recovery.RedispatchedTask]:
+        return await recovery.redispatch_expired_leases(session, limit)
 
-    async def stale(session: AsyncSession) -> list[queries.RedispatchedTask]:
-        return await queries.redispatch_stale_queued(session, settings.queued_stale_s, limit)
+    async def unlocated(session: AsyncSession) -> list[recovery.RedispatchedTask]:
+        return await recovery.redispatch_unlocated(session, settings.queued_stale_s, limit)
 
     expired_sent, expired_failed = await _redispatch_batches(sessionmaker, settings, expired)
-    stale_sent, stale_failed = await _redispatch_batches(sessionmaker, settings, stale)
+    unlocated_sent, _ = await _redispatch_batches(sessionmaker, settings, unlocated)
     return {
         LEASE_EXPIRED: expired_sent,
         f"{LEASE_EXPIRED}_failed": expired_failed,
-        STALE_QUEUED: stale_sent,
-        f"{STALE_QUEUED}_failed": stale_failed,
+        UNLOCATED: unlocated_sent,
     }
 
 

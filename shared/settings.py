@@ -43,6 +43,18 @@ class Settings(BaseSettings):
         default=False,
         description="Test each pooled connection before use (a round trip or three per checkout).",
     )
+    # Limits on every database connection, so a frozen or vanished peer cannot hold locks:
+    # the server ends a session idle in a transaction, a statement running too long, and
+    # (keepalives) a connection whose client host is gone. 0 disables a limit.
+    db_statement_timeout_s: float = Field(default=30.0, ge=0)
+    db_idle_in_transaction_timeout_s: float = Field(
+        default=15.0,
+        ge=0,
+        description="Ends a session idle inside a transaction (a frozen relay holding its batch).",
+    )
+    db_tcp_keepalives_idle_s: int = Field(default=30, ge=0)
+    db_tcp_keepalives_interval_s: int = Field(default=10, ge=0)
+    db_tcp_keepalives_count: int = Field(default=3, ge=0)
 
     # API.
     api_host: str = "127.0.0.1"
@@ -88,16 +100,48 @@ class Settings(BaseSettings):
     relay_health_port: int = Field(default=8001, ge=0, le=65535, description="0 disables it.")
     relay_livez_max_age_s: float = Field(default=60.0, gt=0)
     relay_leader_check_interval_s: float = Field(default=5.0, gt=0)
-    relay_redispatch_interval_s: float = Field(default=30.0, gt=0)
+    relay_redispatch_interval_s: float = Field(
+        default=5.0, gt=0, description="How often the leader re-dispatches expired leases."
+    )
     relay_redispatch_batch_size: int = Field(default=100, ge=1)
     relay_prune_interval_s: float = Field(default=300.0, gt=0)
     relay_prune_batch_size: int = Field(default=1000, ge=1)
     relay_gauges_interval_s: float = Field(default=5.0, gt=0)
     outbox_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
 
+    # Recovery: the leader knows where each queued message is, instead of guessing by age.
+    relay_broker_check_interval_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often the leader checks the broker epoch, requeues dead consumers' "
+        "messages and looks for queued tasks whose message is gone.",
+    )
+    relay_broker_check_batch_size: int = Field(
+        default=2000, ge=1, description="Queued tasks whose message the leader checks per cycle."
+    )
+    queued_check_floor_s: float = Field(
+        default=5.0, ge=0, description="Queued tasks younger than this are not checked yet."
+    )
+    broker_heartbeat_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="A worker silent this long is dead: its fetched messages go back to the queue.",
+    )
+
     # Worker.
     queue_name: str = "scans"
-    worker_lease_s: float = Field(default=120.0, gt=0)
+    worker_lease_s: float = Field(
+        default=30.0, gt=0, description="Renewed every third; a dead worker's scans rerun after it."
+    )
+    worker_claim_retry_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long a claim keeps trying through a database outage before the message "
+        "is handed back (the leader then sends it again).",
+    )
+    target_lock_timeout_s: float = Field(
+        default=2.0, gt=0, description="Longest wait for a target's claim lock; then a deferral."
+    )
     retry_backoff_base_s: float = Field(default=5.0, gt=0)
     retry_backoff_max_s: float = Field(default=300.0, gt=0)
     per_target_concurrency: int = Field(default=2, ge=1)
@@ -112,7 +156,12 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(default=9191, ge=0, le=65535, description="0 disables it.")
 
     # Operations: orphan detection, retention and the health verdict.
-    queued_stale_s: float = Field(default=600.0, gt=0)
+    queued_stale_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Last resort: a task queued this long whose message's whereabouts are "
+        "unknown is sent again (never failed, never charged an attempt).",
+    )
     idempotency_retention_s: float = Field(default=24 * 3600.0, gt=0)
     health_max_outbox_age_s: float = Field(default=60.0, gt=0)
     health_max_dead_rows: int = Field(default=0, ge=0)

@@ -18,7 +18,7 @@ from shared.db.engine import create_engine, create_sessionmaker
 from shared.embedded import EmbeddedUrls, embedded_servers
 from shared.settings import Settings, get_settings
 
-TABLES = "outbox, tasks, users"
+TABLES = "outbox, tasks, users, broker_state"
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from dramatiq.middleware import AsyncIO, CurrentMessage
 
 from shared import keys
 from shared.settings import get_settings
+from worker_service.heartbeat import Heartbeat
 from worker_service.idle_poll import IdlePollCap
 from worker_service.wakeup import WakingRedisBroker
 
@@ -28,5 +29,6 @@ def install_broker() -> RedisBroker:
     broker.add_middleware(AsyncIO())
     broker.add_middleware(CurrentMessage())
     broker.add_middleware(IdlePollCap(settings.worker_idle_poll_ms))
+    broker.add_middleware(Heartbeat(settings.broker_heartbeat_timeout_s))
     dramatiq.set_broker(broker)
     return broker

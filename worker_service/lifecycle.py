@@ -16,10 +16,10 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared import metrics
+from shared import backoff, metrics
 from shared.db import outage, queries
 from shared.db.engine import autocommit
 from shared.db.models import TaskStatus
@@ -39,9 +39,10 @@ SCAN_GRACE_S = 5.0
 DATABASE_ALLOWANCE_S = 60.0
 WRITE_ATTEMPTS = 3
 WRITE_RETRY_S = 0.5
-# A restarting database takes a second or two: the claim waits 0.5 + 1 + 1.5 s for it.
-CLAIM_ATTEMPTS = 4
-CLAIM_RETRY_S = 0.5
+# A restarting database takes a second or two; the claim rides out longer outages for
+# `worker_claim_retry_s`, trying again after these (jittered) pauses.
+CLAIM_RETRY_BASE_S = 0.25
+CLAIM_RETRY_MAX_S = 5.0
 
 
 class Outcome(enum.StrEnum):
@@ -55,21 +56,25 @@ class Outcome(enum.StrEnum):
 
 
 def actor_time_limit_ms(settings: Settings) -> int:
-    """A Dramatiq time limit that can never cut a run short: the existence check's longest wait
-    and the pauses between claim attempts, the scan's own cap and grace, room for the database."""
-    check_s = existence.longest_wait_s(
+    """A Dramatiq time limit that can never cut a run short: the claim's outage budget, the
+    existence check's longest wait in the last claim attempt and the pause before it, the
+    scan's own cap and grace, room for the database."""
+    claim_s = settings.worker_claim_retry_s + CLAIM_RETRY_MAX_S + existence_wait_s(settings)
+    return int((claim_s + settings.total_timeout_s + SCAN_GRACE_S + DATABASE_ALLOWANCE_S) * 1000)
+
+
+def existence_wait_s(settings: Settings) -> float:
+    """The longest the existence check can wait for a task to become visible."""
+    return existence.longest_wait_s(
         settings.existence_check_attempts,
         settings.existence_check_delay_s,
         settings.existence_check_backoff,
     )
-    claim_s = CLAIM_ATTEMPTS * check_s + CLAIM_RETRY_S * sum(range(CLAIM_ATTEMPTS))
-    return int((claim_s + settings.total_timeout_s + SCAN_GRACE_S + DATABASE_ALLOWANCE_S) * 1000)
 
 
 def retry_backoff_s(attempts: int, settings: Settings) -> float:
-    """Delay before the next attempt after `attempts` tries: doubling, jittered, capped."""
-    delay_s = settings.retry_backoff_base_s * 2 ** max(0, attempts - 1)
-    return float(min(settings.retry_backoff_max_s, delay_s * random.uniform(0.8, 1.2)))
+    """Delay before the next attempt after `attempts` tries: doubling, capped, jittered."""
+    return backoff.backoff_s(attempts, settings.retry_backoff_base_s, settings.retry_backoff_max_s)
 
 
 async def run_task(
@@ -88,10 +93,14 @@ async def run_task(
 async def _verify_and_claim(
     runtime: WorkerRuntime, task_id: uuid.UUID, request_id: str | None
 ) -> tuple[queries.ClaimedTask, uuid.UUID] | Outcome:
-    """Verify and claim, tried again from the start if the database blips; a longer outage
-    raises, failing the message, and the relay's maintenance dispatches the task again once
-    it has been queued `queued_stale_s`."""
-    for attempt in range(1, CLAIM_ATTEMPTS + 1):
+    """Verify and claim, tried again from the start with backoff while the database is out,
+    for up to `worker_claim_retry_s`. A longer outage raises: Dramatiq moves the message to
+    its dead letters, and the relay leader, which checks that every queued task's message is
+    still in the broker, sends the task again as soon as the database answers."""
+    deadline = time.monotonic() + runtime.settings.worker_claim_retry_s
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             return await _verify_and_claim_once(runtime, task_id, request_id)
         except Exception as exc:
@@ -100,20 +109,25 @@ async def _verify_and_claim(
             # running under a live lease and skips it until that lease expires.
             if not outage.is_outage(exc):
                 raise
-            if attempt == CLAIM_ATTEMPTS:
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
                 log.error(
                     "task_claim_abandoned",
                     task_id=str(task_id),
                     attempts=attempt,
                     error=type(exc).__name__,
-                    left_to="relay maintenance after queued_stale_s",
+                    left_to="the relay leader, once the database is back",
                 )
                 raise
+            delay_s = min(left_s, backoff.backoff_s(attempt, CLAIM_RETRY_BASE_S, CLAIM_RETRY_MAX_S))
             log.warning(
-                "task_claim_failed", task_id=str(task_id), attempt=attempt, error=type(exc).__name__
+                "task_claim_failed",
+                task_id=str(task_id),
+                attempt=attempt,
+                error=type(exc).__name__,
+                retry_in_s=round(delay_s, 3),
             )
-            await asyncio.sleep(CLAIM_RETRY_S * attempt)
-    raise AssertionError("unreachable")
+            await asyncio.sleep(delay_s)
 
 
 async def _verify_and_claim_once(
@@ -144,7 +158,15 @@ async def _claim(
     domain = sighting.target_domain
     lease = queries.LeaseClaim(runtime.owner, uuid.uuid4(), settings.worker_lease_s)
     # Held to commit: a concurrent claim on the same domain counts after ours is visible.
-    await queries.lock_target(session, domain)
+    try:
+        await queries.lock_target(session, domain, settings.target_lock_timeout_s)
+    except DBAPIError as exc:
+        if not queries.is_lock_timeout(exc):
+            raise
+        # Another claim of this target holds the lock (stalled, or its worker frozen): wait
+        # in the outbox instead of blocking this worker, in a transaction of its own.
+        await session.rollback()
+        return await _defer(session, settings, task_id, request_id, "lock_timeout")
     limit = settings.per_target_concurrency
     task = await queries.claim_polite_task(session, task_id, domain, limit, lease)
     if task is not None:
@@ -152,7 +174,8 @@ async def _claim(
     # The common case took one statement; now find out why it claimed nothing.
     live = await queries.count_live_scans(session, domain, task_id)
     if live >= limit:
-        return await _defer(session, settings, task_id, request_id, live)
+        log.info("task_target_busy", task_id=str(task_id), live_scans=live)
+        return await _defer(session, settings, task_id, request_id, "politeness")
     task = await queries.claim_task(session, task_id, lease.owner, lease.lease_token, lease.lease_s)
     if task is not None:
         return task, lease.lease_token
@@ -163,15 +186,19 @@ async def _claim(
 
 
 async def _defer(
-    session: AsyncSession, settings: Settings, task_id: uuid.UUID, request_id: str | None, live: int
+    session: AsyncSession,
+    settings: Settings,
+    task_id: uuid.UUID,
+    request_id: str | None,
+    reason: str,
 ) -> Outcome:
     # Jitter spreads the deferred scans of one busy domain instead of returning them together.
     delay_s = settings.politeness_delay_s * random.uniform(1.0, 1.5)
     entry = scan_entry(task_id, settings.queue_name, request_id)
     if not await queries.defer_task(session, task_id, entry, delay_s):
         return Outcome.SKIPPED
-    metrics.TASKS_DEFERRED.labels(reason="politeness").inc()
-    log.info("task_deferred", task_id=str(task_id), live_scans=live, retry_in_s=round(delay_s, 3))
+    metrics.TASKS_DEFERRED.labels(reason=reason).inc()
+    log.info("task_deferred", task_id=str(task_id), reason=reason, retry_in_s=round(delay_s, 3))
     return Outcome.DEFERRED
 
 

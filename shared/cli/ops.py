@@ -51,7 +51,7 @@ def _status_table(report: health.HealthReport, settings: Settings) -> Table:
         table.add_row(
             "orphans",
             f"expired leases {facts.orphans.expired_leases}  "
-            f"queued > {settings.queued_stale_s:g}s {facts.orphans.stale_queued}",
+            f"unlocated queued > {settings.queued_stale_s:g}s {facts.orphans.unlocated}",
         )
     return table
 

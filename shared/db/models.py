@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    SmallInteger,
     Text,
     func,
     text,
@@ -56,6 +57,8 @@ class Task(Base):
         # Newest-first keyset pagination per user, optionally by status.
         Index("ix_tasks_user_created", "user_id", text("created_at DESC"), text("id DESC")),
         Index("ix_tasks_status_updated", "status", "updated_at"),
+        # The leader walks queued tasks oldest first to check that their messages exist.
+        Index("ix_tasks_queued", "queued_at", "id", postgresql_where=text("status = 'queued'")),
         # Idempotency keys are unique per user; rows without a key are unconstrained.
         Index(
             "uq_tasks_user_idempotency_key",
@@ -71,7 +74,9 @@ class Task(Base):
     target_domain: Mapped[str] = mapped_column(Text)
     config: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     status: Mapped[str] = mapped_column(Text, server_default=TaskStatus.PENDING.value)
+    # Runs started (claims); a re-dispatch that was not the task's fault is not an attempt.
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    redispatches: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     max_attempts: Mapped[int] = mapped_column(Integer, server_default=text("3"))
     idempotency_key: Mapped[str | None] = mapped_column(Text)
     request_hash: Mapped[str | None] = mapped_column(Text)
@@ -83,6 +88,8 @@ class Task(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The outbox row whose published message the task, while queued, waits for.
+    queued_outbox_id: Mapped[int | None] = mapped_column(BigInteger)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -130,4 +137,18 @@ class OutboxMessage(Base):
     publish_attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     last_error: Mapped[str | None] = mapped_column(Text)
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The id the broker stores the published message under (Dramatiq's redis_message_id).
+    broker_message_id: Mapped[str | None] = mapped_column(Text)
     dead_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class BrokerState(Base):
+    """One row: the broker epoch the relays last saw, and the broker server's run id."""
+
+    __tablename__ = "broker_state"
+    __table_args__ = (CheckConstraint("id = 1", name="one_row"),)
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True, server_default=text("1"))
+    epoch: Mapped[str] = mapped_column(Text)
+    run_id: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -211,10 +211,35 @@ async def find_task(session: AsyncSession, task_id: uuid.UUID) -> TaskSighting |
     return TaskSighting(row[0], bool(row[1])) if row is not None else None
 
 
-async def lock_target(session: AsyncSession, domain: str) -> None:
-    """Serialise claims on one target domain until the transaction ends (politeness)."""
-    stmt = text("SELECT pg_advisory_xact_lock(:lock_class, hashtext(:domain))")
-    await session.execute(stmt, {"lock_class": keys.POLITENESS_LOCK_CLASS, "domain": domain})
+# The lock timeout is set in a subquery so that it applies before the lock is asked for, in
+# one round trip; it lasts to the end of the transaction (`is_local`).
+_LOCK_TARGET_SQL = text(
+    """
+    SELECT pg_advisory_xact_lock(:lock_class, hashtext(:domain))
+    FROM (SELECT set_config('lock_timeout', :timeout_ms, true)) AS limited
+    """
+)
+
+
+async def lock_target(session: AsyncSession, domain: str, timeout_s: float) -> None:
+    """Serialise claims on one target domain until the transaction ends (politeness). Waiting
+    longer than `timeout_s` raises (SQLSTATE 55P03, see `is_lock_timeout`): a claim stalled
+    under the lock must not block every other claim of its target."""
+    params = {
+        "lock_class": keys.POLITENESS_LOCK_CLASS,
+        "domain": domain,
+        "timeout_ms": str(int(timeout_s * 1000)),
+    }
+    await session.execute(_LOCK_TARGET_SQL, params)
+
+
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+def is_lock_timeout(exc: BaseException) -> bool:
+    """True for a statement that gave up waiting for a lock (lock_timeout)."""
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlstate", None) == LOCK_NOT_AVAILABLE
 
 
 # Running tasks of `:domain` whose lease is still live, `:task_id` excluded.
@@ -267,7 +292,9 @@ _CLAIM = (
         attempts=_tasks.attempts + 1,
         lease_owner=bindparam("owner"),
         lease_token=bindparam("new_token", type_=UUID(as_uuid=True)),
-        lease_expires_at=func.now() + _seconds(bindparam("lease_s", type_=Float)),
+        # From when the statement runs, not when its transaction began: time spent waiting
+        # for the target's lock must not shorten the lease.
+        lease_expires_at=func.clock_timestamp() + _seconds(bindparam("lease_s", type_=Float)),
         started_at=func.now(),
         updated_at=func.now(),
         error=None,
@@ -372,11 +399,13 @@ async def finish_task(
     return (await session.execute(_FINISH, params)).first() is not None
 
 
+# A lease that has expired cannot be revived, even if nobody took the task over yet: from
+# its expiry on, politeness counts the scan as dead and the leader may send it again.
 _RENEW = (
     update(_TASKS)
-    .where(_HELD)
+    .where(_HELD, _tasks.lease_expires_at > func.clock_timestamp())
     .values(
-        lease_expires_at=func.now() + _seconds(bindparam("lease_s", type_=Float)),
+        lease_expires_at=func.clock_timestamp() + _seconds(bindparam("lease_s", type_=Float)),
         updated_at=func.now(),
     )
     .returning(_tasks.id)
@@ -386,8 +415,8 @@ _RENEW = (
 async def renew_lease(
     session: AsyncSession, task_id: uuid.UUID, lease_token: uuid.UUID, lease_s: float
 ) -> bool:
-    """Push the lease forward; False once the token is no longer current or the task is no
-    longer running (cancelled, taken over)."""
+    """Push the lease forward; False once the token is no longer current, the lease has
+    expired, or the task is no longer running (cancelled, taken over)."""
     params = {"task_id": task_id, "held_token": lease_token, "lease_s": lease_s}
     return (await session.execute(_RENEW, params)).first() is not None
 
@@ -504,7 +533,8 @@ async def get_task_status(session: AsyncSession, task_id: uuid.UUID) -> str | No
 _RETRY_TASK_SQL = text(
     f"""
     WITH retried AS (
-        UPDATE tasks SET status = 'pending', attempts = 0, result = NULL, error = NULL,
+        UPDATE tasks SET status = 'pending', attempts = 0, redispatches = 0, result = NULL,
+                         error = NULL,
                          queued_at = NULL, started_at = NULL, finished_at = NULL,
                          updated_at = now(), {_LEASE_CLEARED}
         WHERE id = :task_id AND user_id = :user_id AND status IN ('failed', 'cancelled')
@@ -555,20 +585,6 @@ async def cancel_task(session: AsyncSession, user_id: int, task_id: uuid.UUID) -
 # --- outbox ------------------------------------------------------------------
 
 
-async def insert_message(session: AsyncSession, entry: OutboxEntry) -> None:
-    """Append a message to the outbox in the caller's transaction."""
-    session.add(
-        OutboxMessage(
-            message_id=entry.message_id,
-            actor=entry.actor,
-            queue=entry.queue,
-            payload=entry.payload,
-            task_id=entry.task_id,
-        )
-    )
-    await session.flush()
-
-
 @dataclass(frozen=True)
 class ClaimedMessage:
     id: int
@@ -608,44 +624,49 @@ async def claim_batch(session: AsyncSession, limit: int) -> list[ClaimedMessage]
 
 
 # Rows and their tasks change together: a task becomes `queued` only if it is
-# still `pending` (a worker may already have claimed it from the broker).
-# clock_timestamp(), not now(): the moment the broker took the batch, not when
-# the claim's transaction began. The status test is written so that no index on
-# status can serve it: with statistics from before a burst of new tasks, the
-# planner would otherwise read every pending task for each batch instead of
+# still `pending` (a worker may already have claimed it from the broker), and only
+# for its newest message (a worker may have deferred it, writing a newer row, before
+# this batch committed). The task records which row it waits on, and the row the id
+# the broker stores it under, so the leader can later ask the broker whether that
+# message still exists. clock_timestamp(), not now(): the moment the broker took the
+# batch, not when the claim's transaction began. The status test is written so that
+# no index on status can serve it: with statistics from before a burst of new tasks,
+# the planner would otherwise read every pending task for each batch instead of
 # looking up the batch's tasks by primary key.
 _MARK_PUBLISHED_SQL = text(
     """
     WITH published AS (
-        UPDATE outbox SET published_at = clock_timestamp(), last_error = NULL
-        WHERE id = ANY(:ids)
-        RETURNING task_id
+        UPDATE outbox o SET published_at = clock_timestamp(), last_error = NULL,
+                            broker_message_id = sent.broker_message_id
+        FROM unnest(CAST(:ids AS bigint[]), CAST(:broker_ids AS text[]))
+             AS sent(id, broker_message_id)
+        WHERE o.id = sent.id
+        RETURNING o.id, o.task_id
     )
-    UPDATE tasks SET status = 'queued', queued_at = now(), updated_at = now()
-    WHERE id IN (SELECT task_id FROM published) AND (status = 'pending') IS TRUE
+    UPDATE tasks t SET status = 'queued', queued_at = now(), queued_outbox_id = published.id,
+                       updated_at = now()
+    FROM published
+    WHERE t.id = published.task_id AND (t.status = 'pending') IS TRUE
+      AND NOT EXISTS (SELECT 1 FROM outbox newer
+                      WHERE newer.task_id = published.task_id AND newer.id > published.id)
     """
 )
 
 
-async def mark_published(session: AsyncSession, ids: Sequence[int]) -> None:
-    if ids:
-        await session.execute(_MARK_PUBLISHED_SQL, {"ids": list(ids)})
+@dataclass(frozen=True)
+class PublishedMessage:
+    outbox_id: int
+    broker_message_id: str
 
 
-async def record_publish_failure(
-    session: AsyncSession, outbox_id: int, error: str, retry_in_s: float
-) -> None:
-    """Keep the row unpublished, count the attempt and push `available_at` back."""
-    stmt = (
-        update(OutboxMessage)
-        .where(OutboxMessage.id == outbox_id)
-        .values(
-            publish_attempts=OutboxMessage.publish_attempts + 1,
-            last_error=error,
-            available_at=func.now() + func.make_interval(0, 0, 0, 0, 0, 0, retry_in_s),
-        )
-    )
-    await session.execute(stmt)
+async def mark_published(session: AsyncSession, published: Sequence[PublishedMessage]) -> None:
+    """Mark rows published under their broker ids, and their tasks queued on them."""
+    if published:
+        params = {
+            "ids": [p.outbox_id for p in published],
+            "broker_ids": [p.broker_message_id for p in published],
+        }
+        await session.execute(_MARK_PUBLISHED_SQL, params)
 
 
 _RECORD_FAILURE_SQL = text(
@@ -667,7 +688,8 @@ class PublishFailure:
 async def record_publish_failures(
     session: AsyncSession, failures: Sequence[PublishFailure]
 ) -> None:
-    """`record_publish_failure` for many rows in one round trip."""
+    """Keep each row unpublished, count the attempt and push `available_at` back, in one
+    round trip."""
     if failures:
         params = [
             {"id": f.outbox_id, "error": f.error, "retry_in_s": f.retry_in_s} for f in failures
@@ -771,98 +793,6 @@ async def advisory_unlock(connection: AsyncConnection, key: int) -> None:
     await connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
 
 
-@dataclass(frozen=True)
-class RedispatchedTask:
-    task_id: uuid.UUID
-    status: str  # pending (sent again) or failed (out of attempts)
-    attempts: int
-
-
-# One conditional UPDATE per batch: rows another session holds are skipped, and
-# a task whose state moved on (finished, renewed, claimed) no longer matches.
-# Out of attempts, the task fails with the reason; otherwise it goes back to
-# pending and the caller writes its new outbox row in the same transaction.
-_REDISPATCH_EXPIRED_SQL = text(
-    f"""
-    UPDATE tasks t SET
-        status = CASE WHEN t.attempts < t.max_attempts THEN 'pending' ELSE 'failed' END,
-        error = CASE WHEN t.attempts < t.max_attempts THEN 'lease expired; sent again'
-                     ELSE 'lease expired after ' || t.attempts || ' attempts' END,
-        finished_at = CASE WHEN t.attempts < t.max_attempts THEN NULL ELSE now() END,
-        queued_at = NULL, updated_at = now(), {_LEASE_CLEARED}
-    WHERE t.id IN (SELECT id FROM tasks
-                   WHERE status = 'running' AND lease_expires_at < now()
-                   ORDER BY lease_expires_at LIMIT :limit FOR UPDATE SKIP LOCKED)
-      AND t.status = 'running' AND t.lease_expires_at < now()
-    RETURNING t.id, t.status, t.attempts
-    """
-)
-
-# The broker lost the message (e.g. Redis restarted without persistence). The
-# lost dispatch counts as an attempt, so a broker that keeps losing messages
-# cannot keep a task cycling forever.
-_REDISPATCH_STALE_SQL = text(
-    """
-    UPDATE tasks t SET
-        attempts = t.attempts + 1,
-        status = CASE WHEN t.attempts + 1 < t.max_attempts THEN 'pending' ELSE 'failed' END,
-        error = CASE WHEN t.attempts + 1 < t.max_attempts THEN 'queued too long; sent again'
-                     ELSE 'queued too long after ' || (t.attempts + 1) || ' attempts' END,
-        finished_at = CASE WHEN t.attempts + 1 < t.max_attempts THEN NULL ELSE now() END,
-        queued_at = NULL, updated_at = now()
-    WHERE t.id IN (SELECT id FROM tasks
-                   WHERE status = 'queued' AND queued_at < now() - make_interval(secs => :stale_s)
-                   ORDER BY queued_at LIMIT :limit FOR UPDATE SKIP LOCKED)
-      AND t.status = 'queued' AND t.queued_at < now() - make_interval(secs => :stale_s)
-    RETURNING t.id, t.status, t.attempts
-    """
-).bindparams(bindparam("stale_s", type_=Float))
-
-
-async def redispatch_expired_leases(session: AsyncSession, limit: int) -> list[RedispatchedTask]:
-    """Running tasks whose lease expired -> pending (or failed when out of attempts)."""
-    rows = (await session.execute(_REDISPATCH_EXPIRED_SQL, {"limit": limit})).all()
-    return [RedispatchedTask(*row) for row in rows]
-
-
-async def redispatch_stale_queued(
-    session: AsyncSession, stale_s: float, limit: int
-) -> list[RedispatchedTask]:
-    """Tasks queued longer than `stale_s` -> pending (or failed when out of attempts)."""
-    params = {"stale_s": stale_s, "limit": limit}
-    rows = (await session.execute(_REDISPATCH_STALE_SQL, params)).all()
-    return [RedispatchedTask(*row) for row in rows]
-
-
-@dataclass(frozen=True)
-class OrphanOutcomes:
-    """What re-dispatching the orphans found now would do."""
-
-    expired_redispatch: int
-    expired_fail: int
-    stale_redispatch: int
-    stale_fail: int
-
-
-_ORPHAN_OUTCOMES_SQL = text(
-    """
-    SELECT
-        count(*) FILTER (WHERE status = 'running' AND attempts < max_attempts),
-        count(*) FILTER (WHERE status = 'running' AND attempts >= max_attempts),
-        count(*) FILTER (WHERE status = 'queued' AND attempts + 1 < max_attempts),
-        count(*) FILTER (WHERE status = 'queued' AND attempts + 1 >= max_attempts)
-    FROM tasks
-    WHERE (status = 'running' AND lease_expires_at < now())
-       OR (status = 'queued' AND queued_at < now() - make_interval(secs => :stale_s))
-    """
-).bindparams(bindparam("stale_s", type_=Float))
-
-
-async def count_orphan_outcomes(session: AsyncSession, stale_s: float) -> OrphanOutcomes:
-    row = (await session.execute(_ORPHAN_OUTCOMES_SQL, {"stale_s": stale_s})).one()
-    return OrphanOutcomes(*row)
-
-
 # Small batches, rows another session holds skipped: pruning never waits on, or
 # holds up, the relay (which only ever locks unpublished rows anyway).
 _PRUNE_PUBLISHED_SQL = text(
@@ -906,10 +836,15 @@ class OutboxSummary:
 
 
 # Both counts read only a partial index (of unpublished rows, of dead rows), so a
-# health probe costs the same however many published rows the table keeps.
+# health probe costs the same however many published rows the table keeps. The age
+# counts only rows that are due or failed to publish: a deliberately deferred row is
+# not late until its time has come (and then it is late from that time).
 _OUTBOX_BACKLOG_SQL = text(
     """
-    SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8
+    SELECT count(*),
+           EXTRACT(EPOCH FROM now() - min(CASE WHEN publish_attempts > 0 THEN created_at
+                                               ELSE available_at END)
+                   FILTER (WHERE available_at <= now() OR publish_attempts > 0))::float8
     FROM outbox WHERE published_at IS NULL AND dead_at IS NULL
     """
 )
@@ -922,32 +857,6 @@ async def summarize_outbox(session: AsyncSession) -> OutboxSummary:
     )
     dead = (await session.execute(dead_stmt)).scalar_one()
     return OutboxSummary(backlog, oldest_age_s, dead)
-
-
-@dataclass(frozen=True)
-class OrphanCounts:
-    expired_leases: int
-    stale_queued: int
-
-    @property
-    def total(self) -> int:
-        return self.expired_leases + self.stale_queued
-
-
-_COUNT_ORPHANS_SQL = text(
-    """
-    SELECT count(*) FILTER (WHERE status = 'running' AND lease_expires_at < now()),
-           count(*) FILTER (WHERE status = 'queued'
-                            AND queued_at < now() - make_interval(secs => :stale_s))
-    FROM tasks WHERE status IN ('running', 'queued')
-    """
-).bindparams(bindparam("stale_s", type_=Float))
-
-
-async def count_orphans(session: AsyncSession, queued_stale_s: float) -> OrphanCounts:
-    """Running tasks whose lease expired, and tasks queued longer than `queued_stale_s`."""
-    row = (await session.execute(_COUNT_ORPHANS_SQL, {"stale_s": queued_stale_s})).one()
-    return OrphanCounts(*row)
 
 
 async def list_tasks_with_owner(

@@ -64,7 +64,7 @@ END $$;
 CREATE TRIGGER fault_publish_gate BEFORE UPDATE ON outbox
     FOR EACH ROW EXECUTE FUNCTION fault_publish_gate();
 """
-TRUNCATE_SQL = "TRUNCATE outbox, tasks, users, fault_audit RESTART IDENTITY CASCADE"
+TRUNCATE_SQL = "TRUNCATE outbox, tasks, users, broker_state, fault_audit RESTART IDENTITY CASCADE"
 
 
 class RestartablePostgres:

@@ -143,6 +143,7 @@ async def test_retry_restarts_the_task_with_a_new_outbox_row(
     assert response.status_code == 200, response.text
     body = response.json()
     assert (body["status"], body["attempts"], body["max_attempts"]) == ("pending", 0, 3)
+    assert body["redispatches"] == 0
     assert (body["error"], body["result"], body["finished_at"]) == (None, None, None)
     assert await messages(sessionmaker, task_id) == 2
     async with sessionmaker() as session:

@@ -85,8 +85,8 @@ async def test_status_names_backlog_dead_rows_and_orphans_and_exits_1(
     sessionmaker: Sessions,
 ) -> None:
     user, _ = await make_user(sessionmaker)
-    dead, leased, queued, waiting = [
-        await make_task(sessionmaker, user.id, f"t{index}.example.com") for index in range(4)
+    dead, leased, queued, waiting, deferred = [
+        await make_task(sessionmaker, user.id, f"t{index}.example.com") for index in range(5)
     ]
     await kill_message(sessionmaker, dead, "unknown actor")
     await execute(
@@ -102,8 +102,16 @@ async def test_status_names_backlog_dead_rows_and_orphans_and_exits_1(
     )
     await execute(
         sessionmaker,
-        "UPDATE outbox SET created_at = now() - interval '5 minutes' WHERE task_id = :id",
+        "UPDATE outbox SET created_at = now() - interval '5 minutes',"
+        " available_at = now() - interval '5 minutes' WHERE task_id = :id",
         id=waiting,
+    )
+    # Written an hour ago but not due for ten minutes (a deferral): a backlog, not an age.
+    await execute(
+        sessionmaker,
+        "UPDATE outbox SET created_at = now() - interval '1 hour',"
+        " available_at = now() + interval '10 minutes' WHERE task_id = :id",
+        id=deferred,
     )
 
     result, as_json = await asyncio.gather(run("status"), run("status", "--json"))
@@ -113,10 +121,15 @@ async def test_status_names_backlog_dead_rows_and_orphans_and_exits_1(
     report = json.loads(as_json.stdout)
     assert report["healthy"] is False
     assert len(report["reasons"]) == 4
-    assert report["outbox"]["backlog"] == 3
+    assert report["outbox"]["backlog"] == 4
     assert report["outbox"]["dead"] == 1
-    assert report["outbox"]["oldest_unpublished_age_s"] >= 300
-    assert report["orphans"] == {"expired_leases": 1, "stale_queued": 1, "total": 2}
+    assert 300 <= report["outbox"]["oldest_unpublished_age_s"] < 3600
+    assert report["orphans"] == {
+        "expired_leases": 1,
+        "expired_out_of_attempts": 0,
+        "unlocated": 1,
+        "total": 2,
+    }
     assert report["tasks"]["failed"] == 1
 
 

@@ -61,17 +61,42 @@ async def messages_per_task(sessionmaker: async_sessionmaker[AsyncSession]) -> d
         return {row[0]: row[1] for row in (await session.execute(stmt)).all()}
 
 
-async def test_orphans_are_sent_again_once_and_those_out_of_attempts_fail_with_the_reason(
+async def redispatch_counts(sessionmaker: async_sessionmaker[AsyncSession]) -> dict[Any, int]:
+    async with sessionmaker() as session:
+        rows = (await session.execute(select(Task.id, Task.redispatches))).all()
+    return {row[0]: row[1] for row in rows}
+
+
+async def test_orphans_are_sent_again_once_only_those_that_ran_out_of_attempts_fail(
     sessionmaker: async_sessionmaker[AsyncSession], maintenance_settings: Settings
 ) -> None:
-    expired, exhausted, alive, stale, stale_last, recent, *others = await create_tasks(
-        sessionmaker, 9
+    expired, exhausted, alive, stale, stale_late, located, recent, *others = await create_tasks(
+        sessionmaker, 10
     )
     await set_task(sessionmaker, expired, **running(1, -MINUTE))
     await set_task(sessionmaker, exhausted, **running(3, -MINUTE))
     await set_task(sessionmaker, alive, **running(1, MINUTE))
+    # Queued long past the threshold with nothing to locate their message by: the last-resort
+    # sweep sends them again, however many attempts they have had, and never fails them.
     await set_task(sessionmaker, stale, **queued(0, 20 * MINUTE))
-    await set_task(sessionmaker, stale_last, **queued(2, 20 * MINUTE))
+    await set_task(sessionmaker, stale_late, **queued(2, 20 * MINUTE))
+    # Just as old, but its message's broker id is known: the broker check's business.
+    await set_task(sessionmaker, located, **queued(0, 20 * MINUTE))
+    async with sessionmaker() as session, session.begin():
+        await session.execute(
+            text(
+                "UPDATE outbox SET published_at = now(), broker_message_id = 'in-the-broker'"
+                " WHERE task_id = :id"
+            ),
+            {"id": located},
+        )
+        await session.execute(
+            text(
+                "UPDATE tasks SET queued_outbox_id = (SELECT id FROM outbox WHERE task_id = :id)"
+                " WHERE id = :id"
+            ),
+            {"id": located},
+        )
     await set_task(sessionmaker, recent, **queued(0, MINUTE))
     for task_id in others:
         await set_task(sessionmaker, task_id, **running(1, -MINUTE))
@@ -85,12 +110,7 @@ async def test_orphans_are_sent_again_once_and_those_out_of_attempts_fail_with_t
         maintenance.redispatch_orphans(sessionmaker, maintenance_settings),
     )
     done = {key: first[key] + second[key] for key in first}
-    expected = {
-        "lease_expired": 1 + len(others),
-        "lease_expired_failed": 1,
-        "stale_queued": 1,
-        "stale_queued_failed": 1,
-    }
+    expected = {"lease_expired": 1 + len(others), "lease_expired_failed": 1, "unlocated": 2}
     assert planned == expected
     assert done == expected
     assert await maintenance.redispatch_orphans(
@@ -98,16 +118,22 @@ async def test_orphans_are_sent_again_once_and_those_out_of_attempts_fail_with_t
     ) == dict.fromkeys(expected, 0)
 
     states = await task_states(sessionmaker)
+    # A re-dispatch is not an attempt: attempts count runs.
     assert states[expired] == ("pending", 1, "lease expired; sent again")
     assert states[exhausted] == ("failed", 3, "lease expired after 3 attempts")
     assert states[alive] == before[alive]
-    assert states[stale] == ("pending", 1, "queued too long; sent again")
-    assert states[stale_last] == ("failed", 3, "queued too long after 3 attempts")
+    assert states[stale] == ("pending", 0, None)
+    assert states[stale_late] == ("pending", 2, None)
+    assert states[located] == before[located]
     assert states[recent] == before[recent]
+    redispatches = await redispatch_counts(sessionmaker)
+    sent_again = {expired, stale, stale_late, *others}
+    for task_id, count in redispatches.items():
+        assert count == (1 if task_id in sent_again else 0), task_id
     messages = await messages_per_task(sessionmaker)
-    for task_id in (expired, stale, *others):
+    for task_id in sent_again:
         assert messages[task_id] == 2, "one new message per task sent again"
-    for task_id in (exhausted, alive, stale_last, recent):
+    for task_id in (exhausted, alive, located, recent):
         assert messages[task_id] == 1
     async with sessionmaker() as session:
         leases = (

@@ -57,7 +57,14 @@ def test_a_real_dramatiq_worker_runs_each_pipelined_message_once_under_its_outbo
     publisher = DramatiqPublisher(create_broker(settings, middleware=[], socket_timeout_s=5))
     assert publisher.use_pipeline
     batch = rows(300)
-    assert asyncio.run(publisher.publish(batch)) == [None] * len(batch)
+    outcomes = asyncio.run(publisher.publish(batch))
+    stored_ids = {
+        key.decode() for key in redis_client.hkeys(f"{keys.broker_queue_key(QUEUE)}.msgs")
+    }
+    # Each outcome is the id the broker stores that message under.
+    assert all(isinstance(outcome, str) for outcome in outcomes)
+    assert set(outcomes) == stored_ids
+    assert len(stored_ids) == len(batch)
 
     publisher.broker.client.connection_pool.disconnect()
 
@@ -82,7 +89,9 @@ def test_pipelined_messages_are_stored_exactly_as_enqueue_stores_them(
     broker = create_broker(settings, middleware=[])
     one, two = rows(2)
     broker.enqueue(build_message(one.message_id, QUEUE, one.actor, one.payload))
-    pipelined.enqueue_many(broker, [build_message(two.message_id, QUEUE, two.actor, two.payload)])
+    [(two_stored, _reply)] = pipelined.enqueue_many(
+        broker, [build_message(two.message_id, QUEUE, two.actor, two.payload)]
+    )
     broker.client.connection_pool.disconnect()
 
     stored = redis_client.hgetall(f"{keys.broker_queue_key(QUEUE)}.msgs")
@@ -92,6 +101,7 @@ def test_pipelined_messages_are_stored_exactly_as_enqueue_stores_them(
         assert message.options["redis_message_id"] == redis_id.decode()
         by_id[message.message_id] = message
     via_enqueue, via_pipeline = by_id[str(one.message_id)], by_id[str(two.message_id)]
+    assert via_pipeline.options["redis_message_id"] == two_stored
     assert via_pipeline.asdict().keys() == via_enqueue.asdict().keys()
     assert via_pipeline.options.keys() == via_enqueue.options.keys()
     assert (via_pipeline.queue_name, via_pipeline.actor_name, via_pipeline.kwargs) == (

@@ -25,11 +25,11 @@ def claimed(outbox_id: int, attempts: int = 0) -> ClaimedMessage:
 def test_each_row_lands_in_exactly_one_group_in_batch_order() -> None:
     settings = Settings(relay_backoff_base_s=1.0, relay_backoff_max_s=300.0, _env_file=None)  # type: ignore[call-arg]
     batch = [claimed(1), claimed(2, attempts=3), claimed(3), claimed(4)]
-    outcomes = [None, PublishError("broker unavailable"), PermanentPublishError("unknown"), None]
+    outcomes = ["r1", PublishError("broker unavailable"), PermanentPublishError("unknown"), "r4"]
 
     rows = sort_outcomes(batch, outcomes, settings)
 
-    assert [m.id for m in rows.published] == [1, 4]
+    assert [(m.id, stored) for m, stored in rows.published] == [(1, "r1"), (4, "r4")]
     assert [(m.id, reason) for m, reason in rows.dead] == [(3, "unknown")]
     [failure] = rows.failures
     assert failure.outbox_id == 2

@@ -21,11 +21,12 @@ class FakeBroker:
         self.errors = list(errors)
         self.enqueued: list[str] = []
 
-    def enqueue(self, message: Any) -> None:
+    def enqueue(self, message: Any) -> Any:
         error = self.errors.pop(0) if self.errors else None
         if error is not None:
             raise error
         self.enqueued.append(message.message_id)
+        return message.copy(options={"redis_message_id": f"stored-{message.message_id}"})
 
 
 def claimed(actor: str = "scan_domain", payload: dict[str, Any] | None = None) -> ClaimedMessage:
@@ -52,18 +53,19 @@ async def test_a_failed_pipeline_falls_back_to_one_outcome_per_message(
 
     outcomes = await DramatiqPublisher(broker, use_pipeline=True).publish(batch)
 
-    assert outcomes[0] is None
+    assert outcomes[0] == f"stored-{batch[0].message_id}"
     assert isinstance(outcomes[1], PublishError)
     assert not isinstance(outcomes[1], PermanentPublishError)
     assert isinstance(outcomes[2], PermanentPublishError)
-    assert outcomes[3] is None
+    assert outcomes[3] == f"stored-{batch[3].message_id}"
     assert broker.enqueued == [str(batch[0].message_id), str(batch[3].message_id)]
 
 
 async def test_an_unreachable_broker_fails_the_rest_of_the_batch_without_trying_it() -> None:
     broker = FakeBroker(None, redis_errors.ConnectionError("refused"))
-    outcomes = await DramatiqPublisher(broker, use_pipeline=False).publish([claimed()] * 5)
-    assert outcomes[0] is None
+    batch = [claimed()] * 5
+    outcomes = await DramatiqPublisher(broker, use_pipeline=False).publish(batch)
+    assert outcomes[0] == f"stored-{batch[0].message_id}"
     assert all(isinstance(o, PublishError) for o in outcomes[1:])
     assert all("broker unavailable" in str(o) for o in outcomes[1:])
     assert len(broker.enqueued) == 1
@@ -72,12 +74,12 @@ async def test_an_unreachable_broker_fails_the_rest_of_the_batch_without_trying_
 async def test_per_message_errors_inside_a_pipeline_stay_per_message(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def partial(broker: Any, messages: Any) -> list[object]:
-        return [1, redis_errors.ResponseError("OOM command not allowed"), 1]
+    def partial(broker: Any, messages: Any) -> list[tuple[str, object]]:
+        return [("a", 1), ("b", redis_errors.ResponseError("OOM command not allowed")), ("c", 1)]
 
     monkeypatch.setattr(pipelined, "enqueue_many", partial)
     outcomes = await DramatiqPublisher(FakeBroker(), use_pipeline=True).publish([claimed()] * 3)
-    assert outcomes[0] is None
-    assert outcomes[2] is None
+    assert outcomes[0] == "a"
+    assert outcomes[2] == "c"
     assert isinstance(outcomes[1], PublishError)
     assert "OOM" in str(outcomes[1])
