@@ -1,6 +1,5 @@
-"""The README's benchmark block: the latest run's targets table and charts, between markers.
-
-Only the text between the two markers changes, so the rest of the README stays hand-written.
+"""The benchmark block of docs/performance.md: the latest run's targets and charts, between
+markers. Only the text between the two markers changes; the rest of the page is hand-written.
 """
 
 from __future__ import annotations
@@ -11,13 +10,13 @@ from typing import Any
 
 from bench.report import render_targets
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
 START = "<!-- bench:start (written by `make bench`; edit bench/readme.py instead) -->"
 END = "<!-- bench:end -->"
 
 
 def render_block(report: dict[str, Any], results_dir: Path, readme: Path) -> str:
-    """The block for `report`, its links relative to the README."""
+    """The block for `report`, its links relative to the page it goes in."""
     relative = Path(os.path.relpath(results_dir.resolve(), readme.resolve().parent))
     machine = report["machine"]
     lines = [

@@ -1,0 +1,52 @@
+"""docs/configuration.md lists every setting once, under its real name, with its real default."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import AliasChoices
+from pydantic.fields import FieldInfo
+
+from shared.settings import Settings
+
+DOC = Path(__file__).resolve().parents[3] / "docs" / "configuration.md"
+ROW = re.compile(r"^\| `(?P<name>[A-Z_]+)` \| (?P<default>[^|]*) \|")
+
+
+def env_name(name: str, field: FieldInfo) -> str:
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return f"SCAN_{name.upper()}"
+
+
+def documented() -> dict[str, str]:
+    rows: dict[str, str] = {}
+    for line in DOC.read_text().splitlines():
+        match = ROW.match(line)
+        if match:
+            assert match["name"] not in rows, f"{match['name']} is documented twice"
+            rows[match["name"]] = match["default"].strip()
+    return rows
+
+
+def test_every_setting_is_documented_and_nothing_else() -> None:
+    expected = {env_name(name, field) for name, field in Settings.model_fields.items()}
+    assert set(documented()) == expected
+
+
+def test_documented_defaults_are_the_real_ones() -> None:
+    rows = documented()
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        cell = rows[env_name(name, field)]
+        literal = cell.strip("`")
+        if isinstance(default, bool):
+            assert literal == str(default).lower(), name
+        elif isinstance(default, int | float):
+            assert float(literal) == default, name
+        elif isinstance(default, str):
+            assert literal == default, name
+        elif default is not None and hasattr(default, "get_secret_value"):
+            assert literal == default.get_secret_value(), name
