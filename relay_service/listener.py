@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 
+from shared import backoff
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -67,17 +68,18 @@ class NotifyListener:
                 await connection.close(timeout=2)
 
     async def run(self, stop: asyncio.Event) -> None:
-        delay_s = RECONNECT_MIN_S
+        failures = 0
         while not stop.is_set():
             try:
                 await self._listen_until_lost(stop)
-                delay_s = RECONNECT_MIN_S
+                failures = 0
                 error = "connection closed"
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 error = type(exc).__name__
             if stop.is_set():
                 return
-            log.warning("relay_listen_lost", error=error, retry_in_s=delay_s)
+            failures += 1
+            delay_s = backoff.backoff_s(failures, RECONNECT_MIN_S, self.reconnect_max_s)
+            log.warning("relay_listen_lost", error=error, retry_in_s=round(delay_s, 3))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay_s)
-            delay_s = min(self.reconnect_max_s, delay_s * 2)

@@ -1,4 +1,8 @@
-"""The worker's secondary existence check: Redis marker, then the database; Redis may be down."""
+"""The worker's existence check: the database, then the Redis marker; Redis may be down.
+
+Its job is messages that did not come through the outbox: a producer that sends before it
+commits gets its task run once the row appears, and a message whose task never commits is
+dropped after the retry budget with a log line saying why."""
 
 from __future__ import annotations
 
@@ -43,36 +47,51 @@ async def runtime(
     await client.aclose()
 
 
+class FailingRedis:
+    """A Redis client that fails every call: the test fails if the check asks it anything."""
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"Redis was asked ({name}) although the database had the task")
+
+
 def verified(logs: list[dict[str, object]]) -> list[dict[str, object]]:
     return [entry for entry in logs if entry["event"] == "task verified"]
 
 
-async def test_the_marker_verifies_a_task_before_the_database_is_asked(
+async def test_a_committed_task_is_verified_by_the_database_without_asking_redis(
     runtime: WorkerRuntime,
     sessionmaker: async_sessionmaker[AsyncSession],
     redis_client: redis.Redis,
 ) -> None:
     task_id = await committed_task(sessionmaker)
     redis_client.set(keys.task_created_marker(task_id), "1", ex=300)
-    with capture_logs() as logs:
-        assert await run_task(runtime, task_id) == Outcome.SUCCEEDED
-    [line] = verified(logs)
-    assert (line["task_id"], line["source"], line["attempt"]) == (str(task_id), "marker", 1)
-
-
-async def test_without_a_marker_the_database_answers_at_once(
-    runtime: WorkerRuntime, sessionmaker: async_sessionmaker[AsyncSession]
-) -> None:
-    task_id = await committed_task(sessionmaker)
     before = retries()
+    runtime.redis = FailingRedis()  # type: ignore[assignment]
     with capture_logs() as logs:
         assert await run_task(runtime, task_id) == Outcome.SUCCEEDED
     [line] = verified(logs)
-    assert (line["source"], line["attempt"]) == ("database", 1)
+    assert (line["task_id"], line["attempt"]) == (str(task_id), 1)
     assert retries() == before
 
 
-async def test_a_task_seen_late_is_retried_counted_and_then_run(
+async def test_a_marked_task_the_database_no_longer_has_is_dropped_at_once(
+    runtime: WorkerRuntime,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis_client: redis.Redis,
+) -> None:
+    # Committed (so marked), then deleted: waiting for it cannot help.
+    task_id = uuid.uuid4()
+    redis_client.set(keys.task_created_marker(task_id), "1", ex=300)
+    before = retries()
+    with capture_logs() as logs:
+        assert await run_task(runtime, task_id) == Outcome.SKIPPED
+    assert retries() == before
+    assert [entry["event"] for entry in logs if entry.get("task_id") == str(task_id)] == [
+        "task_deleted"
+    ]
+
+
+async def test_a_producer_that_sends_before_it_commits_gets_its_task_run_once_committed(
     runtime: WorkerRuntime, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     user, _ = await make_user(sessionmaker)
@@ -97,7 +116,9 @@ async def test_an_unknown_task_is_given_up_after_the_configured_attempts(
     with capture_logs() as logs:
         assert await run_task(runtime, uuid.uuid4()) == Outcome.SKIPPED
     assert retries() == before + 4
-    assert [entry["attempts"] for entry in logs if entry["event"] == "task_not_found"] == [5]
+    [line] = [entry for entry in logs if entry["event"] == "task_not_found"]
+    assert line["attempts"] == 5
+    assert "never committed" in str(line["detail"])
 
 
 async def test_the_worker_runs_tasks_with_the_safeguard_redis_down(
@@ -115,6 +136,23 @@ async def test_the_worker_runs_tasks_with_the_safeguard_redis_down(
         assert await run_task(runtime, task_id) == Outcome.SUCCEEDED
 
     assert (await load(sessionmaker, task_id)).status == TaskStatus.SUCCEEDED
-    assert verified(logs)[0]["source"] == "database"
+    assert verified(logs)
+    # The database had the task: Redis was not needed, so nothing failed.
     after = sample("scan_outbox_safeguard_failures_total", {"safeguard": "marker_check"})
-    assert after == failures + 1
+    assert after == failures
+
+
+async def test_a_late_task_is_still_waited_for_with_the_safeguard_redis_down(
+    runtime: WorkerRuntime, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    runtime.settings = runtime.settings.model_copy(
+        update={"redis_url": SecretStr(f"redis://127.0.0.1:{free_port()}/0")}
+    )
+    await runtime.redis.aclose()
+    runtime.redis = safeguards.create_redis(runtime.settings)
+    failures = sample("scan_outbox_safeguard_failures_total", {"safeguard": "marker_check"})
+    with capture_logs() as logs:
+        assert await run_task(runtime, uuid.uuid4()) == Outcome.SKIPPED
+    assert [entry["attempts"] for entry in logs if entry["event"] == "task_not_found"] == [5]
+    after = sample("scan_outbox_safeguard_failures_total", {"safeguard": "marker_check"})
+    assert after == failures + 5
