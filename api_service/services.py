@@ -9,6 +9,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 
 import redis.asyncio as aioredis
@@ -150,11 +151,44 @@ def _refusal(current: Task | None, action: str, allowed: str) -> ScanOutboxError
     )
 
 
+@dataclass(frozen=True)
+class Actor:
+    """Who acts on a task: its owner through the API, or an administrator through the
+    dashboard, who may act on anyone's task and is logged as such."""
+
+    user_id: int
+    administrator: bool = False
+
+    @classmethod
+    def owner(cls, user: User) -> Actor:
+        return cls(user.id)
+
+    @classmethod
+    def admin(cls, user: User) -> Actor:
+        if not user.is_admin:
+            raise ValueError("only an administrator acts on other users' tasks")
+        return cls(user.id, administrator=True)
+
+    @property
+    def owner_id(self) -> int | None:
+        """The owner the statement must match; None for an administrator."""
+        return None if self.administrator else self.user_id
+
+    def describe(self) -> str:
+        return f"{'admin' if self.administrator else 'user'}:{self.user_id}"
+
+
+async def _visible_task(session: AsyncSession, actor: Actor, task_id: uuid.UUID) -> Task | None:
+    if actor.administrator:
+        return await queries.get_task(session, task_id)
+    return await queries.get_user_task(session, actor.user_id, task_id)
+
+
 async def retry_task(
     session: AsyncSession,
     redis: aioredis.Redis,
     settings: Settings,
-    user: User,
+    actor: Actor,
     task_id: uuid.UUID,
     *,
     request_id: str | None,
@@ -164,23 +198,29 @@ async def retry_task(
     await _end_read(session, settings)
     async with safeguards.optional_lock(redis, keys.task_lock(task_id), settings):
         async with transaction(session):
-            task = await queries.retry_task(session, user.id, task_id, entry)
-            current = None if task else await queries.get_user_task(session, user.id, task_id)
+            task = await queries.retry_task(session, actor.owner_id, task_id, entry)
+            current = None if task else await _visible_task(session, actor, task_id)
         if task is None:
             raise _refusal(current, "retried", "failed or cancelled")
         marked = await _mark_created(redis, settings, task.id)
-    log.info("task_retried", task_id=str(task.id), message_id=str(entry.message_id), marked=marked)
+    log.info(
+        "task_retried",
+        task_id=str(task.id),
+        message_id=str(entry.message_id),
+        marked=marked,
+        actor=actor.describe(),
+    )
     return task
 
 
-async def cancel_task(session: AsyncSession, user: User, task_id: uuid.UUID) -> Task:
+async def cancel_task(session: AsyncSession, actor: Actor, task_id: uuid.UUID) -> Task:
     """Any non-terminal state -> cancelled; a running scan stops at its next lease renewal."""
     async with transaction(session):
-        task = await queries.cancel_task(session, user.id, task_id)
-        current = None if task else await queries.get_user_task(session, user.id, task_id)
+        task = await queries.cancel_task(session, actor.owner_id, task_id)
+        current = None if task else await _visible_task(session, actor, task_id)
     if task is None:
         raise _refusal(current, "cancelled", "pending, queued or running")
-    log.info("task_cancelled", task_id=str(task.id))
+    log.info("task_cancelled", task_id=str(task.id), actor=actor.describe())
     return task
 
 

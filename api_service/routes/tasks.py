@@ -104,11 +104,15 @@ async def retry_task(
     request_id: RequestIdDep,
 ) -> TaskOut:
     """Run a failed or cancelled task again from a fresh start (attempts reset to 0)."""
-    task = await services.retry_task(session, redis, settings, user, task_id, request_id=request_id)
+    task = await services.retry_task(
+        session, redis, settings, services.Actor.owner(user), task_id, request_id=request_id
+    )
     return TaskOut.model_validate(task)
 
 
 @router.post("/{task_id}/cancel", response_model=TaskOut, responses=_ERRORS)
 async def cancel_task(task_id: uuid.UUID, user: CurrentUser, session: SessionDep) -> TaskOut:
     """Cancel a pending, queued or running task; a running scan stops without a result."""
-    return TaskOut.model_validate(await services.cancel_task(session, user, task_id))
+    return TaskOut.model_validate(
+        await services.cancel_task(session, services.Actor.owner(user), task_id)
+    )

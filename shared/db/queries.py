@@ -537,7 +537,8 @@ _RETRY_TASK_SQL = text(
                          error = NULL,
                          queued_at = NULL, started_at = NULL, finished_at = NULL,
                          updated_at = now(), {_LEASE_CLEARED}
-        WHERE id = :task_id AND user_id = :user_id AND status IN ('failed', 'cancelled')
+        WHERE id = :task_id AND (CAST(:owner_id AS bigint) IS NULL OR user_id = :owner_id)
+          AND status IN ('failed', 'cancelled')
         RETURNING *
     ), new_message AS (
         INSERT INTO outbox (message_id, actor, queue, payload, task_id)
@@ -553,13 +554,14 @@ _RETRY_TASK_SQL = text(
 
 
 async def retry_task(
-    session: AsyncSession, user_id: int, task_id: uuid.UUID, entry: OutboxEntry
+    session: AsyncSession, owner_id: int | None, task_id: uuid.UUID, entry: OutboxEntry
 ) -> Task | None:
-    """failed|cancelled -> pending with attempts reset and a new outbox row; None otherwise."""
+    """failed|cancelled -> pending with attempts reset and a new outbox row; None otherwise.
+    `owner_id` None: whoever owns the task (an administrator acting)."""
     stmt = select(Task).from_statement(_RETRY_TASK_SQL)
     params = {
         "task_id": task_id,
-        "user_id": user_id,
+        "owner_id": owner_id,
         "message_id": entry.message_id,
         "actor": entry.actor,
         "queue": entry.queue,
@@ -568,11 +570,15 @@ async def retry_task(
     return (await session.execute(stmt, params)).scalar_one_or_none()
 
 
-async def cancel_task(session: AsyncSession, user_id: int, task_id: uuid.UUID) -> Task | None:
-    """Any non-terminal state -> cancelled; a running worker finds out at its next renewal."""
+async def cancel_task(
+    session: AsyncSession, owner_id: int | None, task_id: uuid.UUID
+) -> Task | None:
+    """Any non-terminal state -> cancelled; a running worker finds out at its next renewal.
+    `owner_id` None: whoever owns the task (an administrator acting)."""
+    owned = [Task.user_id == owner_id] if owner_id is not None else []
     stmt = (
         update(Task)
-        .where(Task.id == task_id, Task.user_id == user_id, Task.status.in_(_NOT_TERMINAL))
+        .where(Task.id == task_id, *owned, Task.status.in_(_NOT_TERMINAL))
         .values(
             status=TaskStatus.CANCELLED.value,
             **_ENDED,

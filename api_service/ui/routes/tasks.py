@@ -6,7 +6,6 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.responses import Response
 
 from api_service import services
@@ -15,8 +14,8 @@ from api_service.ui import views
 from api_service.ui.auth import Admin, UiActor, UiAdmin
 from api_service.ui.filters import read_query
 from api_service.ui.render import page, redirect, safe_next
-from shared.db import dashboard, queries
-from shared.db.models import TaskStatus, User
+from shared.db import dashboard
+from shared.db.models import TaskStatus
 from shared.errors import InvalidInput, ScanOutboxError
 from shared.logging import get_logger
 
@@ -90,14 +89,6 @@ async def task_page(
     return page(request, "task.html", {**context, "d": detail})
 
 
-async def _owner(request: Request, task_id: uuid.UUID) -> User | None:
-    """The task's owner: retry and cancel run as the API runs them for that user."""
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
-    async with sessionmaker() as session:
-        task = await queries.get_task(session, task_id)
-        return await queries.get_user(session, task.user_id) if task else None
-
-
 @router.post("/{task_id}/retry")
 async def retry_task(
     request: Request,
@@ -110,12 +101,12 @@ async def retry_task(
     back: BackField = "",
 ) -> Response:
     parsed = _task_id(task_id)
-    owner = await _owner(request, parsed) if parsed else None
     target = safe_next(back or f"/ui/tasks/{task_id}")
-    if parsed is None or owner is None:
+    if parsed is None:
         return redirect(request, target, notice="There is no such task.", error=True)
+    actor = services.Actor.admin(admin.user)
     try:
-        await services.retry_task(session, redis, settings, owner, parsed, request_id=request_id)
+        await services.retry_task(session, redis, settings, actor, parsed, request_id=request_id)
     except ScanOutboxError as exc:
         return redirect(request, target, notice=exc.message, error=True)
     log.info("ui_task_retried", task_id=str(parsed), admin_id=admin.user.id)
@@ -127,12 +118,11 @@ async def cancel_task(
     request: Request, task_id: str, admin: UiActor, session: SessionDep, back: BackField = ""
 ) -> Response:
     parsed = _task_id(task_id)
-    owner = await _owner(request, parsed) if parsed else None
     target = safe_next(back or f"/ui/tasks/{task_id}")
-    if parsed is None or owner is None:
+    if parsed is None:
         return redirect(request, target, notice="There is no such task.", error=True)
     try:
-        await services.cancel_task(session, owner, parsed)
+        await services.cancel_task(session, services.Actor.admin(admin.user), parsed)
     except ScanOutboxError as exc:
         return redirect(request, target, notice=exc.message, error=True)
     log.info("ui_task_cancelled", task_id=str(parsed), admin_id=admin.user.id)
