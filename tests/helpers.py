@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -68,12 +69,15 @@ def wait_until(
 
 
 async def eventually(
-    check: Callable[[], Awaitable[T | None]], deadline_s: float, what: str, every_s: float = 0.05
-) -> T:
-    """`wait_until` for async checks: the event loop keeps running between polls."""
+    check: Callable[[], Any], what: str, *, deadline_s: float = 10.0, every_s: float = 0.02
+) -> Any:
+    """Poll `check` (sync, or returning an awaitable) until its value is truthy and return it,
+    or fail naming `what`; the event loop keeps running between polls."""
     end = time.monotonic() + deadline_s
     while True:
-        value = await check()
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() > end:

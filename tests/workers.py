@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
@@ -103,17 +101,3 @@ async def outbox_of(
     async with sessionmaker() as session:
         stmt = select(OutboxMessage).where(OutboxMessage.task_id == task_id)
         return list((await session.execute(stmt.order_by(OutboxMessage.id))).scalars().all())
-
-
-async def eventually(check: Callable[[], Any], what: str) -> None:
-    """Await until `check()` (sync or async) is truthy, or fail naming `what`."""
-    end = time.monotonic() + DEADLINE_S
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {DEADLINE_S}s waiting for {what}")
-        await asyncio.sleep(0.01)

@@ -67,14 +67,18 @@ async def test_listener_reconnects_after_its_backend_is_killed_and_notify_wakes_
 
     # No scheduler: only a NOTIFY (or the listener's wake-up on connect) starts a cycle.
     async with running(relay, listener):
-        await eventually(lambda: connected(1), DEADLINE_S, "the listener to connect")
+        await eventually(lambda: connected(1), "the listener to connect", deadline_s=DEADLINE_S)
         await create_tasks(sessionmaker, 3)
-        await eventually(all_published(sessionmaker), DEADLINE_S, "the first rows to go out")
+        await eventually(
+            all_published(sessionmaker), "the first rows to go out", deadline_s=DEADLINE_S
+        )
 
         assert await terminate_backends(sessionmaker, APPLICATION_NAME) == 1
-        await eventually(lambda: connected(2), DEADLINE_S, "the listener to reconnect")
+        await eventually(lambda: connected(2), "the listener to reconnect", deadline_s=DEADLINE_S)
         await create_tasks(sessionmaker, 3)
-        await eventually(all_published(sessionmaker), DEADLINE_S, "rows committed after it")
+        await eventually(
+            all_published(sessionmaker), "rows committed after it", deadline_s=DEADLINE_S
+        )
     assert redis_client.llen(keys.broker_queue_key("scans")) == 6
 
 
@@ -99,7 +103,9 @@ async def test_polling_publishes_while_nobody_listens_including_rows_due_later(
     scheduler.start()
     try:
         async with running(relay, listener):
-            await eventually(all_published(sessionmaker), DEADLINE_S, "polling to publish")
+            await eventually(
+                all_published(sessionmaker), "polling to publish", deadline_s=DEADLINE_S
+            )
     finally:
         scheduler.shutdown(wait=False)
     assert listener.connections == 0

@@ -17,11 +17,10 @@ from shared.db import queries
 from shared.db.models import Task, TaskStatus
 from shared.messages import scan_entry
 from shared.settings import Settings
-from tests.helpers import make_user
+from tests.helpers import eventually, make_user
 from tests.workers import (
     GatedScanner,
     committed_task,
-    eventually,
     load,
     outbox_of,
     worker_settings,
@@ -252,9 +251,9 @@ async def test_backoff_grows_between_attempts(
     assert await run_task(runtime, task_id) == Outcome.RETRYING
 
     _first, second, third = await outbox_of(sessionmaker, task_id)
-    # Attempt 1 waits 100 s ±20 %, attempt 2 waits 200 s ±20 %.
-    assert 80 <= (second.available_at - second.created_at).total_seconds() <= 120
-    assert 160 <= (third.available_at - third.created_at).total_seconds() <= 240
+    # Attempt 1 waits 100 s, attempt 2 waits 200 s, each less up to a quarter of jitter.
+    assert 75 <= (second.available_at - second.created_at).total_seconds() <= 100.5
+    assert 150 <= (third.available_at - third.created_at).total_seconds() <= 200.5
 
 
 async def test_a_task_without_attempts_left_is_failed_instead_of_claimed(

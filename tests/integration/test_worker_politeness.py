@@ -14,11 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from shared.db import queries
 from shared.db.models import TaskStatus
 from shared.settings import Settings
+from tests.helpers import eventually
 from tests.workers import (
     GatedScanner,
     close_runtime,
     committed_task,
-    eventually,
     load,
     new_runtime,
     outbox_of,

@@ -23,8 +23,8 @@ from shared.db.models import TaskStatus
 from shared.embedded import free_port
 from shared.messages import scan_entry
 from shared.settings import Settings
-from tests.helpers import make_user
-from tests.workers import GatedScanner, committed_task, eventually, load, worker_settings
+from tests.helpers import eventually, make_user
+from tests.workers import GatedScanner, committed_task, load, worker_settings
 from worker_service.lifecycle import Outcome, run_task
 from worker_service.runtime import WorkerRuntime
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -13,6 +12,7 @@ import redis
 from shared import keys
 from shared.broker import build_message, create_broker
 from shared.settings import Settings
+from tests.helpers import wait_until
 from worker_service.wakeup import DELAY_QUEUE_POLL_MS, WakingRedisBroker
 
 QUEUE = "wakeup_check"
@@ -37,17 +37,30 @@ def send(settings: Settings, count: int) -> list[str]:
     return ids
 
 
+def blocked_fetches(redis_client: redis.Redis) -> int:
+    """Clients blocked in the wait on a queue right now."""
+    return sum(1 for client in redis_client.client_list() if client.get("cmd") == "blmove")
+
+
+def blmove_calls(redis_client: redis.Redis) -> int:
+    stats = redis_client.info("commandstats").get("cmdstat_blmove", {})
+    return int(stats.get("calls", 0)) if isinstance(stats, dict) else 0
+
+
 def test_an_idle_fetch_returns_as_soon_as_a_message_is_queued(
-    waking: WakingRedisBroker, settings: Settings
+    waking: WakingRedisBroker, settings: Settings, redis_client: redis.Redis
 ) -> None:
-    timer = threading.Timer(0.3, send, (settings, 1))
-    started = time.monotonic()
-    timer.start()
-    fetched = waking.do_fetch(QUEUE, 4)
-    elapsed_s = time.monotonic() - started
-    timer.join()
+    # The wait is long (30 s): a fetch that returns within the join's 10 s was woken by the
+    # message, not by the end of its wait.
+    waking.wait_s = 30
+    fetched: list[object] = []
+    fetcher = threading.Thread(target=lambda: fetched.extend(waking.do_fetch(QUEUE, 4)))
+    fetcher.start()
+    wait_until(lambda: blocked_fetches(redis_client), 5.0, "the fetch to block on the queue")
+    send(settings, 1)
+    fetcher.join(timeout=10)
+    assert not fetcher.is_alive()
     assert len(fetched) == 1
-    assert 0.25 < elapsed_s < 2.0
 
 
 def test_waiting_leaves_the_queue_and_its_order_unchanged(
@@ -62,17 +75,16 @@ def test_waiting_leaves_the_queue_and_its_order_unchanged(
     assert len(fetched) == len(sent) == 3
 
 
-def test_an_empty_fetch_gives_up_after_the_wait(
+def test_an_empty_fetch_gives_up_after_the_wait_and_delay_queues_never_wait(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
     redis_client.flushdb()
     broker = WakingRedisBroker(url=settings.effective_broker_url, wait_s=1)
-    started = time.monotonic()
+    calls = blmove_calls(redis_client)
     assert broker.do_fetch(QUEUE, 4) == []
-    assert 0.9 < time.monotonic() - started < 3.0
-    started = time.monotonic()
+    assert blmove_calls(redis_client) == calls + 1
     assert broker.do_fetch(f"{QUEUE}.DQ", 4) == []
-    assert time.monotonic() - started < 0.5
+    assert blmove_calls(redis_client) == calls + 1
     broker.client.connection_pool.disconnect()
 
 
