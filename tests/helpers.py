@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, TypeVar
 
+import httpx
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from api_service.app import create_app
 from shared.db import queries
 from shared.db.models import OutboxMessage, Task, User
+from shared.settings import Settings
 from shared.tokens import hash_token, new_token
 
 T = TypeVar("T")
@@ -83,3 +87,13 @@ async def eventually(
         if time.monotonic() > end:
             raise AssertionError(f"timed out after {deadline_s}s waiting for {what}")
         await asyncio.sleep(every_s)
+
+
+@contextlib.asynccontextmanager
+async def api_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The API app with its lifespan, called in process over ASGI."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            yield http

@@ -5,7 +5,6 @@ and no refusal carries data or echoes a token."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
@@ -13,10 +12,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from structlog.testing import capture_logs
 
-from api_service.app import create_app
 from shared.db import queries
 from shared.db.models import Task
-from shared.settings import Settings
 from tests.helpers import count_rows, make_user
 
 ENDPOINTS = [
@@ -37,15 +34,6 @@ class People:
     admin: str
     revoked: str
     alice_task: str
-
-
-@pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
 
 
 @pytest.fixture

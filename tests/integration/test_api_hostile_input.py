@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from api_service.app import create_app
 from shared.db.models import Task
 from shared.settings import Settings
-from tests.helpers import count_rows, make_user
+from tests.helpers import count_rows
 
 CREATE = "/api/v1/tasks"
 
@@ -33,12 +33,6 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
         yield http
-
-
-@pytest.fixture
-async def token(sessionmaker: async_sessionmaker[AsyncSession]) -> str:
-    _, token = await make_user(sessionmaker, "alice")
-    return token
 
 
 def auth(token: str) -> dict[str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -17,12 +17,11 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from structlog.testing import capture_logs
 
-from api_service.app import create_app
 from shared import keys
 from shared.db.models import OutboxMessage, Task, TaskStatus
 from shared.embedded import free_port
 from shared.settings import Settings
-from tests.helpers import count_rows, make_user
+from tests.helpers import api_client, count_rows, make_user
 
 
 @pytest.fixture
@@ -34,25 +33,8 @@ def black_hole() -> Iterator[int]:
         yield listener.getsockname()[1]
 
 
-async def serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
-
-
 @pytest.fixture
-async def client(
-    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
-) -> AsyncIterator[httpx.AsyncClient]:
-    async for http in serve(settings):
-        yield http
-
-
-@pytest.fixture
-async def headers(sessionmaker: async_sessionmaker[AsyncSession]) -> dict[str, str]:
-    _, token = await make_user(sessionmaker, "alice")
+async def headers(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
@@ -251,7 +233,7 @@ async def test_create_and_retry_work_with_redis_stopped_or_hanging(
         update={"redis_url": SecretStr(f"redis://127.0.0.1:{port}/0"), "redis_timeout_s": 0.2}
     )
     before = lock_failures()
-    async for http in serve(broken):
+    async with api_client(broken) as http:
         with capture_logs() as logs:
             task_id = await create(http, headers, **{"Idempotency-Key": "k-1"})
         await set_status(sessionmaker, task_id, TaskStatus.CANCELLED)

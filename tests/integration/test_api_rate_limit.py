@@ -14,21 +14,12 @@ from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from structlog.testing import capture_logs
 
-from api_service.app import create_app
 from shared import keys
 from shared.embedded import free_port
 from shared.settings import Settings
-from tests.helpers import count_rows, make_user
+from tests.helpers import api_client, count_rows, make_user
 
 BURST = 3
-
-
-async def serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
 
 
 @pytest.fixture
@@ -37,7 +28,7 @@ async def client(
 ) -> AsyncIterator[httpx.AsyncClient]:
     # One create a second sustained: nothing refills within a test's few milliseconds.
     limited = settings.model_copy(update={"rate_limit_per_minute": 60, "rate_limit_burst": BURST})
-    async for http in serve(limited):
+    async with api_client(limited) as http:
         yield http
 
 
@@ -128,7 +119,7 @@ async def test_with_redis_down_creates_go_through_with_a_warning_and_a_count(
     )
     headers = await token_of(sessionmaker, "alice")
     before = failures()
-    async for http in serve(down):
+    async with api_client(down) as http:
         with capture_logs() as logs:
             statuses = [(await create(http, headers, n)).status_code for n in range(3)]
     assert statuses == [201] * 3
@@ -144,7 +135,7 @@ async def test_a_limit_of_zero_turns_it_off(
 ) -> None:
     off = settings.model_copy(update={"rate_limit_per_minute": 0, "rate_limit_burst": 1})
     headers = await token_of(sessionmaker, "alice")
-    async for http in serve(off):
+    async with api_client(off) as http:
         statuses = [(await create(http, headers, n)).status_code for n in range(3)]
     assert statuses == [201] * 3
     assert redis_client.exists(keys.create_rate(1)) == 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -18,23 +17,6 @@ from shared.db.models import OutboxMessage, Task
 from shared.embedded import free_port
 from shared.settings import Settings
 from tests.helpers import count_rows, make_user
-
-
-@pytest.fixture
-async def client(
-    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
-) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
-
-
-@pytest.fixture
-async def token(sessionmaker: async_sessionmaker[AsyncSession]) -> str:
-    _, token = await make_user(sessionmaker, "alice")
-    return token
 
 
 def auth(token: str) -> dict[str, str]:
