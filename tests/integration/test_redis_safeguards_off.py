@@ -12,10 +12,9 @@ import redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from structlog.testing import capture_logs
 
-from api_service.app import create_app
 from shared import keys, safeguards
 from shared.settings import Settings
-from tests.helpers import count_rows, make_user
+from tests.helpers import api_client, count_rows, make_user
 from tests.workers import GatedScanner, committed_task, worker_settings
 from worker_service.lifecycle import Outcome, run_task
 from worker_service.runtime import WorkerRuntime
@@ -30,11 +29,8 @@ def off(settings: Settings) -> Settings:
 
 @pytest.fixture
 async def client(off: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(off)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
+    async with api_client(off) as http:
+        yield http
 
 
 async def test_creates_are_not_rate_limited_and_leave_nothing_in_redis(

@@ -54,6 +54,15 @@ class FailingRedis:
         raise AssertionError(f"Redis was asked ({name}) although the database had the task")
 
 
+async def redis_down(runtime: WorkerRuntime) -> None:
+    """Point the worker's safeguards at a port nobody listens on."""
+    runtime.settings = runtime.settings.model_copy(
+        update={"redis_url": SecretStr(f"redis://127.0.0.1:{free_port()}/0")}
+    )
+    await runtime.redis.aclose()
+    runtime.redis = safeguards.create_redis(runtime.settings)
+
+
 def verified(logs: list[dict[str, object]]) -> list[dict[str, object]]:
     return [entry for entry in logs if entry["event"] == "task verified"]
 
@@ -124,11 +133,7 @@ async def test_an_unknown_task_is_given_up_after_the_configured_attempts(
 async def test_the_worker_runs_tasks_with_the_safeguard_redis_down(
     runtime: WorkerRuntime, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
-    runtime.settings = runtime.settings.model_copy(
-        update={"redis_url": SecretStr(f"redis://127.0.0.1:{free_port()}/0")}
-    )
-    await runtime.redis.aclose()
-    runtime.redis = safeguards.create_redis(runtime.settings)
+    await redis_down(runtime)
     task_id = await committed_task(sessionmaker)
     failures = sample("scan_outbox_safeguard_failures_total", {"safeguard": "marker_check"})
 
@@ -145,11 +150,7 @@ async def test_the_worker_runs_tasks_with_the_safeguard_redis_down(
 async def test_a_late_task_is_still_waited_for_with_the_safeguard_redis_down(
     runtime: WorkerRuntime, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
-    runtime.settings = runtime.settings.model_copy(
-        update={"redis_url": SecretStr(f"redis://127.0.0.1:{free_port()}/0")}
-    )
-    await runtime.redis.aclose()
-    runtime.redis = safeguards.create_redis(runtime.settings)
+    await redis_down(runtime)
     failures = sample("scan_outbox_safeguard_failures_total", {"safeguard": "marker_check"})
     with capture_logs() as logs:
         assert await run_task(runtime, uuid.uuid4()) == Outcome.SKIPPED
