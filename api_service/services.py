@@ -15,11 +15,11 @@ from datetime import datetime
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from api_service.domains import normalise_domain
 from api_service.schemas import TaskCreate
 from shared import keys, metrics, safeguards
 from shared.db import queries
 from shared.db.models import Task, TaskStatus, User
-from shared.domains import normalise_domain
 from shared.errors import Conflict, InvalidInput, InvalidState, NotFound, ScanOutboxError
 from shared.logging import get_logger
 from shared.messages import scan_entry

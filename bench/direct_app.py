@@ -20,11 +20,11 @@ from sqlalchemy import insert
 from api_service import services
 from api_service.app import create_app
 from api_service.deps import CurrentUser, SessionDep, SettingsDep
+from api_service.domains import normalise_domain
 from api_service.schemas import TaskCreate, TaskOut
 from shared import keys
 from shared.broker import build_message, create_broker
 from shared.db.models import Task
-from shared.domains import normalise_domain
 from shared.logging import configure_logging
 from shared.settings import get_settings
 

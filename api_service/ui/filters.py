@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlencode
 
-from shared.db.dashboard import TaskFilter
+from api_service.ui.reads import TaskFilter
 from shared.db.models import TaskStatus
 
 MAX_FIELD_CHARS = 200

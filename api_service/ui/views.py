@@ -13,9 +13,9 @@ from markupsafe import Markup
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from api_service.ui import charts, presence
+from api_service.ui import charts, presence, reads
 from shared import health, keys
-from shared.db import dashboard, queries
+from shared.db import queries
 from shared.db.models import TERMINAL_STATUSES, OutboxMessage, Task, TaskStatus
 from shared.settings import Settings
 
@@ -29,8 +29,8 @@ class Overview:
     health: health.HealthReport
     activity_chart: Markup | None
     latency_chart: Markup | None
-    latency: dashboard.StartLatency | None
-    relays: list[dashboard.RelayConnection]
+    latency: reads.StartLatency | None
+    relays: list[reads.RelayConnection]
     broker: presence.BrokerPresence
     database_error: str | None
 
@@ -39,7 +39,7 @@ class Overview:
         return sum(1 for c in self.relays if c.application_name == RELAY_ELECTION_APP)
 
     @property
-    def leader(self) -> dashboard.RelayConnection | None:
+    def leader(self) -> reads.RelayConnection | None:
         return next((c for c in self.relays if c.leader), None)
 
 
@@ -47,7 +47,7 @@ def _minute_labels(minutes: Sequence[datetime]) -> list[str]:
     return [minute.strftime("%H:%M") for minute in minutes]
 
 
-def activity_chart(rows: Sequence[dashboard.MinuteActivity]) -> Markup:
+def activity_chart(rows: Sequence[reads.MinuteActivity]) -> Markup:
     labels = _minute_labels([row.minute for row in rows])
     return charts.line_chart(
         "Tasks created, messages published and tasks finished per minute",
@@ -60,9 +60,7 @@ def activity_chart(rows: Sequence[dashboard.MinuteActivity]) -> Markup:
     )
 
 
-def latency_chart(
-    minutes: Sequence[datetime], per_minute: Sequence[dashboard.StartLatency]
-) -> Markup:
+def latency_chart(minutes: Sequence[datetime], per_minute: Sequence[reads.StartLatency]) -> Markup:
     by_minute = {row.minute: row for row in per_minute}
     p50 = [by_minute[m].p50_ms if m in by_minute else None for m in minutes]
     p95 = [by_minute[m].p95_ms if m in by_minute else None for m in minutes]
@@ -100,9 +98,9 @@ async def load_overview(
         return empty
     try:
         async with sessionmaker() as session:
-            activity = await dashboard.activity_per_minute(session, CHART_MINUTES)
-            overall, per_minute = await dashboard.start_latency(session, CHART_MINUTES)
-            relays = await dashboard.relay_connections(session, keys.RELAY_LEADER_LOCK)
+            activity = await reads.activity_per_minute(session, CHART_MINUTES)
+            overall, per_minute = await reads.start_latency(session, CHART_MINUTES)
+            relays = await reads.relay_connections(session, keys.RELAY_LEADER_LOCK)
     except (SQLAlchemyError, OSError) as exc:
         # The class only: a driver's message may quote the connection string.
         return Overview(report, None, None, None, [], broker, type(exc).__name__)
@@ -181,5 +179,5 @@ async def load_task(session: AsyncSession, task_id: uuid.UUID) -> TaskDetail | N
     if found is None:
         return None
     task, owner = found
-    messages = await dashboard.list_task_messages(session, task_id)
+    messages = await reads.list_task_messages(session, task_id)
     return TaskDetail(task, owner, messages, timeline(task, messages))

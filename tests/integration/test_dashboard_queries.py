@@ -11,10 +11,9 @@ import redis
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from api_service.ui import presence, views
+from api_service.ui import presence, reads, views
 from relay_service.maintenance import LeaderElection
 from shared import keys, safeguards
-from shared.db import dashboard
 from shared.settings import Settings
 from tests.dashboard import execute, make_task
 from tests.helpers import make_user
@@ -70,7 +69,7 @@ async def test_activity_counts_each_minute_of_the_window_and_nothing_older(
     await task_at(sessionmaker, user.id, 2 * 3600, published=100, started=200, finished=500)
 
     async with sessionmaker() as session:
-        rows = await dashboard.activity_per_minute(session, 60)
+        rows = await reads.activity_per_minute(session, 60)
     assert len(rows) == 60
     assert rows == sorted(rows, key=lambda row: row.minute)
     assert sum(row.created for row in rows) == 2
@@ -97,7 +96,7 @@ async def test_start_latency_measures_from_the_message_that_started_the_run(
     await task_at(sessionmaker, user.id, 2 * 3600, started=100)
 
     async with sessionmaker() as session:
-        overall, per_minute = await dashboard.start_latency(session, 60)
+        overall, per_minute = await reads.start_latency(session, 60)
     assert overall is not None
     assert overall.runs == 3
     assert overall.p50_ms == pytest.approx(200, abs=1)
@@ -115,7 +114,7 @@ async def test_relays_are_found_by_connection_name_and_the_leader_by_its_lock(
         assert await first.check()
         assert not await second.check()
         async with sessionmaker() as session:
-            relays = await dashboard.relay_connections(session, lock)
+            relays = await reads.relay_connections(session, lock)
         assert [c.application_name for c in relays] == [views.RELAY_ELECTION_APP] * 2
         assert [c.leader for c in relays].count(True) == 1
         assert all(c.connected_at is not None for c in relays)
@@ -123,7 +122,7 @@ async def test_relays_are_found_by_connection_name_and_the_leader_by_its_lock(
         await first.release()
         assert await second.check()
         async with sessionmaker() as session:
-            relays = await dashboard.relay_connections(session, lock)
+            relays = await reads.relay_connections(session, lock)
         assert [c.leader for c in relays] == [True]
     finally:
         await first.release()

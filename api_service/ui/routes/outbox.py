@@ -8,10 +8,11 @@ from fastapi import APIRouter, Form, Request
 from starlette.responses import Response
 
 from api_service.deps import SessionDep
+from api_service.ui import reads
 from api_service.ui.auth import UiActor, UiAdmin
 from api_service.ui.render import page, redirect, safe_next
 from shared import outbox_admin
-from shared.db import dashboard, queries
+from shared.db import queries
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -26,7 +27,7 @@ BackField = Annotated[str, Form(alias="back")]
 async def outbox_page(request: Request, admin: UiAdmin, session: SessionDep) -> Response:
     summary = await queries.summarize_outbox(session)
     dead = await queries.list_outbox(session, limit=ROWS_SHOWN, state="dead")
-    backlog = await dashboard.list_unpublished(session, ROWS_SHOWN)
+    backlog = await reads.list_unpublished(session, ROWS_SHOWN)
     context = {
         "admin": admin,
         "title": "Outbox",

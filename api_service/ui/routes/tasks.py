@@ -10,11 +10,10 @@ from starlette.responses import Response
 
 from api_service import services
 from api_service.deps import RedisDep, RequestIdDep, SessionDep, SettingsDep
-from api_service.ui import views
+from api_service.ui import reads, views
 from api_service.ui.auth import Admin, UiActor, UiAdmin
 from api_service.ui.filters import read_query
 from api_service.ui.render import page, redirect, safe_next
-from shared.db import dashboard
 from shared.db.models import TaskStatus
 from shared.errors import InvalidInput, ScanOutboxError
 from shared.logging import get_logger
@@ -57,9 +56,7 @@ async def task_list(
             cursor = services.decode_cursor(before[:200])
         except InvalidInput:
             query.problems.append("the page cursor is not valid: showing the newest tasks")
-    rows = await dashboard.search_tasks(
-        session, query.to_filter(), limit=PAGE_SIZE + 1, before=cursor
-    )
+    rows = await reads.search_tasks(session, query.to_filter(), limit=PAGE_SIZE + 1, before=cursor)
     older = None
     if len(rows) > PAGE_SIZE:
         rows = rows[:PAGE_SIZE]

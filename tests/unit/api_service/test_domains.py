@@ -1,6 +1,6 @@
 import pytest
 
-from shared.domains import normalise_domain
+from api_service.domains import normalise_domain
 from shared.errors import InvalidInput
 
 

@@ -1,6 +1,6 @@
 """The read-only SQL of the operations dashboard (`/ui`).
 
-Apart from `queries.py` (already several modules' worth) under the same rules:
+Kept beside the dashboard, its only user, under the rules of `shared/db/queries.py`:
 small named async functions taking a session, none of which commits.
 """
 
