@@ -65,6 +65,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("fault suite: invariants verified")
         for report in invariants.REPORTS:
             terminalreporter.write_line(report.line())
+    if invariants.RECOVERY_TIMES:
+        terminalreporter.section("fault suite: recovery times")
+        for line in invariants.RECOVERY_TIMES:
+            terminalreporter.write_line(line)
     for table in invariants.MEMORY_TABLES:
         terminalreporter.section("load run: resident memory (MiB) as scans finished")
         terminalreporter.write_line(table)

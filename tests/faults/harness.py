@@ -22,8 +22,7 @@ from tests.helpers import wait_until
 
 START_DEADLINE_S = 60.0
 # Short timers, so a dead or frozen worker's task goes round again within a test's deadline.
-# Lease expiry and stale-queued re-dispatch (which tests that lose broker messages shorten)
-# each count an attempt, hence the extra attempts.
+# Each run after a lease expiry counts an attempt (its claim does), hence the extra attempts.
 FAULT_ENV = {
     "SCAN_WORKER_LEASE_S": "2",
     "SCAN_TASK_MAX_ATTEMPTS": "5",

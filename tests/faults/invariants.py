@@ -30,6 +30,8 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 MISSING_TASK_EVENTS = frozenset({"task_not_found", "task_not_visible_yet", "message_rejected"})
 REPORTS: list[InvariantReport] = []
 MEMORY_TABLES: list[str] = []
+# One line per recovery a test timed: the fault, what ended, how long after it.
+RECOVERY_TIMES: list[str] = []
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 import asyncpg
 import redis
 
+from shared import keys
 from shared.db import migrate
 from shared.embedded import RedisProcess, free_port
 from shared.settings import Settings, to_asyncpg_dsn
@@ -183,3 +184,39 @@ def publish_gate(database_url: str) -> Iterator[PublishGate]:
         yield gate
     finally:
         gate.dispose()
+
+
+class TargetHold:
+    """Holds the claim lock of some target domains (the advisory lock a claim takes on its
+    target), so every claim of them waits: their messages are fetched and stay unclaimed."""
+
+    def __init__(self, database_url: str, domains: list[str]) -> None:
+        self.runner = asyncio.Runner()
+        self.connection = self.runner.run(asyncpg.connect(to_asyncpg_dsn(database_url)))
+        sql = "SELECT count(pg_advisory_lock($1, hashtext(d))) FROM unnest($2::text[]) AS d"
+        self.runner.run(self.connection.fetchval(sql, keys.POLITENESS_LOCK_CLASS, domains))
+        self.released = False
+
+    def waiting_claims(self) -> int:
+        """How many claims wait for a lock this holds."""
+        sql = """
+            SELECT count(*) FROM pg_locks
+            WHERE locktype = 'advisory' AND NOT granted AND classid = $1 AND objsubid = 2
+        """
+        return int(self.runner.run(self.connection.fetchval(sql, keys.POLITENESS_LOCK_CLASS)))
+
+    def release(self) -> None:
+        """Ends the holding session: every lock goes at once."""
+        if not self.released:
+            self.released = True
+            self.runner.run(self.connection.close())
+            self.runner.close()
+
+
+@contextmanager
+def target_hold(database_url: str, domains: list[str]) -> Iterator[TargetHold]:
+    hold = TargetHold(database_url, domains)
+    try:
+        yield hold
+    finally:
+        hold.release()
