@@ -26,13 +26,11 @@ from datetime import datetime
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared import keys
-from shared.db import queries, recovery
+from shared import keys, maintenance
+from shared.db import recovery
 from shared.logging import get_logger
-from shared.messages import scan_entry
 from shared.settings import Settings
 
 log = get_logger(__name__)
@@ -40,6 +38,8 @@ log = get_logger(__name__)
 # Pages of `relay_broker_check_batch_size` one check walks at most; the next check goes on
 # from where this one stopped, so a huge backlog costs a bounded amount per check.
 PAGES_PER_CHECK = 10
+# What a broker check may meet besides database errors.
+BROKER_ERRORS = (redis.RedisError, OSError)
 
 
 @dataclass
@@ -85,7 +85,7 @@ class BrokerWatch:
         async with self.sessionmaker() as session:
             known = await recovery.get_broker_state(session)
             # Everything queued up to here was published before the check read the broker.
-            checked_at: datetime = (await session.execute(text("SELECT now()"))).scalar_one()
+            checked_at = await recovery.database_now(session)
         epoch, run_id = await asyncio.to_thread(self._read_broker)
         if known is not None and epoch == known.epoch:
             if run_id != known.run_id:
@@ -113,9 +113,7 @@ class BrokerWatch:
         while True:
             async with self.sessionmaker() as session, session.begin():
                 ids = await recovery.redispatch_queued_before(session, before, limit)
-                await queries.insert_messages(
-                    session, [scan_entry(task_id, self.settings.queue_name) for task_id in ids]
-                )
+                await maintenance.send_again(session, ids, self.settings.queue_name)
             sent += len(ids)
             if len(ids) < limit:
                 return sent
@@ -178,12 +176,7 @@ class BrokerWatch:
             return 0
         async with self.sessionmaker() as session, session.begin():
             ids = await recovery.redispatch_lost(session, missing)
-            await queries.insert_messages(
-                session, [scan_entry(task_id, self.settings.queue_name) for task_id in ids]
-            )
+            await maintenance.send_again(session, ids, self.settings.queue_name)
         if ids:
             log.warning("queued_messages_lost", tasks=len(ids))
         return len(ids)
-
-
-BROKER_ERRORS = (redis.RedisError, OSError)

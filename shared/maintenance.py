@@ -7,7 +7,8 @@ at once: batches skip rows another session holds, and every change is conditiona
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -19,6 +20,12 @@ from shared.settings import Settings
 # Keys of the dict `redispatch_orphans` returns (and `reason` labels of the metric).
 LEASE_EXPIRED = "lease_expired"
 UNLOCATED = "unlocated"
+
+
+async def send_again(session: AsyncSession, task_ids: Sequence[uuid.UUID], queue: str) -> None:
+    """One new scan message per task just put back to pending, in the caller's transaction."""
+    await queries.insert_messages(session, [scan_entry(task_id, queue) for task_id in task_ids])
+
 
 Batch = Callable[[AsyncSession], Awaitable[list[recovery.RedispatchedTask]]]
 
@@ -33,9 +40,7 @@ async def _redispatch_batches(
         async with sessionmaker() as session, session.begin():
             tasks = await batch(session)
             again = [t for t in tasks if t.status == TaskStatus.PENDING]
-            await queries.insert_messages(
-                session, [scan_entry(t.task_id, settings.queue_name) for t in again]
-            )
+            await send_again(session, [t.task_id for t in again], settings.queue_name)
         redispatched += len(again)
         failed += len(tasks) - len(again)
         if len(tasks) < settings.relay_redispatch_batch_size:

@@ -214,6 +214,11 @@ class BrokerState:
     run_id: str | None
 
 
+async def database_now(session: AsyncSession) -> datetime:
+    """The database's clock: what queued_at is compared with."""
+    return (await session.execute(text("SELECT now()"))).scalar_one()  # type: ignore[no-any-return]
+
+
 async def get_broker_state(session: AsyncSession) -> BrokerState | None:
     row = (await session.execute(text("SELECT epoch, run_id FROM broker_state"))).first()
     return BrokerState(row[0], row[1]) if row is not None else None
