@@ -146,10 +146,13 @@ def _loss_rows(
             extra,
             OLD_LOSS,
             f"≤ {LOSS_TARGET_S:g}",
-            verdict(extra.median, "≤", LOSS_TARGET_S),
+            verdict(extra.high, "≤", LOSS_TARGET_S),
         ),
         _row(
-            case, "loss → every task ended (s)", _seconds([r.terminal_s for r in losses]), OLD_LOSS
+            case,
+            "loss → every task ended (s)",
+            _seconds([r.terminal_s for r in losses]),
+            "up to 630 s, then the scans; derived, not run",
         ),
         _row(
             case,
@@ -194,7 +197,7 @@ def _kill_rows(kills: list[faults.KillRun]) -> list[dict[str, object]]:
             running,
             OLD_KILL,
             f"≤ {KILL_TARGET_S:g}",
-            verdict(running.median, "≤", KILL_TARGET_S),
+            verdict(running.high, "≤", KILL_TARGET_S),
         ),
         _row(
             case,
@@ -230,7 +233,7 @@ def _relay_rows(
             extra,
             OLD_RELAY,
             f"≤ {RELAY_TARGET_S:g}",
-            verdict(extra.median, "≤", RELAY_TARGET_S),
+            verdict(extra.high, "≤", RELAY_TARGET_S),
         ),
         _row(
             case,
@@ -303,6 +306,8 @@ def _charts(
 
 def _notes() -> list[str]:
     return [
+        "Each verdict judges the worst repetition (the max), not the median: a recovery bound "
+        "holds every time or not at all.",
         "Default settings throughout (lease 30 s renewed every 10 s, broker check every 2 s, "
         "heartbeat timeout 15 s, re-dispatch every 5 s), except SCAN_QUEUED_STALE_S = "
         f"{BACKLOG_STALE_S:g} s for the backlog's relay only, so that its backlog outlives "
