@@ -117,9 +117,15 @@ class BenchContext:
         return redis.Redis.from_url(self.settings.effective_broker_url)
 
     async def reset(self) -> None:
-        """Empty tables (one user left for tasks to belong to) and an empty Redis."""
+        """Empty tables (one user left for tasks to belong to) and an empty Redis.
+
+        The remembered broker epoch goes with the Redis it names: kept, the next relay would
+        take the empty Redis for a broker that lost its data and send every queued task again.
+        """
         async with self.engine.begin() as connection:
-            await connection.execute(text("TRUNCATE outbox, tasks, users RESTART IDENTITY CASCADE"))
+            await connection.execute(
+                text("TRUNCATE outbox, tasks, users, broker_state RESTART IDENTITY CASCADE")
+            )
             await connection.execute(
                 text("INSERT INTO users (name, token_hash) VALUES ('bench', 'bench')")
             )
@@ -215,6 +221,13 @@ class Process:
             self.popen.kill()
             return self.popen.wait()
 
+    def kill(self) -> int:
+        """SIGKILL to the process and everything it started (its own session): no shutdown
+        code runs, as when its node dies."""
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        return self.popen.wait()
+
 
 def start_process(ctx: BenchContext, name: str, command: list[str], env: dict[str, str]) -> Process:
     log_path = ctx.work_dir / f"{name}.log"
@@ -250,11 +263,11 @@ def wait_live(process: Process, port: int) -> Process:
     raise RuntimeError(f"{process.name} did not start; see {process.log_path}")
 
 
-def start_worker(ctx: BenchContext, name: str, **extra_env: str) -> Process:
-    """A worker (1 process, 8 threads) whose scans are the no-op stub: benchmarks measure the
-    pipeline, not the network."""
-    env = ctx.env(SCAN_SCANNER=stub_scanner.SCANNER_PATH, **extra_env)
-    return start_process(ctx, name, worker_command(processes=1, threads=8), env)
+def start_worker(ctx: BenchContext, name: str, threads: int = 8, **extra_env: str) -> Process:
+    """A worker (1 process, `threads` threads) whose scans are the no-op stub unless
+    `extra_env` names another: benchmarks measure the pipeline, not the network."""
+    env = ctx.env(**{"SCAN_SCANNER": stub_scanner.SCANNER_PATH, **extra_env})
+    return start_process(ctx, name, worker_command(processes=1, threads=threads), env)
 
 
 def percentile(samples: Sequence[float], fraction: float) -> float:
