@@ -254,7 +254,7 @@ def start_worker(ctx: BenchContext, name: str, **extra_env: str) -> Process:
     """A worker (1 process, 8 threads) whose scans are the no-op stub: benchmarks measure the
     pipeline, not the network."""
     env = ctx.env(SCAN_SCANNER=stub_scanner.SCANNER_PATH, **extra_env)
-    return start_process(ctx, name, worker_command(processes=1, threads=8), env)
+    return start_process(ctx, name, worker_command(processes=1), env)
 
 
 def percentile(samples: Sequence[float], fraction: float) -> float:
