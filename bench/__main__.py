@@ -42,6 +42,7 @@ SCENARIOS = {
     "relay_drain": "bench.relay_drain",
     "claim_cost": "bench.claim_cost",
     "race": "bench.race",
+    "io_bound": "bench.io_bound",
 }
 RESULTS_DIR = Path(__file__).parent / "results"
 

@@ -105,6 +105,10 @@ class AsyncWorker(Worker):
         while not self.stopping.is_set():
             if not self.slots.acquire(timeout=DISPATCH_POLL_S):
                 continue
+            # A slot freed during the stop must not start another message.
+            if self.stopping.is_set():
+                self.slots.release()
+                return
             try:
                 item = self.work_queue.get(timeout=DISPATCH_POLL_S)
             except queue.Empty:
