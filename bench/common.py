@@ -251,8 +251,8 @@ def wait_live(process: Process, port: int) -> Process:
 
 
 def start_worker(ctx: BenchContext, name: str, **extra_env: str) -> Process:
-    """A worker (1 process, default concurrency) whose scans are the no-op stub: benchmarks measure the
-    pipeline, not the network."""
+    """A worker (1 process, default concurrency) whose scans are the no-op stub: benchmarks
+    measure the pipeline, not the network."""
     env = ctx.env(SCAN_SCANNER=stub_scanner.SCANNER_PATH, **extra_env)
     return start_process(ctx, name, worker_command(processes=1), env)
 
