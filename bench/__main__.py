@@ -43,6 +43,7 @@ SCENARIOS = {
     "claim_cost": "bench.claim_cost",
     "race": "bench.race",
     "recovery": "bench.recovery",
+    "io_bound": "bench.io_bound",
 }
 RESULTS_DIR = Path(__file__).parent / "results"
 

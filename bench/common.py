@@ -263,11 +263,14 @@ def wait_live(process: Process, port: int) -> Process:
     raise RuntimeError(f"{process.name} did not start; see {process.log_path}")
 
 
-def start_worker(ctx: BenchContext, name: str, threads: int = 8, **extra_env: str) -> Process:
-    """A worker (1 process, `threads` threads) whose scans are the no-op stub unless
-    `extra_env` names another: benchmarks measure the pipeline, not the network."""
+def start_worker(
+    ctx: BenchContext, name: str, concurrency: int | None = None, **extra_env: str
+) -> Process:
+    """A worker (1 process; `concurrency` scans in flight, None for the default) whose scans
+    are the no-op stub unless `extra_env` names another: benchmarks measure the pipeline,
+    not the network."""
     env = ctx.env(**{"SCAN_SCANNER": stub_scanner.SCANNER_PATH, **extra_env})
-    return start_process(ctx, name, worker_command(processes=1, threads=threads), env)
+    return start_process(ctx, name, worker_command(processes=1, concurrency=concurrency), env)
 
 
 def percentile(samples: Sequence[float], fraction: float) -> float:

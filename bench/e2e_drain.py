@@ -1,8 +1,9 @@
 """e2e_drain: a backlog created while no worker runs, drained end to end, against procrastinate.
 
 scan-outbox: the tasks and their unpublished outbox rows are committed first; then one relay
-process and one worker process (1 process, 8 threads) start together. procrastinate: the
-same number of no-op jobs deferred first; then one `procrastinate worker --concurrency 8`.
+process and one worker process (1 process, default SCAN_WORKER_CONCURRENCY) start together.
+procrastinate: the same number of no-op jobs deferred first; then one
+`procrastinate worker --concurrency 8`.
 The clock runs from launching the processes (their start-up counts: it is part of a drain
 after an outage) to the last task's or job's success as the database dated it; a second figure
 runs from the first start to the last success. The two variants alternate, in turns of
@@ -36,7 +37,7 @@ CONCURRENCY = 8
 TARGET_RATIO = 3.0
 POLL_S = 0.25
 DRAIN_DEADLINE_S = 600.0
-SCAN_OUTBOX = "scan-outbox: relay + worker, 1 process, 8 threads"
+SCAN_OUTBOX = "scan-outbox: relay + worker, 1 process, default concurrency"
 PROCRASTINATE = "procrastinate: worker, concurrency 8, no-op jobs"
 
 _PENDING_SQL = text("SELECT count(*) FILTER (WHERE status <> 'succeeded'), count(*) FROM tasks")

@@ -2,9 +2,9 @@
 
 Four faults, each from a clean slate, with the default settings unless said:
 
-- broker data loss: tasks queued behind one slow worker (1 process, 8 threads, 0.5 s stub
-  scans), then FLUSHALL; the same drain without the loss, alternating with it, gives the
-  scans' own share of the time;
+- broker data loss: tasks queued behind one slow worker (1 process, 8 scans in flight and
+  8 prefetched, 0.5 s stub scans), then FLUSHALL; the same drain without the loss,
+  alternating with it, gives the scans' own share of the time;
 - worker SIGKILL mid-scan: a worker holding 16 tasks (8 mid-scan, 8 prefetched) is killed
   beside an idle second worker, at a different point of the lease renewal period each
   repetition;
@@ -320,7 +320,7 @@ def _notes() -> list[str]:
         "worker holds a full prefetch; a drain without the loss, started the same way and "
         "alternating with it, is the scans' own share; the difference is the loss's cost.",
         "Worker SIGKILL: the killed worker holds 8 tasks mid-scan (15 s stub scans) and 8 "
-        "prefetched; a second worker, started just before the kill, has a free thread for "
+        "prefetched; a second worker, started just before the kill, has a free slot for "
         "each, so every time is the recovery's alone. Its prefetched tasks come back with the "
         "broker's requeue of a silent consumer; its mid-scan tasks when their lease expires.",
         "Relay SIGKILL: the relay that leads (per its /metrics) is killed; the other relay "

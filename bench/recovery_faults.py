@@ -31,17 +31,17 @@ START_DEADLINE_S = 60.0
 
 # Broker loss: scans slow enough that the queue outlives the loss by many leader checks.
 LOSS_SCAN_S = 0.5
-LOSS_THREADS = 8
-# A worker holds up to twice its threads (running and prefetched): the loss comes once the
-# worker has taken that many and is in its steady state.
-LOSS_STARTED_BEFORE = 2 * LOSS_THREADS
+LOSS_CONCURRENCY = 8
+# A worker holds up to twice its concurrency here (running, and as many prefetched): the loss
+# comes once the worker has taken that many and is in its steady state.
+LOSS_STARTED_BEFORE = 2 * LOSS_CONCURRENCY
 
-# Worker kill: the killed worker's threads all mid-scan and its prefetch full; the survivor
-# has a thread for every one of them, so no recovered task waits for a free thread.
+# Worker kill: the killed worker's slots all mid-scan and its prefetch full; the survivor
+# has a free slot for every one of them, so no recovered task waits for one.
 KILL_SCAN_S = 15.0
-KILL_THREADS = 8
-KILL_TASKS = 2 * KILL_THREADS  # what one worker holds: a running and a prefetched per thread
-SURVIVOR_THREADS = KILL_TASKS
+KILL_CONCURRENCY = 8
+KILL_TASKS = 2 * KILL_CONCURRENCY  # what one worker holds: a running and a prefetched per slot
+SURVIVOR_CONCURRENCY = KILL_TASKS
 
 # Relay kill: a steady stream of creates, the leader relay killed a few seconds in.
 CREATE_PER_S = 20.0
@@ -135,12 +135,14 @@ def _is_leader(process: Process) -> bool:
     return match is not None and float(match.group(1)) == 1.0
 
 
-def _slow_worker(ctx: BenchContext, name: str, threads: int, scan_s: float) -> Process:
+def _slow_worker(ctx: BenchContext, name: str, concurrency: int, scan_s: float) -> Process:
+    """A worker of `concurrency` slow scans in flight with as many prefetched."""
     return start_worker(
         ctx,
         name,
-        threads,
+        concurrency,
         SCAN_SCANNER=stub_scanner.SLOW_SCANNER_PATH,
+        SCAN_WORKER_PREFETCH=str(concurrency),
         **{stub_scanner.DELAY_ENV: str(scan_s)},
     )
 
@@ -177,7 +179,7 @@ async def broker_loss(ctx: BenchContext, count: int, *, lose: bool) -> LossRun:
     await ctx.reset()
     async with ctx.sessionmaker() as session, session.begin():
         await fill_tasks(session, count, ctx.settings.queue_name)
-    processes = [_slow_worker(ctx, "recovery-loss-worker", LOSS_THREADS, LOSS_SCAN_S)]
+    processes = [_slow_worker(ctx, "recovery-loss-worker", LOSS_CONCURRENCY, LOSS_SCAN_S)]
     try:
         processes.append(start_relay(ctx, "recovery-loss-relay"))
 
@@ -220,22 +222,22 @@ class KillRun:
 
 
 async def worker_kill(ctx: BenchContext, kill_after_claim_s: float) -> KillRun:
-    """A worker mid-scan on all its threads, its prefetch full, SIGKILLed about
+    """A worker mid-scan in all its slots, its prefetch full, SIGKILLed about
     `kill_after_claim_s` after its first claim while a second worker stands idle."""
     await ctx.reset()
     async with ctx.sessionmaker() as session, session.begin():
         await fill_tasks(session, KILL_TASKS, ctx.settings.queue_name)
-    victim = _slow_worker(ctx, "recovery-kill-victim", KILL_THREADS, KILL_SCAN_S)
+    victim = _slow_worker(ctx, "recovery-kill-victim", KILL_CONCURRENCY, KILL_SCAN_S)
     processes = [victim, start_relay(ctx, "recovery-kill-relay")]
     try:
 
         async def victim_full() -> bool:
             pending, running, _started, _epochs = await _row(ctx, _PROGRESS_SQL)
-            return bool(pending == 0 and running == KILL_THREADS and _queue_length(ctx) == 0)
+            return bool(pending == 0 and running == KILL_CONCURRENCY and _queue_length(ctx) == 0)
 
         await _until(victim_full, processes, "the worker to hold every task", START_DEADLINE_S)
         first_claim = min(s for _id, _st, s, _o in await _starts(ctx) if s is not None)
-        processes.append(_slow_worker(ctx, "recovery-kill-survivor", SURVIVOR_THREADS, 1.0))
+        processes.append(_slow_worker(ctx, "recovery-kill-survivor", SURVIVOR_CONCURRENCY, 1.0))
 
         async def survivor_ready() -> bool:
             return _live_workers(ctx) >= 2

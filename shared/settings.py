@@ -152,6 +152,21 @@ class Settings(BaseSettings):
         le=60_000,
         description="Longest sleep of an idle worker between polls of its Redis queue.",
     )
+    worker_concurrency: int = Field(
+        default=256,
+        ge=1,
+        le=4096,
+        description="Scans in flight per worker process, as coroutines on its event loop. At 256, "
+        "against a site answering after 500 ms (bench io_bound): 124 scans/s per process, "
+        "9.7 times 8 in flight (12.8/s), worker RSS 96 MB against 84 MB at 8.",
+    )
+    worker_prefetch: int = Field(
+        default=64,
+        ge=0,
+        description="Messages a worker process fetches beyond those it runs: a cushion that "
+        "hides the fetch round trip, small so one process does not hoard the queue (64: a "
+        "quarter of the default concurrency; not separately benchmarked).",
+    )
     worker_metrics_host: str = "127.0.0.1"
     worker_metrics_port: int = Field(default=9191, ge=0, le=65535, description="0 disables it.")
 

@@ -141,3 +141,72 @@ def routed_site(tls: ssl.SSLContext | None = None) -> Iterator[RoutedSite]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@dataclass
+class SlowSite:
+    """Answers after `delay_s`; a host named `hang…` gets no answer until teardown. Counts the
+    requests in flight, overall and per host, and the most there ever were."""
+
+    port: int = 0
+    delay_s: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    in_flight: Counter[str] = field(default_factory=Counter)
+    most_in_flight: Counter[str] = field(default_factory=Counter)
+    total_in_flight: int = 0
+    release: threading.Event = field(default_factory=threading.Event)
+
+    def enter(self, host: str) -> None:
+        with self.lock:
+            self.in_flight[host] += 1
+            self.total_in_flight += 1
+            self.most_in_flight[host] = max(self.most_in_flight[host], self.in_flight[host])
+
+    def leave(self, host: str) -> None:
+        with self.lock:
+            self.in_flight[host] -= 1
+            self.total_in_flight -= 1
+
+
+class _BusyServer(ThreadingHTTPServer):
+    # Hundreds of scans may connect at once; the default backlog of 5 would drop connects.
+    request_queue_size = 1024
+    daemon_threads = True
+
+
+@contextmanager
+def slow_site(delay_s: float) -> Iterator[SlowSite]:
+    """A SlowSite on a free port of 127.0.0.1."""
+    site = SlowSite(delay_s=delay_s)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            host = (self.headers.get("Host") or "").split(":")[0]
+            site.enter(host)
+            try:
+                if site.release.wait(None if host.startswith("hang") else site.delay_s):
+                    return
+                body = HOME
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except OSError:
+                pass  # the scan gave up on us
+            finally:
+                site.leave(host)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = _BusyServer(("127.0.0.1", 0), Handler)
+    site.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield site
+    finally:
+        site.release.set()
+        server.shutdown()
+        server.server_close()

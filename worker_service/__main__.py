@@ -1,15 +1,20 @@
-"""`python -m worker_service [dramatiq options]`: the Dramatiq worker as scan-outbox runs it.
+"""`python -m worker_service [--concurrency N] [--prefetch N] [dramatiq options]`: the worker.
 
 It wraps Dramatiq's own command line to add what `dramatiq worker_service.actors` lacks:
-JSON logs from the main process too (Dramatiq's are plain text otherwise), and the
-workers' metrics served on SCAN_WORKER_METRICS_PORT (0 disables it).
+scans as coroutines, `--concurrency` of them per process (SCAN_WORKER_CONCURRENCY) with
+`--prefetch` more fetched (SCAN_WORKER_PREFETCH) instead of a thread per scan; JSON logs from
+the main process too (Dramatiq's are plain text otherwise); and the workers' metrics served on
+SCAN_WORKER_METRICS_PORT (0 disables it).
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import shutil
 import sys
 
+from shared.cli.processes import THREADS_REFUSED
 from shared.logging import configure_logging
 from shared.settings import get_settings
 from worker_service import exposition
@@ -17,20 +22,45 @@ from worker_service import exposition
 FORK_METRICS = "worker_service.exposition:serve_metrics"
 
 
+def split_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Our options, and the rest for Dramatiq; SystemExit(2) with a message for `--threads`."""
+    parser = argparse.ArgumentParser(prog="python -m worker_service", add_help=False)
+    parser.add_argument("--concurrency", type=int)
+    parser.add_argument("--prefetch", type=int)
+    parser.add_argument("--threads", "-t")
+    ours, rest = parser.parse_known_args(argv)
+    if ours.threads is not None:
+        parser.exit(2, f"Error: {THREADS_REFUSED}\n")
+    for name in ("concurrency", "prefetch"):
+        value = getattr(ours, name)
+        if value is not None and value < (1 if name == "concurrency" else 0):
+            parser.exit(2, f"Error: --{name} {value} is out of range\n")
+    return ours, rest
+
+
 def main() -> int:
+    ours, dramatiq_args = split_options(sys.argv[1:])
+    # Through the environment: worker processes read their settings, forked or spawned.
+    if ours.concurrency is not None:
+        os.environ["SCAN_WORKER_CONCURRENCY"] = str(ours.concurrency)
+    if ours.prefetch is not None:
+        os.environ["SCAN_WORKER_PREFETCH"] = str(ours.prefetch)
+    get_settings.cache_clear()
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
     metrics_dir, owned = exposition.prepare_multiproc_dir()
     # Imported after the metrics dir is set: nothing in the workers may see prometheus_client first.
     from dramatiq import cli
 
-    from worker_service import runtime
+    from worker_service import async_worker, runtime
 
-    argv = ["worker_service.actors", "--skip-logging", *sys.argv[1:]]
+    argv = ["worker_service.actors", "--skip-logging", *dramatiq_args]
     if settings.worker_metrics_port:
         argv += ["--fork", FORK_METRICS]
     # Dramatiq re-executes sys.argv to reload on SIGHUP: make that this same command.
     sys.argv = [sys.executable, "-m", "worker_service", *sys.argv[1:]]
+    # Dramatiq's CLI builds each worker process's Worker from this name (workers are forked).
+    cli.Worker = async_worker.configured(settings.worker_concurrency, settings.worker_prefetch)  # type: ignore[attr-defined]
     try:
         # Refused here, once and plainly, rather than as a failed message per task.
         runtime.load_scanner(settings.scanner)

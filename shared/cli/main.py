@@ -13,7 +13,7 @@ import typer
 from shared import devenv
 from shared.cli import ops, outbox, scan, tasks, users
 from shared.cli.common import console, fail, load_settings
-from shared.cli.processes import api_command, relay_command, worker_command
+from shared.cli.processes import THREADS_REFUSED, api_command, relay_command, worker_command
 
 app = typer.Typer(
     name="scanctl",
@@ -109,10 +109,18 @@ def relay() -> None:
 @app.command()
 def worker(
     processes: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
-    threads: Annotated[int, typer.Option(min=1, help="Threads per process.")] = 8,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(min=1, help="Scans in flight per process [default: SCAN_WORKER_CONCURRENCY]."),
+    ] = None,
+    threads: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Run Dramatiq workers for the scan queue (JSON logs, metrics on SCAN_WORKER_METRICS_PORT)."""
-    _exec(worker_command(processes, threads))
+    if threads is not None:
+        # Scripts written for the thread-per-scan worker must fail loudly, not run 8 scans.
+        console.print(f"[red]Error:[/red] {THREADS_REFUSED}")
+        raise typer.Exit(2)
+    _exec(worker_command(processes, concurrency))
 
 
 @app.command()

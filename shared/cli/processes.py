@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import sys
 
+THREADS_REFUSED = (
+    "--threads is gone: a worker process runs its scans as coroutines; "
+    "use --concurrency N (SCAN_WORKER_CONCURRENCY) for scans in flight per process"
+)
+
 
 def api_command(host: str, port: int) -> list[str]:
     return [
@@ -27,17 +32,19 @@ def relay_command() -> list[str]:
 
 
 def worker_command(
-    processes: int = 1, threads: int = 8, shutdown_timeout_ms: int = 25_000
+    processes: int = 1, concurrency: int | None = None, shutdown_timeout_ms: int = 25_000
 ) -> list[str]:
-    """Dramatiq's worker through `python -m worker_service`: JSON logs and a metrics port."""
-    return [
+    """`python -m worker_service`: Dramatiq's worker with scans as coroutines, JSON logs and a
+    metrics port; `concurrency` None leaves it to SCAN_WORKER_CONCURRENCY."""
+    command = [
         sys.executable,
         "-m",
         "worker_service",
         "--processes",
         str(processes),
-        "--threads",
-        str(threads),
         "--worker-shutdown-timeout",
         str(shutdown_timeout_ms),
     ]
+    if concurrency is not None:
+        command += ["--concurrency", str(concurrency)]
+    return command

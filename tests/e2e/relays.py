@@ -97,7 +97,7 @@ class Fleet:
         return relay
 
     def worker(self, name: str = "worker", **env: str) -> Service:
-        return self._start(name, worker_command(processes=1, threads=4), env)
+        return self._start(name, worker_command(processes=1), env)
 
     def kill(self, service: Service) -> None:
         """SIGKILL: no shutdown code runs, as when a node dies."""

@@ -67,7 +67,7 @@ class Stack:
     def start_all(self) -> None:
         self.start("api", api_command("127.0.0.1", self.api_port))
         self.start("relay", relay_command())
-        self.start("worker", worker_command(processes=1, threads=8))
+        self.start("worker", worker_command(processes=1))
         wait_until(self._api_ready, START_DEADLINE_S, "the API to be ready")
 
     def _api_ready(self) -> bool:

@@ -52,7 +52,7 @@ def test_the_worker_refuses_to_start_with_an_unusable_scanner() -> None:
         "SCAN_WORKER_METRICS_PORT": "0",
     }
     done = subprocess.run(
-        [sys.executable, "-m", "worker_service", "--processes", "1", "--threads", "1"],
+        [sys.executable, "-m", "worker_service", "--processes", "1", "--concurrency", "1"],
         env=env,
         capture_output=True,
         text=True,
