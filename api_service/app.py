@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from api_service.errors import install_error_handlers
 from api_service.middleware import BodySizeLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
-from api_service.routes import health, ops, tasks
+from api_service.routes import batches, health, ops, tasks
 from api_service.ui import install_ui
 from shared import safeguards
 from shared.db.engine import create_engine, create_sessionmaker
@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(tasks.router)
+    app.include_router(batches.router)
     app.include_router(ops.router)
     app.include_router(ops.metrics_router)
     install_ui(app, settings)

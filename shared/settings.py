@@ -68,6 +68,20 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(
         default=60, ge=1, description="Creates a token may send at once before the rate applies."
     )
+    batch_max_tasks: int = Field(
+        default=1000,
+        ge=1,
+        le=10_000,
+        description="Domains one POST /api/v1/batches may carry (one transaction for all).",
+    )
+    wait_max_s: float = Field(
+        default=30.0, ge=0, description="Longest `wait` a GET of a task or batch may ask for."
+    )
+    wait_max_waiters: int = Field(
+        default=1000,
+        ge=0,
+        description="Requests one API process keeps waiting at once; over it, 503 at once.",
+    )
 
     # Task defaults.
     task_max_attempts: int = Field(default=3, ge=1)

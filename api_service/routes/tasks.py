@@ -22,7 +22,7 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
-def _checked_idempotency_key(value: str | None) -> str | None:
+def checked_idempotency_key(value: str | None) -> str | None:
     if value is not None and not _IDEMPOTENCY_KEY.match(value):
         raise InvalidInput("must be 1 to 255 visible ASCII characters", field="Idempotency-Key")
     return value
@@ -60,7 +60,7 @@ async def create_task(
         settings,
         user,
         body,
-        idempotency_key=_checked_idempotency_key(idempotency_key),
+        idempotency_key=checked_idempotency_key(idempotency_key),
         request_id=request_id,
     )
     if not created:

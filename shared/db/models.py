@@ -67,6 +67,13 @@ class Task(Base):
             unique=True,
             postgresql_where=text("idempotency_key IS NOT NULL"),
         ),
+        # A batch's tasks in submission order (keyset pages) and its counts by status.
+        Index(
+            "ix_tasks_batch",
+            "batch_id",
+            "batch_position",
+            postgresql_where=text("batch_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
@@ -92,6 +99,34 @@ class Task(Base):
     queued_outbox_id: Mapped[int | None] = mapped_column(BigInteger)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The batch the task was submitted in, and its place there (revision 0004).
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("batches.id", ondelete="CASCADE")
+    )
+    batch_position: Mapped[int | None] = mapped_column(Integer)
+
+
+class Batch(Base):
+    """Tasks submitted together with one scan config; their states live on the tasks."""
+
+    __tablename__ = "batches"
+    __table_args__ = (
+        Index(
+            "uq_batches_user_idempotency_key",
+            "user_id",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    config: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    task_count: Mapped[int] = mapped_column(Integer)
+    idempotency_key: Mapped[str | None] = mapped_column(Text)
+    request_hash: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 OUTBOX_STORAGE = {
