@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api_service import waiting
 from api_service.errors import install_error_handlers
 from api_service.middleware import BodySizeLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
 from api_service.routes import batches, health, ops, tasks
 from api_service.ui import install_ui
 from shared import safeguards
-from shared.db.engine import create_engine, create_sessionmaker
+from shared.db.engine import create_engine, create_sessionmaker, server_limits
 from shared.logging import configure_logging
 from shared.settings import Settings, get_settings
 
@@ -28,9 +30,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
         app.state.redis = safeguards.create_redis(settings)
+        app.state.waiters = waiting.FinishWaiters(
+            settings.asyncpg_dsn,
+            settings.wait_max_waiters,
+            waiting.RECONNECT_MAX_S,
+            server_limits(settings),
+        )
+        stop = asyncio.Event()
+        listening = asyncio.create_task(app.state.waiters.run(stop), name="finish-waiters")
         try:
             yield
         finally:
+            stop.set()
+            await listening
             await app.state.redis.aclose()
             await engine.dispose()
 

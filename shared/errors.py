@@ -96,6 +96,13 @@ class Unavailable(ScanOutboxError):
     status_code = 503
 
 
+class TooManyWaiters(Unavailable):
+    """This API process already keeps its limit of requests waiting; ask again without
+    `wait`, or later."""
+
+    code = "too_many_waiters"
+
+
 class PublishError(ScanOutboxError):
     """The broker refused or could not take a message; the row stays unpublished."""
 

@@ -7,6 +7,9 @@ KNOWN_ACTORS = frozenset({SCAN_ACTOR})
 
 # PostgreSQL channel the create transaction notifies and the relay listens on.
 OUTBOX_CHANNEL = "scan_outbox"
+# PostgreSQL channel a trigger notifies when a task reaches a terminal state (revision
+# 0004); payload "task_id,batch_id" (batch_id empty for a task outside a batch).
+TASK_FINISHED_CHANNEL = "scan_task_finished"
 
 # Redis safeguards (secondary: they may vanish without harm).
 TASK_CREATED_MARKER = "task_created:{task_id}"

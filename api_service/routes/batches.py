@@ -7,9 +7,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 
-from api_service import batch_service
-from api_service.deps import CurrentUser, RedisDep, RequestIdDep, SessionDep, SettingsDep
-from api_service.routes.tasks import checked_idempotency_key
+from api_service import batch_service, waiting
+from api_service.deps import (
+    CurrentUser,
+    RedisDep,
+    RequestIdDep,
+    SessionDep,
+    SettingsDep,
+    WaitersDep,
+    checked_wait_s,
+)
+from api_service.routes.tasks import WaitQuery, checked_idempotency_key
 from api_service.schemas import BatchCreate, BatchOut, BatchTaskOut, ErrorResponse
 
 router = APIRouter(prefix="/api/v1/batches", tags=["batches"])
@@ -18,6 +26,8 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorResponse} for code in (401, 404, 409, 413, 422, 503)
 }
 PAGE_SIZE_DEFAULT = 100
+# A batch's tasks often end in bursts: one read per burst, not one per task.
+SETTLE_S = 0.05
 
 
 def batch_out(view: batch_service.BatchView) -> BatchOut:
@@ -87,11 +97,26 @@ async def get_batch(
     user: CurrentUser,
     session: SessionDep,
     settings: SettingsDep,
+    waiters: WaitersDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = PAGE_SIZE_DEFAULT,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
+    wait: WaitQuery = 0,
 ) -> BatchOut:
-    """The caller's batch: tasks by status, timestamps and one page of its tasks."""
-    view = await batch_service.read_batch(
-        session, user, batch_id, limit=min(limit, settings.page_size_max), cursor=cursor
+    """The caller's batch: tasks by status, timestamps and one page of its tasks; with
+    `wait`, once every task has ended or the wait is over."""
+    wait_s = checked_wait_s(wait, settings)
+
+    async def read() -> batch_service.BatchView:
+        try:
+            return await batch_service.read_batch(
+                session, user, batch_id, limit=min(limit, settings.page_size_max), cursor=cursor
+            )
+        finally:
+            # Between reads the request holds no connection, and the next read loads
+            # fresh rows rather than the ones this session already holds.
+            await session.close()
+
+    view = await waiting.wait_until(
+        waiters, batch_id, wait_s, read, lambda view: view.done, settle_s=SETTLE_S
     )
     return batch_out(view)

@@ -141,5 +141,7 @@ async def list_batch_tasks(
         .where(Task.batch_id == batch_id, Task.batch_position > after_position)
         .order_by(Task.batch_position)
         .limit(limit)
+        # A session that read these tasks before must see their current state.
+        .execution_options(populate_existing=True)
     )
     return (await session.execute(stmt)).scalars().all()

@@ -1,4 +1,4 @@
-"""`scanctl scan --file`: a file of domains submitted in batches to the real stack."""
+"""Batches on the real stack: `scanctl scan --file`, and waiting for the worker's results."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.e2e.stack import Stack
@@ -42,7 +43,7 @@ def test_a_file_is_scanned_in_batches_and_waited_for(stack: Stack, tmp_path: Pat
         env=env,
     )
 
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, done.stdout + done.stderr
     outcome = json.loads(done.stdout)
     # Six lines in chunks of two: three batches, the duplicate one task in its own batch.
     assert len(outcome["batches"]) == 3
@@ -68,3 +69,19 @@ def test_refused_lines_are_named_the_rest_is_sent_and_the_exit_code_is_1(
     # Line numbers of the file, not positions in a batch.
     assert re.search(r"\b2\s*│\s*https://bad\.example\.com/", result.stdout), result.stdout
     assert re.search(r"\b4\s*│\s*localhost", result.stdout), result.stdout
+
+
+def test_reads_with_wait_answer_when_the_worker_has_finished(stack: Stack) -> None:
+    headers = {"Authorization": f"Bearer {token(stack)}"}
+    body = {"tasks": [{"target_domain": f"w{n}.example.com"} for n in range(3)]}
+    with httpx.Client(base_url=stack.api_url, headers=headers, timeout=40) as http:
+        batch = http.post("/api/v1/batches", json=body).json()
+        task = http.post("/api/v1/tasks", json={"target_domain": "single.example.com"}).json()
+
+        waited_batch = http.get(f"/api/v1/batches/{batch['id']}", params={"wait": 30}).json()
+        waited_task = http.get(f"/api/v1/tasks/{task['id']}", params={"wait": 30}).json()
+
+    assert (waited_batch["done"], waited_batch["counts"]) == (True, {"succeeded": 3})
+    assert [t["status"] for t in waited_batch["tasks"]] == ["succeeded"] * 3
+    assert waited_task["status"] == "succeeded"
+    assert waited_task["result"]["http"]["title"] == "single.example.com"
