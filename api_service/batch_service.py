@@ -13,9 +13,8 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api_service import ratelimit
+from api_service import ratelimit, services
 from api_service.schemas import BatchCreate
-from api_service.services import transaction
 from shared import keys, metrics, safeguards
 from shared.db import batches
 from shared.db.models import TERMINAL_STATUSES, Batch, Task, User
@@ -37,9 +36,10 @@ class BatchRequest:
     domains: list[str]
     config: dict[str, object]
     fingerprint: str
+    callback_url: str | None = None
 
 
-def validate_batch(body: BatchCreate, settings: Settings) -> BatchRequest:
+def validate_batch(body: BatchCreate, settings: Settings, user: User) -> BatchRequest:
     """Normalise every domain and name each bad one by index; duplicates become one task."""
     if len(body.tasks) > settings.batch_max_tasks:
         raise InvalidInput(
@@ -67,9 +67,14 @@ def validate_batch(body: BatchCreate, settings: Settings) -> BatchRequest:
         raise InvalidInput(
             f"must be at most {settings.max_config_bytes} bytes as JSON", field="config"
         )
+    callback_url = services.checked_callback(user, body.callback_url, settings)
     unique = list(dict.fromkeys(domains))
-    canonical = json.dumps({"domains": unique, "config": config}, sort_keys=True)
-    return BatchRequest(unique, config, hashlib.sha256(canonical.encode()).hexdigest())
+    meaning: dict[str, object] = {"domains": unique, "config": config}
+    if callback_url is not None:
+        meaning["callback_url"] = callback_url
+    canonical = json.dumps(meaning, sort_keys=True)
+    fingerprint = hashlib.sha256(canonical.encode()).hexdigest()
+    return BatchRequest(unique, config, fingerprint, callback_url)
 
 
 def _replayed(existing: Batch | None, request: BatchRequest) -> Batch | None:
@@ -103,7 +108,7 @@ async def create_batch(
     if settings.redis_safeguards and session.in_transaction():
         await session.rollback()  # no connection held while waiting for the lock
     async with safeguards.optional_lock(redis, lock, settings):
-        async with transaction(session):
+        async with services.transaction(session):
             earlier = await batches.get_batch_by_idempotency_key(session, user.id, idempotency_key)
         if (replay := _replayed(earlier, request)) is not None:
             return replay.id, False
@@ -128,12 +133,13 @@ async def _insert(
         request_hash=request.fingerprint,
         idempotency_key=idempotency_key,
         domains=request.domains,
+        callback_url=request.callback_url,
         entries=[
             scan_entry(uuid.uuid4(), settings.queue_name, request_id) for _ in request.domains
         ],
     )
     earlier: Batch | None = None
-    async with transaction(session):
+    async with services.transaction(session):
         inserted = await batches.insert_batch(session, new)
         if not inserted and idempotency_key is not None:
             earlier = await batches.get_batch_by_idempotency_key(session, user.id, idempotency_key)
@@ -183,7 +189,7 @@ async def read_batch(
 ) -> BatchView:
     """The user's batch with its counts and one page of tasks; another user's is 404."""
     after = decode_position(cursor) if cursor else -1
-    async with transaction(session):
+    async with services.transaction(session):
         batch = await batches.get_user_batch(session, user.id, batch_id)
         if batch is None:
             raise NotFound("no such batch", field="batch_id")

@@ -59,6 +59,13 @@ class TaskCreate(BaseModel):
         max_length=1024, description="A public domain name; IDN allowed, no scheme or path."
     )
     config: ScanConfig = Field(default_factory=ScanConfig)
+    callback_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="https URL to POST a signed completion callback to (see docs/api.md); "
+        "needs a signing secret (POST /api/v1/callbacks/secret).",
+        examples=["https://hooks.example.com/scan-finished"],
+    )
 
 
 class TaskOut(BaseModel):
@@ -81,6 +88,7 @@ class TaskOut(BaseModel):
     queued_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
+    callback_url: str | None = None
 
 
 class TaskPage(BaseModel):
@@ -124,6 +132,13 @@ class BatchCreate(BaseModel):
         "The same domain twice (after normalisation) is one task.",
     )
     config: ScanConfig = Field(default_factory=ScanConfig)
+    callback_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="https URL to POST one signed callback to once every task has ended "
+        "(see docs/api.md); needs a signing secret (POST /api/v1/callbacks/secret).",
+        examples=["https://hooks.example.com/scan-finished"],
+    )
 
 
 class BatchTaskOut(BaseModel):
@@ -173,10 +188,32 @@ class BatchOut(BaseModel):
     created_at: datetime
     updated_at: datetime = Field(description="The latest change to any of its tasks.")
     finished_at: datetime | None = Field(description="When the last task ended, once all have.")
+    callback_url: str | None = None
     tasks: list[BatchTaskOut] = Field(description="One page of its tasks, in submission order.")
     next_cursor: str | None = Field(
         description="Pass as `cursor` for the next page of tasks; null on the last page."
     )
+
+
+class SecretRotate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    retire_previous: bool = Field(
+        default=False,
+        description="Also stop signing with the secret this one replaces (default: both "
+        "sign until the next rotation, so receivers can switch at their own pace).",
+    )
+
+
+class SecretOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"secret": "whsec_3q2-7wXg…", "previous_still_signs": True}]
+        }
+    )
+
+    secret: str = Field(description="Shown once; keep it with the receiver.")
+    previous_still_signs: bool
 
 
 class EntryError(BaseModel):

@@ -66,6 +66,19 @@ TASKS_REDISPATCHED = Counter(
     f"{PREFIX}_tasks_redispatched_total", "Tasks sent again by maintenance", ["reason"]
 )
 OUTBOX_PRUNED = Counter(f"{PREFIX}_outbox_pruned_total", "Published outbox rows pruned")
+# Completion callbacks: every relay delivers; the gauges are the whole table's, so take
+# max() over relays.
+CALLBACKS_PENDING = Gauge(f"{PREFIX}_callbacks_pending", "Deliveries not yet delivered nor dead")
+CALLBACKS_OLDEST_AGE = Gauge(
+    f"{PREFIX}_callbacks_oldest_pending_age_seconds", "Age of the oldest pending delivery"
+)
+CALLBACKS_DEAD = Gauge(f"{PREFIX}_callbacks_dead", "Deliveries given up after their last try")
+CALLBACKS_DELIVERED = Counter(f"{PREFIX}_callbacks_delivered_total", "Callbacks answered 2xx")
+CALLBACK_FAILURES = Counter(
+    f"{PREFIX}_callback_failures_total",
+    "Failed callback tries by HTTP status code, or timeout, connection or refused (SSRF guard)",
+    ["status"],
+)
 
 # --- worker ------------------------------------------------------------------
 TASKS_FINISHED = Counter(f"{PREFIX}_tasks_finished_total", "Task runs by outcome", ["outcome"])

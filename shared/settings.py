@@ -83,6 +83,27 @@ class Settings(BaseSettings):
         description="Requests one API process keeps waiting at once; over it, 503 at once.",
     )
 
+    # Completion callbacks.
+    callback_allow_http: bool = Field(
+        default=False, description="Accept http:// callback URLs (development and tests only)."
+    )
+    callback_timeout_s: float = Field(
+        default=10.0, gt=0, description="Longest a callback POST may take, connect included."
+    )
+    callback_max_attempts: int = Field(
+        default=10,
+        ge=1,
+        description="Tries before a delivery is dead; 9 waits of 5 s doubling to 600 s: ~30 min.",
+    )
+    callback_backoff_base_s: float = Field(default=5.0, gt=0)
+    callback_backoff_max_s: float = Field(default=600.0, gt=0)
+    callback_batch_size: int = Field(
+        default=20, ge=1, description="Deliveries a relay claims and sends at once."
+    )
+    callback_poll_interval_s: float = Field(
+        default=1.0, gt=0, description="How often a relay looks for due deliveries un-notified."
+    )
+
     # Task defaults.
     task_max_attempts: int = Field(default=3, ge=1)
 

@@ -42,6 +42,7 @@ def batch_out(view: batch_service.BatchView) -> BatchOut:
         finished_at=view.progress.finished_at,
         tasks=[BatchTaskOut.model_validate(task) for task in view.tasks],
         next_cursor=view.next_cursor,
+        callback_url=view.batch.callback_url,
     )
 
 
@@ -72,7 +73,7 @@ async def create_batch(
 ) -> BatchOut:
     """Accept up to `SCAN_BATCH_MAX_TASKS` domains: every task and its message are committed
     in one transaction, or, if any entry is invalid, nothing is (422 naming each entry)."""
-    request = batch_service.validate_batch(body, settings)
+    request = batch_service.validate_batch(body, settings, user)
     batch_id, created = await batch_service.create_batch(
         session,
         redis,

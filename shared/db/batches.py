@@ -25,9 +25,10 @@ from shared.messages import OutboxEntry
 _CREATE_BATCH_SQL = text(
     """
     WITH new_batch AS (
-        INSERT INTO batches (id, user_id, config, task_count, idempotency_key, request_hash)
+        INSERT INTO batches (id, user_id, config, task_count, idempotency_key, request_hash,
+                             callback_url)
         VALUES (:batch_id, :user_id, :config, cardinality(CAST(:task_ids AS uuid[])),
-                :idempotency_key, :request_hash)
+                :idempotency_key, :request_hash, :callback_url)
         ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
         RETURNING id, user_id, config
     ), new_tasks AS (
@@ -68,6 +69,7 @@ class NewBatch:
     # One entry per task, in submission order; every entry's actor and queue are the same.
     domains: Sequence[str]
     entries: Sequence[OutboxEntry]
+    callback_url: str | None = None
 
 
 async def insert_batch(session: AsyncSession, new: NewBatch) -> bool:
@@ -81,6 +83,7 @@ async def insert_batch(session: AsyncSession, new: NewBatch) -> bool:
         "max_attempts": new.max_attempts,
         "idempotency_key": new.idempotency_key,
         "request_hash": new.request_hash,
+        "callback_url": new.callback_url,
         "task_ids": [entry.task_id for entry in new.entries],
         "message_ids": [entry.message_id for entry in new.entries],
         "domains": list(new.domains),

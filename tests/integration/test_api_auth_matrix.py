@@ -24,6 +24,7 @@ ENDPOINTS = [
     ("POST", "/api/v1/tasks/{id}/cancel"),
     ("POST", "/api/v1/batches"),
     ("GET", "/api/v1/batches/{id}"),
+    ("POST", "/api/v1/callbacks/secret"),
     ("GET", "/api/v1/ops/health"),
 ]
 TASK_ENDPOINTS = [(m, p) for m, p in ENDPOINTS if p.startswith("/api/v1/tasks/{id}")]

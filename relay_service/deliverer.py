@@ -1,0 +1,218 @@
+"""Completion callbacks: lease due deliveries, POST them signed, record each outcome.
+
+At least once: a delivery is leased (not locked) for longer than its POST can take, so a
+relay that dies mid-POST leaves it due again. Every relay delivers, claiming with SKIP
+LOCKED. Redirects are never followed; every address is checked by the SSRF guard and the
+socket goes to the very address checked (the name travels in Host and SNI only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared import backoff, metrics, signing, ssrf
+from shared.db import callbacks
+from shared.logging import get_logger
+from shared.settings import Settings
+
+log = get_logger(__name__)
+
+# A POST is abandoned after callback_timeout_s; the lease adds room for DNS and the commit.
+LEASE_MARGIN_S = 30.0
+DB_RETRY_MAX_S = 10.0
+MAX_ERROR_CHARS = 300
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: int | None
+    error: str | None
+    permanent: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+    @property
+    def label(self) -> str:
+        if self.status is not None:
+            return str(self.status)
+        return "refused" if self.permanent else (self.error or "error").split(":")[0]
+
+
+class Refused(Exception):
+    """The delivery may never be sent as it stands (guard, URL, no secret)."""
+
+
+def _override(host: str, overrides: dict[str, str]) -> str | None:
+    matches = [key for key in overrides if host == key or host.endswith("." + key)]
+    return overrides[max(matches, key=len)] if matches else None
+
+
+async def resolve(host: str, settings: Settings) -> list[str]:
+    """An IP literal itself, a configured override (name or parent), else the system's
+    resolver; addresses the guard allows, or Refused."""
+    if ssrf.forbidden_reason(host) != "not an IP address":
+        addresses = [host]
+    elif (pinned := _override(host.lower().rstrip("."), settings.resolver_overrides)) is not None:
+        addresses = [pinned]
+    else:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    try:
+        return ssrf.allowed_addresses(addresses, allow_private=settings.allow_private)
+    except ssrf.ForbiddenTarget as exc:
+        raise Refused(exc.message) from exc
+
+
+def _pinned_url(url: str, ip: str) -> tuple[httpx.URL, str]:
+    """The URL aimed at `ip`, and the host name for Host and SNI."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return httpx.URL(url).copy_with(host=ip), host
+
+
+class Deliverer:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.sessionmaker = sessionmaker
+        self.settings = settings
+        self.transport = transport
+        self._woken = asyncio.Event()
+        verify = ssl.create_default_context(cafile=settings.tls_ca_bundle)
+        self._verify = verify
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    def _check(self, claimed: callbacks.ClaimedDelivery) -> None:
+        scheme = urlsplit(claimed.url).scheme
+        if scheme != "https" and not (scheme == "http" and self.settings.callback_allow_http):
+            raise Refused(f"{scheme} callbacks are not allowed")
+        if not claimed.secrets:
+            raise Refused("the user has no callback signing secret")
+
+    async def _post(self, claimed: callbacks.ClaimedDelivery) -> Outcome:
+        self._check(claimed)
+        url, host = _pinned_url(claimed.url, (await resolve(_host(claimed.url), self.settings))[0])
+        body = json.dumps(claimed.payload, sort_keys=True, separators=(",", ":")).encode()
+        event = str(claimed.payload.get("event", ""))
+        headers = signing.headers(
+            str(claimed.delivery_id), event, claimed.secrets, int(time.time()), body
+        )
+        headers["Host"] = f"{host}:{url.port}" if url.port else host
+        async with httpx.AsyncClient(
+            timeout=self.settings.callback_timeout_s,
+            follow_redirects=False,
+            trust_env=False,
+            verify=self._verify,
+            transport=self.transport,
+        ) as client:
+            response = await client.post(
+                url, content=body, headers=headers, extensions={"sni_hostname": host}
+            )
+        if 300 <= response.status_code < 400:
+            return Outcome(response.status_code, f"HTTP {response.status_code}: not followed")
+        if not 200 <= response.status_code < 300:
+            return Outcome(response.status_code, f"HTTP {response.status_code}")
+        return Outcome(response.status_code, None)
+
+    async def send(self, claimed: callbacks.ClaimedDelivery) -> Outcome:
+        """One try; never raises for what the receiver or the network did."""
+        try:
+            return await asyncio.wait_for(self._post(claimed), self.settings.callback_timeout_s)
+        except Refused as exc:
+            return Outcome(None, f"refused: {exc}", permanent=True)
+        except (TimeoutError, httpx.TimeoutException):
+            return Outcome(None, "timeout: no answer in time")
+        except (httpx.HTTPError, OSError) as exc:
+            return Outcome(None, f"connection: {type(exc).__name__}")
+
+    def _retry_in_s(self, claimed: callbacks.ClaimedDelivery, outcome: Outcome) -> float | None:
+        if outcome.permanent or claimed.attempts >= self.settings.callback_max_attempts:
+            return None
+        base_s, max_s = self.settings.callback_backoff_base_s, self.settings.callback_backoff_max_s
+        return backoff.backoff_s(claimed.attempts, base_s, max_s)
+
+    async def cycle(self) -> int:
+        """Claim, send and record one batch; the number claimed."""
+        lease_s = self.settings.callback_timeout_s + LEASE_MARGIN_S
+        async with self.sessionmaker() as session, session.begin():
+            claimed = await callbacks.claim_due(session, self.settings.callback_batch_size, lease_s)
+        outcomes = await asyncio.gather(*(self.send(item) for item in claimed))
+        async with self.sessionmaker() as session, session.begin():
+            for item, outcome in zip(claimed, outcomes, strict=True):
+                await self._record(session, item, outcome)
+            summary = await callbacks.summarize(session)
+        metrics.CALLBACKS_PENDING.set(summary.pending)
+        metrics.CALLBACKS_OLDEST_AGE.set(summary.oldest_pending_age_s)
+        metrics.CALLBACKS_DEAD.set(summary.dead)
+        return len(claimed)
+
+    async def _record(
+        self, session: AsyncSession, item: callbacks.ClaimedDelivery, outcome: Outcome
+    ) -> None:
+        bound = {"delivery_id": str(item.delivery_id), "attempt": item.attempts}
+        if outcome.ok and outcome.status is not None:
+            await callbacks.mark_delivered(session, item.id, outcome.status)
+            metrics.CALLBACKS_DELIVERED.inc()
+            log.info("callback_delivered", status=outcome.status, **bound)
+            return
+        retry_in_s = self._retry_in_s(item, outcome)
+        error = (outcome.error or "failed")[:MAX_ERROR_CHARS]
+        await callbacks.record_failure(session, item.id, outcome.status, error, retry_in_s)
+        metrics.CALLBACK_FAILURES.labels(status=outcome.label).inc()
+        event = "callback_dead" if retry_in_s is None else "callback_failed"
+        log.warning(event, status=outcome.status, error=error, retry_in_s=retry_in_s, **bound)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until `stop`: again at once after a full batch, else on a NOTIFY or the
+        poll interval; a lost database is retried with backoff."""
+        failures = 0
+        while not stop.is_set():
+            self._woken.clear()
+            try:
+                claimed = await self.cycle()
+                failures = 0
+            except (DBAPIError, OSError) as exc:
+                failures += 1
+                claimed = 0
+                log.warning("callbacks_cycle_failed", error=type(exc).__name__)
+            if claimed >= self.settings.callback_batch_size:
+                continue
+            pause_s = self.settings.callback_poll_interval_s
+            if failures:
+                pause_s = backoff.backoff_s(failures, pause_s, DB_RETRY_MAX_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_first(stop, self._woken), pause_s)
+
+
+def _host(url: str) -> str:
+    host = urlsplit(url).hostname
+    if not host:
+        raise Refused("the URL names no host")
+    return host
+
+
+async def _first(*events: asyncio.Event) -> None:
+    waits = [asyncio.create_task(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()

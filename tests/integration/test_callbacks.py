@@ -1,0 +1,429 @@
+"""Completion callbacks with a real local HTTP receiver: written with the terminal state,
+delivered signed (checked by the verification code of docs/api.md), retried with backoff,
+dead after the last try, never redirected, guarded against private addresses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from relay_service.deliverer import Deliverer
+from shared.db.models import Delivery
+from shared.embedded import free_port
+from shared.settings import Settings
+from tests.helpers import api_client, eventually, make_user
+from tests.receivers import documented_verify, receiving
+
+
+@pytest.fixture
+def cb_settings(settings: Settings) -> Settings:
+    return settings.model_copy(
+        update={
+            "allow_private": True,
+            "callback_allow_http": True,
+            "resolver_overrides": {"hooks.example.com": "127.0.0.1"},
+            "callback_max_attempts": 3,
+            "callback_timeout_s": 5.0,
+        }
+    )
+
+
+@pytest.fixture
+async def client(
+    cb_settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> AsyncIterator[httpx.AsyncClient]:
+    async with api_client(cb_settings) as http:
+        yield http
+
+
+@pytest.fixture
+async def headers(
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
+) -> dict[str, str]:
+    _, token = await make_user(sessionmaker, "alice")
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def new_secret(client: httpx.AsyncClient, headers: dict[str, str], **body: Any) -> str:
+    response = await client.post("/api/v1/callbacks/secret", json=body or None, headers=headers)
+    assert response.status_code == 201, response.text
+    secret: str = response.json()["secret"]
+    return secret
+
+
+async def end_tasks(
+    sessionmaker: async_sessionmaker[AsyncSession], status: str = "succeeded", where: str = "true"
+) -> None:
+    async with sessionmaker() as session, session.begin():
+        await session.execute(
+            text(f"UPDATE tasks SET status = :status, finished_at = now() WHERE {where}"),
+            {"status": status},
+        )
+
+
+async def deliveries(sessionmaker: async_sessionmaker[AsyncSession]) -> list[Delivery]:
+    async with sessionmaker() as session:
+        return list((await session.execute(select(Delivery).order_by(Delivery.id))).scalars())
+
+
+async def make_due(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    """As if every backoff and lease had run out."""
+    async with sessionmaker() as session, session.begin():
+        await session.execute(text("UPDATE deliveries SET available_at = now()"))
+
+
+def failures(status: str) -> float:
+    labels = {"status": status}
+    return REGISTRY.get_sample_value("scan_outbox_callback_failures_total", labels) or 0.0
+
+
+async def submit(client: httpx.AsyncClient, headers: dict[str, str], url: str) -> dict[str, Any]:
+    response = await client.post(
+        "/api/v1/tasks",
+        json={"target_domain": "cb.example.com", "callback_url": url},
+        headers=headers,
+    )
+    assert response.status_code == 201, response.text
+    task: dict[str, Any] = response.json()
+    return task
+
+
+@pytest.mark.parametrize("status", ["succeeded", "failed"])
+async def test_a_task_callback_is_delivered_signed_after_success_and_failure(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    cb_settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    status: str,
+) -> None:
+    secret = await new_secret(client, headers)
+    with receiving() as receiver:
+        task = await submit(client, headers, receiver.url())
+        assert await deliveries(sessionmaker) == []
+        await end_tasks(sessionmaker, status)
+
+        assert await Deliverer(sessionmaker, cb_settings).cycle() == 1
+
+    [got] = receiver.received
+    body = json.loads(got.body)
+    assert (body["event"], body["task"]["id"], body["task"]["status"]) == (
+        "task.finished",
+        task["id"],
+        status,
+    )
+    assert got.headers["Scan-Delivery-Id"] == body["id"]
+    assert got.headers["Scan-Event"] == "task.finished"
+    assert got.headers["Host"] == f"hooks.example.com:{receiver.port}"
+    verify = documented_verify()
+    assert verify(secret, got.headers, got.body)
+    assert not verify(secret, got.headers, got.body + b" ")
+    assert not verify("whsec_other", got.headers, got.body)
+    [row] = await deliveries(sessionmaker)
+    assert (row.delivered_at is not None, row.last_status, row.attempts) == (True, 200, 1)
+
+
+async def test_during_a_rotation_both_secrets_sign_until_the_old_one_is_retired(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    cb_settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    old = await new_secret(client, headers)
+    rotated = await client.post("/api/v1/callbacks/secret", headers=headers)
+    new = rotated.json()["secret"]
+    assert rotated.json()["previous_still_signs"] is True
+    verify = documented_verify()
+    with receiving() as receiver:
+        await submit(client, headers, receiver.url())
+        await end_tasks(sessionmaker)
+        await Deliverer(sessionmaker, cb_settings).cycle()
+        newest = await new_secret(client, headers, retire_previous=True)
+        await submit(client, headers, receiver.url(path="/second"))
+        await end_tasks(sessionmaker, where="callback_url LIKE '%/second'")
+        await Deliverer(sessionmaker, cb_settings).cycle()
+
+    during, after = receiver.received
+    assert verify(old, during.headers, during.body)
+    assert verify(new, during.headers, during.body)
+    assert verify(newest, after.headers, after.body)
+    assert not verify(new, after.headers, after.body)
+
+
+async def test_500_then_200_is_delivered_on_the_second_try_with_backoff(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    cb_settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    await new_secret(client, headers)
+    before = failures("500")
+    deliverer = Deliverer(sessionmaker, cb_settings)
+    with receiving(statuses=[500, 200]) as receiver:
+        await submit(client, headers, receiver.url())
+        await end_tasks(sessionmaker)
+        await deliverer.cycle()
+        [failed] = await deliveries(sessionmaker)
+        # Backing off: not due yet, so a cycle now sends nothing.
+        assert await deliverer.cycle() == 0
+        await make_due(sessionmaker)
+        await deliverer.cycle()
+
+    first, second = receiver.received
+    assert first.headers["Scan-Delivery-Id"] == second.headers["Scan-Delivery-Id"]
+    assert first.body == second.body
+    assert (failed.last_status, failed.last_error, failed.delivered_at) == (500, "HTTP 500", None)
+    [row] = await deliveries(sessionmaker)
+    assert (row.delivered_at is not None, row.attempts, row.last_status) == (True, 2, 200)
+    assert failures("500") == before + 1
+
+
+async def test_a_receiver_down_then_up_gets_the_callback(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    cb_settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    await new_secret(client, headers)
+    port = free_port()
+    await submit(client, headers, f"http://hooks.example.com:{port}/cb")
+    await end_tasks(sessionmaker)
+    deliverer = Deliverer(sessionmaker, cb_settings)
+
+    await deliverer.cycle()
+    [down] = await deliverer_rows(sessionmaker)
+    await make_due(sessionmaker)
+    with receiving(port=port) as receiver:
+        await deliverer.cycle()
+
+    assert down.last_error is not None
+    assert down.last_error.startswith("connection")
+    assert len(receiver.received) == 1
+    [row] = await deliveries(sessionmaker)
+    assert row.delivered_at is not None
+    assert row.attempts == 2
+
+
+async def deliverer_rows(sessionmaker: async_sessionmaker[AsyncSession]) -> list[Delivery]:
+    return await deliveries(sessionmaker)
+
+
+async def test_a_redirect_is_never_followed_even_to_a_private_address(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    cb_settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    await new_secret(client, headers)
+    with receiving(statuses=[302]) as redirecting, receiving() as private:
+        redirecting.location = f"http://127.0.0.1:{private.port}/internal"
+        await submit(client, headers, redirecting.url())
+        await end_tasks(sessionmaker)
+        await Deliverer(sessionmaker, cb_settings).cycle()
+
+    assert len(redirecting.received) == 1
+    assert private.received == []
+    [row] = await deliveries(sessionmaker)
+    assert (row.last_status, row.last_error, row.delivered_at) == (
+        302,
+        "HTTP 302: not followed",
+        None,
+    )
+
+
+async def test_the_guard_refuses_at_delivery_a_name_that_now_resolves_privately(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    cb_settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    await new_secret(client, headers)
+    before = failures("refused")
+    with receiving() as receiver:
+        await submit(client, headers, receiver.url())
+        await end_tasks(sessionmaker)
+        guarded = cb_settings.model_copy(update={"allow_private": False})
+        await Deliverer(sessionmaker, guarded).cycle()
+
+    assert receiver.received == []
+    [row] = await deliveries(sessionmaker)
+    assert row.dead_at is not None
+    assert row.last_error is not None
+    assert "127.0.0.1 is loopback" in row.last_error
+    assert failures("refused") == before + 1
+
+
+async def test_a_delivery_is_dead_after_the_last_try_and_replay_sends_it_again(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    cb_settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    from shared.db import callbacks
+
+    await new_secret(client, headers)
+    deliverer = Deliverer(sessionmaker, cb_settings)
+    with receiving(statuses=[503, 503, 503, 200]) as receiver:
+        await submit(client, headers, receiver.url())
+        await end_tasks(sessionmaker)
+        for _ in range(cb_settings.callback_max_attempts):
+            await make_due(sessionmaker)
+            await deliverer.cycle()
+        [dead] = await deliveries(sessionmaker)
+        await make_due(sessionmaker)
+        assert await deliverer.cycle() == 0
+        async with sessionmaker() as session, session.begin():
+            assert await callbacks.replay(session, [dead.id]) == 1
+        await deliverer.cycle()
+
+    assert (dead.dead_at is not None, dead.attempts, dead.last_status) == (True, 3, 503)
+    assert len(receiver.received) == 4
+    [row] = await deliveries(sessionmaker)
+    assert row.delivered_at is not None
+    assert row.dead_at is None
+
+
+async def test_a_batch_sends_one_callback_when_its_last_task_ends(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    cb_settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    secret = await new_secret(client, headers)
+    with receiving() as receiver:
+        body = {
+            "tasks": [{"target_domain": f"b{n}.example.com"} for n in range(3)],
+            "callback_url": receiver.url(path="/batch"),
+        }
+        batch = (await client.post("/api/v1/batches", json=body, headers=headers)).json()
+        await end_tasks(sessionmaker, "succeeded", "target_domain = 'b0.example.com'")
+        await end_tasks(sessionmaker, "failed", "target_domain = 'b1.example.com'")
+        assert await deliveries(sessionmaker) == []
+        await end_tasks(sessionmaker, "cancelled", "target_domain = 'b2.example.com'")
+        await Deliverer(sessionmaker, cb_settings).cycle()
+
+    [got] = receiver.received
+    payload = json.loads(got.body)
+    assert payload["event"] == "batch.finished"
+    assert payload["batch"]["id"] == batch["id"]
+    assert payload["batch"]["task_count"] == 3
+    assert payload["batch"]["counts"] == {"succeeded": 1, "failed": 1, "cancelled": 1}
+    assert documented_verify()(secret, got.headers, got.body)
+
+
+async def test_two_last_tasks_ending_at_once_write_exactly_one_batch_delivery(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    cb_settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    await new_secret(client, headers)
+    body = {
+        "tasks": [{"target_domain": "x.example.com"}, {"target_domain": "y.example.com"}],
+        "callback_url": "http://hooks.example.com:9/batch",
+    }
+    assert (await client.post("/api/v1/batches", json=body, headers=headers)).status_code == 201
+    first = await asyncpg.connect(cb_settings.asyncpg_dsn)
+    second = await asyncpg.connect(cb_settings.asyncpg_dsn)
+    # Outside any transaction, so each look at pg_stat_activity is a fresh snapshot.
+    observer = await asyncpg.connect(cb_settings.asyncpg_dsn)
+    finish = "UPDATE tasks SET status = 'succeeded', finished_at = now() WHERE target_domain = $1"
+    try:
+        one, two = first.transaction(), second.transaction()
+        await one.start()
+        await two.start()
+        await first.execute(finish, "x.example.com")
+        blocked = asyncio.create_task(second.execute(finish, "y.example.com"))
+        # The second waits on the batch row the first one's trigger locked.
+        await eventually(
+            lambda: waits_for_lock(observer, second.get_server_pid()), "the second to wait"
+        )
+        assert not blocked.done()
+        await one.commit()
+        await blocked
+        await two.commit()
+    finally:
+        for connection in (first, second, observer):
+            await connection.close()
+
+    rows = await deliveries(sessionmaker)
+    assert [row.payload["event"] for row in rows] == ["batch.finished"]
+
+
+async def waits_for_lock(observer: asyncpg.Connection, pid: int) -> bool:
+    event = await observer.fetchval(
+        "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid
+    )
+    return bool(event == "Lock")
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("ftp://hooks.example.com/x", "must be an https or http URL"),
+        ("https://user:pw@hooks.example.com/x", "must not carry credentials"),
+        ("https://10.0.0.1/x", "must not point at a private address"),
+        ("https://169.254.169.254/latest", "must not point at a cloud metadata address"),
+        ("https://localhost/x", "host"),
+        ("https://intranet/x", "host"),
+        ("not a url", "must be an https or http URL"),
+    ],
+)
+async def test_a_callback_url_the_guard_refuses_is_422_naming_callback_url(
+    cb_settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    url: str,
+    reason: str,
+) -> None:
+    strict = cb_settings.model_copy(update={"allow_private": False})
+    _, token = await make_user(sessionmaker, "strict")
+    headers = {"Authorization": f"Bearer {token}"}
+    async with api_client(strict) as http:
+        await new_secret(http, headers)
+        task = await http.post(
+            "/api/v1/tasks",
+            json={"target_domain": "a.example.com", "callback_url": url},
+            headers=headers,
+        )
+        batch = await http.post(
+            "/api/v1/batches",
+            json={"tasks": [{"target_domain": "a.example.com"}], "callback_url": url},
+            headers=headers,
+        )
+    for refused in (task, batch):
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error"]["field"] == "callback_url"
+        assert reason in refused.json()["error"]["message"]
+
+
+async def test_https_only_unless_allowed_and_a_secret_is_needed_first(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    _, token = await make_user(sessionmaker, "bob")
+    headers = {"Authorization": f"Bearer {token}"}
+    body = {"target_domain": "a.example.com", "callback_url": "https://hooks.example.com/x"}
+    async with api_client(settings) as http:
+        no_secret = await http.post("/api/v1/tasks", json=body, headers=headers)
+        await new_secret(http, headers)
+        plain = await http.post(
+            "/api/v1/tasks",
+            json={**body, "callback_url": "http://hooks.example.com/x"},
+            headers=headers,
+        )
+        accepted = await http.post("/api/v1/tasks", json=body, headers=headers)
+
+    assert (no_secret.status_code, no_secret.json()["error"]["field"]) == (422, "callback_url")
+    assert "secret" in no_secret.json()["error"]["message"]
+    assert (plain.status_code, plain.json()["error"]["message"]) == (422, "must be an https URL")
+    assert accepted.status_code == 201
+    assert accepted.json()["callback_url"] == "https://hooks.example.com/x"
+    assert uuid.UUID(accepted.json()["id"])
