@@ -55,7 +55,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(ops.metrics_router)
     install_ui(app, settings)
-    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        by_path={batches.router.prefix: settings.batch_max_body_bytes},
+    )
     app.add_middleware(RequestIdMiddleware)
     # Outermost, so refused bodies and errors are counted too.
     app.add_middleware(MetricsMiddleware)

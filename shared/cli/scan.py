@@ -17,6 +17,7 @@ from shared.cli.render import task_view
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 POLL_INTERVAL_S = 0.5
+WAIT_PER_REQUEST_S = 30
 HTTP_TIMEOUT_S = 10.0
 
 
@@ -63,8 +64,18 @@ def _wait(client: httpx.Client, task: dict[str, Any], timeout_s: float) -> dict[
             if elapsed_s > timeout_s:
                 fail(f"gave up after {timeout_s:g}s; task {task['id']} is still {task['status']}")
             spinner.update(f"{task['target_domain']}: {task['status']} ({elapsed_s:.0f}s)")
-            time.sleep(POLL_INTERVAL_S)
-            task = _call(client, "GET", f"/api/v1/tasks/{task['id']}")
+            asked = time.monotonic()
+            # The API answers as soon as the task ends (or after the wait); an older API
+            # without `wait` answers at once, hence the floor between asks.
+            task = _call(
+                client,
+                "GET",
+                f"/api/v1/tasks/{task['id']}",
+                params={"wait": WAIT_PER_REQUEST_S},
+                timeout=WAIT_PER_REQUEST_S + HTTP_TIMEOUT_S,
+            )
+            if task["status"] not in TERMINAL:
+                time.sleep(max(0.0, POLL_INTERVAL_S - (time.monotonic() - asked)))
     return task
 
 

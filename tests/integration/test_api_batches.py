@@ -282,3 +282,54 @@ async def test_another_users_batch_is_404_like_a_missing_one(
     assert theirs.status_code == missing.status_code == 404
     assert theirs.json() == missing.json()
     assert "secret" not in theirs.text
+
+
+def longest_domain(n: int) -> str:
+    """A unique legal domain of the maximum 253 characters."""
+    first = f"x{n:05d}".ljust(63, "a")
+    return ".".join([first, "b" * 63, "c" * 63, "d" * 61])
+
+
+async def test_the_largest_legal_batch_fits_the_batch_body_limit(
+    client: httpx.AsyncClient, token: str, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    domains = [longest_domain(n) for n in range(1000)]
+    # The largest config allowed: 16,384 bytes as JSON at most.
+    config = {"keywords": ["k" * 200] * 39, "regexes": ["r" * 200] * 40}
+
+    response = await client.post(
+        "/api/v1/batches", json=body(*domains, **config), headers=auth(token)
+    )
+
+    assert len(response.request.content) > 64 * 1024  # over the other routes' limit
+    assert response.status_code == 201, response.text[:300]
+    assert await count_rows(sessionmaker) == (1000, 1000)
+
+
+async def test_a_body_over_the_batch_limit_is_413_and_the_task_route_keeps_its_own(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    _, token = await make_user(sessionmaker, "alice")
+    small = settings.model_copy(update={"batch_max_body_bytes": 4096})
+    padded = b'{"target_domain": "a.example.com"' + b" " * (64 * 1024) + b"}"
+    async with api_client(small) as http:
+        batch = await http.post(
+            "/api/v1/batches",
+            json=body(*(f"d{n}.example.com" for n in range(300))),
+            headers=auth(token),
+        )
+        task = await http.post(
+            "/api/v1/tasks",
+            content=padded,
+            headers={**auth(token), "Content-Type": "application/json"},
+        )
+
+    assert batch.status_code == 413
+    assert batch.json()["error"] == {
+        "code": "payload_too_large",
+        "message": "request body exceeds 4096 bytes",
+        "field": "body",
+    }
+    assert task.status_code == 413
+    assert task.json()["error"]["message"] == "request body exceeds 65536 bytes"
+    assert await count_rows(sessionmaker) == (0, 0)
