@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.wait_max_waiters,
             waiting.RECONNECT_MAX_S,
             server_limits(settings),
+            read_slots=settings.db_pool_size,
         )
         stop = asyncio.Event()
         listening = asyncio.create_task(app.state.waiters.run(stop), name="finish-waiters")

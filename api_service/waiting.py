@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from shared import backoff, keys
+from shared import backoff, keys, metrics
 from shared.errors import TooManyWaiters
 from shared.logging import get_logger
 
@@ -41,9 +41,13 @@ class FinishWaiters:
         max_waiters: int,
         reconnect_max_s: float,
         server_settings: dict[str, str] | None = None,
+        read_slots: int = 10,
     ) -> None:
         self.dsn = dsn
         self.max_waiters = max_waiters
+        # Woken waiters read again at most this many at once (the pool's size): a burst of
+        # wakes then reuses pooled connections instead of opening and closing overflow ones.
+        self.read_slots = asyncio.Semaphore(read_slots)
         self.reconnect_max_s = reconnect_max_s
         self.server_settings = server_settings or {}
         self._waiters: dict[uuid.UUID, set[asyncio.Event]] = {}
@@ -55,6 +59,7 @@ class FinishWaiters:
         """An event set whenever `key` (a task or batch id) may have changed; TooManyWaiters
         when the process already has `max_waiters`."""
         if self.count >= self.max_waiters:
+            metrics.API_WAITERS_REFUSED.inc()
             raise TooManyWaiters(
                 f"this server already has {self.max_waiters} requests waiting; "
                 "ask again without wait, or later",
@@ -62,11 +67,13 @@ class FinishWaiters:
             )
         event = asyncio.Event()
         self.count += 1
+        metrics.API_WAITERS.inc()
         self._waiters.setdefault(key, set()).add(event)
         try:
             yield event
         finally:
             self.count -= 1
+            metrics.API_WAITERS.dec()
             waiting = self._waiters.get(key)
             if waiting is not None:
                 waiting.discard(event)
@@ -145,7 +152,8 @@ async def wait_until(
         while True:
             # Cleared before reading: a notification during the read is not lost.
             event.clear()
-            value = await read()
+            async with waiters.read_slots:
+                value = await read()
             remaining_s = deadline - time.monotonic()
             if ended(value) or remaining_s <= 0:
                 return value

@@ -38,6 +38,7 @@ from shared.settings import Settings
 SCENARIOS = {
     "create_throughput": "bench.create_throughput",
     "batch_create": "bench.batch_create",
+    "wait_wakeup": "bench.wait_wakeup",
     "dispatch_latency": "bench.dispatch_latency",
     "e2e_drain": "bench.e2e_drain",
     "relay_drain": "bench.relay_drain",

@@ -42,6 +42,10 @@ HTTP_REQUEST_DURATION = Histogram(
     buckets=LATENCY_BUCKETS_S,
 )
 TASKS_CREATED = Counter(f"{PREFIX}_tasks_created_total", "Tasks committed by the create path")
+API_WAITERS = Gauge(f"{PREFIX}_api_waiters", "Requests of this API process waiting (`wait`)")
+API_WAITERS_REFUSED = Counter(
+    f"{PREFIX}_api_waiters_refused_total", "Requests with `wait` refused: too many waiting"
+)
 SAFEGUARD_FAILURES = Counter(
     f"{PREFIX}_safeguard_failures_total",
     "Redis safeguard operations that failed (the request went on without them)",
