@@ -31,6 +31,8 @@ log = get_logger(__name__)
 # A POST is abandoned after callback_timeout_s; the lease adds room for DNS and the commit.
 LEASE_MARGIN_S = 30.0
 DB_RETRY_MAX_S = 10.0
+# The gauges count the table; as often as the relay leader's outbox gauges.
+GAUGES_INTERVAL_S = 5.0
 MAX_ERROR_CHARS = 300
 
 
@@ -94,6 +96,7 @@ class Deliverer:
         self.settings = settings
         self.transport = transport
         self._woken = asyncio.Event()
+        self._gauges_due = 0.0
         verify = ssl.create_default_context(cafile=settings.tls_ca_bundle)
         self._verify = verify
 
@@ -107,7 +110,20 @@ class Deliverer:
         if not claimed.secrets:
             raise Refused("the user has no callback signing secret")
 
-    async def _post(self, claimed: callbacks.ClaimedDelivery) -> Outcome:
+    def _client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            timeout=self.settings.callback_timeout_s,
+            follow_redirects=False,
+            # Proxies from the environment would connect by name and undo the guard.
+            trust_env=False,
+            verify=self._verify,
+            # Connections are made to pinned addresses; reusing one could carry one
+            # name's TLS session into a request for another name on that address.
+            limits=httpx.Limits(max_keepalive_connections=0),
+            transport=self.transport,
+        )
+
+    async def _post(self, client: httpx.AsyncClient, claimed: callbacks.ClaimedDelivery) -> Outcome:
         self._check(claimed)
         url, host = _pinned_url(claimed.url, (await resolve(_host(claimed.url), self.settings))[0])
         body = json.dumps(claimed.payload, sort_keys=True, separators=(",", ":")).encode()
@@ -116,26 +132,21 @@ class Deliverer:
             str(claimed.delivery_id), event, claimed.secrets, int(time.time()), body
         )
         headers["Host"] = f"{host}:{url.port}" if url.port else host
-        async with httpx.AsyncClient(
-            timeout=self.settings.callback_timeout_s,
-            follow_redirects=False,
-            trust_env=False,
-            verify=self._verify,
-            transport=self.transport,
-        ) as client:
-            response = await client.post(
-                url, content=body, headers=headers, extensions={"sni_hostname": host}
-            )
+        response = await client.post(
+            url, content=body, headers=headers, extensions={"sni_hostname": host}
+        )
         if 300 <= response.status_code < 400:
             return Outcome(response.status_code, f"HTTP {response.status_code}: not followed")
         if not 200 <= response.status_code < 300:
             return Outcome(response.status_code, f"HTTP {response.status_code}")
         return Outcome(response.status_code, None)
 
-    async def send(self, claimed: callbacks.ClaimedDelivery) -> Outcome:
+    async def send(self, client: httpx.AsyncClient, claimed: callbacks.ClaimedDelivery) -> Outcome:
         """One try; never raises for what the receiver or the network did."""
         try:
-            return await asyncio.wait_for(self._post(claimed), self.settings.callback_timeout_s)
+            return await asyncio.wait_for(
+                self._post(client, claimed), self.settings.callback_timeout_s
+            )
         except Refused as exc:
             return Outcome(None, f"refused: {exc}", permanent=True)
         except (TimeoutError, httpx.TimeoutException):
@@ -154,31 +165,63 @@ class Deliverer:
         lease_s = self.settings.callback_timeout_s + LEASE_MARGIN_S
         async with self.sessionmaker() as session, session.begin():
             claimed = await callbacks.claim_due(session, self.settings.callback_batch_size, lease_s)
-        outcomes = await asyncio.gather(*(self.send(item) for item in claimed))
-        async with self.sessionmaker() as session, session.begin():
-            for item, outcome in zip(claimed, outcomes, strict=True):
-                await self._record(session, item, outcome)
+        if claimed:
+            async with self._client() as client:
+                outcomes = await asyncio.gather(*(self.send(client, item) for item in claimed))
+            async with self.sessionmaker() as session, session.begin():
+                await self._record_all(session, claimed, outcomes)
+        if time.monotonic() >= self._gauges_due:
+            await self._refresh_gauges()
+        return len(claimed)
+
+    async def _refresh_gauges(self) -> None:
+        async with self.sessionmaker() as session:
             summary = await callbacks.summarize(session)
         metrics.CALLBACKS_PENDING.set(summary.pending)
         metrics.CALLBACKS_OLDEST_AGE.set(summary.oldest_pending_age_s)
         metrics.CALLBACKS_DEAD.set(summary.dead)
-        return len(claimed)
+        self._gauges_due = time.monotonic() + GAUGES_INTERVAL_S
 
-    async def _record(
+    async def _record_all(
+        self,
+        session: AsyncSession,
+        claimed: list[callbacks.ClaimedDelivery],
+        outcomes: list[Outcome],
+    ) -> None:
+        """Every success in one statement; each failure on its own (they are few)."""
+        delivered = [
+            (item, outcome) for item, outcome in zip(claimed, outcomes, strict=True) if outcome.ok
+        ]
+        await callbacks.mark_delivered(
+            session, [(item.id, outcome.status or 0) for item, outcome in delivered]
+        )
+        for item, outcome in delivered:
+            metrics.CALLBACKS_DELIVERED.inc()
+            log.info(
+                "callback_delivered",
+                status=outcome.status,
+                delivery_id=str(item.delivery_id),
+                attempt=item.attempts,
+            )
+        for item, outcome in zip(claimed, outcomes, strict=True):
+            if not outcome.ok:
+                await self._record_failure(session, item, outcome)
+
+    async def _record_failure(
         self, session: AsyncSession, item: callbacks.ClaimedDelivery, outcome: Outcome
     ) -> None:
-        bound = {"delivery_id": str(item.delivery_id), "attempt": item.attempts}
-        if outcome.ok and outcome.status is not None:
-            await callbacks.mark_delivered(session, item.id, outcome.status)
-            metrics.CALLBACKS_DELIVERED.inc()
-            log.info("callback_delivered", status=outcome.status, **bound)
-            return
         retry_in_s = self._retry_in_s(item, outcome)
         error = (outcome.error or "failed")[:MAX_ERROR_CHARS]
         await callbacks.record_failure(session, item.id, outcome.status, error, retry_in_s)
         metrics.CALLBACK_FAILURES.labels(status=outcome.label).inc()
-        event = "callback_dead" if retry_in_s is None else "callback_failed"
-        log.warning(event, status=outcome.status, error=error, retry_in_s=retry_in_s, **bound)
+        log.warning(
+            "callback_dead" if retry_in_s is None else "callback_failed",
+            status=outcome.status,
+            error=error,
+            retry_in_s=retry_in_s,
+            delivery_id=str(item.delivery_id),
+            attempt=item.attempts,
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop`: again at once after a full batch, else on a NOTIFY or the

@@ -139,13 +139,22 @@ async def claim_due(session: AsyncSession, limit: int, lease_s: float) -> list[C
     ]
 
 
-async def mark_delivered(session: AsyncSession, delivery_id: int, status: int) -> None:
-    stmt = (
-        update(Delivery)
-        .where(Delivery.id == delivery_id)
-        .values(delivered_at=func.now(), last_status=status, last_error=None)
-    )
-    await session.execute(stmt)
+_DELIVERED_SQL = text(
+    """
+    UPDATE deliveries d
+    SET delivered_at = now(), last_status = done.status, last_error = NULL
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS integer[])) AS done(id, status)
+    WHERE d.id = done.id
+    """
+)
+
+
+async def mark_delivered(session: AsyncSession, delivered: Sequence[tuple[int, int]]) -> None:
+    """Record (id, HTTP status) of every delivery answered 2xx, in one statement."""
+    if not delivered:
+        return
+    params = {"ids": [row_id for row_id, _ in delivered], "statuses": [s for _, s in delivered]}
+    await session.execute(_DELIVERED_SQL, params)
 
 
 async def record_failure(
