@@ -108,6 +108,8 @@ async def create_task(
             f"must be at most {settings.max_config_bytes} bytes as JSON", field="config"
         )
     callback_url = checked_callback(user, body.callback_url, settings)
+    if callback_url is not None:
+        await callback_urls.check_resolves_publicly(callback_url, settings)
     fingerprint = request_fingerprint(domain, config, callback_url)
     new = queries.NewTask(
         user_id=user.id,

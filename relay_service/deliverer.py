@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import ssl
 import time
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import httpx
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared import backoff, metrics, signing, ssrf
+from shared import backoff, callback_urls, metrics, signing, ssrf
 from shared.db import callbacks
 from shared.logging import get_logger
 from shared.settings import Settings
@@ -57,23 +56,10 @@ class Refused(Exception):
     """The delivery may never be sent as it stands (guard, URL, no secret)."""
 
 
-def _override(host: str, overrides: dict[str, str]) -> str | None:
-    matches = [key for key in overrides if host == key or host.endswith("." + key)]
-    return overrides[max(matches, key=len)] if matches else None
-
-
 async def resolve(host: str, settings: Settings) -> list[str]:
-    """An IP literal itself, a configured override (name or parent), else the system's
-    resolver; addresses the guard allows, or Refused."""
-    if ssrf.forbidden_reason(host) != "not an IP address":
-        addresses = [host]
-    elif (pinned := _override(host.lower().rstrip("."), settings.resolver_overrides)) is not None:
-        addresses = [pinned]
-    else:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
-        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    """Addresses of `host` the SSRF guard allows, or Refused."""
     try:
-        return ssrf.allowed_addresses(addresses, allow_private=settings.allow_private)
+        return await callback_urls.allowed_addresses(host, settings)
     except ssrf.ForbiddenTarget as exc:
         raise Refused(exc.message) from exc
 
@@ -97,6 +83,7 @@ class Deliverer:
         self.transport = transport
         self._woken = asyncio.Event()
         self._gauges_due = 0.0
+        self._prune_due = 0.0
         verify = ssl.create_default_context(cafile=settings.tls_ca_bundle)
         self._verify = verify
 
@@ -172,7 +159,23 @@ class Deliverer:
                 await self._record_all(session, claimed, outcomes)
         if time.monotonic() >= self._gauges_due:
             await self._refresh_gauges()
+        if time.monotonic() >= self._prune_due:
+            await self.prune()
         return len(claimed)
+
+    async def prune(self) -> int:
+        """Delivered rows past the outbox's retention go, a batch per short transaction
+        (SKIP LOCKED, so relays pruning at once never wait on each other)."""
+        self._prune_due = time.monotonic() + self.settings.relay_prune_interval_s
+        total = 0
+        while True:
+            async with self.sessionmaker() as session, session.begin():
+                pruned = await callbacks.prune_delivered(
+                    session, self.settings.outbox_retention_s, self.settings.relay_prune_batch_size
+                )
+            total += pruned
+            if pruned < self.settings.relay_prune_batch_size:
+                return total
 
     async def _refresh_gauges(self) -> None:
         async with self.sessionmaker() as session:

@@ -3,6 +3,8 @@ again with the SSRF guard (`shared.ssrf`), since a name may resolve elsewhere by
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from urllib.parse import urlsplit
 
 from shared import ssrf
@@ -12,6 +14,9 @@ from shared.settings import Settings
 
 FIELD = "callback_url"
 MAX_URL_CHARS = 2048
+# A submit waits this long at most for the callback host's addresses; without an answer
+# it is accepted, and every delivery checks the addresses again.
+SUBMIT_RESOLVE_TIMEOUT_S = 2.0
 
 
 def _reject(reason: str) -> InvalidInput:
@@ -54,3 +59,34 @@ def check_callback_url(url: str, settings: Settings) -> str:
         raise _reject("must not use port 0")
     _check_host(parts.hostname, settings)
     return url
+
+
+def _override(host: str, overrides: dict[str, str]) -> str | None:
+    matches = [key for key in overrides if host == key or host.endswith("." + key)]
+    return overrides[max(matches, key=len)] if matches else None
+
+
+async def allowed_addresses(host: str, settings: Settings) -> list[str]:
+    """`host`'s addresses the SSRF guard allows (an IP literal itself, a configured
+    override of the name or a parent, else the system's resolver); ForbiddenTarget if
+    none, OSError if the name does not resolve."""
+    if ssrf.forbidden_reason(host) != "not an IP address":
+        addresses = [host]
+    elif (pinned := _override(host.lower().rstrip("."), settings.resolver_overrides)) is not None:
+        addresses = [pinned]
+    else:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    return ssrf.allowed_addresses(addresses, allow_private=settings.allow_private)
+
+
+async def check_resolves_publicly(url: str, settings: Settings) -> None:
+    """InvalidInput naming `callback_url` when its host resolves only to addresses the
+    guard forbids; a host that does not resolve in time is let through."""
+    host = urlsplit(url).hostname or ""
+    try:
+        await asyncio.wait_for(allowed_addresses(host, settings), SUBMIT_RESOLVE_TIMEOUT_S)
+    except ssrf.ForbiddenTarget as exc:
+        raise _reject(f"host {host} {exc.message.removeprefix('blocked by SSRF guard: ')}") from exc
+    except (OSError, TimeoutError):
+        return

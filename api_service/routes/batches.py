@@ -19,6 +19,7 @@ from api_service.deps import (
 )
 from api_service.routes.tasks import WaitQuery, checked_idempotency_key
 from api_service.schemas import BatchCreate, BatchOut, BatchTaskOut, ErrorResponse
+from shared import callback_urls
 
 router = APIRouter(prefix="/api/v1/batches", tags=["batches"])
 
@@ -74,6 +75,8 @@ async def create_batch(
     """Accept up to `SCAN_BATCH_MAX_TASKS` domains: every task and its message are committed
     in one transaction, or, if any entry is invalid, nothing is (422 naming each entry)."""
     request = batch_service.validate_batch(body, settings, user)
+    if request.callback_url is not None:
+        await callback_urls.check_resolves_publicly(request.callback_url, settings)
     batch_id, created = await batch_service.create_batch(
         session,
         redis,

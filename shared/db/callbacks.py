@@ -221,6 +221,25 @@ async def replay(session: AsyncSession, delivery_ids: Sequence[int] | None) -> i
     return len((await session.execute(stmt)).all())
 
 
+_PRUNE_SQL = text(
+    """
+    DELETE FROM deliveries WHERE id IN (
+        SELECT id FROM deliveries
+        WHERE delivered_at < now() - make_interval(secs => :retention_s)
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    """
+)
+
+
+async def prune_delivered(session: AsyncSession, retention_s: float, limit: int) -> int:
+    """Delete up to `limit` deliveries delivered longer than `retention_s` ago; dead and
+    pending ones are kept."""
+    result = await session.execute(_PRUNE_SQL, {"retention_s": retention_s, "limit": limit})
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 async def notify_deliveries(session: AsyncSession, channel: str) -> None:
     """Wake the relays' deliverers at commit."""
     await session.execute(select(func.pg_notify(channel, "")))

@@ -145,3 +145,4 @@ def test_no_request_gets_a_server_error_or_an_answer_the_schema_does_not_declare
     assert 200 in statuses["POST /api/v1/tasks/{task_id}/retry"], statuses
     assert {201, 422} <= statuses["POST /api/v1/batches"], statuses
     assert 200 in statuses["GET /api/v1/batches/{batch_id}"], statuses
+    assert 201 in statuses["POST /api/v1/callbacks/secret"], statuses

@@ -427,3 +427,67 @@ async def test_https_only_unless_allowed_and_a_secret_is_needed_first(
     assert accepted.status_code == 201
     assert accepted.json()["callback_url"] == "https://hooks.example.com/x"
     assert uuid.UUID(accepted.json()["id"])
+
+
+async def test_a_host_resolving_only_to_private_addresses_is_refused_at_submit(
+    cb_settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    strict = cb_settings.model_copy(
+        update={"allow_private": False, "resolver_overrides": {"evil.example.com": "10.0.0.5"}}
+    )
+    _, token = await make_user(sessionmaker, "strict")
+    headers = {"Authorization": f"Bearer {token}"}
+    url = "https://hooks.evil.example.com/x"
+    async with api_client(strict) as http:
+        await new_secret(http, headers)
+        task = await http.post(
+            "/api/v1/tasks",
+            json={"target_domain": "a.example.com", "callback_url": url},
+            headers=headers,
+        )
+        batch = await http.post(
+            "/api/v1/batches",
+            json={"tasks": [{"target_domain": "a.example.com"}], "callback_url": url},
+            headers=headers,
+        )
+
+    for refused in (task, batch):
+        assert refused.status_code == 422, refused.text
+        error = refused.json()["error"]
+        assert error["field"] == "callback_url"
+        assert error["message"] == "host hooks.evil.example.com 10.0.0.5 is private"
+    async with sessionmaker() as session:
+        assert (await session.execute(text("SELECT count(*) FROM tasks"))).scalar_one() == 0
+
+
+async def test_delivered_rows_past_retention_are_pruned_dead_and_pending_kept(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    cb_settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    await new_secret(client, headers)
+    for _ in range(3):
+        await submit(client, headers, "http://hooks.example.com:9/cb")
+    await end_tasks(sessionmaker)
+    async with sessionmaker() as session, session.begin():
+        ids = [row.id for row in (await session.execute(select(Delivery.id))).all()]
+        old, recent, dead = ids
+        await session.execute(
+            text("UPDATE deliveries SET delivered_at = now() - interval '8 days' WHERE id = :old"),
+            {"old": old},
+        )
+        await session.execute(
+            text("UPDATE deliveries SET delivered_at = now() WHERE id = :id"), {"id": recent}
+        )
+        await session.execute(
+            text("UPDATE deliveries SET dead_at = now() - interval '30 days' WHERE id = :id"),
+            {"id": dead},
+        )
+
+    pruned = await Deliverer(
+        sessionmaker, cb_settings.model_copy(update={"relay_prune_batch_size": 1})
+    ).prune()
+
+    assert pruned == 1
+    assert sorted(row.id for row in await deliveries(sessionmaker)) == [recent, dead]
