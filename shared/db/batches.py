@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import Float, bindparam, select, text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import Text
@@ -148,3 +148,33 @@ async def list_batch_tasks(
         .execution_options(populate_existing=True)
     )
     return (await session.execute(stmt)).scalars().all()
+
+
+# Small batches, rows another session holds skipped, as for tasks' keys.
+_EXPIRE_KEYS_SQL = text(
+    """
+    UPDATE batches SET idempotency_key = NULL
+    WHERE id IN (SELECT id FROM batches
+                 WHERE idempotency_key IS NOT NULL
+                   AND created_at < now() - make_interval(secs => :older_than_s)
+                 LIMIT :limit FOR UPDATE SKIP LOCKED)
+    """
+).bindparams(bindparam("older_than_s", type_=Float))
+
+_COUNT_EXPIRED_KEYS_SQL = text(
+    "SELECT count(*) FROM batches WHERE idempotency_key IS NOT NULL"
+    " AND created_at < now() - make_interval(secs => :older_than_s)"
+).bindparams(bindparam("older_than_s", type_=Float))
+
+
+async def count_expired_idempotency_keys(session: AsyncSession, older_than_s: float) -> int:
+    result = await session.execute(_COUNT_EXPIRED_KEYS_SQL, {"older_than_s": older_than_s})
+    return int(result.scalar_one())
+
+
+async def expire_idempotency_keys(session: AsyncSession, older_than_s: float, limit: int) -> int:
+    """Clear up to `limit` idempotency keys of batches created over `older_than_s` ago:
+    the same key may then make a new batch."""
+    params = {"older_than_s": older_than_s, "limit": limit}
+    result = await session.execute(_EXPIRE_KEYS_SQL, params)
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -79,3 +79,32 @@ async def test_replay_needs_ids_or_all_dead(sessionmaker: async_sessionmaker[Asy
     assert neither.exit_code == 1
     assert "either delivery IDs or --all-dead" in neither.output
     assert json.loads(everything.output) == {"replayed": 2}
+
+
+async def test_full_cleanup_expires_old_batch_idempotency_keys(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    user, _ = await make_user(sessionmaker, "alice")
+    async with sessionmaker() as session, session.begin():
+        for key, hours in (("old-key", 48), ("new-key", 1)):
+            await session.execute(
+                text(
+                    "INSERT INTO batches (id, user_id, config, task_count, idempotency_key, "
+                    "request_hash, created_at) VALUES (:id, :u, '{}', 0, :key, 'h', "
+                    "now() - make_interval(hours => :hours))"
+                ),
+                {"id": uuid.uuid4(), "u": user.id, "key": key, "hours": hours},
+            )
+
+    dry = await invoke("full-cleanup", "--dry-run", "--json")
+    done = await invoke("full-cleanup", "--json")
+
+    assert json.loads(dry.stdout)["steps"]["batch_idempotency"] == {
+        "batch_idempotency_keys_expired": 1
+    }
+    assert json.loads(done.stdout)["steps"]["batch_idempotency"] == {
+        "batch_idempotency_keys_expired": 1
+    }
+    async with sessionmaker() as session:
+        keys = (await session.execute(text("SELECT idempotency_key FROM batches"))).scalars()
+        assert sorted(str(key) for key in keys) == ["None", "new-key"]
