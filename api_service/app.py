@@ -19,6 +19,18 @@ from shared.logging import configure_logging
 from shared.settings import Settings, get_settings
 
 
+@asynccontextmanager
+async def _listening(waiters: waiting.FinishWaiters) -> AsyncIterator[None]:
+    """The waiters' LISTEN loop, running for the block."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(waiters.run(stop), name="finish-waiters")
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A new app; settings default to the environment's."""
     settings = settings or get_settings()
@@ -37,13 +49,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             server_limits(settings),
             read_slots=settings.db_pool_size,
         )
-        stop = asyncio.Event()
-        listening = asyncio.create_task(app.state.waiters.run(stop), name="finish-waiters")
         try:
-            yield
+            async with _listening(app.state.waiters):
+                yield
         finally:
-            stop.set()
-            await listening
             await app.state.redis.aclose()
             await engine.dispose()
 
