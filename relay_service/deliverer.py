@@ -9,7 +9,6 @@ socket goes to the very address checked (the name travels in Host and SNI only).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import ssl
 import time
@@ -22,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared import backoff, callback_urls, metrics, signing, ssrf
 from shared.db import callbacks
+from shared.db.engine import autocommit
 from shared.logging import get_logger
 from shared.settings import Settings
 
@@ -147,20 +147,48 @@ class Deliverer:
         base_s, max_s = self.settings.callback_backoff_base_s, self.settings.callback_backoff_max_s
         return backoff.backoff_s(claimed.attempts, base_s, max_s)
 
-    async def cycle(self) -> int:
-        """Claim, send and record one batch; the number claimed."""
+    async def _claim(self, limit: int) -> list[callbacks.ClaimedDelivery]:
         lease_s = self.settings.callback_timeout_s + LEASE_MARGIN_S
         async with self.sessionmaker() as session, session.begin():
-            claimed = await callbacks.claim_due(session, self.settings.callback_batch_size, lease_s)
-        if claimed:
-            async with self._client() as client:
-                outcomes = await asyncio.gather(*(self.send(client, item) for item in claimed))
-            async with self.sessionmaker() as session, session.begin():
-                await self._record_all(session, claimed, outcomes)
+            return await callbacks.claim_due(session, limit, lease_s)
+
+    async def _deliver(self, client: httpx.AsyncClient, item: callbacks.ClaimedDelivery) -> None:
+        """Send one delivery and record its outcome in a short transaction of its own. If
+        the record fails the lease runs out and it is sent again: at least once."""
+        outcome = await self.send(client, item)
+        try:
+            async with self.sessionmaker() as session:
+                # One UPDATE, atomic by itself: no BEGIN and COMMIT round trips.
+                await autocommit(session)
+                if outcome.ok:
+                    await callbacks.mark_delivered(session, [(item.id, outcome.status or 0)])
+                else:
+                    await self._record_failure(session, item, outcome)
+        except (DBAPIError, OSError) as exc:
+            log.warning("callback_record_failed", error=type(exc).__name__)
+            return
+        if outcome.ok:
+            metrics.CALLBACKS_DELIVERED.inc()
+            log.info(
+                "callback_delivered",
+                status=outcome.status,
+                delivery_id=str(item.delivery_id),
+                attempt=item.attempts,
+            )
+
+    async def _housekeeping(self) -> None:
         if time.monotonic() >= self._gauges_due:
             await self._refresh_gauges()
         if time.monotonic() >= self._prune_due:
             await self.prune()
+
+    async def cycle(self) -> int:
+        """Claim one batch, send it and record every outcome; the number claimed."""
+        claimed = await self._claim(self.settings.callback_batch_size)
+        if claimed:
+            async with self._client() as client:
+                await asyncio.gather(*(self._deliver(client, item) for item in claimed))
+        await self._housekeeping()
         return len(claimed)
 
     async def prune(self) -> int:
@@ -185,31 +213,6 @@ class Deliverer:
         metrics.CALLBACKS_DEAD.set(summary.dead)
         self._gauges_due = time.monotonic() + GAUGES_INTERVAL_S
 
-    async def _record_all(
-        self,
-        session: AsyncSession,
-        claimed: list[callbacks.ClaimedDelivery],
-        outcomes: list[Outcome],
-    ) -> None:
-        """Every success in one statement; each failure on its own (they are few)."""
-        delivered = [
-            (item, outcome) for item, outcome in zip(claimed, outcomes, strict=True) if outcome.ok
-        ]
-        await callbacks.mark_delivered(
-            session, [(item.id, outcome.status or 0) for item, outcome in delivered]
-        )
-        for item, outcome in delivered:
-            metrics.CALLBACKS_DELIVERED.inc()
-            log.info(
-                "callback_delivered",
-                status=outcome.status,
-                delivery_id=str(item.delivery_id),
-                attempt=item.attempts,
-            )
-        for item, outcome in zip(claimed, outcomes, strict=True):
-            if not outcome.ok:
-                await self._record_failure(session, item, outcome)
-
     async def _record_failure(
         self, session: AsyncSession, item: callbacks.ClaimedDelivery, outcome: Outcome
     ) -> None:
@@ -227,25 +230,35 @@ class Deliverer:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until `stop`: again at once after a full batch, else on a NOTIFY or the
-        poll interval; a lost database is retried with backoff."""
+        """Deliver until `stop`, keeping up to `callback_batch_size` POSTs in flight: a
+        free slot is filled as soon as one ends, so a slow receiver holds one slot, not a
+        batch. Claims again on a NOTIFY, a finished POST or the poll interval; a lost
+        database is retried with backoff."""
+        in_flight: set[asyncio.Task[None]] = set()
         failures = 0
-        while not stop.is_set():
-            self._woken.clear()
-            try:
-                claimed = await self.cycle()
-                failures = 0
-            except (DBAPIError, OSError) as exc:
-                failures += 1
-                claimed = 0
-                log.warning("callbacks_cycle_failed", error=type(exc).__name__)
-            if claimed >= self.settings.callback_batch_size:
-                continue
-            pause_s = self.settings.callback_poll_interval_s
-            if failures:
-                pause_s = backoff.backoff_s(failures, pause_s, DB_RETRY_MAX_S)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(_first(stop, self._woken), pause_s)
+        async with self._client() as client:
+            while not stop.is_set():
+                self._woken.clear()
+                try:
+                    free = self.settings.callback_batch_size - len(in_flight)
+                    # Slots are refilled a few at a time: one claim per ended POST would
+                    # cost a transaction per delivery.
+                    if in_flight and free < max(1, self.settings.callback_batch_size // 4):
+                        free = 0
+                    for item in await self._claim(free) if free > 0 else []:
+                        in_flight.add(asyncio.create_task(self._deliver(client, item)))
+                    await self._housekeeping()
+                    failures = 0
+                except (DBAPIError, OSError) as exc:
+                    failures += 1
+                    log.warning("callbacks_cycle_failed", error=type(exc).__name__)
+                pause_s = self.settings.callback_poll_interval_s
+                if failures:
+                    pause_s = backoff.backoff_s(failures, pause_s, DB_RETRY_MAX_S)
+                await _first_of(stop, self._woken, in_flight, pause_s)
+                in_flight = {task for task in in_flight if not task.done()}
+            # Each POST ends within callback_timeout_s; the relay's shutdown grace is longer.
+            await asyncio.gather(*in_flight, return_exceptions=True)
 
 
 def _host(url: str) -> str:
@@ -255,10 +268,15 @@ def _host(url: str) -> str:
     return host
 
 
-async def _first(*events: asyncio.Event) -> None:
-    waits = [asyncio.create_task(event.wait()) for event in events]
+async def _first_of(
+    stop: asyncio.Event, woken: asyncio.Event, in_flight: set[asyncio.Task[None]], timeout_s: float
+) -> None:
+    """Until `stop` or `woken` is set, a delivery in flight ends, or `timeout_s` passes."""
+    waits = [asyncio.create_task(stop.wait()), asyncio.create_task(woken.wait())]
     try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            [*waits, *in_flight], timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+        )
     finally:
         for wait in waits:
             wait.cancel()

@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     callback_backoff_base_s: float = Field(default=5.0, gt=0)
     callback_backoff_max_s: float = Field(default=600.0, gt=0)
     callback_batch_size: int = Field(
-        default=20, ge=1, description="Deliveries a relay claims and sends at once."
+        default=50, ge=1, description="Callback POSTs a relay keeps in flight at once."
     )
     callback_poll_interval_s: float = Field(
         default=1.0, gt=0, description="How often a relay looks for due deliveries un-notified."

@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+GATE_MAX_S = 30.0
 DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 
 
@@ -38,6 +39,8 @@ class Receiver:
     port: int
     statuses: list[int] = field(default_factory=lambda: [200])
     location: str | None = None  # sent with a 3xx
+    # While set, answers wait for `gate` (at most GATE_MAX_S): a receiver that hangs.
+    gate: threading.Event | None = None
     received: list[Received] = field(default_factory=list)
 
     def url(self, host: str = "hooks.example.com", path: str = "/cb") -> str:
@@ -52,6 +55,8 @@ def receiving(port: int = 0, statuses: list[int] | None = None) -> Iterator[Rece
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if receiver.gate is not None:
+                receiver.gate.wait(GATE_MAX_S)
             with lock:
                 receiver.received.append(Received(self.path, dict(self.headers.items()), body))
                 status = (

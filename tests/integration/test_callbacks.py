@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -392,3 +393,44 @@ async def test_delivered_rows_past_retention_are_pruned_dead_and_pending_kept(
 
     assert pruned == 1
     assert sorted(row.id for row in await deliveries(sessionmaker)) == [recent, dead]
+
+
+async def test_the_relay_loop_delivers_around_a_receiver_that_hangs(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    cb_settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    await new_secret(client, headers)
+    # Two slots, and a timeout far beyond the test's deadlines: if the hanging POST held
+    # up the others, they would not arrive before it is released.
+    looping = cb_settings.model_copy(update={"callback_batch_size": 2, "callback_timeout_s": 60})
+    deliverer = Deliverer(sessionmaker, looping)
+    stop = asyncio.Event()
+    gate = threading.Event()
+    with receiving() as hanging, receiving() as fast:
+        hanging.gate = gate
+        await submit(client, headers, hanging.url(path="/hangs"))
+        await end_tasks(sessionmaker)
+        running = asyncio.create_task(deliverer.run(stop))
+        await eventually(lambda: attempts_made(sessionmaker), "the hanging delivery's claim")
+        for n in range(3):
+            await submit(client, headers, fast.url(path=f"/fast{n}"))
+        await end_tasks(sessionmaker, where="callback_url LIKE '%/fast%'")
+
+        await eventually(lambda: len(fast.received) == 3, "the other deliveries")
+        held_back = hanging.received == []
+        gate.set()
+        await eventually(lambda: len(hanging.received) == 1, "the hanging one's answer")
+        stop.set()
+        await running
+
+    assert held_back
+    rows = await deliveries(sessionmaker)
+    assert [row.delivered_at is not None for row in rows] == [True] * 4
+
+
+async def attempts_made(sessionmaker: async_sessionmaker[AsyncSession]) -> bool:
+    async with sessionmaker() as session:
+        tried = await session.execute(text("SELECT count(*) FROM deliveries WHERE attempts > 0"))
+        return bool(tried.scalar_one())
