@@ -136,6 +136,9 @@ class Deliverer:
             )
         except Refused as exc:
             return Outcome(None, f"refused: {exc}", permanent=True)
+        except (httpx.InvalidURL, ValueError) as exc:
+            # A URL that cannot be called (vetted at submit, but rows can be written by hand).
+            return Outcome(None, f"refused: invalid URL ({exc})", permanent=True)
         except (TimeoutError, httpx.TimeoutException):
             return Outcome(None, "timeout: no answer in time")
         except (httpx.HTTPError, OSError) as exc:
@@ -153,8 +156,8 @@ class Deliverer:
             return await callbacks.claim_due(session, limit, lease_s)
 
     async def _deliver(self, client: httpx.AsyncClient, item: callbacks.ClaimedDelivery) -> None:
-        """Send one delivery and record its outcome in a short transaction of its own. If
-        the record fails the lease runs out and it is sent again: at least once."""
+        """Send one delivery and record its outcome in one statement of its own. If the
+        record fails, the lease runs out and it is sent again: at least once."""
         outcome = await self.send(client, item)
         try:
             async with self.sessionmaker() as session:

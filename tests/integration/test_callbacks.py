@@ -434,3 +434,30 @@ async def attempts_made(sessionmaker: async_sessionmaker[AsyncSession]) -> bool:
     async with sessionmaker() as session:
         tried = await session.execute(text("SELECT count(*) FROM deliveries WHERE attempts > 0"))
         return bool(tried.scalar_one())
+
+
+async def test_a_url_that_cannot_be_called_is_dead_at_once_and_the_rest_goes_on(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    cb_settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    await new_secret(client, headers)
+    with receiving() as receiver:
+        await submit(client, headers, receiver.url())
+        await end_tasks(sessionmaker)
+        async with sessionmaker() as session, session.begin():
+            # Written by hand: the API would have refused it.
+            await session.execute(
+                text(
+                    "INSERT INTO deliveries (delivery_id, user_id, url, payload) "
+                    "SELECT gen_random_uuid(), user_id, 'https://[::1/x', '{}' FROM deliveries"
+                )
+            )
+        await Deliverer(sessionmaker, cb_settings).cycle()
+
+    assert len(receiver.received) == 1
+    broken = [row for row in await deliveries(sessionmaker) if row.url.startswith("https://[")]
+    assert broken[0].dead_at is not None
+    assert broken[0].last_error is not None
+    assert broken[0].last_error.startswith("refused: invalid URL")
