@@ -8,34 +8,32 @@ import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator
-from typing import Any
 
 import asyncpg
 import httpx
 import pytest
-from prometheus_client import REGISTRY
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relay_service.deliverer import Deliverer
-from shared.db.models import Delivery
 from shared.embedded import free_port
 from shared.settings import Settings
+from tests.callbacks import (
+    callback_settings,
+    deliveries,
+    end_tasks,
+    failures,
+    make_due,
+    new_secret,
+    submit,
+)
 from tests.helpers import api_client, eventually, make_user
 from tests.receivers import documented_verify, receiving
 
 
 @pytest.fixture
 def cb_settings(settings: Settings) -> Settings:
-    return settings.model_copy(
-        update={
-            "allow_private": True,
-            "callback_allow_http": True,
-            "resolver_overrides": {"hooks.example.com": "127.0.0.1"},
-            "callback_max_attempts": 3,
-            "callback_timeout_s": 5.0,
-        }
-    )
+    return callback_settings(settings)
 
 
 @pytest.fixture
@@ -52,50 +50,6 @@ async def headers(
 ) -> dict[str, str]:
     _, token = await make_user(sessionmaker, "alice")
     return {"Authorization": f"Bearer {token}"}
-
-
-async def new_secret(client: httpx.AsyncClient, headers: dict[str, str], **body: Any) -> str:
-    response = await client.post("/api/v1/callbacks/secret", json=body or None, headers=headers)
-    assert response.status_code == 201, response.text
-    secret: str = response.json()["secret"]
-    return secret
-
-
-async def end_tasks(
-    sessionmaker: async_sessionmaker[AsyncSession], status: str = "succeeded", where: str = "true"
-) -> None:
-    async with sessionmaker() as session, session.begin():
-        await session.execute(
-            text(f"UPDATE tasks SET status = :status, finished_at = now() WHERE {where}"),
-            {"status": status},
-        )
-
-
-async def deliveries(sessionmaker: async_sessionmaker[AsyncSession]) -> list[Delivery]:
-    async with sessionmaker() as session:
-        return list((await session.execute(select(Delivery).order_by(Delivery.id))).scalars())
-
-
-async def make_due(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
-    """As if every backoff and lease had run out."""
-    async with sessionmaker() as session, session.begin():
-        await session.execute(text("UPDATE deliveries SET available_at = now()"))
-
-
-def failures(status: str) -> float:
-    labels = {"status": status}
-    return REGISTRY.get_sample_value("scan_outbox_callback_failures_total", labels) or 0.0
-
-
-async def submit(client: httpx.AsyncClient, headers: dict[str, str], url: str) -> dict[str, Any]:
-    response = await client.post(
-        "/api/v1/tasks",
-        json={"target_domain": "cb.example.com", "callback_url": url},
-        headers=headers,
-    )
-    assert response.status_code == 201, response.text
-    task: dict[str, Any] = response.json()
-    return task
 
 
 @pytest.mark.parametrize("status", ["succeeded", "failed"])
@@ -130,33 +84,6 @@ async def test_a_task_callback_is_delivered_signed_after_success_and_failure(
     assert not verify("whsec_other", got.headers, got.body)
     [row] = await deliveries(sessionmaker)
     assert (row.delivered_at is not None, row.last_status, row.attempts) == (True, 200, 1)
-
-
-async def test_during_a_rotation_both_secrets_sign_until_the_old_one_is_retired(
-    client: httpx.AsyncClient,
-    headers: dict[str, str],
-    cb_settings: Settings,
-    sessionmaker: async_sessionmaker[AsyncSession],
-) -> None:
-    old = await new_secret(client, headers)
-    rotated = await client.post("/api/v1/callbacks/secret", headers=headers)
-    new = rotated.json()["secret"]
-    assert rotated.json()["previous_still_signs"] is True
-    verify = documented_verify()
-    with receiving() as receiver:
-        await submit(client, headers, receiver.url())
-        await end_tasks(sessionmaker)
-        await Deliverer(sessionmaker, cb_settings).cycle()
-        newest = await new_secret(client, headers, retire_previous=True)
-        await submit(client, headers, receiver.url(path="/second"))
-        await end_tasks(sessionmaker, where="callback_url LIKE '%/second'")
-        await Deliverer(sessionmaker, cb_settings).cycle()
-
-    during, after = receiver.received
-    assert verify(old, during.headers, during.body)
-    assert verify(new, during.headers, during.body)
-    assert verify(newest, after.headers, after.body)
-    assert not verify(new, after.headers, after.body)
 
 
 async def test_500_then_200_is_delivered_on_the_second_try_with_backoff(
@@ -362,39 +289,6 @@ async def waits_for_lock(observer: asyncpg.Connection, pid: int) -> bool:
     return bool(event == "Lock")
 
 
-async def test_delivered_rows_past_retention_are_pruned_dead_and_pending_kept(
-    client: httpx.AsyncClient,
-    headers: dict[str, str],
-    cb_settings: Settings,
-    sessionmaker: async_sessionmaker[AsyncSession],
-) -> None:
-    await new_secret(client, headers)
-    for _ in range(3):
-        await submit(client, headers, "http://hooks.example.com:9/cb")
-    await end_tasks(sessionmaker)
-    async with sessionmaker() as session, session.begin():
-        ids = [row.id for row in (await session.execute(select(Delivery.id))).all()]
-        old, recent, dead = ids
-        await session.execute(
-            text("UPDATE deliveries SET delivered_at = now() - interval '8 days' WHERE id = :old"),
-            {"old": old},
-        )
-        await session.execute(
-            text("UPDATE deliveries SET delivered_at = now() WHERE id = :id"), {"id": recent}
-        )
-        await session.execute(
-            text("UPDATE deliveries SET dead_at = now() - interval '30 days' WHERE id = :id"),
-            {"id": dead},
-        )
-
-    pruned = await Deliverer(
-        sessionmaker, cb_settings.model_copy(update={"relay_prune_batch_size": 1})
-    ).prune()
-
-    assert pruned == 1
-    assert sorted(row.id for row in await deliveries(sessionmaker)) == [recent, dead]
-
-
 async def test_the_relay_loop_delivers_around_a_receiver_that_hangs(
     client: httpx.AsyncClient,
     headers: dict[str, str],
@@ -434,30 +328,3 @@ async def attempts_made(sessionmaker: async_sessionmaker[AsyncSession]) -> bool:
     async with sessionmaker() as session:
         tried = await session.execute(text("SELECT count(*) FROM deliveries WHERE attempts > 0"))
         return bool(tried.scalar_one())
-
-
-async def test_a_url_that_cannot_be_called_is_dead_at_once_and_the_rest_goes_on(
-    client: httpx.AsyncClient,
-    headers: dict[str, str],
-    cb_settings: Settings,
-    sessionmaker: async_sessionmaker[AsyncSession],
-) -> None:
-    await new_secret(client, headers)
-    with receiving() as receiver:
-        await submit(client, headers, receiver.url())
-        await end_tasks(sessionmaker)
-        async with sessionmaker() as session, session.begin():
-            # Written by hand: the API would have refused it.
-            await session.execute(
-                text(
-                    "INSERT INTO deliveries (delivery_id, user_id, url, payload) "
-                    "SELECT gen_random_uuid(), user_id, 'https://[::1/x', '{}' FROM deliveries"
-                )
-            )
-        await Deliverer(sessionmaker, cb_settings).cycle()
-
-    assert len(receiver.received) == 1
-    broken = [row for row in await deliveries(sessionmaker) if row.url.startswith("https://[")]
-    assert broken[0].dead_at is not None
-    assert broken[0].last_error is not None
-    assert broken[0].last_error.startswith("refused: invalid URL")
