@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api_service import waiting
 from api_service.errors import install_error_handlers
 from api_service.middleware import BodySizeLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
-from api_service.routes import health, ops, tasks
+from api_service.routes import batches, callbacks, health, ops, tasks
 from api_service.ui import install_ui
 from shared import safeguards
-from shared.db.engine import create_engine, create_sessionmaker
+from shared.db.engine import create_engine, create_sessionmaker, server_limits
 from shared.logging import configure_logging
 from shared.settings import Settings, get_settings
+
+
+@asynccontextmanager
+async def _listening(waiters: waiting.FinishWaiters) -> AsyncIterator[None]:
+    """The waiters' LISTEN loop, running for the block."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(waiters.run(stop), name="finish-waiters")
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -28,8 +42,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
         app.state.redis = safeguards.create_redis(settings)
+        app.state.waiters = waiting.FinishWaiters(
+            settings.asyncpg_dsn,
+            settings.wait_max_waiters,
+            waiting.RECONNECT_MAX_S,
+            server_limits(settings),
+            read_slots=settings.db_pool_size,
+        )
         try:
-            yield
+            async with _listening(app.state.waiters):
+                yield
         finally:
             await app.state.redis.aclose()
             await engine.dispose()
@@ -38,10 +60,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(tasks.router)
+    app.include_router(batches.router)
+    app.include_router(callbacks.router)
     app.include_router(ops.router)
     app.include_router(ops.metrics_router)
     install_ui(app, settings)
-    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        by_path={batches.router.prefix: settings.batch_max_body_bytes},
+    )
     app.add_middleware(RequestIdMiddleware)
     # Outermost, so refused bodies and errors are counted too.
     app.add_middleware(MetricsMiddleware)

@@ -13,10 +13,11 @@ import redis.asyncio as aioredis
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from api_service.waiting import FinishWaiters
 from shared.db import queries
 from shared.db.engine import autocommit
 from shared.db.models import User
-from shared.errors import Forbidden, NotAuthenticated
+from shared.errors import Forbidden, InvalidInput, NotAuthenticated
 from shared.settings import Settings
 from shared.tokens import hash_token
 
@@ -42,7 +43,20 @@ async def get_request_id(request: Request) -> str | None:
     return request_id
 
 
+async def get_waiters(request: Request) -> FinishWaiters:
+    waiters: FinishWaiters = request.app.state.waiters
+    return waiters
+
+
+def checked_wait_s(wait_s: float, settings: Settings) -> float:
+    """The `wait` query parameter, refused (422 naming it) above `SCAN_WAIT_MAX_S`."""
+    if wait_s > settings.wait_max_s:
+        raise InvalidInput(f"must be at most {settings.wait_max_s:g} seconds", field="wait")
+    return wait_s
+
+
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+WaitersDep = Annotated[FinishWaiters, Depends(get_waiters)]
 RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 RequestIdDep = Annotated[str | None, Depends(get_request_id)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -64,6 +64,18 @@ async def _on_project_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _entry_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """Errors inside an entry of a top-level body list (a batch's `tasks[3].target_domain`),
+    as `{"index", "field", "reason"}`, the shape `InvalidEntries` gives after validation."""
+    entries: list[dict[str, Any]] = []
+    for err in errors:
+        loc = tuple(err.get("loc", ()))
+        if len(loc) >= 3 and loc[0] == "body" and isinstance(loc[2], int):
+            field = ".".join(str(part) for part in loc[3:]) or str(loc[1])
+            entries.append({"index": loc[2], "field": field, "reason": str(err.get("msg", ""))})
+    return entries
+
+
 async def _on_validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     details = [
@@ -71,7 +83,11 @@ async def _on_validation_error(_: Request, exc: Exception) -> JSONResponse:
         for err in exc.errors()
     ]
     first = details[0] if details else {"field": "body", "message": "invalid request"}
-    return error_response(422, "invalid_input", first["message"], first["field"], details=details)
+    extra: dict[str, Any] = {"details": details}
+    entries = _entry_errors(exc.errors())
+    if entries:
+        extra["errors"] = entries
+    return error_response(422, "invalid_input", first["message"], first["field"], **extra)
 
 
 async def _on_http_error(_: Request, exc: Exception) -> JSONResponse:

@@ -1,8 +1,11 @@
 """Per-token rate limit on creates: a token bucket kept in Redis, one round trip per request.
 
-A token may send `rate_limit_burst` creates at once, then one every 60/`rate_limit_per_minute`
-seconds. The bucket is the generic cell rate algorithm: one key per user holding the time its
-next create is due, read against Redis's own clock so every API replica shares one bucket.
+A token may create `rate_limit_burst` tasks at once, then one every 60/`rate_limit_per_minute`
+seconds. The bucket counts tasks, not requests: a batch of n domains costs n. A batch larger
+than the burst goes through only when the bucket is full, and leaves the token in debt for
+the difference, so the sustained rate holds whatever the batch size. The bucket is the
+generic cell rate algorithm: one key per user holding the time its next create is due, read
+against Redis's own clock so every API replica shares one bucket.
 Like the other safeguards it fails open: with Redis down or slow the create goes on (logged,
 counted as `safeguard="rate_limit"`), since refusing every create would be worse than none.
 """
@@ -20,24 +23,26 @@ from api_service.deps import CurrentUser, RedisDep, SettingsDep
 from shared import keys, metrics
 from shared.errors import RateLimited
 from shared.logging import get_logger
+from shared.settings import Settings
 
 log = get_logger(__name__)
 
-# KEYS[1]: the bucket; ARGV: the interval between creates (µs) and the burst.
+# KEYS[1]: the bucket; ARGV: the interval between creates (µs), the burst and the cost.
 # Returns {1, 0} when allowed, {0, ms to wait} when not. TIME before a write is fine:
 # Redis replicates a script's effects, not the script.
 _GCRA_SCRIPT = """
 local interval_us = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local due = tonumber(redis.call('GET', KEYS[1])) or now
 if due < now then due = now end
-local next_due = due + interval_us
-local wait_us = next_due - burst * interval_us - now
+local wait_us = due + math.min(cost, burst) * interval_us - burst * interval_us - now
 if wait_us > 0 then
     return {0, math.ceil(wait_us / 1000)}
 end
+local next_due = due + cost * interval_us
 local ttl_ms = math.ceil((next_due - now) / 1000)
 redis.call('SET', KEYS[1], string.format('%d', next_due), 'PX', ttl_ms)
 return {1, 0}
@@ -55,7 +60,12 @@ def _gcra_script(redis: aioredis.Redis) -> AsyncScript:
 
 
 async def limit_creates(user: CurrentUser, redis: RedisDep, settings: SettingsDep) -> None:
-    """Let the create through, or raise RateLimited saying when the token may try again."""
+    """Let one create through, or raise RateLimited saying when the token may try again."""
+    await take(redis, settings, user.id, cost=1)
+
+
+async def take(redis: aioredis.Redis, settings: Settings, user_id: int, *, cost: int) -> None:
+    """Charge `cost` tasks to the user's bucket, or raise RateLimited (nothing charged)."""
     per_minute = settings.rate_limit_per_minute
     if per_minute == 0 or not settings.redis_safeguards:
         return
@@ -63,7 +73,8 @@ async def limit_creates(user: CurrentUser, redis: RedisDep, settings: SettingsDe
     script = _gcra_script(redis)
     try:
         allowed, wait_ms = await script(
-            keys=[keys.create_rate(user.id)], args=[interval_us, settings.rate_limit_burst]
+            keys=[keys.create_rate(user_id)],
+            args=[interval_us, settings.rate_limit_burst, cost],
         )
     except (RedisError, OSError) as exc:
         metrics.SAFEGUARD_FAILURES.labels(safeguard="rate_limit").inc()
@@ -72,8 +83,9 @@ async def limit_creates(user: CurrentUser, redis: RedisDep, settings: SettingsDe
     if allowed:
         return
     retry_after_s = max(1, math.ceil(int(wait_ms) / 1000))
-    log.info("create_rate_limited", user_id=user.id, retry_after_s=retry_after_s)
+    log.info("create_rate_limited", user_id=user_id, cost=cost, retry_after_s=retry_after_s)
     raise RateLimited(
-        f"too many creates: at most {per_minute} a minute, bursts of {settings.rate_limit_burst}",
+        f"too many creates: at most {per_minute} tasks a minute, bursts of "
+        f"{settings.rate_limit_burst}",
         retry_after_s=retry_after_s,
     )

@@ -59,6 +59,13 @@ class TaskCreate(BaseModel):
         max_length=1024, description="A public domain name; IDN allowed, no scheme or path."
     )
     config: ScanConfig = Field(default_factory=ScanConfig)
+    callback_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="https URL to POST a signed completion callback to (see docs/api.md); "
+        "needs a signing secret (POST /api/v1/callbacks/secret).",
+        examples=["https://hooks.example.com/scan-finished"],
+    )
 
 
 class TaskOut(BaseModel):
@@ -81,6 +88,7 @@ class TaskOut(BaseModel):
     queued_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
+    callback_url: str | None = None
 
 
 class TaskPage(BaseModel):
@@ -90,10 +98,137 @@ class TaskPage(BaseModel):
     )
 
 
+# A hard ceiling for the schema; the configured limit (`SCAN_BATCH_MAX_TASKS`) applies below it.
+BATCH_TASKS_CEILING = 10_000
+
+
+class BatchEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target_domain: str = Field(
+        max_length=1024, description="A public domain name; IDN allowed, no scheme or path."
+    )
+
+
+class BatchCreate(BaseModel):
+    """Many domains, one scan config: every task and its message commit together."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "tasks": [{"target_domain": "example.com"}, {"target_domain": "example.org"}],
+                    "config": {"keywords": ["login"], "regexes": []},
+                }
+            ]
+        },
+    )
+
+    tasks: list[BatchEntry] = Field(
+        min_length=1,
+        max_length=BATCH_TASKS_CEILING,
+        description="The domains to scan, at most `SCAN_BATCH_MAX_TASKS` (default 1,000). "
+        "The same domain twice (after normalisation) is one task.",
+    )
+    config: ScanConfig = Field(default_factory=ScanConfig)
+    callback_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="https URL to POST one signed callback to once every task has ended "
+        "(see docs/api.md); needs a signing secret (POST /api/v1/callbacks/secret).",
+        examples=["https://hooks.example.com/scan-finished"],
+    )
+
+
+class BatchTaskOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    target_domain: str
+    status: str
+    attempts: int
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+_BATCH_EXAMPLE: dict[str, Any] = {
+    "id": "0f8b7c9e-4a51-4d7e-9a4b-2f4c1e6a9b10",
+    "task_count": 2,
+    "config": {"keywords": ["login"], "regexes": []},
+    "counts": {"pending": 1, "succeeded": 1},
+    "done": False,
+    "created_at": "2026-12-02T10:00:00Z",
+    "updated_at": "2026-12-02T10:00:03Z",
+    "finished_at": None,
+    "tasks": [
+        {
+            "id": "5b0f3c1a-8e0e-4f43-a4bd-1b8b8f1f2a55",
+            "target_domain": "example.com",
+            "status": "succeeded",
+            "attempts": 1,
+            "error": None,
+            "created_at": "2026-12-02T10:00:00Z",
+            "finished_at": "2026-12-02T10:00:03Z",
+        }
+    ],
+    "next_cursor": "MQ",
+}
+
+
+class BatchOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [dict(_BATCH_EXAMPLE)]})
+
+    id: uuid.UUID
+    task_count: int = Field(description="Tasks in the batch (duplicates counted once).")
+    config: dict[str, Any]
+    counts: dict[str, int] = Field(description="Tasks by status; absent statuses are 0.")
+    done: bool = Field(description="Every task has ended (succeeded, failed or cancelled).")
+    created_at: datetime
+    updated_at: datetime = Field(description="The latest change to any of its tasks.")
+    finished_at: datetime | None = Field(description="When the last task ended, once all have.")
+    callback_url: str | None = None
+    tasks: list[BatchTaskOut] = Field(description="One page of its tasks, in submission order.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page of tasks; null on the last page."
+    )
+
+
+class SecretRotate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    retire_previous: bool = Field(
+        default=False,
+        description="Also stop signing with the secret this one replaces (default: both "
+        "sign until the next rotation, so receivers can switch at their own pace).",
+    )
+
+
+class SecretOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"secret": "whsec_3q2-7wXg…", "previous_still_signs": True}]
+        }
+    )
+
+    secret: str = Field(description="Shown once; keep it with the receiver.")
+    previous_still_signs: bool
+
+
+class EntryError(BaseModel):
+    index: int = Field(description="Position of the bad entry in the list (from 0).")
+    field: str
+    reason: str
+
+
 class ErrorBody(BaseModel):
     code: str
     message: str
     field: str | None = None
+    errors: list[EntryError] | None = Field(
+        default=None, description="For a batch: every bad entry, by index and field."
+    )
 
 
 class ErrorResponse(BaseModel):

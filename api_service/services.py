@@ -15,10 +15,11 @@ from datetime import datetime
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from api_service import callback_urls
 from api_service.domains import normalise_domain
 from api_service.schemas import TaskCreate
 from shared import keys, metrics, safeguards
-from shared.db import queries
+from shared.db import callbacks, queries
 from shared.db.models import Task, TaskStatus, User
 from shared.errors import Conflict, InvalidInput, InvalidState, NotFound, ScanOutboxError
 from shared.logging import get_logger
@@ -62,10 +63,28 @@ async def _mark_created(redis: aioredis.Redis, settings: Settings, task_id: uuid
     return await safeguards.set_created_marker(redis, task_id, settings.marker_ttl_s)
 
 
-def request_fingerprint(target_domain: str, config: dict[str, object]) -> str:
+def request_fingerprint(
+    target_domain: str, config: dict[str, object], callback_url: str | None = None
+) -> str:
     """Identifies a create request's meaning, to tell a retry from a different request."""
-    canonical = json.dumps({"target_domain": target_domain, "config": config}, sort_keys=True)
+    meaning: dict[str, object] = {"target_domain": target_domain, "config": config}
+    if callback_url is not None:
+        meaning["callback_url"] = callback_url
+    canonical = json.dumps(meaning, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def checked_callback(user: User, url: str | None, settings: Settings) -> str | None:
+    """The callback URL if the user may be called back there (InvalidInput naming
+    `callback_url` otherwise); None without one."""
+    if url is None:
+        return None
+    callback_urls.check_callback_url(url, settings)
+    if user.callback_secret is None:
+        raise InvalidInput(
+            "needs a signing secret first: POST /api/v1/callbacks/secret", field="callback_url"
+        )
+    return url
 
 
 async def create_task(
@@ -89,7 +108,10 @@ async def create_task(
         raise InvalidInput(
             f"must be at most {settings.max_config_bytes} bytes as JSON", field="config"
         )
-    fingerprint = request_fingerprint(domain, config)
+    callback_url = checked_callback(user, body.callback_url, settings)
+    if callback_url is not None:
+        await callback_urls.check_resolves_publicly(callback_url, settings)
+    fingerprint = request_fingerprint(domain, config, callback_url)
     new = queries.NewTask(
         user_id=user.id,
         target_domain=domain,
@@ -99,12 +121,12 @@ async def create_task(
         request_hash=fingerprint,
     )
     if idempotency_key is None:
-        return await _insert_task(session, redis, settings, new, request_id)
+        return await _insert_task(session, redis, settings, new, request_id, callback_url)
     # Narrows the race between two retries of one request; the unique index decides it anyway.
     lock = keys.create_lock(user.id, idempotency_key)
     await _end_read(session, settings)
     async with safeguards.optional_lock(redis, lock, settings):
-        return await _insert_task(session, redis, settings, new, request_id)
+        return await _insert_task(session, redis, settings, new, request_id, callback_url)
 
 
 async def _insert_task(
@@ -113,12 +135,18 @@ async def _insert_task(
     settings: Settings,
     new: queries.NewTask,
     request_id: str | None,
+    callback_url: str | None = None,
 ) -> tuple[Task, bool]:
     task_id = uuid.uuid4()
     entry = scan_entry(task_id, settings.queue_name, request_id)
     existing: Task | None = None
     async with transaction(session):
-        task = await queries.insert_task_with_message(session, task_id, new, entry)
+        if callback_url is None:
+            task = await queries.insert_task_with_message(session, task_id, new, entry)
+        else:
+            task = await callbacks.insert_task_with_callback(
+                session, task_id, new, entry, callback_url
+            )
         if task is None and new.idempotency_key is not None:
             existing = await queries.get_task_by_idempotency_key(
                 session, new.user_id, new.idempotency_key

@@ -37,6 +37,9 @@ from shared.settings import Settings
 # name -> module; each module has `async def run(ctx: BenchContext) -> ScenarioResult`.
 SCENARIOS = {
     "create_throughput": "bench.create_throughput",
+    "batch_create": "bench.batch_create",
+    "wait_wakeup": "bench.wait_wakeup",
+    "callback_delivery": "bench.callback_delivery",
     "dispatch_latency": "bench.dispatch_latency",
     "e2e_drain": "bench.e2e_drain",
     "relay_drain": "bench.relay_drain",

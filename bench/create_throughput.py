@@ -65,7 +65,7 @@ def start_api(ctx: BenchContext, name: str, **extra_env: str) -> tuple[Process, 
     return wait_live(process, port), port
 
 
-async def _fresh_token(ctx: BenchContext) -> str:
+async def fresh_token(ctx: BenchContext) -> str:
     """Empty tables and Redis, and one user whose token the load sends."""
     await ctx.reset()
     token = new_token()
@@ -82,7 +82,9 @@ class Target:
     pid: int
 
 
-async def _load(target: Target, token: str, concurrency: int, duration_s: float) -> dict[str, Any]:
+async def run_load(
+    target: Target, token: str, concurrency: int, duration_s: float
+) -> dict[str, Any]:
     """One closed-loop run of `bench.loadgen`; its JSON figures."""
     command = [sys.executable, "-m", "bench.loadgen", "--port", str(target.port)]
     command += ["--path", target.path]
@@ -106,9 +108,9 @@ async def _measure(
 ) -> tuple[float, float, int]:
     """Completed creates per second, API CPU ms per create and failed requests, from a
     clean slate."""
-    token = await _fresh_token(ctx)
+    token = await fresh_token(ctx)
     cpu_before_s = idle_cpu.tree_cpu_s(target.pid)
-    figures = await _load(target, token, concurrency, duration_s)
+    figures = await run_load(target, token, concurrency, duration_s)
     cpu_ms = 1000 * (idle_cpu.tree_cpu_s(target.pid) - cpu_before_s) / max(1, figures["ok"])
     written = await _tasks_written(ctx)
     # A request in flight at the stop may commit without its answer being counted.

@@ -12,6 +12,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from relay_service.deliverer import Deliverer
 from relay_service.health import HealthServer, Readiness
 from relay_service.listener import NotifyListener
 from relay_service.maintenance import LeaderElection, MaintenanceJobs
@@ -57,6 +58,7 @@ class Parts:
     election: LeaderElection
     scheduler: AsyncIOScheduler
     health: HealthServer
+    deliverer: Deliverer
 
 
 def build(settings: Settings, stop: asyncio.Event) -> Parts:
@@ -70,20 +72,27 @@ def build(settings: Settings, stop: asyncio.Event) -> Parts:
     watch = BrokerWatch(sessionmaker, broker, settings)
     jobs = MaintenanceJobs(sessionmaker, settings, election, stop, watch)
     health = HealthServer(settings, relay, Readiness(engine, broker))
-    return Parts(engine, broker, relay, election, build_scheduler(relay, settings, jobs), health)
+    scheduler = build_scheduler(relay, settings, jobs)
+    deliverer = Deliverer(sessionmaker, settings)
+    return Parts(engine, broker, relay, election, scheduler, health, deliverer)
 
 
-def _loops(settings: Settings, relay: Relay, stop: asyncio.Event) -> list[asyncio.Task[None]]:
-    tasks = [asyncio.create_task(relay.run(stop))]
+def _loops(settings: Settings, parts: Parts, stop: asyncio.Event) -> list[asyncio.Task[None]]:
+    relay, deliverer = parts.relay, parts.deliverer
+    tasks = [asyncio.create_task(relay.run(stop)), asyncio.create_task(deliverer.run(stop))]
     if settings.relay_listen_enabled:
-        listener = NotifyListener(
-            settings.asyncpg_dsn,
-            keys.OUTBOX_CHANNEL,
-            relay.wake,
-            settings.relay_listen_reconnect_max_s,
-            server_limits(settings),
-        )
-        tasks.append(asyncio.create_task(listener.run(stop)))
+        for channel, wake in (
+            (keys.OUTBOX_CHANNEL, relay.wake),
+            (keys.CALLBACK_CHANNEL, deliverer.wake),
+        ):
+            listener = NotifyListener(
+                settings.asyncpg_dsn,
+                channel,
+                wake,
+                settings.relay_listen_reconnect_max_s,
+                server_limits(settings),
+            )
+            tasks.append(asyncio.create_task(listener.run(stop)))
     return tasks
 
 
@@ -111,7 +120,7 @@ async def serve(settings: Settings) -> int:
                 log.error("relay_probe_port_unavailable", error=str(exc))
                 return 1
         parts.scheduler.start()
-        tasks = _loops(settings, parts.relay, stop)
+        tasks = _loops(settings, parts, stop)
         log.info("relay_started", batch_size=settings.relay_batch_size)
         return await _run_until_stopped(tasks, stop, settings.relay_shutdown_timeout_s)
     finally:

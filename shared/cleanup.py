@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared import keys, maintenance
-from shared.db import queries
+from shared.db import batches, queries
 from shared.db.models import TERMINAL_STATUSES
 from shared.errors import Unavailable
 from shared.settings import Settings
@@ -164,6 +164,29 @@ async def expire_idempotency_keys(
         progress.advance(count)
 
 
+async def expire_batch_idempotency_keys(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    *,
+    dry_run: bool,
+    progress: ProgressSink,
+) -> dict[str, int]:
+    """The same for batches' idempotency keys."""
+    retention_s = settings.idempotency_retention_s
+    async with sessionmaker() as session:
+        due = await batches.count_expired_idempotency_keys(session, retention_s)
+    if dry_run or not due:
+        return {"batch_idempotency_keys_expired": due}
+    cleared = 0
+    while True:
+        async with sessionmaker() as session, session.begin():
+            count = await batches.expire_idempotency_keys(session, retention_s, IDEMPOTENCY_BATCH)
+        if not count:
+            return {"batch_idempotency_keys_expired": cleared}
+        cleared += count
+        progress.advance(count)
+
+
 async def cleanup_orphaned(
     sessionmaker: async_sessionmaker[AsyncSession],
     redis: aioredis.Redis,
@@ -209,6 +232,9 @@ async def full_cleanup(
     )
     progress.step("expiring idempotency keys")
     report.steps["idempotency"] = await expire_idempotency_keys(
+        sessionmaker, settings, dry_run=dry_run, progress=progress
+    )
+    report.steps["batch_idempotency"] = await expire_batch_idempotency_keys(
         sessionmaker, settings, dry_run=dry_run, progress=progress
     )
     return report

@@ -26,6 +26,17 @@ class InvalidInput(ScanOutboxError):
     status_code = 422
 
 
+class InvalidEntries(InvalidInput):
+    """Entries of a list in the body are invalid; `errors` names each by index and field."""
+
+    def __init__(self, message: str, *, field: str, errors: list[dict[str, Any]]) -> None:
+        super().__init__(message, field=field)
+        self.errors = errors
+
+    def details(self) -> dict[str, Any]:
+        return {"errors": self.errors}
+
+
 class NotAuthenticated(ScanOutboxError):
     code = "not_authenticated"
     status_code = 401
@@ -83,6 +94,13 @@ class Unavailable(ScanOutboxError):
 
     code = "unavailable"
     status_code = 503
+
+
+class TooManyWaiters(Unavailable):
+    """This API process already keeps its limit of requests waiting; ask again without
+    `wait`, or later."""
+
+    code = "too_many_waiters"
 
 
 class PublishError(ScanOutboxError):

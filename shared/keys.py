@@ -7,6 +7,12 @@ KNOWN_ACTORS = frozenset({SCAN_ACTOR})
 
 # PostgreSQL channel the create transaction notifies and the relay listens on.
 OUTBOX_CHANNEL = "scan_outbox"
+# PostgreSQL channel a trigger notifies when a task reaches a terminal state (revision
+# 0004); payload "task_id,batch_id" (batch_id empty for a task outside a batch).
+TASK_FINISHED_CHANNEL = "scan_task_finished"
+# PostgreSQL channel the completion-callback trigger notifies when it writes a delivery
+# (revision 0005); the relays' deliverers listen on it.
+CALLBACK_CHANNEL = "scan_callbacks"
 
 # Redis safeguards (secondary: they may vanish without harm).
 TASK_CREATED_MARKER = "task_created:{task_id}"

@@ -42,6 +42,10 @@ HTTP_REQUEST_DURATION = Histogram(
     buckets=LATENCY_BUCKETS_S,
 )
 TASKS_CREATED = Counter(f"{PREFIX}_tasks_created_total", "Tasks committed by the create path")
+API_WAITERS = Gauge(f"{PREFIX}_api_waiters", "Requests of this API process waiting (`wait`)")
+API_WAITERS_REFUSED = Counter(
+    f"{PREFIX}_api_waiters_refused_total", "Requests with `wait` refused: too many waiting"
+)
 SAFEGUARD_FAILURES = Counter(
     f"{PREFIX}_safeguard_failures_total",
     "Redis safeguard operations that failed (the request went on without them)",
@@ -66,6 +70,19 @@ TASKS_REDISPATCHED = Counter(
     f"{PREFIX}_tasks_redispatched_total", "Tasks sent again by maintenance", ["reason"]
 )
 OUTBOX_PRUNED = Counter(f"{PREFIX}_outbox_pruned_total", "Published outbox rows pruned")
+# Completion callbacks: every relay delivers; the gauges are the whole table's, so take
+# max() over relays.
+CALLBACKS_PENDING = Gauge(f"{PREFIX}_callbacks_pending", "Deliveries not yet delivered nor dead")
+CALLBACKS_OLDEST_AGE = Gauge(
+    f"{PREFIX}_callbacks_oldest_pending_age_seconds", "Age of the oldest pending delivery"
+)
+CALLBACKS_DEAD = Gauge(f"{PREFIX}_callbacks_dead", "Deliveries given up after their last try")
+CALLBACKS_DELIVERED = Counter(f"{PREFIX}_callbacks_delivered_total", "Callbacks answered 2xx")
+CALLBACK_FAILURES = Counter(
+    f"{PREFIX}_callback_failures_total",
+    "Failed callback tries by HTTP status code, or timeout, connection or refused (SSRF guard)",
+    ["status"],
+)
 
 # --- worker ------------------------------------------------------------------
 TASKS_FINISHED = Counter(f"{PREFIX}_tasks_finished_total", "Task runs by outcome", ["outcome"])

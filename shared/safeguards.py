@@ -8,7 +8,7 @@ Redis that is down or slow makes the caller go on without the safeguard (logged 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
@@ -38,6 +38,23 @@ async def set_created_marker(redis: aioredis.Redis, task_id: uuid.UUID, ttl_s: i
     except (RedisError, OSError) as exc:
         metrics.SAFEGUARD_FAILURES.labels(safeguard="marker").inc()
         log.warning("safeguard_marker_failed", task_id=str(task_id), error=type(exc).__name__)
+        return False
+    return True
+
+
+async def set_created_markers(
+    redis: aioredis.Redis, task_ids: Sequence[uuid.UUID], ttl_s: int
+) -> bool:
+    """Set `task_created:{id}` for many tasks in one pipelined round trip; False (logged,
+    counted once) when Redis is unreachable."""
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.set(keys.task_created_marker(task_id), "1", ex=ttl_s)
+            await pipe.execute()
+    except (RedisError, OSError) as exc:
+        metrics.SAFEGUARD_FAILURES.labels(safeguard="marker").inc()
+        log.warning("safeguard_marker_failed", tasks=len(task_ids), error=type(exc).__name__)
         return False
     return True
 

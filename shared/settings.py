@@ -68,6 +68,47 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(
         default=60, ge=1, description="Creates a token may send at once before the rate applies."
     )
+    batch_max_tasks: int = Field(
+        default=1000,
+        ge=1,
+        le=10_000,
+        description="Domains one POST /api/v1/batches may carry (one transaction for all).",
+    )
+    batch_max_body_bytes: int = Field(
+        default=512 * 1024,
+        ge=1024,
+        description="Body limit of POST /api/v1/batches; a batch of 1,000 253-character "
+        "domains with a 16 KB config is 292,166 bytes.",
+    )
+    wait_max_s: float = Field(
+        default=30.0, ge=0, description="Longest `wait` a GET of a task or batch may ask for."
+    )
+    wait_max_waiters: int = Field(
+        default=1000,
+        ge=0,
+        description="Requests one API process keeps waiting at once; over it, 503 at once.",
+    )
+
+    # Completion callbacks.
+    callback_allow_http: bool = Field(
+        default=False, description="Accept http:// callback URLs (development and tests only)."
+    )
+    callback_timeout_s: float = Field(
+        default=10.0, gt=0, description="Longest a callback POST may take, connect included."
+    )
+    callback_max_attempts: int = Field(
+        default=10,
+        ge=1,
+        description="Tries before a delivery is dead; 9 waits of 5 s doubling to 600 s: ~30 min.",
+    )
+    callback_backoff_base_s: float = Field(default=5.0, gt=0)
+    callback_backoff_max_s: float = Field(default=600.0, gt=0)
+    callback_batch_size: int = Field(
+        default=50, ge=1, description="Callback POSTs a relay keeps in flight at once."
+    )
+    callback_poll_interval_s: float = Field(
+        default=1.0, gt=0, description="How often a relay looks for due deliveries un-notified."
+    )
 
     # Task defaults.
     task_max_attempts: int = Field(default=3, ge=1)

@@ -8,10 +8,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Response, status
 
-from api_service import ratelimit, services
-from api_service.deps import CurrentUser, RedisDep, RequestIdDep, SessionDep, SettingsDep
+from api_service import ratelimit, services, waiting
+from api_service.deps import (
+    CurrentUser,
+    RedisDep,
+    RequestIdDep,
+    SessionDep,
+    SettingsDep,
+    WaitersDep,
+    checked_wait_s,
+)
 from api_service.schemas import ErrorResponse, TaskCreate, TaskOut, TaskPage
-from shared.db.models import TaskStatus
+from shared.db.models import TERMINAL_STATUSES, Task, TaskStatus
 from shared.errors import InvalidInput
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
@@ -22,7 +30,7 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
-def _checked_idempotency_key(value: str | None) -> str | None:
+def checked_idempotency_key(value: str | None) -> str | None:
     if value is not None and not _IDEMPOTENCY_KEY.match(value):
         raise InvalidInput("must be 1 to 255 visible ASCII characters", field="Idempotency-Key")
     return value
@@ -60,7 +68,7 @@ async def create_task(
         settings,
         user,
         body,
-        idempotency_key=_checked_idempotency_key(idempotency_key),
+        idempotency_key=checked_idempotency_key(idempotency_key),
         request_id=request_id,
     )
     if not created:
@@ -69,9 +77,41 @@ async def create_task(
     return TaskOut.model_validate(task)
 
 
+WaitQuery = Annotated[
+    float,
+    Query(
+        ge=0,
+        description="Seconds to wait for the end (at most `SCAN_WAIT_MAX_S`, 30): answered as "
+        "soon as it ends, or with the current state when the wait is over. 0: at once.",
+    ),
+]
+
+
 @router.get("/{task_id}", response_model=TaskOut, responses=_ERRORS)
-async def get_task(task_id: uuid.UUID, user: CurrentUser, session: SessionDep) -> TaskOut:
-    return TaskOut.model_validate(await services.get_task(session, user, task_id))
+async def get_task(
+    task_id: uuid.UUID,
+    user: CurrentUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    waiters: WaitersDep,
+    wait: WaitQuery = 0,
+) -> TaskOut:
+    """The caller's task; with `wait`, once it has ended or the wait is over."""
+    wait_s = checked_wait_s(wait, settings)
+
+    async def read() -> Task:
+        try:
+            return await services.get_task(session, user, task_id)
+        finally:
+            # Between reads the request holds no database connection.
+            await session.close()
+
+    task = await waiting.wait_until(waiters, task_id, wait_s, read, _ended)
+    return TaskOut.model_validate(task)
+
+
+def _ended(task: Task) -> bool:
+    return task.status in TERMINAL_STATUSES
 
 
 @router.get("", response_model=TaskPage, responses=_ERRORS)

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 from typing import Annotated, Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import typer
 
+from shared.cli import batch_scan
 from shared.cli.common import JsonOption, console, err_console, fail, load_settings, print_json
 from shared.cli.render import task_view
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 POLL_INTERVAL_S = 0.5
+WAIT_PER_REQUEST_S = 30
 HTTP_TIMEOUT_S = 10.0
 
 
@@ -61,13 +64,34 @@ def _wait(client: httpx.Client, task: dict[str, Any], timeout_s: float) -> dict[
             if elapsed_s > timeout_s:
                 fail(f"gave up after {timeout_s:g}s; task {task['id']} is still {task['status']}")
             spinner.update(f"{task['target_domain']}: {task['status']} ({elapsed_s:.0f}s)")
-            time.sleep(POLL_INTERVAL_S)
-            task = _call(client, "GET", f"/api/v1/tasks/{task['id']}")
+            asked = time.monotonic()
+            # The API answers as soon as the task ends (or after the wait); an older API
+            # without `wait` answers at once, hence the floor between asks.
+            task = _call(
+                client,
+                "GET",
+                f"/api/v1/tasks/{task['id']}",
+                params={"wait": WAIT_PER_REQUEST_S},
+                timeout=WAIT_PER_REQUEST_S + HTTP_TIMEOUT_S,
+            )
+            if task["status"] not in TERMINAL:
+                time.sleep(max(0.0, POLL_INTERVAL_S - (time.monotonic() - asked)))
     return task
 
 
 def scan(
-    domain: Annotated[str, typer.Argument(help="The domain to scan, e.g. example.com.")],
+    domain: Annotated[
+        str | None, typer.Argument(help="The domain to scan, e.g. example.com.")
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file", help="Scan every domain in FILE (one a line, # comments), in batches."
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Domains per batch with --file (the API's limit applies).")
+    ] = 1000,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the task until it ends.")] = False,
     api_url: Annotated[
         str | None,
@@ -88,16 +112,23 @@ def scan(
     ] = 600.0,
     json_output: JsonOption = False,
 ) -> None:
-    """Submit DOMAIN through the HTTP API; with --wait, show progress and then the report.
+    """Submit DOMAIN (or every domain in --file) through the HTTP API; with --wait, show
+    progress and then the report.
 
-    Exit code 0 when the scan was accepted (or, with --wait, succeeded), 1 otherwise.
+    Exit code 0 when every scan was accepted (or, with --wait, succeeded), 1 otherwise.
     """
     if not token:
         fail("an API token is required: set SCAN_TOKEN or pass --token")
+    if (domain is None) == (file is None):
+        fail("give either a DOMAIN or --file FILE")
     request_id = uuid.uuid4().hex
     headers = {"Authorization": f"Bearer {token}", "X-Request-ID": request_id}
-    body = {"target_domain": domain, "config": {"keywords": keyword or [], "regexes": regex or []}}
+    config = {"keywords": keyword or [], "regexes": regex or []}
     base_url = api_url or _default_api_url()
+    if file is not None:
+        _scan_file(file, base_url, headers, config, batch_size, wait, timeout_s, json_output)
+        return
+    body = {"target_domain": domain, "config": config}
     with httpx.Client(base_url=base_url, headers=headers, timeout=HTTP_TIMEOUT_S) as client:
         task = _call(client, "POST", "/api/v1/tasks", json=body)
         err_console.print(f"task {task['id']} {task['status']} (request id {request_id})")
@@ -111,3 +142,32 @@ def scan(
         console.print(f"{task['id']} {task['status']}", highlight=False)
     if wait and task["status"] != "succeeded":
         fail(f"task {task['id']} ended {task['status']}: {task.get('error') or 'no error given'}")
+
+
+def _scan_file(
+    path: Path,
+    base_url: str,
+    headers: dict[str, str],
+    config: dict[str, Any],
+    batch_size: int,
+    wait: bool,
+    timeout_s: float,
+    json_output: bool,
+) -> None:
+    lines = batch_scan.read_lines(path)
+    if not lines:
+        fail(f"{path} holds no domains")
+    err_console.print(f"request id {headers['X-Request-ID']}", highlight=False)
+    with httpx.Client(base_url=base_url, headers=headers, timeout=HTTP_TIMEOUT_S) as client:
+        outcome = batch_scan.run(
+            client, lines, config, batch_size=batch_size, wait=wait, timeout_s=timeout_s
+        )
+    if json_output:
+        print_json(outcome.as_json())
+    else:
+        console.print(batch_scan.summary(outcome, wait), highlight=False)
+    if not outcome.ok:
+        fail(
+            f"{len(outcome.refused)} line(s) refused, "
+            f"{len(outcome.not_succeeded)} task(s) did not succeed"
+        )

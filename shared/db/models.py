@@ -13,6 +13,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     SmallInteger,
@@ -48,6 +49,10 @@ class User(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Signs completion callbacks (revision 0005); the previous one still signs during a
+    # rotation. Never shown after it is created, never logged.
+    callback_secret: Mapped[str | None] = mapped_column(Text)
+    callback_secret_previous: Mapped[str | None] = mapped_column(Text)
 
 
 class Task(Base):
@@ -66,6 +71,13 @@ class Task(Base):
             "idempotency_key",
             unique=True,
             postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
+        # A batch's tasks in submission order (keyset pages) and its counts by status.
+        Index(
+            "ix_tasks_batch",
+            "batch_id",
+            "batch_position",
+            postgresql_where=text("batch_id IS NOT NULL"),
         ),
     )
 
@@ -92,6 +104,38 @@ class Task(Base):
     queued_outbox_id: Mapped[int | None] = mapped_column(BigInteger)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The batch the task was submitted in, and its place there (revision 0004).
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("batches.id", ondelete="CASCADE")
+    )
+    batch_position: Mapped[int | None] = mapped_column(Integer)
+    # Where to POST when the task ends (revision 0005); tasks of a batch use the batch's.
+    callback_url: Mapped[str | None] = mapped_column(Text)
+
+
+class Batch(Base):
+    """Tasks submitted together with one scan config; their states live on the tasks."""
+
+    __tablename__ = "batches"
+    __table_args__ = (
+        Index(
+            "uq_batches_user_idempotency_key",
+            "user_id",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    config: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    task_count: Mapped[int] = mapped_column(Integer)
+    idempotency_key: Mapped[str | None] = mapped_column(Text)
+    request_hash: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Where to POST once every task has ended (revision 0005).
+    callback_url: Mapped[str | None] = mapped_column(Text)
 
 
 OUTBOX_STORAGE = {
@@ -152,3 +196,47 @@ class BrokerState(Base):
     epoch: Mapped[str] = mapped_column(Text)
     run_id: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Delivery(Base):
+    """A completion callback to POST, written by the transaction that ended its task or
+    batch (a trigger, revision 0005), delivered at least once by the relays."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        Index(
+            "ix_deliveries_pending",
+            "available_at",
+            "id",
+            postgresql_where=text("delivered_at IS NULL AND dead_at IS NULL"),
+        ),
+        Index("ix_deliveries_dead", "id", postgresql_where=text("dead_at IS NOT NULL")),
+        Index("ix_deliveries_task_id", "task_id"),
+        Index(
+            "uq_deliveries_batch",
+            "batch_id",
+            unique=True,
+            postgresql_where=text("batch_id IS NOT NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    delivery_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    task_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("tasks.id", ondelete="CASCADE")
+    )
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("batches.id", ondelete="CASCADE")
+    )
+    url: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    available_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    dead_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

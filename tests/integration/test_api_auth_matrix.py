@@ -22,9 +22,16 @@ ENDPOINTS = [
     ("GET", "/api/v1/tasks/{id}"),
     ("POST", "/api/v1/tasks/{id}/retry"),
     ("POST", "/api/v1/tasks/{id}/cancel"),
+    ("POST", "/api/v1/batches"),
+    ("GET", "/api/v1/batches/{id}"),
+    ("POST", "/api/v1/callbacks/secret"),
     ("GET", "/api/v1/ops/health"),
 ]
-TASK_ENDPOINTS = [(m, p) for m, p in ENDPOINTS if "{id}" in p]
+TASK_ENDPOINTS = [(m, p) for m, p in ENDPOINTS if p.startswith("/api/v1/tasks/{id}")]
+BODIES = {
+    "/api/v1/tasks": {"target_domain": "new.example.com"},
+    "/api/v1/batches": {"tasks": [{"target_domain": "new.example.com"}]},
+}
 
 
 @dataclass
@@ -60,7 +67,7 @@ def bearer(token: str) -> dict[str, str]:
 async def call(
     http: httpx.AsyncClient, method: str, path: str, task_id: str, headers: dict[str, str]
 ) -> httpx.Response:
-    body = {"target_domain": "new.example.com"} if path == "/api/v1/tasks" else None
+    body = BODIES.get(path)
     return await http.request(method, path.format(id=task_id), json=body, headers=headers)
 
 
@@ -132,6 +139,28 @@ async def test_another_users_task_looks_exactly_like_a_missing_one(
         unchanged = await session.get(Task, uuid.UUID(people.alice_task))
     assert unchanged is not None
     assert (unchanged.status, unchanged.attempts) == ("failed", 0)
+
+
+async def test_another_users_batch_looks_exactly_like_a_missing_one(
+    client: httpx.AsyncClient, people: People
+) -> None:
+    created = await client.post(
+        "/api/v1/batches",
+        json={"tasks": [{"target_domain": "secret.example.com"}]},
+        headers=bearer(people.alice),
+    )
+    assert created.status_code == 201
+    batch_id = created.json()["id"]
+
+    theirs = await client.get(f"/api/v1/batches/{batch_id}", headers=bearer(people.bob))
+    missing = await client.get(f"/api/v1/batches/{uuid.uuid4()}", headers=bearer(people.bob))
+    as_admin = await client.get(f"/api/v1/batches/{batch_id}", headers=bearer(people.admin))
+    own = await client.get(f"/api/v1/batches/{batch_id}", headers=bearer(people.alice))
+
+    assert_bare_refusal(theirs, 404, "not_found", people)
+    assert theirs.json() == missing.json() == as_admin.json()
+    assert batch_id not in theirs.text
+    assert own.status_code == 200
 
 
 async def test_another_users_tasks_never_show_in_a_listing(

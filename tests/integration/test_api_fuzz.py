@@ -61,11 +61,13 @@ def admin_token(settings: Settings) -> Iterator[str]:
 
 class Steering:
     """Turns every other generated case into one that gets past the first validation: a
-    create for a real domain (its config still fuzzed), or a path naming a task that exists."""
+    create for a real domain (its config still fuzzed), a batch of real domains, or a path
+    naming a task or batch that exists."""
 
     def __init__(self) -> None:
         self.count = 0
         self.task_ids: list[str] = []
+        self.batch_ids: list[str] = []
 
     def steer(self, case: schemathesis.Case) -> None:
         self.count += 1
@@ -73,13 +75,21 @@ class Steering:
             return
         if case.operation.label == "POST /api/v1/tasks" and isinstance(case.body, dict):
             case.body = {**case.body, "target_domain": f"fuzz{self.count}.example.com"}
+        if case.operation.label == "POST /api/v1/batches" and isinstance(case.body, dict):
+            domains = [f"fuzz{self.count}-{n}.example.com" for n in range(self.count % 5 + 1)]
+            case.body = {**case.body, "tasks": [{"target_domain": d} for d in domains]}
         if "task_id" in (case.path_parameters or {}) and self.task_ids:
             case.path_parameters["task_id"] = self.task_ids[self.count % len(self.task_ids)]
+        if "batch_id" in (case.path_parameters or {}) and self.batch_ids:
+            case.path_parameters["batch_id"] = self.batch_ids[self.count % len(self.batch_ids)]
 
     def saw(self, case: schemathesis.Case, status: int, body: object) -> None:
         if case.operation.label == "POST /api/v1/tasks" and status == 201:
             assert isinstance(body, dict)
             self.task_ids.append(body["id"])
+        if case.operation.label == "POST /api/v1/batches" and status == 201:
+            assert isinstance(body, dict)
+            self.batch_ids.append(body["id"])
 
 
 @pytest.mark.timeout(120)
@@ -89,12 +99,16 @@ def test_no_request_gets_a_server_error_or_an_answer_the_schema_does_not_declare
     schema = schemathesis.openapi.from_url(f"{api.api_url}/openapi.json")
     headers = {"Authorization": f"Bearer {admin_token}"}
     # Creates first and cancels next, so the task paths see real ids in every state.
-    first = ["POST /api/v1/tasks", "POST /api/v1/tasks/{task_id}/cancel"]
+    first = [
+        "POST /api/v1/tasks",
+        "POST /api/v1/tasks/{task_id}/cancel",
+        "POST /api/v1/batches",
+    ]
     operations = sorted(
         (result.ok() for result in schema.get_all_operations()),
         key=lambda op: first.index(op.label) if op.label in first else len(first),
     )
-    assert len(operations) >= 8, [op.label for op in operations]
+    assert len(operations) >= 10, [op.label for op in operations]
     steering = Steering()
     answers: Counter[tuple[str, int]] = Counter()
 
@@ -129,3 +143,6 @@ def test_no_request_gets_a_server_error_or_an_answer_the_schema_does_not_declare
     assert 200 in statuses["GET /api/v1/tasks/{task_id}"], statuses
     assert 200 in statuses["POST /api/v1/tasks/{task_id}/cancel"], statuses
     assert 200 in statuses["POST /api/v1/tasks/{task_id}/retry"], statuses
+    assert {201, 422} <= statuses["POST /api/v1/batches"], statuses
+    assert 200 in statuses["GET /api/v1/batches/{batch_id}"], statuses
+    assert 201 in statuses["POST /api/v1/callbacks/secret"], statuses

@@ -1,0 +1,180 @@
+"""Statements for batches: many tasks and their outbox rows in one set-based statement,
+and the reads behind `GET /api/v1/batches/{id}`. None of them commits."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Float, bindparam, select, text
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.types import Text
+
+from shared.db.models import Batch, Task
+from shared.messages import OutboxEntry
+
+# One statement, one round trip, whatever the batch size: the batch row, every task
+# (unnest of the arrays, never a loop) and, joined on the tasks actually inserted, every
+# outbox row. An idempotency-key conflict on the batch inserts nothing at all. The outbox
+# trigger is FOR EACH STATEMENT, so the whole batch sends one NOTIFY, delivered at commit.
+_CREATE_BATCH_SQL = text(
+    """
+    WITH new_batch AS (
+        INSERT INTO batches (id, user_id, config, task_count, idempotency_key, request_hash,
+                             callback_url)
+        VALUES (:batch_id, :user_id, :config, cardinality(CAST(:task_ids AS uuid[])),
+                :idempotency_key, :request_hash, :callback_url)
+        ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+        RETURNING id, user_id, config
+    ), new_tasks AS (
+        INSERT INTO tasks (id, user_id, target_domain, config, max_attempts,
+                           batch_id, batch_position)
+        SELECT t.id, b.user_id, t.domain, b.config, :max_attempts, b.id, t.position - 1
+        FROM new_batch b,
+             unnest(CAST(:task_ids AS uuid[]), CAST(:domains AS text[]))
+                 WITH ORDINALITY AS t(id, domain, position)
+        RETURNING id
+    ), new_messages AS (
+        INSERT INTO outbox (message_id, actor, queue, payload, task_id)
+        SELECT m.message_id, :actor, :queue, CAST(m.payload AS jsonb), m.task_id
+        FROM unnest(CAST(:task_ids AS uuid[]), CAST(:message_ids AS uuid[]),
+                    CAST(:payloads AS text[])) AS m(task_id, message_id, payload)
+        JOIN new_tasks ON new_tasks.id = m.task_id
+    )
+    SELECT id FROM new_batch
+    """
+).bindparams(
+    bindparam("batch_id", type_=UUID(as_uuid=True)),
+    bindparam("config", type_=JSONB),
+    bindparam("task_ids", type_=ARRAY(UUID(as_uuid=True))),
+    bindparam("message_ids", type_=ARRAY(UUID(as_uuid=True))),
+    bindparam("domains", type_=ARRAY(Text)),
+    bindparam("payloads", type_=ARRAY(Text)),
+)
+
+
+@dataclass(frozen=True)
+class NewBatch:
+    id: uuid.UUID
+    user_id: int
+    config: dict[str, Any]
+    max_attempts: int
+    request_hash: str
+    idempotency_key: str | None
+    # One entry per task, in submission order; every entry's actor and queue are the same.
+    domains: Sequence[str]
+    entries: Sequence[OutboxEntry]
+    callback_url: str | None = None
+
+
+async def insert_batch(session: AsyncSession, new: NewBatch) -> bool:
+    """Insert the batch, its pending tasks and their outbox rows; False (nothing written)
+    when the user already has a batch with this idempotency key."""
+    first = new.entries[0]
+    params = {
+        "batch_id": new.id,
+        "user_id": new.user_id,
+        "config": new.config,
+        "max_attempts": new.max_attempts,
+        "idempotency_key": new.idempotency_key,
+        "request_hash": new.request_hash,
+        "callback_url": new.callback_url,
+        "task_ids": [entry.task_id for entry in new.entries],
+        "message_ids": [entry.message_id for entry in new.entries],
+        "domains": list(new.domains),
+        "payloads": [json.dumps(entry.payload) for entry in new.entries],
+        "actor": first.actor,
+        "queue": first.queue,
+    }
+    return (await session.execute(_CREATE_BATCH_SQL, params)).first() is not None
+
+
+async def get_batch_by_idempotency_key(
+    session: AsyncSession, user_id: int, key: str
+) -> Batch | None:
+    stmt = select(Batch).where(Batch.user_id == user_id, Batch.idempotency_key == key)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def get_user_batch(session: AsyncSession, user_id: int, batch_id: uuid.UUID) -> Batch | None:
+    """The user's own batch; None for a missing batch and for another user's alike."""
+    stmt = select(Batch).where(Batch.id == batch_id, Batch.user_id == user_id)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    counts: dict[str, int]
+    updated_at: datetime | None
+    finished_at: datetime | None  # the last task's end, once every task has ended
+
+
+_PROGRESS_SQL = text(
+    """
+    SELECT status, count(*) AS n, max(updated_at) AS updated_at, max(finished_at) AS finished_at
+    FROM tasks WHERE batch_id = :batch_id GROUP BY status
+    """
+).bindparams(bindparam("batch_id", type_=UUID(as_uuid=True)))
+
+
+async def get_batch_progress(
+    session: AsyncSession, batch_id: uuid.UUID, terminal: frozenset[str]
+) -> BatchProgress:
+    """Tasks by status (one index range scan), the latest change and, when every task is
+    in `terminal`, the latest end."""
+    rows = (await session.execute(_PROGRESS_SQL, {"batch_id": batch_id})).all()
+    counts = {row.status: int(row.n) for row in rows}
+    updated = max((row.updated_at for row in rows), default=None)
+    done = bool(rows) and all(row.status in terminal for row in rows)
+    finished = max((row.finished_at for row in rows if row.finished_at), default=None)
+    return BatchProgress(counts, updated, finished if done else None)
+
+
+async def list_batch_tasks(
+    session: AsyncSession, batch_id: uuid.UUID, *, after_position: int, limit: int
+) -> Sequence[Task]:
+    """The batch's tasks in submission order, from just after `after_position` (-1: start)."""
+    stmt = (
+        select(Task)
+        .where(Task.batch_id == batch_id, Task.batch_position > after_position)
+        .order_by(Task.batch_position)
+        .limit(limit)
+        # A session that read these tasks before must see their current state.
+        .execution_options(populate_existing=True)
+    )
+    return (await session.execute(stmt)).scalars().all()
+
+
+# Small batches, rows another session holds skipped, as for tasks' keys.
+_EXPIRE_KEYS_SQL = text(
+    """
+    UPDATE batches SET idempotency_key = NULL
+    WHERE id IN (SELECT id FROM batches
+                 WHERE idempotency_key IS NOT NULL
+                   AND created_at < now() - make_interval(secs => :older_than_s)
+                 LIMIT :limit FOR UPDATE SKIP LOCKED)
+    """
+).bindparams(bindparam("older_than_s", type_=Float))
+
+_COUNT_EXPIRED_KEYS_SQL = text(
+    "SELECT count(*) FROM batches WHERE idempotency_key IS NOT NULL"
+    " AND created_at < now() - make_interval(secs => :older_than_s)"
+).bindparams(bindparam("older_than_s", type_=Float))
+
+
+async def count_expired_idempotency_keys(session: AsyncSession, older_than_s: float) -> int:
+    result = await session.execute(_COUNT_EXPIRED_KEYS_SQL, {"older_than_s": older_than_s})
+    return int(result.scalar_one())
+
+
+async def expire_idempotency_keys(session: AsyncSession, older_than_s: float, limit: int) -> int:
+    """Clear up to `limit` idempotency keys of batches created over `older_than_s` ago:
+    the same key may then make a new batch."""
+    params = {"older_than_s": older_than_s, "limit": limit}
+    result = await session.execute(_EXPIRE_KEYS_SQL, params)
+    return int(getattr(result, "rowcount", 0) or 0)

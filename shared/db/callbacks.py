@@ -1,0 +1,245 @@
+"""Statements for completion callbacks: signing secrets, tasks created with a callback URL,
+and the deliveries outbox the relays drain. None of them commits."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, func, select, text, update
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.db.models import Delivery, Task, User
+from shared.db.queries import NewTask
+from shared.messages import OutboxEntry
+
+# --- secrets -----------------------------------------------------------------
+
+
+async def rotate_secret(
+    session: AsyncSession, user_id: int, secret: str, keep_previous: bool
+) -> bool:
+    """`secret` becomes current; the current one becomes previous (both sign until the
+    next rotation) or, without `keep_previous`, stops signing. False for an unknown user."""
+    previous = User.callback_secret if keep_previous else None
+    stmt = (
+        update(User)
+        .where(User.id == user_id)
+        .values(callback_secret=secret, callback_secret_previous=previous)
+        .returning(User.id)
+    )
+    return (await session.execute(stmt)).first() is not None
+
+
+# --- tasks with a callback ---------------------------------------------------
+
+# queries.insert_task_with_message with the callback URL: one statement, so the task and
+# its outbox row still commit together (or, on an idempotency-key conflict, neither).
+_CREATE_TASK_SQL = text(
+    """
+    WITH new_task AS (
+        INSERT INTO tasks (id, user_id, target_domain, config, max_attempts,
+                           idempotency_key, request_hash, callback_url)
+        VALUES (:task_id, :user_id, :target_domain, :config, :max_attempts,
+                :idempotency_key, :request_hash, :callback_url)
+        ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+        RETURNING *
+    ), new_message AS (
+        INSERT INTO outbox (message_id, actor, queue, payload, task_id)
+        SELECT :message_id, :actor, :queue, :payload, id FROM new_task
+    )
+    SELECT * FROM new_task
+    """
+).bindparams(
+    bindparam("task_id", type_=UUID(as_uuid=True)),
+    bindparam("message_id", type_=UUID(as_uuid=True)),
+    bindparam("config", type_=JSONB),
+    bindparam("payload", type_=JSONB),
+)
+
+
+async def insert_task_with_callback(
+    session: AsyncSession,
+    task_id: uuid.UUID,
+    new: NewTask,
+    entry: OutboxEntry,
+    callback_url: str,
+) -> Task | None:
+    """Insert a pending task that calls `callback_url` when it ends, and its outbox row;
+    None when the idempotency key already exists."""
+    params = {
+        "task_id": task_id,
+        "user_id": new.user_id,
+        "target_domain": new.target_domain,
+        "config": new.config,
+        "max_attempts": new.max_attempts,
+        "idempotency_key": new.idempotency_key,
+        "request_hash": new.request_hash,
+        "callback_url": callback_url,
+        "message_id": entry.message_id,
+        "actor": entry.actor,
+        "queue": entry.queue,
+        "payload": entry.payload,
+    }
+    stmt = select(Task).from_statement(_CREATE_TASK_SQL)
+    return (await session.execute(stmt, params)).scalar_one_or_none()
+
+
+# --- deliveries --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClaimedDelivery:
+    id: int
+    delivery_id: uuid.UUID
+    url: str
+    payload: dict[str, Any]
+    attempts: int  # including the one just claimed
+    secrets: tuple[str, ...]  # current first; empty if the user has none any more
+
+
+# Claimed rows are leased, not locked: the claim pushes available_at past the POST's
+# longest time and commits, so no transaction stays open across HTTP calls, and a relay
+# that dies mid-POST leaves the row due again when the lease runs out (at least once).
+_CLAIM_SQL = text(
+    """
+    WITH due AS (
+        SELECT id FROM deliveries
+        WHERE delivered_at IS NULL AND dead_at IS NULL AND available_at <= now()
+        ORDER BY available_at, id
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE deliveries d
+    SET attempts = d.attempts + 1, available_at = now() + make_interval(secs => :lease_s)
+    FROM due, users u
+    WHERE d.id = due.id AND u.id = d.user_id
+    RETURNING d.id, d.delivery_id, d.url, d.payload, d.attempts,
+              u.callback_secret, u.callback_secret_previous
+    """
+)
+
+
+async def claim_due(session: AsyncSession, limit: int, lease_s: float) -> list[ClaimedDelivery]:
+    """Lease up to `limit` due deliveries, oldest first, counting the attempt."""
+    rows = (await session.execute(_CLAIM_SQL, {"limit": limit, "lease_s": lease_s})).all()
+    return [
+        ClaimedDelivery(
+            id=row.id,
+            delivery_id=row.delivery_id,
+            url=row.url,
+            payload=row.payload,
+            attempts=row.attempts,
+            secrets=tuple(s for s in (row.callback_secret, row.callback_secret_previous) if s),
+        )
+        for row in rows
+    ]
+
+
+_DELIVERED_SQL = text(
+    """
+    UPDATE deliveries d
+    SET delivered_at = now(), last_status = done.status, last_error = NULL
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS integer[])) AS done(id, status)
+    WHERE d.id = done.id
+    """
+)
+
+
+async def mark_delivered(session: AsyncSession, delivered: Sequence[tuple[int, int]]) -> None:
+    """Record (id, HTTP status) of every delivery answered 2xx, in one statement."""
+    if not delivered:
+        return
+    params = {"ids": [row_id for row_id, _ in delivered], "statuses": [s for _, s in delivered]}
+    await session.execute(_DELIVERED_SQL, params)
+
+
+async def record_failure(
+    session: AsyncSession,
+    delivery_id: int,
+    status: int | None,
+    error: str,
+    retry_in_s: float | None,
+) -> None:
+    """A failed try: due again after `retry_in_s`, or dead when that is None."""
+    values: dict[str, Any] = {"last_status": status, "last_error": error}
+    if retry_in_s is None:
+        values["dead_at"] = func.now()
+    else:
+        values["available_at"] = func.now() + func.make_interval(0, 0, 0, 0, 0, 0, retry_in_s)
+    await session.execute(update(Delivery).where(Delivery.id == delivery_id).values(**values))
+
+
+@dataclass(frozen=True)
+class DeliverySummary:
+    pending: int
+    oldest_pending_age_s: float
+    dead: int
+
+
+_SUMMARY_SQL = text(
+    """
+    SELECT
+      (SELECT count(*) FROM deliveries WHERE delivered_at IS NULL AND dead_at IS NULL),
+      (SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM deliveries
+       WHERE delivered_at IS NULL AND dead_at IS NULL),
+      (SELECT count(*) FROM deliveries WHERE dead_at IS NOT NULL)
+    """
+)
+
+
+async def summarize(session: AsyncSession) -> DeliverySummary:
+    """Pending deliveries, the age of the oldest, and dead ones (partial indexes only)."""
+    pending, age_s, dead = (await session.execute(_SUMMARY_SQL)).one()
+    return DeliverySummary(int(pending), float(age_s), int(dead))
+
+
+STATES = ("pending", "dead", "delivered", "all")
+
+
+async def list_deliveries(session: AsyncSession, state: str, limit: int) -> Sequence[Delivery]:
+    """Newest first, in one of `STATES`."""
+    stmt = select(Delivery)
+    if state == "pending":
+        stmt = stmt.where(Delivery.delivered_at.is_(None), Delivery.dead_at.is_(None))
+    elif state == "dead":
+        stmt = stmt.where(Delivery.dead_at.is_not(None))
+    elif state == "delivered":
+        stmt = stmt.where(Delivery.delivered_at.is_not(None))
+    return (await session.execute(stmt.order_by(Delivery.id.desc()).limit(limit))).scalars().all()
+
+
+async def replay(session: AsyncSession, delivery_ids: Sequence[int] | None) -> int:
+    """Make dead deliveries (these, or all when None) due now with their tries reset."""
+    stmt = update(Delivery).where(Delivery.dead_at.is_not(None))
+    if delivery_ids is not None:
+        stmt = stmt.where(Delivery.id.in_(delivery_ids))
+    stmt = stmt.values(dead_at=None, available_at=func.now(), attempts=0).returning(Delivery.id)
+    return len((await session.execute(stmt)).all())
+
+
+_PRUNE_SQL = text(
+    """
+    DELETE FROM deliveries WHERE id IN (
+        SELECT id FROM deliveries
+        WHERE delivered_at < now() - make_interval(secs => :retention_s)
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    """
+)
+
+
+async def prune_delivered(session: AsyncSession, retention_s: float, limit: int) -> int:
+    """Delete up to `limit` deliveries delivered longer than `retention_s` ago; dead and
+    pending ones are kept."""
+    result = await session.execute(_PRUNE_SQL, {"retention_s": retention_s, "limit": limit})
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def notify_deliveries(session: AsyncSession, channel: str) -> None:
+    """Wake the relays' deliverers at commit."""
+    await session.execute(select(func.pg_notify(channel, "")))

@@ -1,0 +1,215 @@
+"""GET with `wait`: answered when the task (or every task of the batch) ends, woken by the
+database's NOTIFY from the terminal write, holding no connection while it waits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from api_service import batch_service
+from api_service.app import create_app
+from api_service.waiting import FinishWaiters
+from shared.settings import Settings
+from tests.helpers import eventually, make_user
+
+# Far beyond the test's own timeout: a waiter that is not woken fails the test.
+LONG_WAIT_S = 600
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            yield app, http
+
+
+@pytest.fixture
+async def api(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    async with serving(settings.model_copy(update={"wait_max_s": LONG_WAIT_S})) as served:
+        yield served
+
+
+@pytest.fixture
+async def headers(sessionmaker: async_sessionmaker[AsyncSession]) -> dict[str, str]:
+    _, token = await make_user(sessionmaker, "alice")
+    return {"Authorization": f"Bearer {token}"}
+
+
+def waiters_of(app: FastAPI) -> FinishWaiters:
+    waiters: FinishWaiters = app.state.waiters
+    return waiters
+
+
+async def finish(sessionmaker: async_sessionmaker[AsyncSession], where: str, **params: Any) -> None:
+    """A terminal write straight in SQL, as any code path that ends a task makes it."""
+    async with sessionmaker() as session, session.begin():
+        await session.execute(
+            text(f"UPDATE tasks SET status = 'succeeded', finished_at = now() WHERE {where}"),
+            params,
+        )
+
+
+async def test_a_task_waiter_is_woken_by_the_terminal_write(
+    api: tuple[FastAPI, httpx.AsyncClient],
+    headers: dict[str, str],
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    app, http = api
+    await eventually(lambda: waiters_of(app).connected, "the API to LISTEN")
+    task = (
+        await http.post("/api/v1/tasks", json={"target_domain": "w.example.com"}, headers=headers)
+    ).json()
+    pool = app.state.engine.pool
+
+    waiting = asyncio.create_task(
+        http.get(f"/api/v1/tasks/{task['id']}", params={"wait": LONG_WAIT_S}, headers=headers)
+    )
+    await eventually(lambda: waiters_of(app).count == 1, "the request to wait")
+    # Waiting holds no pooled connection.
+    assert pool.checkedout() == 0
+    assert not waiting.done()
+    await finish(sessionmaker, "id = CAST(:id AS uuid)", id=task["id"])
+    answered = await waiting
+
+    assert answered.status_code == 200
+    assert answered.json()["status"] == "succeeded"
+    assert waiters_of(app).count == 0
+
+
+async def test_a_finished_task_is_answered_at_once_without_a_waiter(
+    api: tuple[FastAPI, httpx.AsyncClient],
+    headers: dict[str, str],
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    app, http = api
+    task = (
+        await http.post("/api/v1/tasks", json={"target_domain": "d.example.com"}, headers=headers)
+    ).json()
+    await finish(sessionmaker, "true")
+    waiters_of(app).max_waiters = 0  # any waiter would be refused
+
+    answered = await http.get(f"/api/v1/tasks/{task['id']}", params={"wait": 5}, headers=headers)
+
+    assert (answered.status_code, answered.json()["status"]) == (200, "succeeded")
+
+
+async def test_a_batch_waiter_answers_only_when_every_task_has_ended(
+    api: tuple[FastAPI, httpx.AsyncClient],
+    headers: dict[str, str],
+    sessionmaker: async_sessionmaker[AsyncSession],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app, http = api
+    await eventually(lambda: waiters_of(app).connected, "the API to LISTEN")
+    body = {"tasks": [{"target_domain": "one.example.com"}, {"target_domain": "two.example.com"}]}
+    batch = (await http.post("/api/v1/batches", json=body, headers=headers)).json()
+    reads: list[bool] = []
+    original = batch_service.read_batch
+
+    async def counted(*args: Any, **kwargs: Any) -> batch_service.BatchView:
+        view = await original(*args, **kwargs)
+        reads.append(view.done)
+        return view
+
+    monkeypatch.setattr(batch_service, "read_batch", counted)
+    waiting = asyncio.create_task(
+        http.get(f"/api/v1/batches/{batch['id']}", params={"wait": LONG_WAIT_S}, headers=headers)
+    )
+    await eventually(lambda: waiters_of(app).count == 1, "the request to wait")
+    reads_before = len(reads)
+
+    await finish(sessionmaker, "target_domain = 'one.example.com'")
+    # Woken, it read the batch again, found a task still pending and went on waiting.
+    await eventually(lambda: len(reads) > reads_before, "the waiter to read again")
+    assert not waiting.done()
+    assert reads[-1] is False
+
+    await finish(sessionmaker, "target_domain = 'two.example.com'")
+    answered = (await waiting).json()
+
+    assert (answered["done"], answered["counts"]) == (True, {"succeeded": 2})
+    # The page is read fresh too, not from the rows the waiting request read before.
+    assert [t["status"] for t in answered["tasks"]] == ["succeeded", "succeeded"]
+    assert answered["finished_at"] is not None
+
+
+@pytest.mark.parametrize("wait", ["-1", "601", "soon", "nan"])
+async def test_a_wait_out_of_bounds_is_422_naming_wait(
+    api: tuple[FastAPI, httpx.AsyncClient], headers: dict[str, str], wait: str
+) -> None:
+    _, http = api
+    task = (
+        await http.post("/api/v1/tasks", json={"target_domain": "v.example.com"}, headers=headers)
+    ).json()
+    batch = (
+        await http.post(
+            "/api/v1/batches", json={"tasks": [{"target_domain": "v.example.com"}]}, headers=headers
+        )
+    ).json()
+
+    for path in (f"/api/v1/tasks/{task['id']}", f"/api/v1/batches/{batch['id']}"):
+        refused = await http.get(path, params={"wait": wait}, headers=headers)
+        assert refused.status_code == 422, (path, refused.text)
+        assert refused.json()["error"]["field"] == "wait"
+
+
+async def test_over_the_waiter_limit_a_request_gets_503_at_once(
+    settings: Settings,
+    headers: dict[str, str],
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    limited = settings.model_copy(update={"wait_max_waiters": 1, "wait_max_s": LONG_WAIT_S})
+    async with serving(limited) as (app, http):
+        task = (
+            await http.post(
+                "/api/v1/tasks", json={"target_domain": "l.example.com"}, headers=headers
+            )
+        ).json()
+        path = f"/api/v1/tasks/{task['id']}"
+        first = asyncio.create_task(http.get(path, params={"wait": LONG_WAIT_S}, headers=headers))
+        await eventually(lambda: waiters_of(app).count == 1, "the first request to wait")
+
+        second = await http.get(path, params={"wait": 10}, headers=headers)
+        at_once = await http.get(path, headers=headers)
+        await finish(sessionmaker, "true")
+        assert (await first).json()["status"] == "succeeded"
+
+    assert second.status_code == 503
+    assert (second.json()["error"]["code"], second.json()["error"]["field"]) == (
+        "too_many_waiters",
+        "wait",
+    )
+    assert at_once.status_code == 200
+
+
+async def test_another_users_task_is_404_at_once_even_with_wait(
+    api: tuple[FastAPI, httpx.AsyncClient],
+    headers: dict[str, str],
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    app, http = api
+    task = (
+        await http.post("/api/v1/tasks", json={"target_domain": "s.example.com"}, headers=headers)
+    ).json()
+    _, bob = await make_user(sessionmaker, "bob")
+
+    refused = await http.get(
+        f"/api/v1/tasks/{task['id']}",
+        params={"wait": LONG_WAIT_S},
+        headers={"Authorization": f"Bearer {bob}"},
+    )
+
+    assert refused.status_code == 404
+    assert waiters_of(app).count == 0

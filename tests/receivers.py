@@ -1,0 +1,83 @@
+"""A local HTTP receiver for completion callbacks, on 127.0.0.1: records every request and
+answers with the statuses it is told, in order (the last one repeats)."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+GATE_MAX_S = 30.0
+DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
+
+
+def documented_verify() -> Callable[..., bool]:
+    """The callback `verify` function exactly as docs/api.md shows it."""
+    section = DOC.read_text().split("### Verifying a callback", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert code is not None
+    scope: dict[str, Any] = {}
+    exec(code.group(1), scope)
+    verify: Callable[..., bool] = scope["verify"]
+    return verify
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Receiver:
+    port: int
+    statuses: list[int] = field(default_factory=lambda: [200])
+    location: str | None = None  # sent with a 3xx
+    # While set, answers wait for `gate` (at most GATE_MAX_S): a receiver that hangs.
+    gate: threading.Event | None = None
+    received: list[Received] = field(default_factory=list)
+
+    def url(self, host: str = "hooks.example.com", path: str = "/cb") -> str:
+        return f"http://{host}:{self.port}{path}"
+
+
+@contextmanager
+def receiving(port: int = 0, statuses: list[int] | None = None) -> Iterator[Receiver]:
+    receiver = Receiver(port=port, statuses=list(statuses or [200]))
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if receiver.gate is not None:
+                receiver.gate.wait(GATE_MAX_S)
+            with lock:
+                receiver.received.append(Received(self.path, dict(self.headers.items()), body))
+                status = (
+                    receiver.statuses.pop(0) if len(receiver.statuses) > 1 else receiver.statuses[0]
+                )
+            self.send_response(status)
+            if 300 <= status < 400 and receiver.location:
+                self.send_header("Location", receiver.location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.daemon_threads = True
+    receiver.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield receiver
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,87 @@
+"""The waiter registry and the wait loop, without a database: notifications wake exactly
+the waiters of their task or batch, the bound holds, a wake is never lost."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from api_service.waiting import FinishWaiters, wait_until
+from shared.errors import TooManyWaiters
+
+
+def registry(max_waiters: int = 10) -> FinishWaiters:
+    return FinishWaiters("postgresql://unused", max_waiters, 1.0)
+
+
+async def test_a_notification_wakes_the_waiters_of_its_task_and_of_its_batch_only() -> None:
+    waiters = registry()
+    task, batch, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    async with (
+        waiters.watch(task) as on_task,
+        waiters.watch(batch) as on_batch,
+        waiters.watch(other) as on_other,
+    ):
+        waiters._notified(None, 1, "scan_task_finished", f"{task},{batch}")
+        assert (on_task.is_set(), on_batch.is_set(), on_other.is_set()) == (True, True, False)
+    assert waiters.count == 0
+
+
+async def test_a_payload_without_a_batch_or_garbled_wakes_nobody_else() -> None:
+    waiters = registry()
+    task = uuid.uuid4()
+    async with waiters.watch(task) as event:
+        waiters._notified(None, 1, "scan_task_finished", "not-a-uuid,")
+        assert not event.is_set()
+        waiters._notified(None, 1, "scan_task_finished", f"{task},")
+        assert event.is_set()
+
+
+async def test_over_the_bound_watching_raises_too_many_waiters_naming_wait() -> None:
+    waiters = registry(max_waiters=1)
+    async with waiters.watch(uuid.uuid4()):
+        with pytest.raises(TooManyWaiters) as refused:
+            async with waiters.watch(uuid.uuid4()):
+                pass
+    assert refused.value.field == "wait"
+    assert refused.value.status_code == 503
+    async with waiters.watch(uuid.uuid4()):
+        assert waiters.count == 1
+
+
+async def test_wait_until_reads_again_on_each_wake_until_ended() -> None:
+    waiters = registry()
+    key = uuid.uuid4()
+    states = iter(["pending", "pending", "running", "succeeded"])
+    reads: list[str] = []
+
+    async def read() -> str:
+        reads.append(next(states))
+        return reads[-1]
+
+    waiting = asyncio.create_task(wait_until(waiters, key, 600, read, lambda s: s == "succeeded"))
+    # Each turn of the loop lets the waiter read once and wait again; then it is woken.
+    for _ in range(100):
+        await asyncio.sleep(0)
+        if waiting.done():
+            break
+        waiters._notified(None, 1, "", f"{key},")
+
+    assert await waiting == "succeeded"
+    assert reads == ["pending", "pending", "running", "succeeded"]
+
+
+async def test_without_a_wait_or_when_already_ended_it_reads_once_and_never_registers() -> None:
+    waiters = registry(max_waiters=0)
+    calls = 0
+
+    async def read() -> str:
+        nonlocal calls
+        calls += 1
+        return "pending"
+
+    assert await wait_until(waiters, uuid.uuid4(), 0, read, lambda s: False) == "pending"
+    assert await wait_until(waiters, uuid.uuid4(), 5, read, lambda s: True) == "pending"
+    assert calls == 2
