@@ -23,7 +23,7 @@ from shared import keys
 from tests.e2e.relays import RELAY_ENV, Db
 from tests.faults import invariants
 from tests.faults.client import CreateDriver
-from tests.faults.harness import FAULT_ENV, WORKER_THREADS, FaultStack, fault_stack
+from tests.faults.harness import FAULT_ENV, WORKER_CONCURRENCY, FaultStack, fault_stack
 from tests.faults.scenario import Scenario, scanning_on, scenario
 from tests.faults.servers import FaultServers, target_hold
 from tests.faults.site import CountingSite
@@ -42,9 +42,11 @@ RESEND_BOUND_S = 3 * BROKER_CHECK_S
 # Where no worker dies mid-scan, the product's lease: a renewal that comes late on a busy
 # machine must not send a healthy scan round again and blur the attempt counts.
 HEALTHY_LEASE = {"SCAN_WORKER_LEASE_S": "30"}
-# Dramatiq's Redis consumer prefetches twice its worker threads.
-PREFETCH = 2 * WORKER_THREADS
-CONCURRENT_SCANS = 2 * WORKER_THREADS  # worker-a and worker-b
+# Where the test counts a worker's fetched messages: as many waiting as running.
+WORKER_PREFETCH = WORKER_CONCURRENCY
+# A worker fetches its scans in flight plus its prefetch.
+FETCHED = WORKER_CONCURRENCY + WORKER_PREFETCH
+CONCURRENT_SCANS = 2 * WORKER_CONCURRENCY  # worker-a and worker-b
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ def _fetched_by(broker: redis.Redis, pids: set[int], queue: str) -> list[str]:
 
 
 def _wait_for_busy_drain(run: Scenario, queue: str, waiting_at_least: int) -> None:
-    """Until every worker thread is scanning and messages still wait in the broker."""
+    """Until every worker slot is scanning and messages still wait in the broker."""
 
     def busy() -> bool:
         running = run.db(_running_count)
@@ -340,6 +342,7 @@ def test_a_worker_killed_before_claiming_its_prefetch_has_those_messages_run_onc
         "SCAN_BROKER_HEARTBEAT_TIMEOUT_S": str(heartbeat_timeout_s),
         # Claims wait for the targets' locks the test holds instead of deferring.
         "SCAN_TARGET_LOCK_TIMEOUT_S": "60",
+        "SCAN_WORKER_PREFETCH": str(WORKER_PREFETCH),
     }
     with fault_stack(servers_reset, site, tmp_path, **env) as stack:
         driver = CreateDriver(stack.api_url, token, creates, concurrency=8, rate_per_s=100)
@@ -351,23 +354,23 @@ def test_a_worker_killed_before_claiming_its_prefetch_has_those_messages_run_onc
                 "worker SIGKILL before its claims", stack, driver.start(), db, site, broker
             )
             run.after_creates(creates)
-            # Every thread of both workers waits in a claim; each worker has fetched its fill.
+            # Every slot of both workers waits in a claim; each worker has fetched its fill.
             wait_until(
                 lambda: hold.waiting_claims() == CONCURRENT_SCANS,
                 STAGE_DEADLINE_S,
-                "every worker thread to wait in its claim",
+                "every worker slot to wait in its claim",
             )
             fetched = wait_until(
-                lambda: (m := _fetched_by(broker, victim_pids, queue)) and len(m) == PREFETCH and m,
+                lambda: (m := _fetched_by(broker, victim_pids, queue)) and len(m) == FETCHED and m,
                 STAGE_DEADLINE_S,
-                f"worker-a to fetch {PREFETCH} messages",
+                f"worker-a to fetch {FETCHED} messages",
             )
             assert db(_running_count) == 0, "a claim went through"
             assert not site.snapshot(), "a scan ran"
             stack.kill(victim)
             killed_at = time.time()
         prefetched = db(lambda sm: _tasks_of(sm, fetched))
-        assert len(prefetched) == PREFETCH
+        assert len(prefetched) == FETCHED
         bound_s = heartbeat_timeout_s + BROKER_CHECK_S + 5.0
         elapsed_s = recovery_s(db, prefetched, killed_at, bound_s, "worker-a's fetched tasks")
         run.finish()
@@ -418,7 +421,7 @@ def test_a_worker_killed_mid_scan_has_its_claimed_tasks_run_again_after_the_leas
         killed = _running_on(db, victim_pids)
         assert killed, "worker-a held no scan when it died"
         # Started again by a claim that follows the lease's expiry and the next re-dispatch
-        # (with room for the relay, the broker and a free thread on the surviving worker).
+        # (with room for the relay, the broker and a free slot on the surviving worker).
         bound_s = lease_s + redispatch_s + 4.0
 
         def started_again() -> list[float] | None:
