@@ -30,11 +30,15 @@ FAULT_ENV = {
     "SCAN_WORKER_METRICS_PORT": "0",
     "SCAN_DB_POOL_SIZE": "8",
     "SCAN_DB_MAX_OVERFLOW": "4",
+    "SCAN_WORKER_PREFETCH": "12",  # WORKER_PREFETCH
 }
 WORKER_READY = "ready for action"
 # Against the slow site of the fault scenarios scans mostly wait: concurrency sets the pace
 # there; kept to the database pool above (8 + 4) so faults, not pool waits, shape the runs.
 WORKER_CONCURRENCY = 12
+# As many fetched and waiting as running: most of a scenario's messages stay in the broker,
+# where its faults (a flush, an empty restart, a killed consumer) can reach them.
+WORKER_PREFETCH = WORKER_CONCURRENCY
 
 
 @dataclass

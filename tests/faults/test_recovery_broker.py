@@ -23,7 +23,13 @@ from shared import keys
 from tests.e2e.relays import RELAY_ENV, Db
 from tests.faults import invariants
 from tests.faults.client import CreateDriver
-from tests.faults.harness import FAULT_ENV, WORKER_CONCURRENCY, FaultStack, fault_stack
+from tests.faults.harness import (
+    FAULT_ENV,
+    WORKER_CONCURRENCY,
+    WORKER_PREFETCH,
+    FaultStack,
+    fault_stack,
+)
 from tests.faults.scenario import Scenario, scanning_on, scenario
 from tests.faults.servers import FaultServers, target_hold
 from tests.faults.site import CountingSite
@@ -42,8 +48,6 @@ RESEND_BOUND_S = 3 * BROKER_CHECK_S
 # Where no worker dies mid-scan, the product's lease: a renewal that comes late on a busy
 # machine must not send a healthy scan round again and blur the attempt counts.
 HEALTHY_LEASE = {"SCAN_WORKER_LEASE_S": "30"}
-# Where the test counts a worker's fetched messages: as many waiting as running.
-WORKER_PREFETCH = WORKER_CONCURRENCY
 # A worker fetches its scans in flight plus its prefetch.
 FETCHED = WORKER_CONCURRENCY + WORKER_PREFETCH
 CONCURRENT_SCANS = 2 * WORKER_CONCURRENCY  # worker-a and worker-b
@@ -342,7 +346,6 @@ def test_a_worker_killed_before_claiming_its_prefetch_has_those_messages_run_onc
         "SCAN_BROKER_HEARTBEAT_TIMEOUT_S": str(heartbeat_timeout_s),
         # Claims wait for the targets' locks the test holds instead of deferring.
         "SCAN_TARGET_LOCK_TIMEOUT_S": "60",
-        "SCAN_WORKER_PREFETCH": str(WORKER_PREFETCH),
     }
     with fault_stack(servers_reset, site, tmp_path, **env) as stack:
         driver = CreateDriver(stack.api_url, token, creates, concurrency=8, rate_per_s=100)
