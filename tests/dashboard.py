@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from api_service.app import create_app
 from shared.db import queries
 from shared.messages import scan_entry
+from shared.settings import Settings
 
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -63,6 +66,15 @@ async def page_csrf(http: httpx.AsyncClient, path: str = "/ui") -> str:
     response = await http.get(path)
     assert response.status_code == 200, response.text
     return csrf_token_in(response.text)
+
+
+async def open_client(settings: Settings, base_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the API app `settings` configure, its lifespan running."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=base_url) as http:
+            yield http
 
 
 async def make_task(

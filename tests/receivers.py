@@ -41,6 +41,9 @@ class Receiver:
     location: str | None = None  # sent with a 3xx
     # While set, answers wait for `gate` (at most GATE_MAX_S): a receiver that hangs.
     gate: threading.Event | None = None
+    # POSTs whose body has been read, held at the gate or not: `received` has only those
+    # answered (or whose sender went away while they were held).
+    arrived: int = 0
     received: list[Received] = field(default_factory=list)
 
     def url(self, host: str = "hooks.example.com", path: str = "/cb") -> str:
@@ -55,6 +58,8 @@ def receiving(port: int = 0, statuses: list[int] | None = None) -> Iterator[Rece
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            with lock:
+                receiver.arrived += 1
             if receiver.gate is not None:
                 receiver.gate.wait(GATE_MAX_S)
             with lock:

@@ -11,13 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Integer, bindparam, select, text, tuple_
+from sqlalchemy import Integer, bindparam, or_, select, text, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import Text
 
 from shared import keys
-from shared.db.models import OutboxMessage, Task, TaskStatus, User
+from shared.db import callbacks
+from shared.db.models import Delivery, OutboxMessage, Task, TaskStatus, User
 
 ALL_STATUSES = [status.value for status in TaskStatus]
 
@@ -228,3 +229,28 @@ async def list_unpublished(session: AsyncSession, limit: int) -> Sequence[Outbox
         .limit(limit)
     )
     return (await session.execute(stmt)).scalars().all()
+
+
+async def search_deliveries(
+    session: AsyncSession, state: str, *, limit: int, before_id: int | None = None
+) -> list[tuple[Delivery, str]]:
+    """Callback deliveries in one of `callbacks.STATES`, newest first across users, each
+    with its owner's name; `before_id` is the id of the last row already shown."""
+    stmt = (
+        select(Delivery, User.name)
+        .join(User, User.id == Delivery.user_id)
+        .where(*callbacks.in_state(state))
+    )
+    if before_id is not None:
+        stmt = stmt.where(Delivery.id < before_id)
+    stmt = stmt.order_by(Delivery.id.desc()).limit(limit)
+    return [(row, name) for row, name in (await session.execute(stmt)).all()]
+
+
+async def list_task_deliveries(session: AsyncSession, task: Task) -> Sequence[Delivery]:
+    """The callbacks announcing `task`'s ends, and its batch's, oldest first."""
+    about_task = Delivery.task_id == task.id
+    stmt = select(Delivery).where(
+        or_(about_task, Delivery.batch_id == task.batch_id) if task.batch_id else about_task
+    )
+    return (await session.execute(stmt.order_by(Delivery.id))).scalars().all()

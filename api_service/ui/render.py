@@ -158,6 +158,20 @@ def fmt_ago(value: datetime | None) -> str:
     return fmt_duration_s((datetime.now(UTC) - value).total_seconds()) + " ago"
 
 
+def url_host(url: str) -> str:
+    """`host` or `host:port` of a URL: never its path, query or credentials, where a
+    receiver may keep a token."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    host = parts.hostname or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{port}" if port else host
+
+
 def fmt_json(value: object) -> str:
     return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
 
@@ -166,7 +180,12 @@ def build_templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
     env = templates.env
     env.filters.update(
-        time=fmt_time, duration=fmt_duration_s, ms=fmt_ms, ago=fmt_ago, pretty_json=fmt_json
+        time=fmt_time,
+        duration=fmt_duration_s,
+        ms=fmt_ms,
+        ago=fmt_ago,
+        pretty_json=fmt_json,
+        host=url_host,
     )
     env.trim_blocks = True
     env.lstrip_blocks = True

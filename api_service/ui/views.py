@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api_service.ui import charts, presence, reads
 from shared import health, keys
-from shared.db import queries
-from shared.db.models import TERMINAL_STATUSES, OutboxMessage, Task, TaskStatus
+from shared.db import callbacks, queries
+from shared.db.models import TERMINAL_STATUSES, Delivery, OutboxMessage, Task, TaskStatus
 from shared.settings import Settings
 
 CHART_MINUTES = 60
@@ -33,6 +33,7 @@ class Overview:
     relays: list[reads.RelayConnection]
     broker: presence.BrokerPresence
     database_error: str | None
+    callbacks: callbacks.DeliverySummary | None = None
 
     @property
     def relay_count(self) -> int:
@@ -101,6 +102,7 @@ async def load_overview(
             activity = await reads.activity_per_minute(session, CHART_MINUTES)
             overall, per_minute = await reads.start_latency(session, CHART_MINUTES)
             relays = await reads.relay_connections(session, keys.RELAY_LEADER_LOCK)
+            deliveries = await callbacks.summarize(session)
     except (SQLAlchemyError, OSError) as exc:
         # The class only: a driver's message may quote the connection string.
         return Overview(report, None, None, None, [], broker, type(exc).__name__)
@@ -113,6 +115,7 @@ async def load_overview(
         relays=relays,
         broker=broker,
         database_error=None,
+        callbacks=deliveries,
     )
 
 
@@ -158,6 +161,7 @@ class TaskDetail:
     owner: str
     messages: Sequence[OutboxMessage]
     steps: list[Step]
+    deliveries: Sequence[Delivery]
 
     @property
     def can_retry(self) -> bool:
@@ -180,4 +184,5 @@ async def load_task(session: AsyncSession, task_id: uuid.UUID) -> TaskDetail | N
         return None
     task, owner = found
     messages = await reads.list_task_messages(session, task_id)
-    return TaskDetail(task, owner, messages, timeline(task, messages))
+    deliveries = await reads.list_task_deliveries(session, task)
+    return TaskDetail(task, owner, messages, timeline(task, messages), deliveries)

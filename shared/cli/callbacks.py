@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from shared import keys
+from shared import callback_admin
 from shared.cli.common import JsonOption, console, db_session, fail, print_json, run_async
 from shared.cli.render import iso, short_time
 from shared.db import callbacks
@@ -25,19 +25,13 @@ class State(enum.StrEnum):
     ALL = "all"
 
 
-def state_of(row: Delivery) -> str:
-    if row.delivered_at is not None:
-        return "delivered"
-    return "dead" if row.dead_at is not None else "pending"
-
-
 def delivery_json(row: Delivery) -> dict[str, Any]:
     """Everything but the payload and, of the URL, nothing hidden: it holds no secret
     (credentials in callback URLs are refused at submit)."""
     return {
         "id": row.id,
         "delivery_id": str(row.delivery_id),
-        "state": state_of(row),
+        "state": callback_admin.delivery_state(row),
         "event": row.payload.get("event"),
         "task_id": row.task_id and str(row.task_id),
         "batch_id": row.batch_id and str(row.batch_id),
@@ -72,7 +66,7 @@ def list_rows(
     for row in rows:
         table.add_row(
             str(row.id),
-            state_of(row),
+            callback_admin.delivery_state(row),
             str(row.payload.get("event", "")),
             escape(row.url),
             short_time(row.created_at),
@@ -96,10 +90,8 @@ def replay(
         fail("give either delivery IDs or --all-dead")
 
     async def do_replay() -> int:
-        async with db_session() as session, session.begin():
-            count = await callbacks.replay(session, delivery_ids if delivery_ids else None)
-            await callbacks.notify_deliveries(session, keys.CALLBACK_CHANNEL)
-            return count
+        async with db_session() as session:
+            return await callback_admin.replay_dead(session, delivery_ids or None)
 
     count = run_async(do_replay)
     if delivery_ids and count < len(delivery_ids):

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, text, update
+from sqlalchemy import ColumnElement, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -200,16 +200,25 @@ async def summarize(session: AsyncSession) -> DeliverySummary:
 STATES = ("pending", "dead", "delivered", "all")
 
 
+def in_state(state: str) -> list[ColumnElement[bool]]:
+    """The conditions of deliveries in one of `STATES` (none for "all")."""
+    if state == "pending":
+        return [Delivery.delivered_at.is_(None), Delivery.dead_at.is_(None)]
+    if state == "dead":
+        return [Delivery.dead_at.is_not(None)]
+    if state == "delivered":
+        return [Delivery.delivered_at.is_not(None)]
+    return []
+
+
 async def list_deliveries(session: AsyncSession, state: str, limit: int) -> Sequence[Delivery]:
     """Newest first, in one of `STATES`."""
-    stmt = select(Delivery)
-    if state == "pending":
-        stmt = stmt.where(Delivery.delivered_at.is_(None), Delivery.dead_at.is_(None))
-    elif state == "dead":
-        stmt = stmt.where(Delivery.dead_at.is_not(None))
-    elif state == "delivered":
-        stmt = stmt.where(Delivery.delivered_at.is_not(None))
+    stmt = select(Delivery).where(*in_state(state))
     return (await session.execute(stmt.order_by(Delivery.id.desc()).limit(limit))).scalars().all()
+
+
+async def get_delivery(session: AsyncSession, row_id: int) -> Delivery | None:
+    return await session.get(Delivery, row_id)
 
 
 async def replay(session: AsyncSession, delivery_ids: Sequence[int] | None) -> int:

@@ -181,6 +181,10 @@ def test_an_admin_signs_in_watches_a_scan_succeed_and_replays_a_dead_row(
         every_s=0.2,
     )
 
+    page.click("nav >> text=Callbacks")
+    expect(page.locator("h1")).to_have_text("Callback deliveries")
+    expect(page.locator("nav [aria-current=page]")).to_have_text("Callbacks")
+
     page.click("nav >> text=Overview")
     expect(page.locator(".verdict.ok")).to_contain_text("Healthy")
     relays = page.locator("#relays")

@@ -13,13 +13,19 @@ from pydantic import SecretStr
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from api_service.app import create_app
 from api_service.ui import session as ui_session
 from shared.db import queries
 from shared.db.models import OutboxMessage, Task
 from shared.settings import Settings
 from shared.tokens import hash_token, new_token
-from tests.dashboard import SAMPLE_REPORT, execute, make_task, page_csrf, sign_in
+from tests.dashboard import (
+    SAMPLE_REPORT,
+    execute,
+    make_task,
+    open_client,
+    page_csrf,
+    sign_in,
+)
 from tests.helpers import make_user
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -29,14 +35,6 @@ KEY = "k" * 40
 @pytest.fixture
 def ui_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"ui_secret_key": SecretStr(KEY)})
-
-
-async def open_client(settings: Settings, base_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url=base_url) as http:
-            yield http
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@ import pytest
 
 from api_service.ui.filters import parse_time, read_query
 from api_service.ui.presence import parse_worker_id
-from api_service.ui.render import fmt_duration_s, safe_next
+from api_service.ui.render import fmt_duration_s, safe_next, url_host
 from api_service.ui.views import RELAY_ELECTION_APP
 from relay_service import listener, maintenance
 from shared import keys
@@ -64,3 +64,18 @@ def test_worker_broker_ids_name_their_host_and_process() -> None:
 def test_the_dashboard_recognises_the_relays_connections_by_name() -> None:
     assert maintenance.APPLICATION_NAME == RELAY_ELECTION_APP
     assert listener.APPLICATION_NAME.startswith(keys.RELAY_APPLICATION_NAME_PREFIX)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://hooks.example.com/cb/token-in-path?key=token", "hooks.example.com"),
+        ("https://hooks.example.com:8443/cb", "hooks.example.com:8443"),
+        ("https://user:password@hooks.example.com/cb", "hooks.example.com"),
+        ("https://[2001:db8::1]:8443/cb", "[2001:db8::1]:8443"),
+        ("https://hooks.example.com:99999/cb", "hooks.example.com"),
+        ("not a url", "?"),
+    ],
+)
+def test_a_callback_url_is_shown_as_its_host_only(url: str, shown: str) -> None:
+    assert url_host(url) == shown

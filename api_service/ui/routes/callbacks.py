@@ -1,0 +1,110 @@
+"""Completion-callback deliveries: every one by state, paged, and replaying dead ones as
+`scanctl callbacks replay` does."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Form, Request
+from starlette.responses import Response
+
+from api_service.deps import SessionDep
+from api_service.ui import reads
+from api_service.ui.auth import UiActor, UiAdmin
+from api_service.ui.render import page, redirect, safe_next
+from shared import callback_admin
+from shared.db import callbacks
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+router = APIRouter(prefix="/ui/callbacks")
+
+PAGE_SIZE = 50
+HERE = "/ui/callbacks"
+DEFAULT_STATE = "all"
+MAX_ROW_ID = 2**63 - 1  # a bigint
+BackField = Annotated[str, Form(alias="back")]
+
+
+def page_url(state: str, before_id: int | None = None) -> str:
+    params: dict[str, str | int] = {"state": state}
+    if before_id is not None:
+        params["before"] = before_id
+    return f"{HERE}?{urlencode(params)}"
+
+
+def _read_filter(state: str, before: str) -> tuple[str, int | None, list[str]]:
+    """(state, the cursor, what was wrong with the query): bad values fall back to the
+    newest deliveries in every state."""
+    problems = []
+    if state not in callbacks.STATES:
+        problems.append(f"unknown state {state[:40]!r}: showing every state")
+        state = DEFAULT_STATE
+    before_id = None
+    if before:
+        if before.isdigit() and int(before) <= MAX_ROW_ID:
+            before_id = int(before)
+        else:
+            problems.append("the page cursor is not valid: showing the newest deliveries")
+    return state, before_id, problems
+
+
+@router.get("")
+async def callbacks_page(
+    request: Request,
+    admin: UiAdmin,
+    session: SessionDep,
+    state: str = DEFAULT_STATE,
+    before: str = "",
+) -> Response:
+    state, before_id, problems = _read_filter(state, before)
+    summary = await callbacks.summarize(session)
+    rows = await reads.search_deliveries(session, state, limit=PAGE_SIZE + 1, before_id=before_id)
+    older = None
+    if len(rows) > PAGE_SIZE:
+        rows = rows[:PAGE_SIZE]
+        older = page_url(state, rows[-1][0].id)
+    here = page_url(state, before_id)
+    context = {
+        "admin": admin,
+        "title": "Callbacks",
+        "nav": "callbacks",
+        "summary": summary,
+        "state": state,
+        "states": callbacks.STATES,
+        "problems": problems,
+        "rows": rows,
+        "newest": page_url(state) if before_id is not None else None,
+        "older": older,
+        "here": here,
+    }
+    return page(request, "callbacks.html", context)
+
+
+def _replayed_notice(count: int) -> str:
+    deliveries = "delivery" if count == 1 else "deliveries"
+    return f"Replayed {count} dead {deliveries}: due now, same delivery id."
+
+
+@router.post("/{row_id}/replay")
+async def replay_one(
+    request: Request, row_id: int, admin: UiActor, session: SessionDep, back: BackField = ""
+) -> Response:
+    target = safe_next(back or HERE)
+    if not 0 < row_id <= MAX_ROW_ID:
+        return redirect(request, target, notice=f"no delivery {row_id}", error=True)
+    if not await callback_admin.replay_dead(session, [row_id]):
+        why = await callback_admin.why_not_replayed(session, row_id)
+        return redirect(request, target, notice=why, error=True)
+    log.info("ui_callbacks_replayed", delivery_rows=[row_id], admin_id=admin.user.id)
+    return redirect(request, target, notice=_replayed_notice(1))
+
+
+@router.post("/replay-dead")
+async def replay_all(
+    request: Request, admin: UiActor, session: SessionDep, back: BackField = ""
+) -> Response:
+    count = await callback_admin.replay_dead(session, None)
+    log.info("ui_callbacks_replayed", rows=count, admin_id=admin.user.id)
+    return redirect(request, safe_next(back or HERE), notice=_replayed_notice(count))
