@@ -10,7 +10,7 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared.db import queries
+from shared.db import tasks
 from shared.messages import scan_entry
 
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -70,9 +70,9 @@ async def make_task(
 ) -> uuid.UUID:
     """A pending task with its outbox row, as the create path writes them."""
     task_id = uuid.uuid4()
-    new = queries.NewTask(user_id, domain, {"keywords": ["acme"]}, 3)
+    new = tasks.NewTask(user_id, domain, {"keywords": ["acme"]}, 3)
     async with sessionmaker() as session, session.begin():
-        await queries.insert_task_with_message(session, task_id, new, scan_entry(task_id, "scans"))
+        await tasks.insert_task_with_message(session, task_id, new, scan_entry(task_id, "scans"))
     return task_id
 
 
