@@ -22,14 +22,10 @@ async def replay_dead(
     session: AsyncSession, ids: Sequence[int] | None
 ) -> list[outbox.ReplayedMessage]:
     """Make dead rows (`ids`, or every one if None) due again and put back to pending the
-    tasks they failed, in one transaction that wakes the relays when it commits.
-
-    `session` must have no transaction open.
-    """
-    async with session.begin():
-        replayed = await outbox.replay_dead_messages(session, ids)
-        if replayed:
-            await outbox.notify_outbox(session, keys.OUTBOX_CHANNEL)
+    tasks they failed, in the caller's transaction; the relays wake when it commits."""
+    replayed = await outbox.replay_dead_messages(session, ids)
+    if replayed:
+        await outbox.notify_outbox(session, keys.OUTBOX_CHANNEL)
     return replayed
 
 

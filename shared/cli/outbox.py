@@ -111,7 +111,7 @@ def replay(
     ids = None if outbox_id is None else [outbox_id]
 
     async def do_replay() -> list[outbox.ReplayedMessage]:
-        async with db_session() as session:
+        async with db_session() as session, session.begin():
             return await outbox_admin.replay_dead(session, ids)
 
     replayed = run_async(do_replay)

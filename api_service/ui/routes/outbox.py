@@ -51,7 +51,8 @@ async def replay_one(
     request: Request, outbox_id: int, admin: UiActor, session: SessionDep, back: BackField = ""
 ) -> Response:
     target = safe_next(back or HERE)
-    replayed = await outbox_admin.replay_dead(session, [outbox_id])
+    async with session.begin():
+        replayed = await outbox_admin.replay_dead(session, [outbox_id])
     if not replayed:
         why = await outbox_admin.why_not_replayed(session, outbox_id)
         return redirect(request, target, notice=why, error=True)
@@ -61,6 +62,7 @@ async def replay_one(
 
 @router.post("/replay-dead")
 async def replay_all(request: Request, admin: UiActor, session: SessionDep) -> Response:
-    replayed = await outbox_admin.replay_dead(session, None)
+    async with session.begin():
+        replayed = await outbox_admin.replay_dead(session, None)
     log.info("ui_outbox_replayed", rows=len(replayed), admin_id=admin.user.id)
     return redirect(request, HERE, notice=_replayed_notice(replayed))
