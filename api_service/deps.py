@@ -14,7 +14,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api_service.waiting import FinishWaiters
-from shared.db import queries
+from shared.db import users
 from shared.db.engine import autocommit
 from shared.db.models import User
 from shared.errors import Forbidden, InvalidInput, NotAuthenticated
@@ -74,7 +74,7 @@ async def get_current_user(request: Request, session: SessionDep) -> User:
     if scheme.lower() != "bearer" or not token.strip():
         raise NotAuthenticated("a bearer token is required", field="Authorization")
     await autocommit(session)
-    user = await queries.get_active_user_by_token_hash(session, hash_token(token.strip()))
+    user = await users.get_active_user_by_token_hash(session, hash_token(token.strip()))
     if user is None:
         raise NotAuthenticated("the token is invalid or revoked", field="Authorization")
     # Detached, as from a session of its own: a rollback of the route's work cannot expire it.

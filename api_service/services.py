@@ -19,7 +19,7 @@ from api_service import callback_urls
 from api_service.domains import normalise_domain
 from api_service.schemas import TaskCreate
 from shared import keys, metrics, safeguards
-from shared.db import callbacks, queries
+from shared.db import tasks
 from shared.db.models import Task, TaskStatus, User
 from shared.errors import Conflict, InvalidInput, InvalidState, NotFound, ScanOutboxError
 from shared.logging import get_logger
@@ -112,43 +112,38 @@ async def create_task(
     if callback_url is not None:
         await callback_urls.check_resolves_publicly(callback_url, settings)
     fingerprint = request_fingerprint(domain, config, callback_url)
-    new = queries.NewTask(
+    new = tasks.NewTask(
         user_id=user.id,
         target_domain=domain,
         config=config,
         max_attempts=settings.task_max_attempts,
         idempotency_key=idempotency_key,
         request_hash=fingerprint,
+        callback_url=callback_url,
     )
     if idempotency_key is None:
-        return await _insert_task(session, redis, settings, new, request_id, callback_url)
+        return await _insert_task(session, redis, settings, new, request_id)
     # Narrows the race between two retries of one request; the unique index decides it anyway.
     lock = keys.create_lock(user.id, idempotency_key)
     await _end_read(session, settings)
     async with safeguards.optional_lock(redis, lock, settings):
-        return await _insert_task(session, redis, settings, new, request_id, callback_url)
+        return await _insert_task(session, redis, settings, new, request_id)
 
 
 async def _insert_task(
     session: AsyncSession,
     redis: aioredis.Redis,
     settings: Settings,
-    new: queries.NewTask,
+    new: tasks.NewTask,
     request_id: str | None,
-    callback_url: str | None = None,
 ) -> tuple[Task, bool]:
     task_id = uuid.uuid4()
     entry = scan_entry(task_id, settings.queue_name, request_id)
     existing: Task | None = None
     async with transaction(session):
-        if callback_url is None:
-            task = await queries.insert_task_with_message(session, task_id, new, entry)
-        else:
-            task = await callbacks.insert_task_with_callback(
-                session, task_id, new, entry, callback_url
-            )
+        task = await tasks.insert_task_with_message(session, task_id, new, entry)
         if task is None and new.idempotency_key is not None:
-            existing = await queries.get_task_by_idempotency_key(
+            existing = await tasks.get_task_by_idempotency_key(
                 session, new.user_id, new.idempotency_key
             )
     if task is None:
@@ -208,8 +203,8 @@ class Actor:
 
 async def _visible_task(session: AsyncSession, actor: Actor, task_id: uuid.UUID) -> Task | None:
     if actor.administrator:
-        return await queries.get_task(session, task_id)
-    return await queries.get_user_task(session, actor.user_id, task_id)
+        return await tasks.get_task(session, task_id)
+    return await tasks.get_user_task(session, actor.user_id, task_id)
 
 
 async def retry_task(
@@ -226,7 +221,7 @@ async def retry_task(
     await _end_read(session, settings)
     async with safeguards.optional_lock(redis, keys.task_lock(task_id), settings):
         async with transaction(session):
-            task = await queries.retry_task(session, actor.owner_id, task_id, entry)
+            task = await tasks.retry_task(session, actor.owner_id, task_id, entry)
             current = None if task else await _visible_task(session, actor, task_id)
         if task is None:
             raise _refusal(current, "retried", "failed or cancelled")
@@ -244,7 +239,7 @@ async def retry_task(
 async def cancel_task(session: AsyncSession, actor: Actor, task_id: uuid.UUID) -> Task:
     """Any non-terminal state -> cancelled; a running scan stops at its next lease renewal."""
     async with transaction(session):
-        task = await queries.cancel_task(session, actor.owner_id, task_id)
+        task = await tasks.cancel_task(session, actor.owner_id, task_id)
         current = None if task else await _visible_task(session, actor, task_id)
     if task is None:
         raise _refusal(current, "cancelled", "pending, queued or running")
@@ -254,7 +249,7 @@ async def cancel_task(session: AsyncSession, actor: Actor, task_id: uuid.UUID) -
 
 async def get_task(session: AsyncSession, user: User, task_id: uuid.UUID) -> Task:
     """The user's own task; another user's task is indistinguishable from a missing one."""
-    task = await queries.get_user_task(session, user.id, task_id)
+    task = await tasks.get_user_task(session, user.id, task_id)
     if task is None:
         raise NotFound("no such task", field="task_id")
     return task
@@ -284,7 +279,7 @@ async def list_tasks(
 ) -> tuple[Sequence[Task], str | None]:
     """One page, newest first, and the cursor of the next page if there is one."""
     before = decode_cursor(cursor) if cursor else None
-    rows = await queries.list_user_tasks(
+    rows = await tasks.list_user_tasks(
         session,
         user.id,
         limit=limit + 1,

@@ -3,7 +3,7 @@
 Publishing a row is a non-HOT update (published_at is in the partial index's
 predicate), so each published row leaves a dead entry in ix_outbox_unpublished
 until VACUUM removes it, and every claim walks those entries first. This scenario
-measures the claim (`queries.claim_batch`, a batch of 500, rolled back) in each
+measures the claim (`outbox.claim_batch`, a batch of 500, rolled back) in each
 state, and how soon the outbox's autovacuum settings (revision 0002) clean up.
 Bursts publish with the claim's own access path (SELECT ... ORDER BY id LIMIT
 5000 FOR UPDATE SKIP LOCKED) in one statement per batch, to be quick.
@@ -29,7 +29,7 @@ from bench.common import (
     ms,
     verdict,
 )
-from shared.db import queries
+from shared.db import outbox
 
 PUBLISHED_SMALL = 10_000
 PUBLISHED_LARGE = 1_000_000
@@ -57,7 +57,7 @@ _BURST_SQL = {
 
 
 async def _claim_statement(ctx: BenchContext) -> tuple[str, Any]:
-    """The SQL and parameters `queries.claim_batch` sends, captured from the driver."""
+    """The SQL and parameters `outbox.claim_batch` sends, captured from the driver."""
     sent: list[tuple[str, Any]] = []
 
     def capture(*args: Any) -> None:
@@ -66,7 +66,7 @@ async def _claim_statement(ctx: BenchContext) -> tuple[str, Any]:
     event.listen(ctx.engine.sync_engine, "before_cursor_execute", capture)
     try:
         async with ctx.sessionmaker() as session:
-            await queries.claim_batch(session, CLAIM_BATCH)
+            await outbox.claim_batch(session, CLAIM_BATCH)
     finally:
         event.remove(ctx.engine.sync_engine, "before_cursor_execute", capture)
     return sent[-1]
@@ -97,7 +97,7 @@ async def _round_trip(ctx: BenchContext) -> float:
     for _ in range(5):
         async with ctx.sessionmaker() as session:
             started = time.perf_counter()
-            await queries.claim_batch(session, CLAIM_BATCH)
+            await outbox.claim_batch(session, CLAIM_BATCH)
             times.append(time.perf_counter() - started)
     return statistics.median(times)
 

@@ -40,7 +40,7 @@ from bench.common import (
 )
 from bench.direct_app import DIRECT_PATH
 from shared.cli.processes import api_command
-from shared.db import queries
+from shared.db import users
 from shared.db.models import Task
 from shared.embedded import free_port
 from shared.tokens import hash_token, new_token
@@ -70,7 +70,7 @@ async def fresh_token(ctx: BenchContext) -> str:
     await ctx.reset()
     token = new_token()
     async with ctx.sessionmaker() as session, session.begin():
-        await queries.insert_user(session, "bench-http", hash_token(token), is_admin=False)
+        await users.insert_user(session, "bench-http", hash_token(token), is_admin=False)
     return token
 
 

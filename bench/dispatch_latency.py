@@ -52,7 +52,7 @@ from bench.dispatch_table import (
     Run,
 )
 from shared.broker import build_message, create_broker
-from shared.db import queries
+from shared.db import tasks
 from shared.db.models import OutboxMessage, Task
 from shared.messages import scan_entry
 
@@ -86,11 +86,9 @@ class Rig:
 
 async def _create_outbox(rig: Rig, index: int, queue: str) -> Created:
     task_id = uuid.uuid4()
-    new = queries.NewTask(
-        user_id=1, target_domain=f"l{index}.example.com", config={}, max_attempts=3
-    )
+    new = tasks.NewTask(user_id=1, target_domain=f"l{index}.example.com", config={}, max_attempts=3)
     async with rig.ctx.sessionmaker() as session, session.begin():
-        await queries.insert_task_with_message(session, task_id, new, scan_entry(task_id, queue))
+        await tasks.insert_task_with_message(session, task_id, new, scan_entry(task_id, queue))
     return task_id, time.time()
 
 

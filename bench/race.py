@@ -40,7 +40,7 @@ from bench.common import (
 )
 from shared import keys
 from shared.broker import build_message, create_broker
-from shared.db import queries
+from shared.db import tasks
 from shared.db.models import Task
 from shared.messages import OutboxEntry
 
@@ -83,11 +83,11 @@ async def _create_one(session: AsyncSession, method: str, number: int, send: Sen
         entry = OutboxEntry(
             uuid.uuid4(), keys.SCAN_ACTOR, QUEUE, {"task_id": str(task_id)}, task_id
         )
-        new = queries.NewTask(
+        new = tasks.NewTask(
             user_id=1, target_domain=f"r{number}.example.com", config={}, max_attempts=3
         )
         async with session.begin():
-            await queries.insert_task_with_message(session, task_id, new, entry)
+            await tasks.insert_task_with_message(session, task_id, new, entry)
         return
     async with session.begin():
         session.add(_new_task(task_id, number))
@@ -166,7 +166,7 @@ async def _tasks_count(ctx: BenchContext) -> int:
         return int((await session.execute(select(func.count()).select_from(Task))).scalar_one())
 
 
-async def _messages_seen(ctx: BenchContext, tasks: int) -> int:
+async def _messages_seen(ctx: BenchContext, committed: int) -> int:
     """What the worker has seen once it stops changing (lost messages never arrive)."""
     client = ctx.redis()
     try:
@@ -176,7 +176,7 @@ async def _messages_seen(ctx: BenchContext, tasks: int) -> int:
             now_seen = int(client.get(FOUND_KEY) or 0) + int(client.get(MISSING_KEY) or 0)
             if now_seen != seen:
                 seen, stable_since = now_seen, time.monotonic()
-            settled = seen >= tasks or time.monotonic() - stable_since > STABLE_S
+            settled = seen >= committed or time.monotonic() - stable_since > STABLE_S
             if settled and not await backlog_left(ctx.sessionmaker):
                 return seen
             await asyncio.sleep(0.1)
@@ -215,10 +215,10 @@ async def _killed_run(ctx: BenchContext, method: str) -> int:
     finally:
         creator.popen.kill()
         creator.popen.wait()
-    tasks = await _tasks_count(ctx)
-    await _messages_seen(ctx, tasks)
+    committed = await _tasks_count(ctx)
+    await _messages_seen(ctx, committed)
     lost = len(await _committed_ids(ctx) - _seen_ids(ctx))
-    print(f"  {method}, creator killed: {tasks} tasks committed, {lost} never dispatched")
+    print(f"  {method}, creator killed: {committed} tasks committed, {lost} never dispatched")
     return lost
 
 

@@ -22,7 +22,7 @@ from sqlalchemy import TextClause, text
 from bench import stub_scanner
 from bench.common import BenchContext, Process, fill_tasks, start_relay, start_worker
 from shared import keys, metrics
-from shared.db import queries
+from shared.db import tasks
 from shared.messages import scan_entry
 
 POLL_S = 0.2
@@ -334,12 +334,12 @@ async def _create_stream(
             kill_at, victim = time.time(), None
         await asyncio.sleep(max(0.0, due - time.time()))
         task_id = uuid.uuid4()
-        new = queries.NewTask(
+        new = tasks.NewTask(
             user_id=1, target_domain=f"k{index}.example.com", config={}, max_attempts=3
         )
         entry = scan_entry(task_id, ctx.settings.queue_name)
         async with ctx.sessionmaker() as session, session.begin():
-            await queries.insert_task_with_message(session, task_id, new, entry)
+            await tasks.insert_task_with_message(session, task_id, new, entry)
         committed[task_id] = time.time()
     return committed, kill_at
 

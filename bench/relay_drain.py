@@ -27,7 +27,7 @@ from bench.common import (
 from relay_service.publisher import DramatiqPublisher
 from relay_service.relay import Relay
 from shared.broker import create_broker
-from shared.db import queries
+from shared.db import outbox
 
 ROWS = 100_000
 HISTORY = 100_000
@@ -59,9 +59,9 @@ async def _ceiling(ctx: BenchContext, rows: int) -> float:
     started, done = time.monotonic(), 0
     while True:
         async with ctx.sessionmaker() as session, session.begin():
-            batch = await queries.claim_batch(session, BATCH)
-            published = [queries.PublishedMessage(m.id, str(m.message_id)) for m in batch]
-            await queries.mark_published(session, published)
+            batch = await outbox.claim_batch(session, BATCH)
+            published = [outbox.PublishedMessage(m.id, str(m.message_id)) for m in batch]
+            await outbox.mark_published(session, published)
         done += len(batch)
         if len(batch) < BATCH:
             return done / (time.monotonic() - started)

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from shared.db import queries
+from shared.db import housekeeping
 from shared.logging import get_logger
 from shared.settings import Settings
 
@@ -50,7 +50,7 @@ class Readiness:
 
     async def _database(self) -> None:
         async with self.engine.connect() as connection:
-            await queries.ping(connection)
+            await housekeeping.ping(connection)
 
     async def _broker(self) -> None:
         await asyncio.to_thread(self.broker.client.ping)

@@ -20,7 +20,7 @@ from sqlalchemy.pool import NullPool
 
 from relay_service.whereabouts import BROKER_ERRORS, BrokerWatch
 from shared import keys, maintenance, metrics
-from shared.db import queries
+from shared.db import housekeeping, inspection
 from shared.db.engine import ms_setting, server_limits
 from shared.logging import get_logger
 from shared.settings import Settings
@@ -75,9 +75,9 @@ class LeaderElection:
             if self.connection is None:
                 self.connection = await self.engine.connect()
             if self.is_leader:
-                held = await queries.holds_advisory_lock(self.connection, self.lock_key)
+                held = await housekeeping.holds_advisory_lock(self.connection, self.lock_key)
             else:
-                held = await queries.try_advisory_lock(self.connection, self.lock_key)
+                held = await housekeeping.try_advisory_lock(self.connection, self.lock_key)
             # The lock outlives the transaction; an open one would pin a snapshot
             # and hold back vacuum of the outbox.
             await self.connection.commit()
@@ -105,7 +105,7 @@ class LeaderElection:
         """Step down now (on shutdown), so another relay need not wait for this one to die."""
         if self.connection is not None and self.is_leader:
             with contextlib.suppress(SQLAlchemyError, OSError):
-                await queries.advisory_unlock(self.connection, self.lock_key)
+                await housekeeping.advisory_unlock(self.connection, self.lock_key)
                 await self.connection.commit()
         if self.connection is not None:
             with contextlib.suppress(SQLAlchemyError, OSError):
@@ -190,7 +190,7 @@ class MaintenanceJobs:
             return
         try:
             async with self.sessionmaker() as session:
-                summary = await queries.summarize_outbox(session)
+                summary = await inspection.summarize_outbox(session)
         except (SQLAlchemyError, OSError) as exc:
             log.warning("maintenance_failed", job="gauges", error=type(exc).__name__)
             return

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relay_service.publisher import Outcomes, Publisher
 from shared import backoff, metrics
-from shared.db import queries
+from shared.db import outbox
 from shared.errors import PermanentPublishError
 from shared.logging import get_logger
 from shared.settings import Settings
@@ -28,13 +28,13 @@ DB_RETRY_MAX_S = 10.0
 class BatchOutcome:
     """A batch's rows by outcome."""
 
-    published: list[tuple[queries.ClaimedMessage, str]] = field(default_factory=list)
-    failures: list[queries.PublishFailure] = field(default_factory=list)
-    dead: list[tuple[queries.ClaimedMessage, str]] = field(default_factory=list)
+    published: list[tuple[outbox.ClaimedMessage, str]] = field(default_factory=list)
+    failures: list[outbox.PublishFailure] = field(default_factory=list)
+    dead: list[tuple[outbox.ClaimedMessage, str]] = field(default_factory=list)
 
 
 def sort_outcomes(
-    batch: Sequence[queries.ClaimedMessage], outcomes: Outcomes, settings: Settings
+    batch: Sequence[outbox.ClaimedMessage], outcomes: Outcomes, settings: Settings
 ) -> BatchOutcome:
     """Published, failed for now (with each row's next backoff), or never publishable."""
     result = BatchOutcome()
@@ -49,7 +49,7 @@ def sort_outcomes(
                 settings.relay_backoff_base_s,
                 settings.relay_backoff_max_s,
             )
-            result.failures.append(queries.PublishFailure(message.id, str(error), retry_in_s))
+            result.failures.append(outbox.PublishFailure(message.id, str(error), retry_in_s))
     return result
 
 
@@ -82,7 +82,7 @@ class Relay:
     async def run_once(self) -> int:
         """One batch in one transaction; returns how many rows were claimed."""
         async with self.sessionmaker() as session, session.begin():
-            batch = await queries.claim_batch(session, self.settings.relay_batch_size)
+            batch = await outbox.claim_batch(session, self.settings.relay_batch_size)
             if not batch:
                 return 0
             started = time.monotonic()
@@ -114,15 +114,15 @@ class Relay:
                 task_id=str(message.task_id),
                 error=reason,
             )
-            await queries.mark_dead(session, message.id, reason)
-        await queries.record_publish_failures(session, rows.failures)
-        await queries.mark_published(
-            session, [queries.PublishedMessage(m.id, stored) for m, stored in rows.published]
+            await outbox.mark_dead(session, message.id, reason)
+        await outbox.record_publish_failures(session, rows.failures)
+        await outbox.mark_published(
+            session, [outbox.PublishedMessage(m.id, stored) for m, stored in rows.published]
         )
         # A row that had failed went out: the broker is back, so rows still
         # backing off from the outage need not wait out their backoff.
         if any(m.publish_attempts for m, _ in rows.published) and not rows.failures:
-            return await queries.release_backoff(session)
+            return await outbox.release_backoff(session)
         return 0
 
     def _observe(self, rows: BatchOutcome, publish_s: float) -> None:

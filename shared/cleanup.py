@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared import keys, maintenance
-from shared.db import batches, queries
+from shared.db import batches, housekeeping, inspection
 from shared.db.models import TERMINAL_STATUSES
 from shared.errors import Unavailable
 from shared.settings import Settings
@@ -73,7 +73,7 @@ async def _stale_markers(
     """Markers whose task is terminal or gone; the marker only ever helps a live task."""
     by_id = {task_id: key for key in batch if (task_id := _marker_task_id(key)) is not None}
     async with sessionmaker() as session:
-        statuses = await queries.get_task_statuses(session, list(by_id))
+        statuses = await inspection.get_task_statuses(session, list(by_id))
     return [
         key
         for task_id, key in by_id.items()
@@ -151,13 +151,15 @@ async def expire_idempotency_keys(
     """Clear idempotency keys older than `idempotency_retention_s`, one small batch per commit."""
     retention_s = settings.idempotency_retention_s
     async with sessionmaker() as session:
-        due = await queries.count_expired_idempotency_keys(session, retention_s)
+        due = await housekeeping.count_expired_idempotency_keys(session, retention_s)
     if dry_run or not due:
         return {"idempotency_keys_expired": due}
     cleared = 0
     while True:
         async with sessionmaker() as session, session.begin():
-            count = await queries.expire_idempotency_keys(session, retention_s, IDEMPOTENCY_BATCH)
+            count = await housekeeping.expire_idempotency_keys(
+                session, retention_s, IDEMPOTENCY_BATCH
+            )
         if not count:
             return {"idempotency_keys_expired": cleared}
         cleared += count

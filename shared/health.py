@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared.db import queries, recovery
+from shared.db import inspection, recovery
 from shared.db.models import TaskStatus
 from shared.settings import Settings
 
@@ -23,7 +23,7 @@ DATABASE_TIMEOUT_S = 5.0
 @dataclass(frozen=True)
 class DatabaseFacts:
     tasks_by_status: dict[str, int]
-    outbox: queries.OutboxSummary
+    outbox: inspection.OutboxSummary
     orphans: recovery.OrphanCounts
 
 
@@ -89,8 +89,8 @@ async def _database_facts(
     """The facts, or the name of the error that kept the database from answering."""
     try:
         async with asyncio.timeout(DATABASE_TIMEOUT_S), sessionmaker() as session:
-            counts = await queries.count_tasks_by_status(session)
-            outbox = await queries.summarize_outbox(session)
+            counts = await inspection.count_tasks_by_status(session)
+            outbox = await inspection.summarize_outbox(session)
             orphans = await recovery.count_orphans(session, settings.queued_stale_s)
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
         # The class only: a driver's message may quote the connection string.

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared.db import queries, recovery
+from shared.db import housekeeping, outbox, recovery
 from shared.db.models import TaskStatus
 from shared.messages import scan_entry
 from shared.settings import Settings
@@ -24,7 +24,7 @@ UNLOCATED = "unlocated"
 
 async def send_again(session: AsyncSession, task_ids: Sequence[uuid.UUID], queue: str) -> None:
     """One new scan message per task just put back to pending, in the caller's transaction."""
-    await queries.insert_messages(session, [scan_entry(task_id, queue) for task_id in task_ids])
+    await outbox.insert_messages(session, [scan_entry(task_id, queue) for task_id in task_ids])
 
 
 Batch = Callable[[AsyncSession], Awaitable[list[recovery.RedispatchedTask]]]
@@ -93,11 +93,11 @@ async def prune_published(
     retention_s = settings.outbox_retention_s
     if dry_run:
         async with sessionmaker() as session:
-            return {"outbox_pruned": await queries.count_prunable(session, retention_s)}
+            return {"outbox_pruned": await housekeeping.count_prunable(session, retention_s)}
     pruned = batches = 0
     while max_batches is None or batches < max_batches:
         async with sessionmaker() as session, session.begin():
-            count = await queries.prune_published(
+            count = await housekeeping.prune_published(
                 session, retention_s, settings.relay_prune_batch_size
             )
         pruned += count

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared import keys
-from shared.db import queries
+from shared.db import inspection, outbox
 from shared.db.models import OutboxMessage
 
 
@@ -20,22 +20,18 @@ def outbox_state(row: OutboxMessage) -> str:
 
 async def replay_dead(
     session: AsyncSession, ids: Sequence[int] | None
-) -> list[queries.ReplayedMessage]:
+) -> list[outbox.ReplayedMessage]:
     """Make dead rows (`ids`, or every one if None) due again and put back to pending the
-    tasks they failed, in one transaction that wakes the relays when it commits.
-
-    `session` must have no transaction open.
-    """
-    async with session.begin():
-        replayed = await queries.replay_dead_messages(session, ids)
-        if replayed:
-            await queries.notify_outbox(session, keys.OUTBOX_CHANNEL)
+    tasks they failed, in the caller's transaction; the relays wake when it commits."""
+    replayed = await outbox.replay_dead_messages(session, ids)
+    if replayed:
+        await outbox.notify_outbox(session, keys.OUTBOX_CHANNEL)
     return replayed
 
 
 async def why_not_replayed(session: AsyncSession, outbox_id: int) -> str:
     """Why replaying row `outbox_id` changed nothing: it is missing, or not dead."""
-    row = await queries.get_outbox_message(session, outbox_id)
+    row = await inspection.get_outbox_message(session, outbox_id)
     if row is None:
         return f"no outbox row {outbox_id}"
     return f"outbox row {outbox_id} is {outbox_state(row)}, not dead: nothing to replay"

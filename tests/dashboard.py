@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api_service.app import create_app
-from shared.db import queries
+from shared.db import tasks
 from shared.messages import scan_entry
 from shared.settings import Settings
 
@@ -82,9 +82,9 @@ async def make_task(
 ) -> uuid.UUID:
     """A pending task with its outbox row, as the create path writes them."""
     task_id = uuid.uuid4()
-    new = queries.NewTask(user_id, domain, {"keywords": ["acme"]}, 3)
+    new = tasks.NewTask(user_id, domain, {"keywords": ["acme"]}, 3)
     async with sessionmaker() as session, session.begin():
-        await queries.insert_task_with_message(session, task_id, new, scan_entry(task_id, "scans"))
+        await tasks.insert_task_with_message(session, task_id, new, scan_entry(task_id, "scans"))
     return task_id
 
 

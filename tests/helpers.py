@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api_service.app import create_app
-from shared.db import queries
+from shared.db import users
 from shared.db.models import OutboxMessage, Task, User
 from shared.settings import Settings
 from shared.tokens import hash_token, new_token
@@ -30,7 +30,7 @@ async def make_user(
 ) -> tuple[User, str]:
     token = new_token()
     async with sessionmaker() as session, session.begin():
-        user = await queries.insert_user(session, name, hash_token(token), admin)
+        user = await users.insert_user(session, name, hash_token(token), admin)
     return user, token
 
 

@@ -11,7 +11,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared import keys
-from shared.db import queries
+from shared.db import outbox, tasks
 from shared.db.models import OutboxMessage, Task
 from shared.messages import scan_entry
 from tests.helpers import make_user
@@ -34,13 +34,13 @@ async def create_tasks(
         async with sessionmaker() as session, session.begin():
             for _ in range(min(per_commit, count - len(ids))):
                 task_id = uuid.uuid4()
-                new = queries.NewTask(
+                new = tasks.NewTask(
                     user_id=user.id,
                     target_domain=f"t{len(ids)}.example.com",
                     config={},
                     max_attempts=max_attempts,
                 )
-                await queries.insert_task_with_message(
+                await tasks.insert_task_with_message(
                     session, task_id, new, scan_entry(task_id, QUEUE)
                 )
                 ids.append(task_id)
@@ -108,4 +108,4 @@ async def claimable_count(sessionmaker: async_sessionmaker[AsyncSession]) -> int
     """Due, unpublished rows no relay holds right now."""
     async with sessionmaker() as session:
         # Closing the session rolls the claim back.
-        return len(await queries.claim_batch(session, 1_000_000))
+        return len(await outbox.claim_batch(session, 1_000_000))

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared import safeguards
-from shared.db import queries
+from shared.db import tasks
 from shared.db.engine import create_engine, create_sessionmaker
 from shared.db.models import OutboxMessage, Task
 from shared.messages import scan_entry
@@ -82,11 +82,9 @@ async def committed_task(
 ) -> uuid.UUID:
     user, _ = await make_user(sessionmaker, f"u{uuid.uuid4().hex[:8]}")
     task_id = uuid.uuid4()
-    new = queries.NewTask(
-        user_id=user.id, target_domain=domain, config={}, max_attempts=max_attempts
-    )
+    new = tasks.NewTask(user_id=user.id, target_domain=domain, config={}, max_attempts=max_attempts)
     async with sessionmaker() as session, session.begin():
-        await queries.insert_task_with_message(session, task_id, new, scan_entry(task_id, "scans"))
+        await tasks.insert_task_with_message(session, task_id, new, scan_entry(task_id, "scans"))
     return task_id
 
 

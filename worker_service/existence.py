@@ -19,7 +19,7 @@ import uuid
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared import metrics, safeguards
-from shared.db import queries
+from shared.db import claims
 from shared.logging import get_logger
 from worker_service.runtime import WorkerRuntime
 
@@ -28,7 +28,7 @@ log = get_logger(__name__)
 
 async def verify_task(
     runtime: WorkerRuntime, session: AsyncSession, task_id: uuid.UUID
-) -> queries.TaskSighting | None:
+) -> claims.TaskSighting | None:
     """The task as `session` sees it, its transaction left open for the claim; None once
     `existence_check_attempts` looks have not found it (waiting `existence_check_delay_s`,
     times `existence_check_backoff` each time, with no transaction open), or at once when its
@@ -37,7 +37,7 @@ async def verify_task(
     delay_s = settings.existence_check_delay_s
     waited_s = 0.0
     for attempt in range(1, settings.existence_check_attempts + 1):
-        sighting = await queries.find_task(session, task_id)
+        sighting = await claims.find_task(session, task_id)
         if sighting is not None:
             log.debug("task verified", task_id=str(task_id), attempt=attempt)
             return sighting

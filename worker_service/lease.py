@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from shared.db import queries
+from shared.db import claims
 from shared.logging import get_logger
 from worker_service.runtime import WorkerRuntime
 
@@ -26,7 +26,7 @@ async def _renew(runtime: WorkerRuntime, task_id: uuid.UUID, lease_token: uuid.U
     database is tried again next time: the final write is fenced by the token anyway."""
     try:
         async with runtime.sessionmaker() as session, session.begin():
-            return await queries.renew_lease(
+            return await claims.renew_lease(
                 session, task_id, lease_token, runtime.settings.worker_lease_s
             )
     except (SQLAlchemyError, OSError) as exc:

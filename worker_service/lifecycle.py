@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared import backoff, metrics
-from shared.db import outage, queries
+from shared.db import claims, outage, tasks
 from shared.db.engine import autocommit
 from shared.db.models import TaskStatus
 from shared.logging import get_logger
@@ -92,7 +92,7 @@ async def run_task(
 
 async def _verify_and_claim(
     runtime: WorkerRuntime, task_id: uuid.UUID, request_id: str | None
-) -> tuple[queries.ClaimedTask, uuid.UUID] | Outcome:
+) -> tuple[claims.ClaimedTask, uuid.UUID] | Outcome:
     """Verify and claim, tried again from the start with backoff while the database is out,
     for up to `worker_claim_retry_s`. A longer outage raises: Dramatiq moves the message to
     its dead letters, and the relay leader, which checks that every queued task's message is
@@ -132,7 +132,7 @@ async def _verify_and_claim(
 
 async def _verify_and_claim_once(
     runtime: WorkerRuntime, task_id: uuid.UUID, request_id: str | None
-) -> tuple[queries.ClaimedTask, uuid.UUID] | Outcome:
+) -> tuple[claims.ClaimedTask, uuid.UUID] | Outcome:
     """The existence check's look and the claim in one transaction on one connection."""
     async with runtime.sessionmaker() as session:
         sighting = await existence.verify_task(runtime, session, task_id)
@@ -147,39 +147,39 @@ async def _claim(
     runtime: WorkerRuntime,
     session: AsyncSession,
     task_id: uuid.UUID,
-    sighting: queries.TaskSighting,
+    sighting: claims.TaskSighting,
     request_id: str | None,
-) -> tuple[queries.ClaimedTask, uuid.UUID] | Outcome:
+) -> tuple[claims.ClaimedTask, uuid.UUID] | Outcome:
     """Politeness check under the target's advisory lock, then the claim (caller commits)."""
     if not sighting.claimable:
         log.info("task_not_claimable", task_id=str(task_id))
         return Outcome.SKIPPED
     settings = runtime.settings
     domain = sighting.target_domain
-    lease = queries.LeaseClaim(runtime.owner, uuid.uuid4(), settings.worker_lease_s)
+    lease = claims.LeaseClaim(runtime.owner, uuid.uuid4(), settings.worker_lease_s)
     # Held to commit: a concurrent claim on the same domain counts after ours is visible.
     try:
-        await queries.lock_target(session, domain, settings.target_lock_timeout_s)
+        await claims.lock_target(session, domain, settings.target_lock_timeout_s)
     except DBAPIError as exc:
-        if not queries.is_lock_timeout(exc):
+        if not claims.is_lock_timeout(exc):
             raise
         # Another claim of this target holds the lock (stalled, or its worker frozen): wait
         # in the outbox instead of blocking this worker, in a transaction of its own.
         await session.rollback()
         return await _defer(session, settings, task_id, request_id, "lock_timeout")
     limit = settings.per_target_concurrency
-    task = await queries.claim_polite_task(session, task_id, domain, limit, lease)
+    task = await claims.claim_polite_task(session, task_id, domain, limit, lease)
     if task is not None:
         return task, lease.lease_token
     # The common case took one statement; now find out why it claimed nothing.
-    live = await queries.count_live_scans(session, domain, task_id)
+    live = await claims.count_live_scans(session, domain, task_id)
     if live >= limit:
         log.info("task_target_busy", task_id=str(task_id), live_scans=live)
         return await _defer(session, settings, task_id, request_id, "politeness")
-    task = await queries.claim_task(session, task_id, lease.owner, lease.lease_token, lease.lease_s)
+    task = await claims.claim_task(session, task_id, lease.owner, lease.lease_token, lease.lease_s)
     if task is not None:
         return task, lease.lease_token
-    if await queries.fail_exhausted_task(session, task_id):
+    if await claims.fail_exhausted_task(session, task_id):
         log.warning("task_attempts_exhausted", task_id=str(task_id))
         return Outcome.FAILED
     return Outcome.SKIPPED
@@ -195,7 +195,7 @@ async def _defer(
     # Jitter spreads the deferred scans of one busy domain instead of returning them together.
     delay_s = settings.politeness_delay_s * random.uniform(1.0, 1.5)
     entry = scan_entry(task_id, settings.queue_name, request_id)
-    if not await queries.defer_task(session, task_id, entry, delay_s):
+    if not await claims.defer_task(session, task_id, entry, delay_s):
         return Outcome.SKIPPED
     metrics.TASKS_DEFERRED.labels(reason=reason).inc()
     log.info("task_deferred", task_id=str(task_id), reason=reason, retry_in_s=round(delay_s, 3))
@@ -204,7 +204,7 @@ async def _defer(
 
 async def _run_claimed(
     runtime: WorkerRuntime,
-    task: queries.ClaimedTask,
+    task: claims.ClaimedTask,
     lease_token: uuid.UUID,
     request_id: str | None,
 ) -> Outcome:
@@ -231,7 +231,7 @@ async def _run_claimed(
     return await _finish(runtime, task.id, lease_token, TaskStatus.SUCCEEDED, result, None)
 
 
-async def _bounded_scan(runtime: WorkerRuntime, task: queries.ClaimedTask) -> dict[str, Any]:
+async def _bounded_scan(runtime: WorkerRuntime, task: claims.ClaimedTask) -> dict[str, Any]:
     """The scan, cut off (TimeoutError: a worker-side timeout) if it overruns its own cap."""
     async with asyncio.timeout(runtime.settings.total_timeout_s + SCAN_GRACE_S):
         return await runtime.scanner(task.target_domain, task.config, runtime.settings)
@@ -245,7 +245,7 @@ def _describe(exc: BaseException) -> str:
 
 async def _retry_or_fail(
     runtime: WorkerRuntime,
-    task: queries.ClaimedTask,
+    task: claims.ClaimedTask,
     lease_token: uuid.UUID,
     reason: str,
     request_id: str | None,
@@ -258,7 +258,7 @@ async def _retry_or_fail(
     entry = scan_entry(task.id, settings.queue_name, request_id)
 
     async def requeue(session: AsyncSession) -> bool:
-        return await queries.requeue_task(session, task.id, lease_token, reason, entry, delay_s)
+        return await claims.requeue_task(session, task.id, lease_token, reason, entry, delay_s)
 
     if not await _write(runtime, requeue):
         return await _lease_gone(runtime, task.id)
@@ -281,7 +281,7 @@ async def _finish(
     error: str | None,
 ) -> Outcome:
     async def finish(session: AsyncSession) -> bool:
-        return await queries.finish_task(session, task_id, lease_token, status, result, error)
+        return await claims.finish_task(session, task_id, lease_token, status, result, error)
 
     if not await _write(runtime, finish):
         return await _lease_gone(runtime, task_id)
@@ -309,7 +309,7 @@ async def _write(runtime: WorkerRuntime, write: Callable[[AsyncSession], Awaitab
 
 async def _lease_gone(runtime: WorkerRuntime, task_id: uuid.UUID) -> Outcome:
     async with runtime.sessionmaker() as session:
-        status = await queries.get_task_status(session, task_id)
+        status = await tasks.get_task_status(session, task_id)
     if status == TaskStatus.CANCELLED.value:
         log.info("task_cancel_noticed", task_id=str(task_id))
         return Outcome.CANCELLED

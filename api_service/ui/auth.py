@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from api_service.ui import csrf
 from api_service.ui.render import HOME, ui_state
 from api_service.ui.session import SESSION_COOKIE, UiSession, token_fingerprint
-from shared.db import queries
+from shared.db import users
 from shared.db.models import User
 
 
@@ -60,7 +60,7 @@ async def _session_user(request: Request, session: UiSession) -> User | None:
     # Its own short session, so a route's session starts with no transaction open.
     sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
     async with sessionmaker() as db:
-        user = await queries.get_user(db, session.user_id)
+        user = await users.get_user(db, session.user_id)
     if user is None or user.revoked_at is not None:
         return None
     if token_fingerprint(user.token_hash) != session.fingerprint:

@@ -1,6 +1,6 @@
 """The read-only SQL of the operations dashboard (`/ui`).
 
-Kept beside the dashboard, its only user, under the rules of `shared/db/queries.py`:
+Kept beside the dashboard, its only user, under the rules of `shared/db/`:
 small named async functions taking a session, none of which commits.
 """
 

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api_service.ui import charts, presence, reads
 from shared import health, keys
-from shared.db import callbacks, queries
+from shared.db import callbacks, inspection
 from shared.db.models import TERMINAL_STATUSES, Delivery, OutboxMessage, Task, TaskStatus
 from shared.settings import Settings
 
@@ -179,7 +179,7 @@ class TaskDetail:
 
 
 async def load_task(session: AsyncSession, task_id: uuid.UUID) -> TaskDetail | None:
-    found = await queries.get_task_with_owner(session, task_id)
+    found = await inspection.get_task_with_owner(session, task_id)
     if found is None:
         return None
     task, owner = found

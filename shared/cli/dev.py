@@ -14,7 +14,7 @@ from pathlib import Path
 from shared import devenv
 from shared.cli.common import console, db_session, run_async
 from shared.cli.processes import api_command, relay_command, worker_command
-from shared.db import migrate, queries
+from shared.db import migrate, users
 from shared.embedded import EmbeddedUrls, embedded_servers
 from shared.settings import Settings, get_settings
 from shared.tokens import hash_token, new_token
@@ -43,7 +43,7 @@ def _rotate_demo_token(settings: Settings) -> str:
 
     async def store() -> None:
         async with db_session(settings) as session, session.begin():
-            await queries.set_user_token(session, DEMO_USER, hash_token(token), is_admin=True)
+            await users.set_user_token(session, DEMO_USER, hash_token(token), is_admin=True)
 
     run_async(store)
     return token

@@ -13,7 +13,7 @@ from rich.table import Table
 from shared import outbox_admin
 from shared.cli.common import JsonOption, console, db_session, fail, print_json, run_async
 from shared.cli.render import outbox_json, short_time
-from shared.db import queries
+from shared.db import inspection, outbox
 from shared.db.models import OutboxMessage
 
 app = typer.Typer(help="Inspect the outbox and replay dead messages.", no_args_is_help=True)
@@ -37,7 +37,7 @@ def list_rows(
     async def load() -> list[OutboxMessage]:
         async with db_session() as session:
             chosen = None if state is State.ALL else state.value
-            return list(await queries.list_outbox(session, limit=limit, state=chosen))
+            return list(await inspection.list_outbox(session, limit=limit, state=chosen))
 
     rows = run_async(load)
     if json_output:
@@ -65,7 +65,7 @@ def show(
 
     async def load() -> OutboxMessage | None:
         async with db_session() as session:
-            return await queries.get_outbox_message(session, outbox_id)
+            return await inspection.get_outbox_message(session, outbox_id)
 
     row = run_async(load)
     if row is None:
@@ -110,8 +110,8 @@ def replay(
 
     ids = None if outbox_id is None else [outbox_id]
 
-    async def do_replay() -> list[queries.ReplayedMessage]:
-        async with db_session() as session:
+    async def do_replay() -> list[outbox.ReplayedMessage]:
+        async with db_session() as session, session.begin():
             return await outbox_admin.replay_dead(session, ids)
 
     replayed = run_async(do_replay)

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from shared.cli.common import JsonOption, console, db_session, fail, print_json, run_async
 from shared.cli.render import short_time, task_json, task_view
-from shared.db import queries
+from shared.db import inspection
 from shared.db.models import Task, TaskStatus
 
 app = typer.Typer(help="Inspect tasks.", no_args_is_help=True)
@@ -28,7 +28,7 @@ def list_tasks(
 
     async def load() -> list[tuple[Task, str]]:
         async with db_session() as session:
-            rows = await queries.list_tasks_with_owner(
+            rows = await inspection.list_tasks_with_owner(
                 session, limit=limit, status=status.value if status else None, user_name=user
             )
             return list(rows)
@@ -64,7 +64,7 @@ def show(
 
     async def load() -> tuple[Task, str] | None:
         async with db_session() as session:
-            return await queries.get_task_with_owner(session, parsed)
+            return await inspection.get_task_with_owner(session, parsed)
 
     found = run_async(load)
     if found is None:

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from shared.cli.common import JsonOption, console, db_session, fail, print_json, run_async
 from shared.cli.render import iso
-from shared.db import queries
+from shared.db import users
 from shared.tokens import hash_token, new_token
 
 app = typer.Typer(help="Manage API users and their tokens.", no_args_is_help=True)
@@ -30,7 +30,7 @@ def create(
     async def create_user() -> bool:
         try:
             async with db_session() as session, session.begin():
-                await queries.insert_user(session, name, hash_token(token), admin)
+                await users.insert_user(session, name, hash_token(token), admin)
         except IntegrityError:
             return False
         return True
@@ -53,15 +53,15 @@ def list_users(json_output: JsonOption = False) -> None:
                     "created_at": iso(u.created_at),
                     "revoked_at": iso(u.revoked_at),
                 }
-                for u in await queries.list_users(session)
+                for u in await users.list_users(session)
             ]
 
-    users = run_async(load)
+    rows = run_async(load)
     if json_output:
-        print_json(users)
+        print_json(rows)
         return
     table = Table("name", "admin", "created", "revoked")
-    for user in users:
+    for user in rows:
         table.add_row(
             escape(user["name"]),
             "yes" if user["is_admin"] else "",
@@ -77,7 +77,7 @@ def revoke(name: Annotated[str, typer.Argument(help="The user to revoke.")]) -> 
 
     async def do_revoke() -> bool:
         async with db_session() as session, session.begin():
-            return await queries.revoke_user(session, name)
+            return await users.revoke_user(session, name)
 
     if not run_async(do_revoke):
         fail(f"no active user named {name!r}")

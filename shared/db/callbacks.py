@@ -1,5 +1,6 @@
-"""Statements for completion callbacks: signing secrets, tasks created with a callback URL,
-and the deliveries outbox the relays drain. None of them commits."""
+"""Statements for completion callbacks: signing secrets and the deliveries outbox the relays
+drain (a task is created with its callback URL by `tasks.insert_task_with_message`). None of
+them commits."""
 
 from __future__ import annotations
 
@@ -8,13 +9,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, func, select, text, update
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy import ColumnElement, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db.models import Delivery, Task, User
-from shared.db.queries import NewTask
-from shared.messages import OutboxEntry
+from shared.db.models import Delivery, User
 
 # --- secrets -----------------------------------------------------------------
 
@@ -32,60 +30,6 @@ async def rotate_secret(
         .returning(User.id)
     )
     return (await session.execute(stmt)).first() is not None
-
-
-# --- tasks with a callback ---------------------------------------------------
-
-# queries.insert_task_with_message with the callback URL: one statement, so the task and
-# its outbox row still commit together (or, on an idempotency-key conflict, neither).
-_CREATE_TASK_SQL = text(
-    """
-    WITH new_task AS (
-        INSERT INTO tasks (id, user_id, target_domain, config, max_attempts,
-                           idempotency_key, request_hash, callback_url)
-        VALUES (:task_id, :user_id, :target_domain, :config, :max_attempts,
-                :idempotency_key, :request_hash, :callback_url)
-        ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-        RETURNING *
-    ), new_message AS (
-        INSERT INTO outbox (message_id, actor, queue, payload, task_id)
-        SELECT :message_id, :actor, :queue, :payload, id FROM new_task
-    )
-    SELECT * FROM new_task
-    """
-).bindparams(
-    bindparam("task_id", type_=UUID(as_uuid=True)),
-    bindparam("message_id", type_=UUID(as_uuid=True)),
-    bindparam("config", type_=JSONB),
-    bindparam("payload", type_=JSONB),
-)
-
-
-async def insert_task_with_callback(
-    session: AsyncSession,
-    task_id: uuid.UUID,
-    new: NewTask,
-    entry: OutboxEntry,
-    callback_url: str,
-) -> Task | None:
-    """Insert a pending task that calls `callback_url` when it ends, and its outbox row;
-    None when the idempotency key already exists."""
-    params = {
-        "task_id": task_id,
-        "user_id": new.user_id,
-        "target_domain": new.target_domain,
-        "config": new.config,
-        "max_attempts": new.max_attempts,
-        "idempotency_key": new.idempotency_key,
-        "request_hash": new.request_hash,
-        "callback_url": callback_url,
-        "message_id": entry.message_id,
-        "actor": entry.actor,
-        "queue": entry.queue,
-        "payload": entry.payload,
-    }
-    stmt = select(Task).from_statement(_CREATE_TASK_SQL)
-    return (await session.execute(stmt, params)).scalar_one_or_none()
 
 
 # --- deliveries --------------------------------------------------------------

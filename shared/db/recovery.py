@@ -18,19 +18,13 @@ from datetime import datetime
 from sqlalchemy import Float, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db.models import TaskStatus
-
-_QUEUED = TaskStatus.QUEUED.value
-_RUNNING = TaskStatus.RUNNING.value
-_PENDING = TaskStatus.PENDING.value
-_FAILED = TaskStatus.FAILED.value
+from shared.db.predicates import FAILED, LEASE_CLEARED, LEASE_EXPIRED, PENDING, QUEUED, RUNNING
 
 # What every re-dispatch writes: back to pending, no message to wait for, one more dispatch.
 _SENT_AGAIN = f"""
-    status = '{_PENDING}', queued_at = NULL, queued_outbox_id = NULL,
+    status = {PENDING}, queued_at = NULL, queued_outbox_id = NULL,
     redispatches = t.redispatches + 1, updated_at = now()
 """
-_LEASE_CLEARED = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
 
 
 @dataclass(frozen=True)
@@ -45,17 +39,17 @@ class RedispatchedTask:
 _EXPIRED_LEASES_SQL = text(
     f"""
     UPDATE tasks t SET
-        status = CASE WHEN t.attempts < t.max_attempts THEN '{_PENDING}' ELSE '{_FAILED}' END,
+        status = CASE WHEN t.attempts < t.max_attempts THEN {PENDING} ELSE {FAILED} END,
         error = CASE WHEN t.attempts < t.max_attempts THEN 'lease expired; sent again'
                      ELSE 'lease expired after ' || t.attempts || ' attempts' END,
         finished_at = CASE WHEN t.attempts < t.max_attempts THEN NULL ELSE now() END,
         redispatches = t.redispatches
                        + CASE WHEN t.attempts < t.max_attempts THEN 1 ELSE 0 END,
-        queued_at = NULL, queued_outbox_id = NULL, updated_at = now(), {_LEASE_CLEARED}
+        queued_at = NULL, queued_outbox_id = NULL, updated_at = now(), {LEASE_CLEARED}
     WHERE t.id IN (SELECT id FROM tasks
-                   WHERE status = '{_RUNNING}' AND lease_expires_at < now()
+                   WHERE {LEASE_EXPIRED}
                    ORDER BY lease_expires_at LIMIT :limit FOR UPDATE SKIP LOCKED)
-      AND t.status = '{_RUNNING}' AND t.lease_expires_at < now()
+      AND {LEASE_EXPIRED}
     RETURNING t.id, t.status, t.attempts
     """
 )
@@ -83,7 +77,7 @@ _QUEUED_MESSAGES_SQL = text(
     f"""
     SELECT t.id, t.queued_outbox_id, o.queue, o.broker_message_id, t.queued_at
     FROM tasks t LEFT JOIN outbox o ON o.id = t.queued_outbox_id
-    WHERE t.status = '{_QUEUED}' AND t.queued_at < now() - make_interval(secs => :floor_s)
+    WHERE t.status = {QUEUED} AND t.queued_at < now() - make_interval(secs => :floor_s)
       AND (t.queued_at, t.id) > (:after_at, :after_id)
     ORDER BY t.queued_at, t.id
     LIMIT :limit
@@ -113,7 +107,7 @@ _LOST_SQL = text(
     f"""
     UPDATE tasks t SET {_SENT_AGAIN}
     FROM unnest(CAST(:task_ids AS uuid[]), CAST(:outbox_ids AS bigint[])) AS lost(id, outbox_id)
-    WHERE t.id = lost.id AND t.status = '{_QUEUED}' AND t.queued_outbox_id = lost.outbox_id
+    WHERE t.id = lost.id AND t.status = {QUEUED} AND t.queued_outbox_id = lost.outbox_id
     RETURNING t.id
     """
 )
@@ -134,9 +128,9 @@ _ALL_QUEUED_SQL = text(
     f"""
     UPDATE tasks t SET {_SENT_AGAIN}
     WHERE t.id IN (SELECT id FROM tasks
-                   WHERE status = '{_QUEUED}' AND queued_at <= :before
+                   WHERE status = {QUEUED} AND queued_at <= :before
                    ORDER BY queued_at LIMIT :limit FOR UPDATE SKIP LOCKED)
-      AND t.status = '{_QUEUED}'
+      AND t.status = {QUEUED}
     RETURNING t.id
     """
 )
@@ -152,7 +146,7 @@ async def redispatch_queued_before(
 
 # Whereabouts unknown: no broker id recorded for the message the task waits on.
 _UNLOCATED = f"""
-    t2.status = '{_QUEUED}' AND t2.queued_at < now() - make_interval(secs => :stale_s)
+    t2.status = {QUEUED} AND t2.queued_at < now() - make_interval(secs => :stale_s)
     AND NOT EXISTS (SELECT 1 FROM outbox o
                     WHERE o.id = t2.queued_outbox_id AND o.broker_message_id IS NOT NULL)
 """
@@ -162,7 +156,7 @@ _UNLOCATED_SQL = text(
     UPDATE tasks t SET {_SENT_AGAIN}
     WHERE t.id IN (SELECT t2.id FROM tasks t2 WHERE {_UNLOCATED}
                    ORDER BY t2.queued_at LIMIT :limit FOR UPDATE SKIP LOCKED)
-      AND t.status = '{_QUEUED}'
+      AND t.status = {QUEUED}
     RETURNING t.id, t.status, t.attempts
     """
 ).bindparams(bindparam("stale_s", type_=Float))
@@ -192,11 +186,10 @@ class OrphanCounts:
 
 _COUNT_ORPHANS_SQL = text(
     f"""
-    SELECT count(*) FILTER (WHERE t2.status = '{_RUNNING}' AND t2.lease_expires_at < now()),
-           count(*) FILTER (WHERE t2.status = '{_RUNNING}' AND t2.lease_expires_at < now()
-                            AND t2.attempts >= t2.max_attempts),
+    SELECT count(*) FILTER (WHERE {LEASE_EXPIRED}),
+           count(*) FILTER (WHERE {LEASE_EXPIRED} AND t2.attempts >= t2.max_attempts),
            count(*) FILTER (WHERE {_UNLOCATED})
-    FROM tasks t2 WHERE t2.status IN ('{_RUNNING}', '{_QUEUED}')
+    FROM tasks t2 WHERE t2.status IN ({RUNNING}, {QUEUED})
     """
 ).bindparams(bindparam("stale_s", type_=Float))
 

@@ -16,7 +16,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 from sqlalchemy import select
 
-from shared.db import queries
+from shared.db import outbox, tasks, users
 from shared.db.engine import create_engine, create_sessionmaker
 from shared.db.models import OutboxMessage
 from shared.embedded import EmbeddedUrls
@@ -105,15 +105,15 @@ def insert_dead_task(settings: Settings, token: str, domain: str) -> tuple[uuid.
         engine = create_engine(settings)
         try:
             async with create_sessionmaker(engine)() as session, session.begin():
-                user = await queries.get_active_user_by_token_hash(session, hash_token(token))
+                user = await users.get_active_user_by_token_hash(session, hash_token(token))
                 assert user is not None
                 task_id = uuid.uuid4()
-                new = queries.NewTask(user.id, domain, {}, 3)
+                new = tasks.NewTask(user.id, domain, {}, 3)
                 entry = scan_entry(task_id, settings.queue_name)
-                await queries.insert_task_with_message(session, task_id, new, entry)
+                await tasks.insert_task_with_message(session, task_id, new, entry)
                 stmt = select(OutboxMessage.id).where(OutboxMessage.task_id == task_id)
                 outbox_id = (await session.execute(stmt)).scalar_one()
-                await queries.mark_dead(session, outbox_id, DEAD_ERROR)
+                await outbox.mark_dead(session, outbox_id, DEAD_ERROR)
             return task_id, outbox_id
         finally:
             await engine.dispose()

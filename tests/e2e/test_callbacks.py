@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared.db import callbacks, queries
+from shared.db import callbacks, tasks
 from shared.embedded import EmbeddedUrls
 from shared.messages import scan_entry
 from shared.settings import Settings
@@ -93,11 +93,11 @@ async def ended_task_with_callback(
     writes the delivery (and notifies the relays) as the worker's would."""
     user, _ = await make_user(sessionmaker, "hooked")
     task_id = uuid.uuid4()
-    new = queries.NewTask(user.id, "killed.example.com", {}, 1)
+    new = tasks.NewTask(user.id, "killed.example.com", {}, 1, callback_url=url)
     async with sessionmaker() as session, session.begin():
         await callbacks.rotate_secret(session, user.id, SECRET, keep_previous=False)
         entry = scan_entry(task_id, "scans")
-        await callbacks.insert_task_with_callback(session, task_id, new, entry, url)
+        await tasks.insert_task_with_message(session, task_id, new, entry)
     await end_tasks(sessionmaker)
 
 

@@ -14,7 +14,7 @@ import redis
 from sqlalchemy import text
 
 from shared.cli.processes import relay_command, worker_command
-from shared.db import queries
+from shared.db import tasks, users
 from shared.db.engine import create_engine, create_sessionmaker
 from shared.embedded import EmbeddedUrls
 from shared.messages import scan_entry
@@ -57,14 +57,14 @@ def add_tasks(settings: Settings, domains: list[str]) -> None:
         try:
             sessionmaker = create_sessionmaker(engine)
             async with sessionmaker() as session, session.begin():
-                user = await queries.insert_user(session, "e2e", "hash", False)
+                user = await users.insert_user(session, "e2e", "hash", False)
                 for domain in domains:
                     task_id = uuid.uuid4()
-                    new = queries.NewTask(
+                    new = tasks.NewTask(
                         user_id=user.id, target_domain=domain, config={}, max_attempts=3
                     )
                     entry = scan_entry(task_id, settings.queue_name)
-                    await queries.insert_task_with_message(session, task_id, new, entry)
+                    await tasks.insert_task_with_message(session, task_id, new, entry)
         finally:
             await engine.dispose()
 

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared import keys
-from shared.db import queries
+from shared.db import tasks
 from shared.messages import scan_entry
 from tests.e2e.relays import Db, Relay
 from tests.faults.client import CreateDriver
@@ -202,11 +202,11 @@ async def _orphan(sessionmaker: async_sessionmaker[AsyncSession]) -> uuid.UUID:
     """A task whose worker died mid-scan: running, its lease expired, its message long gone."""
     user, _ = await make_user(sessionmaker, f"orphan-{uuid.uuid4().hex[:6]}")
     task_id = uuid.uuid4()
-    new = queries.NewTask(
+    new = tasks.NewTask(
         user_id=user.id, target_domain="orphan.example.com", config={}, max_attempts=3
     )
     async with sessionmaker() as session, session.begin():
-        await queries.insert_task_with_message(session, task_id, new, scan_entry(task_id, "scans"))
+        await tasks.insert_task_with_message(session, task_id, new, scan_entry(task_id, "scans"))
         await session.execute(
             text("UPDATE outbox SET published_at = now() WHERE task_id = :id"), {"id": task_id}
         )

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from structlog.testing import capture_logs
 
-from shared.db import queries
+from shared.db import users
 from shared.db.models import Task
 from tests.helpers import count_rows, make_user
 
@@ -52,7 +52,7 @@ async def people(
     _, admin = await make_user(sessionmaker, "root", admin=True)
     _, revoked = await make_user(sessionmaker, "carol")
     async with sessionmaker() as session, session.begin():
-        assert await queries.revoke_user(session, "carol")
+        assert await users.revoke_user(session, "carol")
     created = await client.post(
         "/api/v1/tasks", json={"target_domain": "secret.example.com"}, headers=bearer(alice)
     )

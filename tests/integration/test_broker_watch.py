@@ -21,7 +21,7 @@ from relay_service.relay import Relay
 from relay_service.whereabouts import BrokerWatch
 from shared import keys
 from shared.broker import create_broker
-from shared.db import queries, recovery
+from shared.db import claims, recovery
 from shared.db.models import OutboxMessage, Task
 from shared.settings import Settings
 from tests.relay_support import QUEUE, create_tasks
@@ -181,7 +181,7 @@ async def test_a_lost_epoch_sends_every_queued_task_again_without_charging_attem
     async with sessionmaker() as session, session.begin():
         # One had run before (a retry after an infrastructure error), one is running now.
         await session.execute(update(Task).where(Task.id == retried).values(attempts=1))
-        assert await queries.claim_task(session, running, "worker", uuid.uuid4(), 60) is not None
+        assert await claims.claim_task(session, running, "worker", uuid.uuid4(), 60) is not None
     watch = BrokerWatch(sessionmaker, broker, watch_settings)
     await watch.check()
     old_epoch = epoch_in(redis_client)
@@ -250,7 +250,7 @@ async def test_the_walk_sends_again_only_tasks_whose_message_is_gone(
 
     async def claim_raced() -> None:
         async with sessionmaker() as session, session.begin():
-            assert await queries.claim_task(session, raced, "quick", raced_token, 60) is not None
+            assert await claims.claim_task(session, raced, "quick", raced_token, 60) is not None
 
     def missing_then_claimed(page: list[recovery.QueuedMessage]) -> list[recovery.QueuedMessage]:
         # A worker claims `raced` between the broker's answer and the re-dispatch.

@@ -13,7 +13,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared import keys
-from shared.db import queries
+from shared.db import outbox, tasks
 from shared.db.models import OutboxMessage, Task
 from shared.embedded import free_port
 from shared.messages import scan_entry
@@ -37,9 +37,9 @@ async def make_task(
     sessionmaker: Sessions, user_id: int, domain: str, key: str | None = None
 ) -> uuid.UUID:
     task_id = uuid.uuid4()
-    new = queries.NewTask(user_id, domain, {}, 3, idempotency_key=key)
+    new = tasks.NewTask(user_id, domain, {}, 3, idempotency_key=key)
     async with sessionmaker() as session, session.begin():
-        await queries.insert_task_with_message(session, task_id, new, scan_entry(task_id, "scans"))
+        await tasks.insert_task_with_message(session, task_id, new, scan_entry(task_id, "scans"))
     return task_id
 
 
@@ -57,7 +57,7 @@ async def outbox_id_of(sessionmaker: Sessions, task_id: uuid.UUID) -> int:
 async def kill_message(sessionmaker: Sessions, task_id: uuid.UUID, error: str) -> int:
     outbox_id = await outbox_id_of(sessionmaker, task_id)
     async with sessionmaker() as session, session.begin():
-        await queries.mark_dead(session, outbox_id, error)
+        await outbox.mark_dead(session, outbox_id, error)
     return outbox_id
 
 

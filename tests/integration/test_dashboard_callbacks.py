@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api_service.ui.routes import callbacks as callbacks_page
 from shared import keys
-from shared.db import callbacks, queries
+from shared.db import callbacks, tasks
 from shared.db.models import Delivery
 from shared.messages import scan_entry
 from shared.settings import Settings
@@ -59,10 +59,10 @@ async def owner_id(sessionmaker: Sessions) -> int:
 async def ended_task(sessionmaker: Sessions, user_id: int, domain: str) -> tuple[uuid.UUID, int]:
     """A task with a callback URL, ended: (its id, the id of the delivery its end wrote)."""
     task_id = uuid.uuid4()
-    new = queries.NewTask(user_id, domain, {"keywords": ["acme"]}, 3)
+    new = tasks.NewTask(user_id, domain, {"keywords": ["acme"]}, 3, callback_url=HOOK_URL)
     async with sessionmaker() as session, session.begin():
         entry = scan_entry(task_id, "scans")
-        await callbacks.insert_task_with_callback(session, task_id, new, entry, HOOK_URL)
+        await tasks.insert_task_with_message(session, task_id, new, entry)
     await end_tasks(sessionmaker, where=f"id = '{task_id}'")
     async with sessionmaker() as session:
         stmt = select(Delivery.id).where(Delivery.task_id == task_id)

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api_service.ui import session as ui_session
-from shared.db import queries
+from shared.db import outbox, tasks, users
 from shared.db.models import OutboxMessage, Task
 from shared.settings import Settings
 from shared.tokens import hash_token, new_token
@@ -58,7 +58,7 @@ async def signed_in(http: httpx.AsyncClient, admin_token: str) -> httpx.AsyncCli
 
 async def task_row(sessionmaker: Sessions, task_id: uuid.UUID) -> Task:
     async with sessionmaker() as session:
-        task = await queries.get_task(session, task_id)
+        task = await tasks.get_task(session, task_id)
     assert task is not None
     return task
 
@@ -78,7 +78,7 @@ async def outbox_id_of(sessionmaker: Sessions, task_id: uuid.UUID) -> int:
 async def kill(sessionmaker: Sessions, task_id: uuid.UUID, error: str) -> int:
     outbox_id = await outbox_id_of(sessionmaker, task_id)
     async with sessionmaker() as session, session.begin():
-        await queries.mark_dead(session, outbox_id, error)
+        await outbox.mark_dead(session, outbox_id, error)
     return outbox_id
 
 
@@ -180,7 +180,7 @@ async def test_a_session_ends_when_its_token_is_revoked_or_replaced_and_403s_onc
 ) -> None:
     assert (await signed_in.get("/ui")).status_code == 200
     async with sessionmaker() as session, session.begin():
-        await queries.set_user_token(session, "root", hash_token(new_token()), is_admin=True)
+        await users.set_user_token(session, "root", hash_token(new_token()), is_admin=True)
     assert (await signed_in.get("/ui")).status_code == 303
 
     _, token = await make_user(sessionmaker, "ops", admin=True)
@@ -383,9 +383,9 @@ async def test_replay_one_dead_row_then_all_revives_the_tasks_they_failed(
     await kill(sessionmaker, second, "broker refused the message")
     assert (await task_row(sessionmaker, first)).status == "failed"
 
-    outbox = await signed_in.get("/ui/outbox")
-    assert "broker refused the message" in outbox.text
-    assert "Replay all dead rows (2)" in outbox.text
+    outbox_page = await signed_in.get("/ui/outbox")
+    assert "broker refused the message" in outbox_page.text
+    assert "Replay all dead rows (2)" in outbox_page.text
     token = await page_csrf(signed_in, "/ui/outbox")
 
     one = await signed_in.post(f"/ui/outbox/{first_row}/replay", data={"csrf_token": token})

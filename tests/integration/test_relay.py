@@ -18,7 +18,7 @@ from relay_service.publisher import DramatiqPublisher
 from relay_service.relay import Relay
 from shared import keys
 from shared.broker import create_broker
-from shared.db import queries
+from shared.db import tasks
 from shared.db.models import OutboxMessage, Task
 from shared.embedded import free_port
 from shared.messages import scan_entry
@@ -50,8 +50,8 @@ def queued_message_ids(redis_client: redis.Redis) -> list[str]:
 
 async def create_task(session: AsyncSession, user_id: int, domain: str = "example.com") -> Task:
     task_id = uuid.uuid4()
-    new = queries.NewTask(user_id=user_id, target_domain=domain, config={}, max_attempts=3)
-    task = await queries.insert_task_with_message(session, task_id, new, scan_entry(task_id, QUEUE))
+    new = tasks.NewTask(user_id=user_id, target_domain=domain, config={}, max_attempts=3)
+    task = await tasks.insert_task_with_message(session, task_id, new, scan_entry(task_id, QUEUE))
     assert task is not None
     return task
 

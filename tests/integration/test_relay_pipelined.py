@@ -14,7 +14,7 @@ from relay_service import pipelined
 from relay_service.publisher import DramatiqPublisher
 from shared import keys
 from shared.broker import build_message, create_broker
-from shared.db.queries import ClaimedMessage
+from shared.db.outbox import ClaimedMessage
 from shared.settings import Settings
 from tests.helpers import wait_until
 

@@ -15,7 +15,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared import safeguards
-from shared.db import queries
+from shared.db import claims
 from shared.db.models import TaskStatus
 from shared.settings import Settings
 from tests.helpers import eventually
@@ -38,7 +38,7 @@ async def test_an_expired_lease_cannot_be_renewed_even_when_nobody_took_the_task
     task_id = await committed_task(sessionmaker)
     token = uuid.uuid4()
     async with sessionmaker() as session, session.begin():
-        assert await queries.claim_task(session, task_id, "stalled", token, 0.2) is not None
+        assert await claims.claim_task(session, task_id, "stalled", token, 0.2) is not None
     claimed = await load(sessionmaker, task_id)
     expires = claimed.lease_expires_at
     assert expires is not None
@@ -49,7 +49,7 @@ async def test_an_expired_lease_cannot_be_renewed_even_when_nobody_took_the_task
 
     await eventually(expired, "the lease to expire")
     async with sessionmaker() as session, session.begin():
-        renewed = await queries.renew_lease(session, task_id, token, 60)
+        renewed = await claims.renew_lease(session, task_id, token, 60)
     assert not renewed
     # Nothing else touched the task: the token is still the holder's, yet it stays expired.
     task = await load(sessionmaker, task_id)
@@ -64,10 +64,10 @@ async def test_a_live_lease_is_renewed_by_its_holder(
     task_id = await committed_task(sessionmaker)
     token = uuid.uuid4()
     async with sessionmaker() as session, session.begin():
-        assert await queries.claim_task(session, task_id, "alive", token, 30) is not None
+        assert await claims.claim_task(session, task_id, "alive", token, 30) is not None
     claimed = await load(sessionmaker, task_id)
     async with sessionmaker() as session, session.begin():
-        assert await queries.renew_lease(session, task_id, token, 60)
+        assert await claims.renew_lease(session, task_id, token, 60)
     renewed = await load(sessionmaker, task_id)
     assert claimed.lease_expires_at is not None
     assert renewed.lease_expires_at is not None
@@ -79,17 +79,17 @@ async def test_a_lease_claimed_after_waiting_for_the_target_lock_has_its_full_le
 ) -> None:
     task_id = await committed_task(sessionmaker)
     lease_s, held_s = 2.0, 1.0
-    claim = queries.LeaseClaim("patient", uuid.uuid4(), lease_s)
+    claim = claims.LeaseClaim("patient", uuid.uuid4(), lease_s)
     async with sessionmaker() as holder, sessionmaker() as claimer:
         await holder.begin()
-        await queries.lock_target(holder, DOMAIN, 5)
+        await claims.lock_target(holder, DOMAIN, 5)
         await claimer.begin()
         # The claim's transaction starts here, as the worker's does with its existence look.
         began = (await claimer.execute(select(func.now()))).scalar_one()
 
-        async def lock_then_claim() -> queries.ClaimedTask | None:
-            await queries.lock_target(claimer, DOMAIN, 5)
-            return await queries.claim_polite_task(claimer, task_id, DOMAIN, 2, claim)
+        async def lock_then_claim() -> claims.ClaimedTask | None:
+            await claims.lock_target(claimer, DOMAIN, 5)
+            return await claims.claim_polite_task(claimer, task_id, DOMAIN, 2, claim)
 
         claiming = asyncio.create_task(lock_then_claim())
         await asyncio.sleep(held_s)
@@ -129,7 +129,7 @@ async def test_a_claim_whose_target_lock_is_held_too_long_defers_the_task_instea
     async with sessionmaker() as holder:
         # Another claim of the same target stalled under the lock (its worker frozen, say).
         await holder.begin()
-        await queries.lock_target(holder, DOMAIN, 5)
+        await claims.lock_target(holder, DOMAIN, 5)
         started = time.monotonic()
         outcome = await asyncio.wait_for(run_task(runtime, task_id), 10)
         waited_s = time.monotonic() - started

@@ -13,7 +13,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared import safeguards
-from shared.db import queries
+from shared.db import claims, tasks
 from shared.db.models import Task, TaskStatus
 from shared.messages import scan_entry
 from shared.settings import Settings
@@ -82,10 +82,10 @@ async def test_uncommitted_task_is_invisible_to_the_worker(
 ) -> None:
     user, _ = await make_user(sessionmaker)
     task_id = uuid.uuid4()
-    new = queries.NewTask(user_id=user.id, target_domain="example.com", config={}, max_attempts=3)
+    new = tasks.NewTask(user_id=user.id, target_domain="example.com", config={}, max_attempts=3)
     async with sessionmaker() as session:
         transaction = await session.begin()
-        await queries.insert_task_with_message(session, task_id, new, scan_entry(task_id, "scans"))
+        await tasks.insert_task_with_message(session, task_id, new, scan_entry(task_id, "scans"))
         assert await run_task(runtime, task_id) == Outcome.SKIPPED
         await transaction.rollback()
     assert scanner.calls == []
@@ -109,12 +109,12 @@ async def test_finish_and_renewal_with_a_stale_lease_token_write_nothing(
     task_id = await committed_task(sessionmaker)
     current = uuid.uuid4()
     async with sessionmaker() as session, session.begin():
-        assert await queries.claim_task(session, task_id, "w1", current, 60) is not None
+        assert await claims.claim_task(session, task_id, "w1", current, 60) is not None
     async with sessionmaker() as session, session.begin():
-        stale = await queries.finish_task(
+        stale = await claims.finish_task(
             session, task_id, uuid.uuid4(), TaskStatus.SUCCEEDED, {"stale": True}, None
         )
-        renewed = await queries.renew_lease(session, task_id, uuid.uuid4(), 60)
+        renewed = await claims.renew_lease(session, task_id, uuid.uuid4(), 60)
     assert (stale, renewed) == (False, False)
     task = await load(sessionmaker, task_id)
     assert task.status == TaskStatus.RUNNING
@@ -151,7 +151,7 @@ async def test_an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_off(
     task_id = await committed_task(sessionmaker)
     old = uuid.uuid4()
     async with sessionmaker() as session, session.begin():
-        assert await queries.claim_task(session, task_id, "stalled", old, 0.05) is not None
+        assert await claims.claim_task(session, task_id, "stalled", old, 0.05) is not None
 
     async def expired() -> bool:
         async with sessionmaker() as session:
@@ -161,8 +161,8 @@ async def test_an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_off(
     await eventually(expired, "the stalled worker's lease to expire")
     assert await run_task(runtime, task_id) == Outcome.SUCCEEDED
     async with sessionmaker() as session, session.begin():
-        renewed = await queries.renew_lease(session, task_id, old, 60)
-        overwritten = await queries.finish_task(
+        renewed = await claims.renew_lease(session, task_id, old, 60)
+        overwritten = await claims.finish_task(
             session, task_id, old, TaskStatus.FAILED, {"late": True}, "late"
         )
     assert (renewed, overwritten) == (False, False)
@@ -184,7 +184,7 @@ async def test_cancel_stops_a_running_scan_at_its_next_renewal_without_a_result(
     await eventually(lambda: scanner.running == 1, "the scan to start")
     task = await load(sessionmaker, task_id)
     async with sessionmaker() as session, session.begin():
-        assert await queries.cancel_task(session, task.user_id, task_id) is not None
+        assert await tasks.cancel_task(session, task.user_id, task_id) is not None
 
     assert await run == Outcome.CANCELLED
     assert scanner.cancelled == 1

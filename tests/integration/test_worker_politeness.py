@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from shared.db import queries
+from shared.db import claims
 from shared.db.models import TaskStatus
 from shared.settings import Settings
 from tests.helpers import eventually
@@ -115,12 +115,12 @@ async def test_an_expired_lease_does_not_count_against_the_domain(
     stalled = [await committed_task(sessionmaker, "busy.example") for _ in range(2)]
     for task_id in stalled:
         async with sessionmaker() as session, session.begin():
-            await queries.claim_task(session, task_id, "stalled", uuid.uuid4(), 0.01)
+            await claims.claim_task(session, task_id, "stalled", uuid.uuid4(), 0.01)
     fresh = await committed_task(sessionmaker, "busy.example")
 
     async def expired() -> bool:
         async with workers[0].sessionmaker() as session:
-            return await queries.count_live_scans(session, "busy.example", fresh) == 0
+            return await claims.count_live_scans(session, "busy.example", fresh) == 0
 
     await eventually(expired, "the stalled leases to expire")
     scanner.release.set()

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from structlog.testing import capture_logs
 
 from shared import keys, safeguards
-from shared.db import queries
+from shared.db import tasks
 from shared.db.models import TaskStatus
 from shared.embedded import free_port
 from shared.messages import scan_entry
@@ -105,11 +105,11 @@ async def test_a_producer_that_sends_before_it_commits_gets_its_task_run_once_co
 ) -> None:
     user, _ = await make_user(sessionmaker)
     task_id = uuid.uuid4()
-    new = queries.NewTask(user_id=user.id, target_domain="example.com", config={}, max_attempts=3)
+    new = tasks.NewTask(user_id=user.id, target_domain="example.com", config={}, max_attempts=3)
     before = retries()
     async with sessionmaker() as session:
         transaction = await session.begin()
-        await queries.insert_task_with_message(session, task_id, new, scan_entry(task_id, "scans"))
+        await tasks.insert_task_with_message(session, task_id, new, scan_entry(task_id, "scans"))
         run = asyncio.create_task(run_task(runtime, task_id))
         # Commit only once the worker has looked, missed and scheduled another look.
         await eventually(lambda: retries() > before, "an existence-check retry")

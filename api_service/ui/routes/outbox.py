@@ -12,7 +12,7 @@ from api_service.ui import reads
 from api_service.ui.auth import UiActor, UiAdmin
 from api_service.ui.render import page, redirect, safe_next
 from shared import outbox_admin
-from shared.db import queries
+from shared.db import inspection, outbox
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -25,8 +25,8 @@ BackField = Annotated[str, Form(alias="back")]
 
 @router.get("")
 async def outbox_page(request: Request, admin: UiAdmin, session: SessionDep) -> Response:
-    summary = await queries.summarize_outbox(session)
-    dead = await queries.list_outbox(session, limit=ROWS_SHOWN, state="dead")
+    summary = await inspection.summarize_outbox(session)
+    dead = await inspection.list_outbox(session, limit=ROWS_SHOWN, state="dead")
     backlog = await reads.list_unpublished(session, ROWS_SHOWN)
     context = {
         "admin": admin,
@@ -40,7 +40,7 @@ async def outbox_page(request: Request, admin: UiAdmin, session: SessionDep) -> 
     return page(request, "outbox.html", context)
 
 
-def _replayed_notice(replayed: list[queries.ReplayedMessage]) -> str:
+def _replayed_notice(replayed: list[outbox.ReplayedMessage]) -> str:
     revived = sum(1 for row in replayed if row.task_revived)
     rows = "row" if len(replayed) == 1 else "rows"
     return f"Replayed {len(replayed)} dead {rows}; {revived} task(s) back to pending."
@@ -51,7 +51,8 @@ async def replay_one(
     request: Request, outbox_id: int, admin: UiActor, session: SessionDep, back: BackField = ""
 ) -> Response:
     target = safe_next(back or HERE)
-    replayed = await outbox_admin.replay_dead(session, [outbox_id])
+    async with session.begin():
+        replayed = await outbox_admin.replay_dead(session, [outbox_id])
     if not replayed:
         why = await outbox_admin.why_not_replayed(session, outbox_id)
         return redirect(request, target, notice=why, error=True)
@@ -61,6 +62,7 @@ async def replay_one(
 
 @router.post("/replay-dead")
 async def replay_all(request: Request, admin: UiActor, session: SessionDep) -> Response:
-    replayed = await outbox_admin.replay_dead(session, None)
+    async with session.begin():
+        replayed = await outbox_admin.replay_dead(session, None)
     log.info("ui_outbox_replayed", rows=len(replayed), admin_id=admin.user.id)
     return redirect(request, HERE, notice=_replayed_notice(replayed))

@@ -12,7 +12,7 @@ from api_service.ui import csrf
 from api_service.ui.auth import UiActor
 from api_service.ui.render import HOME, page, redirect, safe_next, set_cookie, ui_state
 from api_service.ui.session import COOKIE_PATH, SESSION_COOKIE
-from shared.db import queries
+from shared.db import users
 from shared.db.models import User
 from shared.logging import get_logger
 from shared.tokens import hash_token
@@ -53,7 +53,7 @@ async def _holder_of(request: Request, token: str) -> tuple[User, str] | None:
     token_hash = hash_token(given)
     sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
     async with sessionmaker() as db:
-        user = await queries.get_active_user_by_token_hash(db, token_hash)
+        user = await users.get_active_user_by_token_hash(db, token_hash)
     return (user, token_hash) if user is not None else None
 
 

@@ -6,7 +6,7 @@ import uuid
 
 from relay_service.relay import sort_outcomes
 from shared import backoff
-from shared.db.queries import ClaimedMessage
+from shared.db.outbox import ClaimedMessage
 from shared.errors import PermanentPublishError, PublishError
 from shared.settings import Settings
 

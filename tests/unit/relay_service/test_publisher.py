@@ -10,7 +10,7 @@ from redis import exceptions as redis_errors
 
 from relay_service import pipelined
 from relay_service.publisher import DramatiqPublisher
-from shared.db.queries import ClaimedMessage
+from shared.db.outbox import ClaimedMessage
 from shared.errors import PermanentPublishError, PublishError
 
 

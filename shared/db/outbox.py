@@ -1,0 +1,271 @@
+"""The outbox aggregate: how a message is written next to a task change, and the relay's
+claim, publish, back-off, dead-letter and replay statements. None of them commits.
+
+Idiom: `text()` statements built once at import. They are PostgreSQL-specific (data-
+modifying CTEs, `unnest` of arrays, `FOR UPDATE SKIP LOCKED`, `make_interval`) and read
+more clearly as SQL than as expression trees; the relay's claim is the one Core select
+(below, for its typed columns). Statuses come from `predicates`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import BindParameter, Float, bindparam, func, select, text
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.db import predicates
+from shared.db.models import OutboxMessage
+from shared.messages import OutboxEntry
+
+# --- writing a message next to a task change ---------------------------------
+
+# The bind parameters of one entry, whatever statement writes it.
+ENTRY_BINDS: tuple[BindParameter[Any], ...] = (
+    bindparam("message_id", type_=UUID(as_uuid=True)),
+    bindparam("payload", type_=JSONB),
+)
+
+
+def insert_entry_sql(source: str, due: str = "now()") -> str:
+    """SQL inserting the entry bound by `entry_params` for each task `id` the CTE `source`
+    returns, due at `due`: only if the task change matched is a message written, and both
+    commit together or not at all."""
+    return f"""
+        INSERT INTO outbox (message_id, actor, queue, payload, task_id, available_at)
+        SELECT :message_id, :actor, :queue, :payload, id, {due} FROM {source}
+    """
+
+
+def entry_params(entry: OutboxEntry) -> dict[str, Any]:
+    """The values `insert_entry_sql` binds (the task id comes from the statement)."""
+    return {
+        "message_id": entry.message_id,
+        "actor": entry.actor,
+        "queue": entry.queue,
+        "payload": entry.payload,
+    }
+
+
+async def insert_messages(session: AsyncSession, entries: Sequence[OutboxEntry]) -> None:
+    """Append many messages in the caller's transaction, in as few statements as possible."""
+    session.add_all(
+        OutboxMessage(
+            message_id=e.message_id,
+            actor=e.actor,
+            queue=e.queue,
+            payload=e.payload,
+            task_id=e.task_id,
+        )
+        for e in entries
+    )
+    await session.flush()
+
+
+async def notify_outbox(session: AsyncSession, channel: str) -> None:
+    """Wake the relays on commit; the outbox trigger only fires on INSERT."""
+    await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": channel})
+
+
+# --- the relay ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClaimedMessage:
+    id: int
+    message_id: uuid.UUID
+    actor: str
+    queue: str
+    payload: dict[str, Any]
+    task_id: uuid.UUID | None
+    publish_attempts: int
+    age_s: float = 0.0  # since the row was written, on the database's clock
+
+
+# Reads only the partial index of unpublished rows. The one Core statement here (built
+# once): it returns typed columns, JSONB decoded, which a text() SELECT would have to
+# declare one by one.
+_CLAIM_BATCH = (
+    select(
+        OutboxMessage.id,
+        OutboxMessage.message_id,
+        OutboxMessage.actor,
+        OutboxMessage.queue,
+        OutboxMessage.payload,
+        OutboxMessage.task_id,
+        OutboxMessage.publish_attempts,
+        func.extract("epoch", func.clock_timestamp() - OutboxMessage.created_at).cast(Float),
+    )
+    .where(
+        OutboxMessage.published_at.is_(None),
+        OutboxMessage.dead_at.is_(None),
+        OutboxMessage.available_at <= func.now(),
+    )
+    .order_by(OutboxMessage.id)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+
+
+async def claim_batch(session: AsyncSession, limit: int) -> list[ClaimedMessage]:
+    """Lock up to `limit` due, unpublished rows that no other relay holds, oldest first."""
+    rows = (await session.execute(_CLAIM_BATCH, {"limit": limit})).all()
+    return [ClaimedMessage(*row) for row in rows]
+
+
+# Rows and their tasks change together: a task becomes `queued` only if it is
+# still `pending` (a worker may already have claimed it from the broker), and only
+# for its newest message (a worker may have deferred it, writing a newer row, before
+# this batch committed). The task records which row it waits on, and the row the id
+# the broker stores it under, so the leader can later ask the broker whether that
+# message still exists. clock_timestamp(), not now(): the moment the broker took the
+# batch, not when the claim's transaction began. The status test is written so that
+# no index on status can serve it: with statistics from before a burst of new tasks,
+# the planner would otherwise read every pending task for each batch instead of
+# looking up the batch's tasks by primary key.
+_MARK_PUBLISHED_SQL = text(
+    f"""
+    WITH published AS (
+        UPDATE outbox o SET published_at = clock_timestamp(), last_error = NULL,
+                            broker_message_id = sent.broker_message_id
+        FROM unnest(CAST(:ids AS bigint[]), CAST(:broker_ids AS text[]))
+             AS sent(id, broker_message_id)
+        WHERE o.id = sent.id
+        RETURNING o.id, o.task_id
+    )
+    UPDATE tasks t SET status = {predicates.QUEUED}, queued_at = now(),
+                       queued_outbox_id = published.id, updated_at = now()
+    FROM published
+    WHERE t.id = published.task_id AND (t.status = {predicates.PENDING}) IS TRUE
+      AND NOT EXISTS (SELECT 1 FROM outbox newer
+                      WHERE newer.task_id = published.task_id AND newer.id > published.id)
+    """
+)
+
+
+@dataclass(frozen=True)
+class PublishedMessage:
+    outbox_id: int
+    broker_message_id: str
+
+
+async def mark_published(session: AsyncSession, published: Sequence[PublishedMessage]) -> None:
+    """Mark rows published under their broker ids, and their tasks queued on them."""
+    if published:
+        params = {
+            "ids": [p.outbox_id for p in published],
+            "broker_ids": [p.broker_message_id for p in published],
+        }
+        await session.execute(_MARK_PUBLISHED_SQL, params)
+
+
+_RECORD_FAILURE_SQL = text(
+    """
+    UPDATE outbox SET publish_attempts = publish_attempts + 1, last_error = :error,
+                      available_at = now() + make_interval(secs => :retry_in_s)
+    WHERE id = :id
+    """
+).bindparams(bindparam("retry_in_s", type_=Float))
+
+
+@dataclass(frozen=True)
+class PublishFailure:
+    outbox_id: int
+    error: str
+    retry_in_s: float
+
+
+async def record_publish_failures(
+    session: AsyncSession, failures: Sequence[PublishFailure]
+) -> None:
+    """Keep each row unpublished, count the attempt and push `available_at` back, in one
+    round trip."""
+    if failures:
+        params = [
+            {"id": f.outbox_id, "error": f.error, "retry_in_s": f.retry_in_s} for f in failures
+        ]
+        await session.execute(_RECORD_FAILURE_SQL, params)
+
+
+# Only rows that failed to publish (publish_attempts > 0): a row deliberately
+# written with a later available_at (a deferred task) keeps its time.
+_RELEASE_BACKOFF_SQL = text(
+    """
+    UPDATE outbox SET available_at = now()
+    WHERE published_at IS NULL AND dead_at IS NULL
+      AND publish_attempts > 0 AND available_at > now()
+    """
+)
+
+
+async def release_backoff(session: AsyncSession) -> int:
+    """Make every row backing off after a failed publish due now (the broker is back)."""
+    result = await session.execute(_RELEASE_BACKOFF_SQL)
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+_MARK_DEAD_SQL = text(
+    f"""
+    WITH dead AS (
+        UPDATE outbox SET dead_at = now(), last_error = :error,
+                          publish_attempts = publish_attempts + 1
+        WHERE id = :id
+        RETURNING task_id
+    )
+    UPDATE tasks SET status = {predicates.FAILED}, error = :error, finished_at = now(),
+                     updated_at = now()
+    WHERE id IN (SELECT task_id FROM dead) AND {predicates.WAITING}
+    """
+)
+
+
+async def mark_dead(session: AsyncSession, outbox_id: int, error: str) -> None:
+    """Give up on a message that can never be published, and fail its task with the reason."""
+    await session.execute(_MARK_DEAD_SQL, {"id": outbox_id, "error": error})
+
+
+# --- replay of dead rows (scanctl, /ops) -------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplayedMessage:
+    id: int
+    task_id: uuid.UUID | None
+    task_revived: bool
+
+
+# A dead row's task goes back to pending only if that row is what failed it: the
+# task is failed with the row's error and no newer message exists for it (a retry
+# since then owns the task).
+_REPLAY_DEAD_SQL = text(
+    f"""
+    WITH replayed AS (
+        UPDATE outbox SET dead_at = NULL, available_at = now(), publish_attempts = 0
+        WHERE dead_at IS NOT NULL AND (CAST(:all_dead AS boolean) OR id = ANY(:ids))
+        RETURNING id, task_id, last_error
+    ), revived AS (
+        UPDATE tasks SET status = {predicates.PENDING}, error = NULL, finished_at = NULL,
+                         updated_at = now()
+        FROM replayed
+        WHERE tasks.id = replayed.task_id AND tasks.status = {predicates.FAILED}
+          AND tasks.error IS NOT DISTINCT FROM replayed.last_error
+          AND NOT EXISTS (SELECT 1 FROM outbox newer
+                          WHERE newer.task_id = replayed.task_id AND newer.id > replayed.id)
+        RETURNING tasks.id
+    )
+    SELECT id, task_id, task_id IN (SELECT id FROM revived) FROM replayed ORDER BY id
+    """
+)
+
+
+async def replay_dead_messages(
+    session: AsyncSession, ids: Sequence[int] | None
+) -> list[ReplayedMessage]:
+    """Dead rows (`ids`, or all if None) become due again; tasks they failed go back to pending."""
+    params = {"all_dead": ids is None, "ids": list(ids or [])}
+    rows = (await session.execute(_REPLAY_DEAD_SQL, params)).all()
+    return [ReplayedMessage(row[0], row[1], bool(row[2])) for row in rows]
