@@ -1,24 +1,30 @@
-"""e2e_drain: a backlog created while no worker runs, drained end to end, against procrastinate.
+"""e2e_drain: a backlog created while no worker runs, drained end to end, against a bare
+Dramatiq no-op actor and against procrastinate.
 
 scan-outbox: the tasks and their unpublished outbox rows are committed first; then one relay
 process and one worker process (1 process, default SCAN_WORKER_CONCURRENCY) start together.
+bare Dramatiq: the same number of messages enqueued first (one enqueue each, as the relay
+sends), then Dramatiq's stock worker (1 process, 8 threads) runs a no-op actor on them: the
+limit of the broker this design uses (bench/bare_dramatiq.py); done when every one is acked.
 procrastinate: the same number of no-op jobs deferred first; then one
 `procrastinate worker --concurrency 8`.
 The clock runs from launching the processes (their start-up counts: it is part of a drain
 after an outage) to the last task's or job's success as the database dated it; a second figure
-runs from the first start to the last success. The two variants alternate, in turns of
-either order, so load from elsewhere on the machine falls on both.
+runs from the first start to the last success. The variants alternate, in turns of
+either order, so load from elsewhere on the machine falls on all of them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from sqlalchemy import text
 
+from bench import bare_dramatiq
 from bench import procrastinate_peer as peer
 from bench.common import (
     BarChart,
@@ -27,6 +33,7 @@ from bench.common import (
     ScenarioResult,
     Spread,
     fill_tasks,
+    start_process,
     start_relay,
     start_worker,
     verdict,
@@ -35,10 +42,13 @@ from bench.common import (
 TASKS = 20_000
 CONCURRENCY = 8
 TARGET_RATIO = 3.0
+TARGET_TO_BARE = 0.8
 POLL_S = 0.25
+BARE_POLL_S = 0.02
 DRAIN_DEADLINE_S = 600.0
 SCAN_OUTBOX = "scan-outbox: relay + worker, 1 process, default concurrency"
 PROCRASTINATE = "procrastinate: worker, concurrency 8, no-op jobs"
+BARE_DRAMATIQ = "bare Dramatiq: stock worker, 1 process, 8 threads, no-op actor"
 
 _PENDING_SQL = text("SELECT count(*) FILTER (WHERE status <> 'succeeded'), count(*) FROM tasks")
 _FAILED_SQL = text("SELECT count(*) FROM tasks WHERE status IN ('failed', 'cancelled')")
@@ -65,7 +75,9 @@ def _drain(count: int, launched: float, first_start: float, last_success: float)
     )
 
 
-async def _wait(until_done: Callable[[], Awaitable[bool]], processes: list[Process]) -> None:
+async def _wait(
+    until_done: Callable[[], Awaitable[bool]], processes: list[Process], poll_s: float = POLL_S
+) -> None:
     deadline = time.monotonic() + DRAIN_DEADLINE_S
     while not await until_done():
         for process in processes:
@@ -73,7 +85,34 @@ async def _wait(until_done: Callable[[], Awaitable[bool]], processes: list[Proce
                 raise RuntimeError(f"{process.name} exited; see {process.log_path}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"the backlog was not drained within {DRAIN_DEADLINE_S:g} s")
-        await asyncio.sleep(POLL_S)
+        await asyncio.sleep(poll_s)
+
+
+async def _bare_dramatiq(ctx: BenchContext, count: int) -> Drain:
+    await ctx.reset()
+    await asyncio.to_thread(bare_dramatiq.enqueue, ctx.settings.effective_broker_url, count)
+    client = ctx.redis()
+    first_start: float | None = None
+
+    async def drained() -> bool:
+        nonlocal first_start
+        left = await asyncio.to_thread(bare_dramatiq.unfinished, client)
+        if first_start is None and left < count:
+            first_start = time.time()
+        return left == 0
+
+    launched = time.time()
+    process = start_process(
+        ctx, "e2e-drain-bare-dramatiq", bare_dramatiq.worker_command(sys.executable), ctx.env()
+    )
+    try:
+        await _wait(drained, [process], BARE_POLL_S)
+        finished = time.time()
+    finally:
+        process.stop()
+        client.close()
+    assert first_start is not None
+    return _drain(count, launched, first_start, finished)
 
 
 async def _scan_outbox(ctx: BenchContext, count: int) -> Drain:
@@ -127,6 +166,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     await peer.install(ctx)
     variants: dict[str, Callable[[], Awaitable[Drain]]] = {
         SCAN_OUTBOX: lambda: _scan_outbox(ctx, count),
+        BARE_DRAMATIQ: lambda: _bare_dramatiq(ctx, count),
         PROCRASTINATE: lambda: _procrastinate(ctx, count),
     }
     drains: dict[str, list[Drain]] = {name: [] for name in variants}
@@ -146,6 +186,8 @@ def _result(ctx: BenchContext, count: int, drains: dict[str, list[Drain]]) -> Sc
             "tasks_per_s",
             "from_first_start_per_s",
             "startup_s",
+            "ratio_to_bare_dramatiq",
+            "verdict_to_bare",
             "ratio_to_procrastinate",
             "verdict",
         ],
@@ -153,14 +195,20 @@ def _result(ctx: BenchContext, count: int, drains: dict[str, list[Drain]]) -> Sc
     )
     rates = {name: Spread.of([d.from_launch_per_s for d in runs]) for name, runs in drains.items()}
     baseline = rates[PROCRASTINATE].median
+    bare = rates[BARE_DRAMATIQ].median
     for name, runs in drains.items():
         ratio = round(rates[name].median / baseline, 2)
+        to_bare = round(rates[name].median / bare, 2)
         result.rows.append(
             {
                 "variant": name,
                 "tasks_per_s": rates[name],
                 "from_first_start_per_s": Spread.of([d.from_first_start_per_s for d in runs]),
                 "startup_s": Spread.of([round(d.startup_s, 2) for d in runs]),
+                "ratio_to_bare_dramatiq": to_bare,
+                "verdict_to_bare": (
+                    verdict(to_bare, "≥", TARGET_TO_BARE) if name == SCAN_OUTBOX else ""
+                ),
                 "ratio_to_procrastinate": ratio,
                 "verdict": verdict(ratio, "≥", TARGET_RATIO) if name == SCAN_OUTBOX else "",
             }
@@ -172,8 +220,10 @@ def _result(ctx: BenchContext, count: int, drains: dict[str, list[Drain]]) -> Sc
         "leaves out start-up (startup_s: launch → first start).",
         "scan-outbox scans end at once (SCAN_SCANNER=bench.stub_scanner:scan, a no-op): the "
         "worker's whole path runs (existence check, claim, lease, result write). "
-        "procrastinate runs a no-op task with its log level at warning.",
-        f"Variants alternate in order each repetition; ratio: median against median; target "
-        f"≥ {TARGET_RATIO:g} times.",
+        "procrastinate runs a no-op task with its log level at warning. The bare Dramatiq "
+        "worker is Dramatiq's own (8 threads, its default prefetch) with a no-op actor and no "
+        f"database; its end is the last ack, seen by polling every {BARE_POLL_S:g} s.",
+        f"Variants alternate in order each repetition; ratios: median against median; targets "
+        f"≥ {TARGET_TO_BARE:g} times bare Dramatiq and ≥ {TARGET_RATIO:g} times procrastinate.",
     ]
     return result

@@ -30,7 +30,7 @@ from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import ShutdownNotifications, SkipMessage, TimeLimit
-from dramatiq.worker import WORKER_TIMEOUT, Worker
+from dramatiq.worker import DELAY_QUEUE_PREFETCH, WORKER_TIMEOUT, Worker
 
 # Middleware that raises into worker threads: here one thread carries every scan.
 THREAD_INTERRUPTING_MIDDLEWARE = (TimeLimit, ShutdownNotifications)
@@ -39,6 +39,9 @@ DISPATCH_POLL_S = 0.5
 # Kept back from the shutdown timeout to cancel the scans still running and hand their
 # messages back before the process is killed.
 HAND_BACK_RESERVE_S = 2.0
+# Delayed messages (a producer's `delay=`) a process holds until their eta: what Dramatiq's own
+# worker holds with its default 8 threads (they wait in memory, not in a scan slot).
+DELAY_PREFETCH = 8000
 
 _current_message: contextvars.ContextVar[MessageProxy | None] = contextvars.ContextVar(
     "scan_outbox_current_message", default=None
@@ -70,6 +73,9 @@ class AsyncWorker(Worker):
         self.concurrency = concurrency
         # Dramatiq's Redis consumer counts fetched-but-unacked messages against its prefetch.
         self.queue_prefetch = concurrency + prefetch
+        # Dramatiq sizes the delay queue's prefetch from the thread count, which is 0 here: a
+        # prefetch of 0 would fetch no delayed message ever. Its default for 8 threads.
+        self.delay_prefetch = DELAY_QUEUE_PREFETCH or DELAY_PREFETCH
         self.slots = threading.BoundedSemaphore(concurrency)
         self.in_flight: dict[concurrent.futures.Future[None], MessageProxy] = {}
         self.in_flight_lock = threading.Lock()

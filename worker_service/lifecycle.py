@@ -21,12 +21,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared import backoff, metrics
 from shared.db import claims, outage, tasks
+from shared.db.completions import Completion
 from shared.db.engine import autocommit
 from shared.db.models import TaskStatus
 from shared.logging import get_logger
 from shared.messages import scan_entry
 from shared.settings import Settings
 from worker_service import existence, lease
+from worker_service.completer import Completer
 from worker_service.runtime import WorkerRuntime
 
 log = get_logger(__name__)
@@ -208,7 +210,7 @@ async def _run_claimed(
     lease_token: uuid.UUID,
     request_id: str | None,
 ) -> Outcome:
-    log.info("task_started", task_id=str(task.id), attempt=task.attempts)
+    log.debug("task_started", task_id=str(task.id), attempt=task.attempts)
     if task.attempts == 1 and task.started_at is not None:
         metrics.COMMIT_TO_START.observe((task.started_at - task.created_at).total_seconds())
     started = time.perf_counter()
@@ -225,10 +227,10 @@ async def _run_claimed(
     except Exception as exc:  # the scanner reports target problems as findings, so this is a bug
         log.exception("scan_crashed", task_id=str(task.id))
         error = f"scan error: {type(exc).__name__}"
-        return await _finish(runtime, task.id, lease_token, TaskStatus.FAILED, None, error)
+        return await _finish(runtime, task, lease_token, TaskStatus.FAILED, None, error)
     finally:
         metrics.SCAN_DURATION.observe(time.perf_counter() - started)
-    return await _finish(runtime, task.id, lease_token, TaskStatus.SUCCEEDED, result, None)
+    return await _finish(runtime, task, lease_token, TaskStatus.SUCCEEDED, result, None)
 
 
 async def _bounded_scan(runtime: WorkerRuntime, task: claims.ClaimedTask) -> dict[str, Any]:
@@ -252,7 +254,7 @@ async def _retry_or_fail(
 ) -> Outcome:
     if task.attempts >= task.max_attempts:
         error = f"gave up after {task.attempts} attempts: {reason}"
-        return await _finish(runtime, task.id, lease_token, TaskStatus.FAILED, None, error)
+        return await _finish(runtime, task, lease_token, TaskStatus.FAILED, None, error)
     settings = runtime.settings
     delay_s = retry_backoff_s(task.attempts, settings)
     entry = scan_entry(task.id, settings.queue_name, request_id)
@@ -274,19 +276,39 @@ async def _retry_or_fail(
 
 async def _finish(
     runtime: WorkerRuntime,
-    task_id: uuid.UUID,
+    task: claims.ClaimedTask,
     lease_token: uuid.UUID,
     status: TaskStatus,
     result: dict[str, Any] | None,
     error: str | None,
 ) -> Outcome:
-    async def finish(session: AsyncSession) -> bool:
-        return await claims.finish_task(session, task_id, lease_token, status, result, error)
-
-    if not await _write(runtime, finish):
-        return await _lease_gone(runtime, task_id)
-    log.info("task_finished", task_id=str(task_id), status=status.value, error=error)
+    """The run's end, written with the ends of other runs finishing at the same moment."""
+    end = Completion(task.id, lease_token, status, result, error)
+    if not await completer_of(runtime).finish(end):
+        return await _lease_gone(runtime, task.id)
+    # The one INFO line of a run that went to its end.
+    fields = {"attempt": task.attempts, "status": status.value, "error": error}
+    log.info("task_finished", task_id=str(task.id), **fields)
     return Outcome(status.value)
+
+
+def completer_of(runtime: WorkerRuntime) -> Completer:
+    """The runtime's completer, made on first use (inside the worker's event loop)."""
+    if runtime.completer is None:
+
+        async def write_one(end: Completion) -> bool:
+            return await _write(runtime, lambda session: _finish_one(session, end))
+
+        runtime.completer = Completer(
+            runtime.sessionmaker, write_one, runtime.settings.worker_completion_batch
+        )
+    return runtime.completer
+
+
+async def _finish_one(session: AsyncSession, end: Completion) -> bool:
+    return await claims.finish_task(
+        session, end.task_id, end.lease_token, end.status, end.result, end.error
+    )
 
 
 async def _write(runtime: WorkerRuntime, write: Callable[[AsyncSession], Awaitable[T]]) -> T:

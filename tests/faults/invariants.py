@@ -70,7 +70,7 @@ class InvariantReport:
     outbox_rows: int = 0
     broker_messages: int = 0
     worker_task_ids: int = 0
-    runs_started: int = 0
+    runs_finished: int = 0
     duplicates_skipped: int = 0
 
     def line(self) -> str:
@@ -236,7 +236,7 @@ def _check_messages(
     report.outbox_rows = len(outbox)
     report.broker_messages = len(in_broker)
     report.worker_task_ids = len(seen)
-    report.runs_started = sum(r.get("event") == "task_started" for r in records)
+    report.runs_finished = sum(r.get("event") == "task_finished" for r in records)
     report.duplicates_skipped = sum(r.get("event") == "task_not_claimable" for r in records)
 
 

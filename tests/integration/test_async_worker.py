@@ -183,3 +183,15 @@ def test_a_failing_message_goes_to_the_dead_letters(rig: Rig) -> None:
         worker.stop(timeout=5000)
     assert rig.queued() == 0
     assert rig.fetched_unacked() == 0
+
+
+def test_a_delayed_message_runs_once_its_delay_is_over(rig: Rig) -> None:
+    # A producer sending with a delay (Dramatiq's eta): the message waits in the delay queue.
+    rig.probe.gate.set()
+    rig.actor.send_with_options(args=("later",), delay=200)
+    worker = rig.worker(concurrency=2, prefetch=0)
+    try:
+        wait_until(lambda: rig.probe.finished == ["later"], DEADLINE_S, "the delayed message")
+    finally:
+        worker.stop(timeout=5000)
+    assert rig.fetched_unacked() == 0
