@@ -218,6 +218,12 @@ class Settings(BaseSettings):
     )
     worker_metrics_host: str = "127.0.0.1"
     worker_metrics_port: int = Field(default=9191, ge=0, le=65535, description="0 disables it.")
+    worker_progress_max_age_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="The worker's /livez and /readyz fail once a worker process's event loop or "
+        "one of its consumers has not moved for this long (the loop ticks every second).",
+    )
 
     # Operations: orphan detection, retention and the health verdict.
     queued_stale_s: float = Field(

@@ -14,6 +14,7 @@ from shared import keys
 from shared.settings import get_settings
 from worker_service.heartbeat import Heartbeat
 from worker_service.idle_poll import IdlePollCap
+from worker_service.progress import Progress
 from worker_service.wakeup import WakingRedisBroker
 
 
@@ -30,5 +31,6 @@ def install_broker() -> RedisBroker:
     broker.add_middleware(CurrentMessage())
     broker.add_middleware(IdlePollCap(settings.worker_idle_poll_ms))
     broker.add_middleware(Heartbeat(settings.broker_heartbeat_timeout_s))
+    broker.add_middleware(Progress(broker.turns))
     dramatiq.set_broker(broker)
     return broker

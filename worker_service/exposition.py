@@ -1,7 +1,8 @@
 """The workers' /metrics: prometheus_client's multiprocess mode across Dramatiq's processes.
 
-Each worker process writes its samples to files in PROMETHEUS_MULTIPROC_DIR; one
-Dramatiq fork process serves their sum on SCAN_WORKER_METRICS_HOST:PORT.
+Each worker process writes its samples (and its progress, `worker_service.progress`) to files
+in PROMETHEUS_MULTIPROC_DIR; one Dramatiq fork process serves their sum, and the probes judging
+that progress (`worker_service.probes`), on SCAN_WORKER_METRICS_HOST:PORT.
 prometheus_client is imported lazily here: it picks its storage when first imported,
 and worker processes inherit that choice from the main process through fork.
 """
@@ -9,15 +10,18 @@ and worker processes inherit that choice from the main process through fork.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from shared.logging import get_logger
 from shared.settings import get_settings
+from worker_service import probes, progress
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -41,6 +45,7 @@ def prepare_multiproc_dir() -> tuple[Path, bool]:
     path.mkdir(parents=True, exist_ok=True)
     for stale in path.glob("*.db"):
         stale.unlink()
+    progress.clear_progress(path)
     os.environ[MULTIPROC_DIR_ENV] = str(path)
     return path, not given
 
@@ -58,9 +63,26 @@ class WorkerCollector:
                 yield family
 
 
+class _QuietHandler(WSGIRequestHandler):
+    """No line per request: probes arrive every few seconds."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _server_class(host: str, port: int) -> type[WSGIServer]:
+    from prometheus_client.exposition import ThreadingWSGIServer
+
+    class Server(ThreadingWSGIServer):
+        # IPv6 when the host is an IPv6 address ("::"), as prometheus_client's own server does.
+        address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+
+    return Server
+
+
 def serve_metrics() -> int:
-    """A Dramatiq fork target: serve the workers' metrics until the fork is stopped."""
-    from prometheus_client import CollectorRegistry, start_http_server
+    """A Dramatiq fork target: serve the workers' metrics and probes until the fork is stopped."""
+    from prometheus_client import CollectorRegistry, make_wsgi_app
     from prometheus_client.multiprocess import MultiProcessCollector
 
     from shared import metrics
@@ -70,12 +92,21 @@ def serve_metrics() -> int:
     registry = CollectorRegistry()
     source = MultiProcessCollector(None)  # type: ignore[no-untyped-call]
     registry.register(WorkerCollector(source, names))
+    app = probes.ProbeApp(
+        make_wsgi_app(registry),
+        Path(os.environ[MULTIPROC_DIR_ENV]),
+        settings.worker_progress_max_age_s,
+        probes.broker_check(settings.effective_broker_url),
+    )
     host, port = settings.worker_metrics_host, settings.worker_metrics_port
     try:
-        start_http_server(port, addr=host, registry=registry)
+        server = make_server(
+            host, port, app, _server_class(host, port), handler_class=_QuietHandler
+        )
     except OSError as exc:
         log.error("worker_metrics_unavailable", host=host, port=port, error=str(exc))
         return 1
+    threading.Thread(target=server.serve_forever, name="scan-outbox-probes", daemon=True).start()
     log.info("worker_metrics_serving", host=host, port=port)
     # Dramatiq stops a fork with SIGTERM, whose handler exits this wait.
     threading.Event().wait()

@@ -10,15 +10,19 @@ their consumer must also wake to release messages whose time has come. scan-outb
 delayed messages (retries and deferrals wait in the outbox), so a delay-queue consumer polls
 at no less than `DELAY_QUEUE_POLL_MS` whatever the idle-poll cap: otherwise a low cap, there
 for the scan queue, makes the idle worker's CPU go on polling an empty delay queue.
+
+Its consumers also record each turn in `turns`, the evidence the worker's probes judge.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from dramatiq.broker import Consumer
-from dramatiq.brokers.redis import RedisBroker
+from dramatiq.broker import Consumer, MessageProxy
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import dq_name, q_name
+
+from worker_service.progress import ConsumerTurns
 
 # Dramatiq's own idle wake-up: heartbeats and maintenance still run at least this often.
 DEFAULT_WAIT_S = 1
@@ -30,12 +34,34 @@ def is_delay_queue(queue_name: str) -> bool:
     return dq_name(q_name(queue_name)) == queue_name
 
 
+# `_RedisConsumer` is private to Dramatiq; `consumer_class` is how its broker lets a subclass
+# choose the consumer. Both are checked by the probe tests on the pinned Dramatiq (<2.3).
+class TurningConsumer(_RedisConsumer):
+    """Dramatiq's Redis consumer, recording when each turn (one fetch or idle wait) starts and
+    ends; a turn that raises still ends."""
+
+    broker: WakingRedisBroker
+
+    def __next__(self) -> MessageProxy | None:
+        self.broker.turns.enter(self.queue_name)
+        try:
+            message: MessageProxy | None = super().__next__()  # type: ignore[no-untyped-call]
+        finally:
+            self.broker.turns.leave(self.queue_name)
+        return message
+
+
 class WakingRedisBroker(RedisBroker):
     """`RedisBroker` with a blocking wait on an empty (non-delay) queue before giving up a fetch."""
 
     def __init__(self, *, wait_s: int = DEFAULT_WAIT_S, **options: Any) -> None:
         super().__init__(**options)  # type: ignore[no-untyped-call]
         self.wait_s = wait_s
+        self.turns = ConsumerTurns()
+
+    @property
+    def consumer_class(self) -> type[TurningConsumer]:
+        return TurningConsumer
 
     def do_fetch(self, queue_name: str, count: int) -> list[bytes]:
         fetch = self._dispatch("fetch")  # type: ignore[no-untyped-call]
