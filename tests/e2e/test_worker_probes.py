@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from shared.cli.processes import relay_command, worker_command
-from shared.db import queries
+from shared.db import tasks, users
 from shared.db.engine import create_engine, create_sessionmaker
 from shared.embedded import EmbeddedUrls, RedisProcess
 from shared.messages import scan_entry
@@ -120,16 +120,16 @@ def add_blocking_task(settings: Settings, block_s: float) -> None:
         engine = create_engine(settings)
         try:
             async with create_sessionmaker(engine)() as session, session.begin():
-                user = await queries.insert_user(session, "e2e", "hash", False)
+                user = await users.insert_user(session, "e2e", "hash", False)
                 task_id = uuid.uuid4()
-                new = queries.NewTask(
+                new = tasks.NewTask(
                     user_id=user.id,
                     target_domain="example.com",
                     config={"block_s": block_s},
                     max_attempts=1,
                 )
                 entry = scan_entry(task_id, settings.queue_name)
-                await queries.insert_task_with_message(session, task_id, new, entry)
+                await tasks.insert_task_with_message(session, task_id, new, entry)
         finally:
             await engine.dispose()
 
