@@ -208,6 +208,12 @@ class Settings(BaseSettings):
         "hides the fetch round trip, small so one process does not hoard the queue (64: a "
         "quarter of the default concurrency; not separately benchmarked).",
     )
+    worker_claim_batch: int = Field(
+        default=64,
+        ge=1,
+        description="Most tasks one claim transaction takes; claims that start while the "
+        "claim transactions are busy go together in the next.",
+    )
     worker_completion_batch: int = Field(
         default=256,
         ge=1,

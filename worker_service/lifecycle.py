@@ -28,6 +28,7 @@ from shared.logging import get_logger
 from shared.messages import scan_entry
 from shared.settings import Settings
 from worker_service import existence, lease
+from worker_service.claimer import Claimer
 from worker_service.completer import Completer
 from worker_service.runtime import WorkerRuntime
 
@@ -83,7 +84,10 @@ async def run_task(
     runtime: WorkerRuntime, task_id: uuid.UUID, request_id: str | None = None
 ) -> Outcome:
     """Run the task once if this call wins the claim; otherwise write nothing but a deferral."""
-    claim = await _verify_and_claim(runtime, task_id, request_id)
+    claim: tuple[claims.ClaimedTask, uuid.UUID] | Outcome | None
+    claim = await claimer_of(runtime).claim(task_id)
+    if claim is None:
+        claim = await _verify_and_claim(runtime, task_id, request_id)
     if isinstance(claim, Outcome):
         outcome = claim
     else:
@@ -290,6 +294,13 @@ async def _finish(
     fields = {"attempt": task.attempts, "status": status.value, "error": error}
     log.info("task_finished", task_id=str(task.id), **fields)
     return Outcome(status.value)
+
+
+def claimer_of(runtime: WorkerRuntime) -> Claimer:
+    """The runtime's claimer, made on first use (inside the worker's event loop)."""
+    if runtime.claimer is None:
+        runtime.claimer = Claimer(runtime.sessionmaker, runtime.settings, runtime.owner)
+    return runtime.claimer
 
 
 def completer_of(runtime: WorkerRuntime) -> Completer:

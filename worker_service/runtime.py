@@ -16,6 +16,7 @@ from shared import safeguards
 from shared.db.engine import create_engine, create_sessionmaker
 from shared.errors import ScanOutboxError
 from shared.settings import Settings, get_settings
+from worker_service.claimer import Claimer
 from worker_service.completer import Completer
 
 Scanner = Callable[[str, dict[str, Any], Settings], Awaitable[dict[str, Any]]]
@@ -59,7 +60,9 @@ class WorkerRuntime:
     # The safeguard Redis (the existence marker), never the broker's.
     redis: aioredis.Redis
     owner: str = field(default_factory=worker_identity)
-    # Made on first use by `lifecycle.completer_of`, inside the worker's event loop.
+    # Made on first use by `lifecycle.claimer_of` and `lifecycle.completer_of`, inside the
+    # worker's event loop.
+    claimer: Claimer | None = None
     completer: Completer | None = None
 
 

@@ -104,6 +104,9 @@ def _stop_all(children: list[subprocess.Popen[bytes]]) -> None:
             child.wait()
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def _interrupt(_signum: int, _frame: object) -> None:
     """SIGTERM stops the stack the way Ctrl-C does."""
     raise KeyboardInterrupt
@@ -113,12 +116,14 @@ def run_stack(data_dir: Path) -> int:
     """Start servers if needed, migrate, print a demo token, run api+relay+worker until Ctrl-C.
 
     SIGTERM stops it the way Ctrl-C does, from the first moment: servers stopped, env file gone.
+    SIGINT is handled even when it came ignored (a shell's background job inherits it so).
     """
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = {signum: signal.signal(signum, _interrupt) for signum in STOP_SIGNALS}
     try:
         return _run_stack(data_dir)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _run_stack(data_dir: Path) -> int:

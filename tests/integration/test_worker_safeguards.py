@@ -63,10 +63,6 @@ async def redis_down(runtime: WorkerRuntime) -> None:
     runtime.redis = safeguards.create_redis(runtime.settings)
 
 
-def verified(logs: list[dict[str, object]]) -> list[dict[str, object]]:
-    return [entry for entry in logs if entry["event"] == "task verified"]
-
-
 async def test_a_committed_task_is_verified_by_the_database_without_asking_redis(
     runtime: WorkerRuntime,
     sessionmaker: async_sessionmaker[AsyncSession],
@@ -76,11 +72,10 @@ async def test_a_committed_task_is_verified_by_the_database_without_asking_redis
     redis_client.set(keys.task_created_marker(task_id), "1", ex=300)
     before = retries()
     runtime.redis = FailingRedis()  # type: ignore[assignment]
-    with capture_logs() as logs:
-        assert await run_task(runtime, task_id) == Outcome.SUCCEEDED
-    [line] = verified(logs)
-    assert (line["task_id"], line["attempt"]) == (str(task_id), 1)
+    # FailingRedis raises if asked: the claim found the task in the database at once.
+    assert await run_task(runtime, task_id) == Outcome.SUCCEEDED
     assert retries() == before
+    assert (await load(sessionmaker, task_id)).attempts == 1
 
 
 async def test_a_marked_task_the_database_no_longer_has_is_dropped_at_once(
@@ -137,11 +132,9 @@ async def test_the_worker_runs_tasks_with_the_safeguard_redis_down(
     task_id = await committed_task(sessionmaker)
     failures = sample("scan_outbox_safeguard_failures_total", {"safeguard": "marker_check"})
 
-    with capture_logs() as logs:
-        assert await run_task(runtime, task_id) == Outcome.SUCCEEDED
+    assert await run_task(runtime, task_id) == Outcome.SUCCEEDED
 
     assert (await load(sessionmaker, task_id)).status == TaskStatus.SUCCEEDED
-    assert verified(logs)
     # The database had the task: Redis was not needed, so nothing failed.
     after = sample("scan_outbox_safeguard_failures_total", {"safeguard": "marker_check"})
     assert after == failures

@@ -1,0 +1,123 @@
+"""Claims that start together, taken in one transaction: each with a token of its own, within
+the politeness limit counting the batch's own claims, and whatever the batch cannot take left
+to the single claim untouched; against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.db import claims
+from shared.db.models import TaskStatus
+from shared.settings import Settings
+from tests.workers import committed_task, load, worker_settings
+from worker_service.claimer import Claim, Claimer
+
+
+def claimer(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> Claimer:
+    tuned = worker_settings(settings, per_target_concurrency=2, target_lock_timeout_s=0.3)
+    return Claimer(sessionmaker, tuned, owner="batch-worker")
+
+
+async def claim_together(batcher: Claimer, task_ids: list[uuid.UUID]) -> list[Claim | None]:
+    return list(await asyncio.gather(*(batcher.claim(task_id) for task_id in task_ids)))
+
+
+async def test_claims_that_start_together_are_taken_in_one_transaction(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    task_ids = [await committed_task(sessionmaker, f"t{index}.example") for index in range(12)]
+
+    answers = await claim_together(claimer(settings, sessionmaker), task_ids)
+
+    assert all(answer is not None for answer in answers)
+    rows = [await load(sessionmaker, task_id) for task_id in task_ids]
+    tokens = {answer[1] for answer in answers if answer is not None}
+    assert tokens == {row.lease_token for row in rows}
+    assert len(tokens) == len(task_ids)
+    for row, answer in zip(rows, answers, strict=True):
+        assert answer is not None
+        assert answer[0].id == row.id
+        assert (row.status, row.attempts, row.lease_owner) == (
+            TaskStatus.RUNNING,
+            1,
+            "batch-worker",
+        )
+        assert row.lease_expires_at is not None
+        assert row.lease_expires_at > row.started_at
+    # now() is the transaction's start: one transaction claimed them all.
+    assert len({row.started_at for row in rows}) == 1
+
+
+async def test_a_batch_counts_its_own_claims_of_a_domain_against_the_limit(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    live = await committed_task(sessionmaker, "busy.example")
+    async with sessionmaker() as session, session.begin():
+        assert await claims.claim_task(session, live, "elsewhere", uuid.uuid4(), 30) is not None
+    busy = [await committed_task(sessionmaker, "busy.example") for _ in range(3)]
+    calm = [await committed_task(sessionmaker, "calm.example") for _ in range(3)]
+
+    answers = await claim_together(claimer(settings, sessionmaker), busy + calm)
+
+    # Limit 2: one live scan elsewhere leaves room for one of busy's; calm takes two of three.
+    claimed = [answer is not None for answer in answers]
+    assert sum(claimed[:3]) == 1
+    assert sum(claimed[3:]) == 2
+    for task_id, taken in zip(busy + calm, claimed, strict=True):
+        row = await load(sessionmaker, task_id)
+        # Left alone means untouched: the single claim decides what happens to it.
+        expected = (TaskStatus.RUNNING, 1) if taken else (TaskStatus.PENDING, 0)
+        assert (row.status, row.attempts) == expected
+
+
+async def test_what_a_batch_cannot_claim_is_left_to_the_single_claim(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    unknown = uuid.uuid4()  # not committed (yet)
+    exhausted = await committed_task(sessionmaker, "spent.example", max_attempts=1)
+    running = await committed_task(sessionmaker, "taken.example")
+    async with sessionmaker() as session, session.begin():
+        await session.execute(
+            text("UPDATE tasks SET attempts = 1 WHERE id = :id"), {"id": exhausted}
+        )
+        assert await claims.claim_task(session, running, "other", uuid.uuid4(), 30) is not None
+    fresh = await committed_task(sessionmaker, "fresh.example")
+
+    answers = await claim_together(
+        claimer(settings, sessionmaker), [unknown, exhausted, running, fresh]
+    )
+
+    assert [answer is None for answer in answers] == [True, True, True, False]
+    assert (await load(sessionmaker, exhausted)).status == TaskStatus.PENDING
+    assert (await load(sessionmaker, running)).lease_owner == "other"
+
+
+async def test_a_message_met_twice_in_one_batch_is_claimed_once(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    task_id = await committed_task(sessionmaker, "twice.example")
+
+    answers = await claim_together(claimer(settings, sessionmaker), [task_id, task_id])
+
+    assert sorted(answer is None for answer in answers) == [False, True]
+    assert (await load(sessionmaker, task_id)).attempts == 1
+
+
+async def test_a_batch_that_waits_too_long_for_a_target_lock_claims_nothing(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    stalled = await committed_task(sessionmaker, "stalled.example")
+    other = await committed_task(sessionmaker, "other.example")
+    async with sessionmaker() as holder, holder.begin():
+        # A claim of the same target that stalls under its lock.
+        await claims.lock_target(holder, "stalled.example", 5)
+
+        answers = await claim_together(claimer(settings, sessionmaker), [other, stalled])
+
+    assert answers == [None, None]
+    for task_id in (stalled, other):
+        assert (await load(sessionmaker, task_id)).status == TaskStatus.PENDING

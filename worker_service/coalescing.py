@@ -1,0 +1,66 @@
+"""Requests of many runs that arrive together, served by one statement.
+
+A run hands its request over and waits for its answer. Up to `parallel` batches are in flight
+at once; requests that arrive while all of them are busy queue up and go together in the next
+(at most `max_batch` at a time). An idle worker serves each request at once, a busy one serves
+dozens per statement. A run cancelled while waiting leaves its request to be served all the
+same: the statement may already have changed the row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from typing import Generic, TypeVar
+
+Request = TypeVar("Request")
+Answer = TypeVar("Answer")
+
+
+class Coalescer(ABC, Generic[Request, Answer]):
+    """Serves requests in batches through `_serve`, which settles each waiting future."""
+
+    def __init__(self, max_batch: int, parallel: int = 1) -> None:
+        if max_batch < 1 or parallel < 1:
+            raise ValueError("max_batch and parallel must be at least 1")
+        self.max_batch = max_batch
+        self.parallel = parallel
+        self.pending: list[tuple[Request, asyncio.Future[Answer]]] = []
+        self.flushers: set[asyncio.Task[None]] = set()
+
+    async def submit(self, request: Request) -> Answer:
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self.pending.append((request, future))
+        if len(self.flushers) < self.parallel:
+            flusher = asyncio.create_task(self._flush_pending())
+            self.flushers.add(flusher)
+            flusher.add_done_callback(self.flushers.discard)
+        return await asyncio.shield(future)
+
+    async def close(self) -> None:
+        """Return once every request handed over so far is served (or has failed)."""
+        while self.flushers:
+            await asyncio.shield(asyncio.gather(*self.flushers, return_exceptions=True))
+
+    async def _flush_pending(self) -> None:
+        while self.pending:
+            batch = self.pending[: self.max_batch]
+            del self.pending[: self.max_batch]
+            try:
+                await self._serve(batch)
+            except BaseException as exc:
+                # Each waiting run gets the error; the next batch is served all the same.
+                for _request, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+
+    @abstractmethod
+    async def _serve(self, batch: list[tuple[Request, asyncio.Future[Answer]]]) -> None:
+        """Answer every request of `batch` (settle its future)."""
+
+
+def settle(future: asyncio.Future[Answer], answer: Answer) -> None:
+    if not future.done():
+        future.set_result(answer)
