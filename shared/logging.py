@@ -8,6 +8,7 @@ import sys
 import structlog
 
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+QUIET_LIBRARY_LOGGERS = ("apscheduler", "httpx", "httpcore")
 
 
 def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
@@ -46,7 +47,10 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
     root.setLevel(level.upper())
     _reroute_own_handlers()
     # The poll job runs every second; its "running job" lines would drown everything else.
-    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
+    # The HTTP clients log every request at INFO: a scan makes several, and its result says
+    # what they answered, so they would only multiply a worker's one line per task.
+    for name in QUIET_LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
 
 
 def _reroute_own_handlers() -> None:

@@ -86,3 +86,11 @@ def test_exceptions_stay_on_one_line(capsys: pytest.CaptureFixture[str]) -> None
         logging.getLogger("uvicorn.error").exception("failed")
     (line,) = json_lines(capsys.readouterr().err)
     assert "ValueError: boom" in str(line["exception"])
+
+
+def test_http_clients_log_only_their_warnings(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO", json=True)
+    logging.getLogger("httpx").info('HTTP Request: GET http://example.test/ "HTTP/1.1 200 OK"')
+    logging.getLogger("httpcore.connection").info("connect_tcp.started")
+    logging.getLogger("httpx").warning("retrying")
+    assert [line["event"] for line in json_lines(capsys.readouterr().err)] == ["retrying"]
