@@ -39,6 +39,10 @@ DISPATCH_POLL_S = 0.5
 # Kept back from the shutdown timeout to cancel the scans still running and hand their
 # messages back before the process is killed.
 HAND_BACK_RESERVE_S = 2.0
+# Threads that ack or nack finished messages, one Redis round trip each: runs end in bursts
+# (their final writes commit together), and one thread acking a burst in turn keeps those
+# messages counted against the prefetch, so the consumer fetches their successors late.
+ACKERS = 8
 # Delayed messages (a producer's `delay=`) a process holds until their eta: what Dramatiq's own
 # worker holds with its default 8 threads (they wait in memory, not in a scan slot).
 DELAY_PREFETCH = 8000
@@ -98,7 +102,9 @@ class AsyncWorker(Worker):
         if loop_thread is None:
             raise RuntimeError("AsyncWorker needs the AsyncIO middleware")
         self.loop = loop_thread.loop
-        for target, name in ((self._dispatch, "dispatcher"), (self._ack, "acker")):
+        roles = [(self._dispatch, "dispatcher")]
+        roles += [(self._ack, f"acker-{index}") for index in range(ACKERS)]
+        for target, name in roles:
             thread = threading.Thread(target=target, name=f"scan-outbox-{name}", daemon=True)
             thread.start()
             self.threads.append(thread)
@@ -205,7 +211,8 @@ class AsyncWorker(Worker):
         if late:
             self.logger.warning("Handing back %d messages still running.", len(late))
             self._cancel(late)
-        self.finished.put(None)
+        for _acker in self.threads[1:]:
+            self.finished.put(None)
         for thread in self.threads[1:]:
             thread.join()
         left_ms = max(0, int(timeout - (time.monotonic() - started) * 1000))
