@@ -32,6 +32,7 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            structlog.stdlib.add_logger_name,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             # The console renderer formats exceptions itself.
             *([structlog.processors.format_exc_info] if json else []),
@@ -78,8 +79,12 @@ def _reroute_own_handlers() -> None:
 
 
 class _StderrLogger:
-    """Writes each rendered line to `sys.stderr` as it is at the time of the call (tests and
-    embedders replace it); a line-buffered stream writes the line in one piece."""
+    """Writes each rendered line to `sys.stderr` as it is at the time of the call (Dramatiq's
+    processes and tests replace it); a line-buffered stream writes the line in one piece.
+    `name` is what `add_logger_name` reports."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
     def msg(self, message: str) -> None:
         sys.stderr.write(message + "\n")
@@ -87,13 +92,12 @@ class _StderrLogger:
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
 
-_STDERR_LOGGER = _StderrLogger()
-
-
-def _stderr_logger(*_args: object) -> _StderrLogger:
-    return _STDERR_LOGGER
+def _stderr_logger(name: str = "", *_args: object) -> _StderrLogger:
+    return _StderrLogger(name)
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
-    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger().bind(logger=name)
+    """A logger for module `name`, configured on first use (modules take theirs at import,
+    before `configure_logging` runs)."""
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name)
     return logger
