@@ -41,14 +41,22 @@ _LOCK_TARGETS = text(
 
 # Unqualified columns below are those of `tasks AS t` (the CTEs name theirs apart). The
 # claimability test is repeated on `t`: a row changed since the snapshot is tested again.
+# Rows another transaction holds are skipped, never waited for: a relay marking a batch
+# `queued` holds several of them, and a batch waiting on the relay's rows while holding some
+# the relay wants next would deadlock it (resolved only after `deadlock_timeout`, 1 s). The
+# single claim takes a skipped task; it holds one row, so it can wait safely.
 _CLAIM_MANY = text(
     f"""
-    WITH wanted AS (
-        SELECT id AS wanted_id, target_domain AS wanted_domain,
-               row_number() OVER (PARTITION BY target_domain ORDER BY id) AS nth
+    WITH locked AS (
+        SELECT id, target_domain
         FROM tasks
         WHERE id = ANY(CAST(:ids AS uuid[])) AND {predicates.CLAIMABLE}
               AND attempts < max_attempts
+        FOR UPDATE SKIP LOCKED
+    ), wanted AS (
+        SELECT id AS wanted_id, target_domain AS wanted_domain,
+               row_number() OVER (PARTITION BY target_domain ORDER BY id) AS nth
+        FROM locked
     ), live AS (
         SELECT target_domain AS live_domain, count(*) AS scans
         FROM tasks

@@ -121,3 +121,20 @@ async def test_a_batch_that_waits_too_long_for_a_target_lock_claims_nothing(
     assert answers == [None, None]
     for task_id in (stalled, other):
         assert (await load(sessionmaker, task_id)).status == TaskStatus.PENDING
+
+
+async def test_a_batch_leaves_a_row_another_transaction_holds_without_waiting_for_it(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    held = await committed_task(sessionmaker, "held.example")
+    free = await committed_task(sessionmaker, "free.example")
+    async with sessionmaker() as relay, relay.begin():
+        # What a relay marking its batch `queued` holds until it commits.
+        await relay.execute(text("SELECT 1 FROM tasks WHERE id = :id FOR UPDATE"), {"id": held})
+
+        # The holder is still open: a batch that waited for the row would never return.
+        batch = claim_together(claimer(settings, sessionmaker), [held, free])
+        answers = await asyncio.wait_for(batch, 10)
+
+    assert [answer is None for answer in answers] == [True, False]
+    assert (await load(sessionmaker, held)).status == TaskStatus.PENDING
