@@ -11,6 +11,7 @@ steps but does not bill them. PostgreSQL's and Redis's own CPU are not counted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -88,7 +89,11 @@ def _dramatiq_us(settings: Settings, count: int) -> dict[str, float]:
 def _logging_us(count: int) -> dict[str, float]:
     log = get_logger("bench.task_cost")
     figures: dict[str, float] = {}
-    with structlog.contextvars.bound_contextvars(task_id=str(uuid.uuid4()), message_id="m"):
+    with (
+        structlog.contextvars.bound_contextvars(task_id=str(uuid.uuid4()), message_id="m"),
+        open(os.devnull, "w") as sink,
+        contextlib.redirect_stderr(sink),
+    ):
         started = time.process_time()
         for _ in range(count):
             log.info("task_finished", task_id="t", attempt=1, status="succeeded", error=None)
@@ -100,7 +105,10 @@ def _logging_us(count: int) -> dict[str, float]:
         # What a DEBUG call cost with structlog's stdlib BoundLogger: every processor ran,
         # then the stdlib dropped the record.
         config = structlog.get_config()
-        structlog.configure(wrapper_class=structlog.stdlib.BoundLogger)
+        structlog.configure(
+            wrapper_class=structlog.stdlib.BoundLogger,
+            logger_factory=structlog.stdlib.LoggerFactory(),
+        )
         stdlib_log = structlog.get_logger("bench.task_cost.stdlib")
         started = time.process_time()
         for _ in range(count):
