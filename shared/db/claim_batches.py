@@ -5,8 +5,8 @@ task that is claimable, has an attempt left and fits under its target's politene
 counting the batch's own claims of a domain with the scans already live. The locks are taken
 in one order (by key), so batches and single claims never wait on each other in a cycle.
 Each claimed task gets a lease token of its own. A task this leaves alone (not visible yet,
-not claimable, its target busy, no attempt left) goes through the single claim, which finds
-out why and acts on it. None of these commits.
+not claimable, its target busy, no attempt left, its row held by another transaction) goes
+through the single claim, which finds out why and acts on it. None of these commits.
 """
 
 from __future__ import annotations
