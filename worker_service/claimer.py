@@ -61,7 +61,13 @@ class Claimer(Coalescer[uuid.UUID, Claim | None]):
         except Exception as exc:
             # Nothing of the transaction was committed (unless the COMMIT was lost in flight:
             # the single claim then finds those tasks running under a live lease).
-            log.warning("task_batch_claim_failed", size=len(batch), error=type(exc).__name__)
+            orig = getattr(exc, "orig", None)
+            log.warning(
+                "task_batch_claim_failed",
+                size=len(batch),
+                error=type(exc).__name__,
+                sqlstate=getattr(orig, "sqlstate", None),
+            )
             claimed = {}
         # A message delivered twice may meet itself in one batch: one claim, one run.
         for task_id, future in batch:

@@ -10,6 +10,7 @@ same: the statement may already have changed the row.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from abc import ABC, abstractmethod
 from typing import Generic, TypeVar
 
@@ -32,7 +33,9 @@ class Coalescer(ABC, Generic[Request, Answer]):
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self.pending.append((request, future))
         if len(self.flushers) < self.parallel:
-            flusher = asyncio.create_task(self._flush_pending())
+            # A context of its own: the batch serves many runs, not the one that started it
+            # (whose bound log fields would otherwise label the batch's lines).
+            flusher = asyncio.create_task(self._flush_pending(), context=contextvars.Context())
             self.flushers.add(flusher)
             flusher.add_done_callback(self.flushers.discard)
         return await asyncio.shield(future)

@@ -32,6 +32,9 @@ FAULT_ENV = {
     "SCAN_DB_MAX_OVERFLOW": "4",
     "SCAN_WORKER_PREFETCH": "12",  # WORKER_PREFETCH
 }
+# The product's lease, for runs whose point is not a lease expiry: under load on a shared
+# machine a 2 s lease can lapse while a finished scan's end waits for its batch write.
+HEALTHY_LEASE = {"SCAN_WORKER_LEASE_S": "30"}
 WORKER_READY = "ready for action"
 # Against the slow site of the fault scenarios scans mostly wait: concurrency sets the pace
 # there; kept to the database pool above (8 + 4) so faults, not pool waits, shape the runs.

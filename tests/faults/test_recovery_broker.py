@@ -25,6 +25,7 @@ from tests.faults import invariants
 from tests.faults.client import CreateDriver
 from tests.faults.harness import (
     FAULT_ENV,
+    HEALTHY_LEASE,
     WORKER_CONCURRENCY,
     WORKER_PREFETCH,
     FaultStack,
@@ -34,6 +35,7 @@ from tests.faults.scenario import Scenario, scanning_on, scenario
 from tests.faults.servers import FaultServers, target_hold
 from tests.faults.site import CountingSite
 from tests.helpers import wait_until
+from worker_service import claimer
 
 pytestmark = pytest.mark.faults
 
@@ -47,10 +49,12 @@ LOSS_RECOVERY_S = 20.0
 RESEND_BOUND_S = 3 * BROKER_CHECK_S
 # Where no worker dies mid-scan, the product's lease: a renewal that comes late on a busy
 # machine must not send a healthy scan round again and blur the attempt counts.
-HEALTHY_LEASE = {"SCAN_WORKER_LEASE_S": "30"}
 # A worker fetches its scans in flight plus its prefetch.
 FETCHED = WORKER_CONCURRENCY + WORKER_PREFETCH
 CONCURRENT_SCANS = 2 * WORKER_CONCURRENCY  # worker-a and worker-b
+# Claims blocked on a target's lock: each worker's claim transactions in flight (the other
+# claims queue behind them in the worker), worker-a and worker-b.
+BLOCKED_CLAIMS = 2 * min(WORKER_CONCURRENCY, claimer.BATCHES_IN_FLIGHT)
 
 
 @dataclass(frozen=True)
@@ -357,9 +361,10 @@ def test_a_worker_killed_before_claiming_its_prefetch_has_those_messages_run_onc
                 "worker SIGKILL before its claims", stack, driver.start(), db, site, broker
             )
             run.after_creates(creates)
-            # Every slot of both workers waits in a claim; each worker has fetched its fill.
+            # Both workers' claim transactions wait on the held targets (their other slots'
+            # claims queue behind them); each worker has fetched its fill.
             wait_until(
-                lambda: hold.waiting_claims() == CONCURRENT_SCANS,
+                lambda: hold.waiting_claims() == BLOCKED_CLAIMS,
                 STAGE_DEADLINE_S,
                 "every worker slot to wait in its claim",
             )
