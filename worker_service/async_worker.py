@@ -3,8 +3,8 @@
 A scan is almost all network waiting, so a thread per scan wastes memory and CPU. Here
 Dramatiq's consumers fetch as usual (prefetch bounded to `concurrency + prefetch` messages),
 one dispatcher thread starts each message as a coroutine on the AsyncIO middleware's event loop
-once one of `concurrency` slots is free, and one acker thread acks or nacks each message after
-its run, with the middleware hooks Dramatiq's own worker threads call. Dramatiq's semantics
+once one of `concurrency` slots is free, and `ACKERS` acker threads ack or nack each message
+after its run, with the middleware hooks Dramatiq's own worker threads call. Dramatiq's semantics
 stay: a message is acked only after its run, a failed one goes to the dead letters, an unacked
 one is redelivered. The actor's `time_limit` is enforced with `asyncio.timeout` (Dramatiq's
 TimeLimit middleware interrupts threads, and one thread here carries every scan).
@@ -92,7 +92,7 @@ class AsyncWorker(Worker):
         self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        """Boot the middleware and consumers, then the dispatcher and the acker."""
+        """Boot the middleware and consumers, then the dispatcher and the ackers."""
         broker = self.broker
         broker.middleware[:] = [
             m for m in broker.middleware if not isinstance(m, THREAD_INTERRUPTING_MIDDLEWARE)
@@ -129,7 +129,7 @@ class AsyncWorker(Worker):
             self._launch(item.message)
 
     def _launch(self, message: MessageProxy) -> None:
-        """Start `message` on the loop; one the middleware skips goes straight to the acker."""
+        """Start `message` on the loop; one the middleware skips goes straight to the ackers."""
         try:
             self.broker.emit_before("process_message", message)
         except SkipMessage as exc:
