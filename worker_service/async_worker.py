@@ -9,7 +9,7 @@ stay: a message is acked only after its run, a failed one goes to the dead lette
 one is redelivered. The actor's `time_limit` is enforced with `asyncio.timeout` (Dramatiq's
 TimeLimit middleware interrupts threads, and one thread here carries every scan).
 
-Graceful stop: no new message starts; running ones get the shutdown timeout less
+Graceful stop: no new message starts or is fetched; running ones get the shutdown timeout less
 `HAND_BACK_RESERVE_S`; any still running then are cancelled and handed back to the queue,
 as are fetched messages that never started.
 """
@@ -43,6 +43,9 @@ HAND_BACK_RESERVE_S = 2.0
 # (their final writes commit together), and one thread acking a burst in turn keeps those
 # messages counted against the prefetch, so the consumer fetches their successors late.
 ACKERS = 8
+# Longest wait for a consumer thread to finish its turn at a stop: its blocking wait on an empty
+# queue lasts at most a second (worker_service.wakeup).
+CONSUMER_STOP_S = 2.0
 # Delayed messages (a producer's `delay=`) a process holds until their eta: what Dramatiq's own
 # worker holds with its default 8 threads (they wait in memory, not in a scan slot).
 DELAY_PREFETCH = 8000
@@ -195,19 +198,27 @@ class AsyncWorker(Worker):
             outstanding.discard(message.message_id)
 
     def stop(self, timeout: int = 600_000) -> None:
-        """Start nothing more, let running messages finish within `timeout` ms less the hand-back
-        reserve, cancel and hand back the rest, then Dramatiq's own stop (which requeues the
-        fetched messages that never started)."""
+        """Start and fetch nothing more, let running messages finish within `timeout` ms less
+        the hand-back reserve, cancel and hand back the rest, then Dramatiq's own stop (which
+        requeues the fetched messages that never started)."""
         started = time.monotonic()
         self.stopping.set()
         for thread in self.threads[:1]:
             thread.join()
+        # Fetch nothing more: a message handed back below would otherwise be fetched again by
+        # this worker and left in its ack set. Running messages are still acked through the
+        # consumers, which Dramatiq's own stop closes at the end.
+        for consumer in self.consumers.values():
+            consumer.stop()
         running = self.running_count()
         self.logger.info("Finishing %d running messages before shutdown...", running)
         wait_s = max(0.0, timeout / 1000 - HAND_BACK_RESERVE_S)
         with self.in_flight_lock:
             futures = list(self.in_flight)
         _done, late = concurrent.futures.wait(futures, timeout=wait_s)
+        consumers_deadline = time.monotonic() + CONSUMER_STOP_S
+        for consumer in self.consumers.values():
+            consumer.join(max(0.0, consumers_deadline - time.monotonic()))
         if late:
             self.logger.warning("Handing back %d messages still running.", len(late))
             self._cancel(late)
