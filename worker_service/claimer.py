@@ -46,7 +46,7 @@ class Claimer(Coalescer[uuid.UUID, Claim | None]):
     async def _serve(self, batch: list[tuple[uuid.UUID, asyncio.Future[Claim | None]]]) -> None:
         task_ids = [task_id for task_id, _ in batch]
         settings = self.settings
-        claimed: dict[uuid.UUID, Claim] = {}
+        claimed: dict[uuid.UUID, Claim]
         try:
             async with self.sessionmaker() as session:
                 await claim_batches.lock_targets(session, task_ids, settings.target_lock_timeout_s)

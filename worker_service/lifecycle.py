@@ -28,7 +28,7 @@ from shared.logging import get_logger
 from shared.messages import scan_entry
 from shared.settings import Settings
 from worker_service import existence, lease
-from worker_service.claimer import Claimer
+from worker_service.claimer import Claim, Claimer
 from worker_service.completer import Completer
 from worker_service.runtime import WorkerRuntime
 
@@ -84,8 +84,7 @@ async def run_task(
     runtime: WorkerRuntime, task_id: uuid.UUID, request_id: str | None = None
 ) -> Outcome:
     """Run the task once if this call wins the claim; otherwise write nothing but a deferral."""
-    claim: tuple[claims.ClaimedTask, uuid.UUID] | Outcome | None
-    claim = await claimer_of(runtime).claim(task_id)
+    claim: Claim | Outcome | None = await claimer_of(runtime).claim(task_id)
     if claim is None:
         claim = await _verify_and_claim(runtime, task_id, request_id)
     if isinstance(claim, Outcome):

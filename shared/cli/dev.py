@@ -108,7 +108,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _interrupt(_signum: int, _frame: object) -> None:
-    """SIGTERM stops the stack the way Ctrl-C does."""
+    """SIGTERM (and SIGINT, whatever it came with) stops the stack the way Ctrl-C does."""
     raise KeyboardInterrupt
 
 

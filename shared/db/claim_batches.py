@@ -39,12 +39,13 @@ _LOCK_TARGETS = text(
     """
 )
 
-# Unqualified columns below are those of `tasks AS t` (the CTEs name theirs apart). The
-# claimability test is repeated on `t`: a row changed since the snapshot is tested again.
-# Rows another transaction holds are skipped, never waited for: a relay marking a batch
-# `queued` holds several of them, and a batch waiting on the relay's rows while holding some
-# the relay wants next would deadlock it (resolved only after `deadlock_timeout`, 1 s). The
-# single claim takes a skipped task; it holds one row, so it can wait safely.
+# Unqualified columns below are those of `tasks AS t` (the CTEs name theirs apart). `locked`
+# holds every row it returns, tested again on its newest version, so the UPDATE need not test
+# claimability a second time. Rows another transaction holds are skipped, never waited for: a
+# relay marking a batch `queued` holds several of them, and a batch waiting on the relay's rows
+# while holding some the relay wants next would deadlock it (resolved only after
+# `deadlock_timeout`, 1 s). The single claim takes a skipped task; it holds one row, so it can
+# wait safely.
 _CLAIM_MANY = text(
     f"""
     WITH locked AS (
@@ -75,7 +76,6 @@ _CLAIM_MANY = text(
         error = NULL
     FROM wanted LEFT JOIN live ON live_domain = wanted_domain
     WHERE id = wanted_id AND nth + coalesce(scans, 0) <= :live_limit
-          AND {predicates.CLAIMABLE} AND attempts < max_attempts
     RETURNING id, target_domain, config, attempts, max_attempts, created_at, started_at,
               lease_token
     """

@@ -47,8 +47,6 @@ BROKER_CHECK_S = 2.0
 LOSS_RECOVERY_S = 20.0
 # Lost messages are sent again at the leader's next broker check or so.
 RESEND_BOUND_S = 3 * BROKER_CHECK_S
-# Where no worker dies mid-scan, the product's lease: a renewal that comes late on a busy
-# machine must not send a healthy scan round again and blur the attempt counts.
 # A worker fetches its scans in flight plus its prefetch.
 FETCHED = WORKER_CONCURRENCY + WORKER_PREFETCH
 CONCURRENT_SCANS = 2 * WORKER_CONCURRENCY  # worker-a and worker-b
@@ -366,7 +364,7 @@ def test_a_worker_killed_before_claiming_its_prefetch_has_those_messages_run_onc
             wait_until(
                 lambda: hold.waiting_claims() == BLOCKED_CLAIMS,
                 STAGE_DEADLINE_S,
-                "every worker slot to wait in its claim",
+                "every claim transaction to wait on the held targets",
             )
             fetched = wait_until(
                 lambda: (m := _fetched_by(broker, victim_pids, queue)) and len(m) == FETCHED and m,
