@@ -50,9 +50,10 @@ RESEND_BOUND_S = 3 * BROKER_CHECK_S
 # A worker fetches its scans in flight plus its prefetch.
 FETCHED = WORKER_CONCURRENCY + WORKER_PREFETCH
 CONCURRENT_SCANS = 2 * WORKER_CONCURRENCY  # worker-a and worker-b
-# Claims blocked on a target's lock: each worker's claim transactions in flight (the other
-# claims queue behind them in the worker), worker-a and worker-b.
-BLOCKED_CLAIMS = 2 * min(WORKER_CONCURRENCY, claimer.BATCHES_IN_FLIGHT)
+# Claims blocked on a target's lock at most: each worker's claim transactions in flight (the
+# other claims queue behind them in the worker), worker-a and worker-b. Fewer when a worker's
+# messages arrived together and one transaction took several of them.
+MAX_BLOCKED_CLAIMS = 2 * min(WORKER_CONCURRENCY, claimer.BATCHES_IN_FLIGHT)
 
 
 @dataclass(frozen=True)
@@ -359,18 +360,19 @@ def test_a_worker_killed_before_claiming_its_prefetch_has_those_messages_run_onc
                 "worker SIGKILL before its claims", stack, driver.start(), db, site, broker
             )
             run.after_creates(creates)
-            # Both workers' claim transactions wait on the held targets (their other slots'
-            # claims queue behind them); each worker has fetched its fill.
+            # Claim transactions wait on the held targets (the other claims queue behind them
+            # in their worker); worker-a has fetched its fill.
             wait_until(
-                lambda: hold.waiting_claims() == BLOCKED_CLAIMS,
+                lambda: hold.waiting_claims() > 0,
                 STAGE_DEADLINE_S,
-                "every claim transaction to wait on the held targets",
+                "claim transactions to wait on the held targets",
             )
             fetched = wait_until(
                 lambda: (m := _fetched_by(broker, victim_pids, queue)) and len(m) == FETCHED and m,
                 STAGE_DEADLINE_S,
                 f"worker-a to fetch {FETCHED} messages",
             )
+            assert hold.waiting_claims() <= MAX_BLOCKED_CLAIMS, "more claim transactions open"
             assert db(_running_count) == 0, "a claim went through"
             assert not site.snapshot(), "a scan ran"
             stack.kill(victim)
