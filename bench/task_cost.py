@@ -37,7 +37,7 @@ from shared.db.models import TaskStatus
 from shared.embedded import embedded_servers
 from shared.logging import configure_logging, get_logger
 from shared.settings import Settings
-from worker_service import lease, lifecycle
+from worker_service import lifecycle
 from worker_service.claimer import Claimer
 from worker_service.runtime import WorkerRuntime
 
@@ -141,9 +141,16 @@ async def _database_us(settings: Settings, count: int) -> dict[str, float]:
         assert not isinstance(claimed, lifecycle.Outcome)
         held.append(claimed)
 
+    keeper = lifecycle.keeper_of(runtime)
+
     async def scan(index: int) -> None:
         task, token = held[index]
-        await lease.run_under_lease(runtime, task.id, token, lifecycle._bounded_scan(runtime, task))
+        lease = keeper.hold(task.id, token)
+        try:
+            async with lease.fence():
+                await lifecycle._bounded_scan(runtime, task)
+        finally:
+            keeper.release(lease)
 
     async def finish_one(index: int) -> None:
         task, token = held[index]

@@ -1,54 +1,127 @@
-"""Keeping a task's lease alive while its scan runs, and noticing when it is gone."""
+"""Keeping the leases of a process's runs alive, and noticing when one is gone.
+
+One keeper per process renews every lease it holds in one statement each third of the lease
+(`shared.db.leases`): hundreds of scans in flight cost one write per interval, not one each.
+A run holds its lease from the claim to its final write, so a final write that waits its turn
+in a batch keeps its lease too. While the scan runs, the run is fenced: when a renewal finds
+its lease gone (cancelled, or taken over after this process stalled), the scan is cancelled and
+the run sees LeaseLost.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable
-from typing import TypeVar
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared.db import claims
+from shared.db import leases
+from shared.db.engine import autocommit
 from shared.logging import get_logger
-from worker_service.runtime import WorkerRuntime
+from shared.settings import Settings
 
 log = get_logger(__name__)
-T = TypeVar("T")
 
 
 class LeaseLost(Exception):
     """The task is no longer this worker's: it was cancelled, or another worker took it over."""
 
 
-async def _renew(runtime: WorkerRuntime, task_id: uuid.UUID, lease_token: uuid.UUID) -> bool:
-    """False only when the database says the lease is gone. A renewal that cannot reach the
-    database is tried again next time: the final write is fenced by the token anyway."""
-    try:
-        async with runtime.sessionmaker() as session, session.begin():
-            return await claims.renew_lease(
-                session, task_id, lease_token, runtime.settings.worker_lease_s
-            )
-    except (SQLAlchemyError, OSError) as exc:
-        log.warning("lease_renewal_failed", task_id=str(task_id), error=type(exc).__name__)
-        return True
+@dataclass(eq=False)
+class HeldLease:
+    """A run's lease while the keeper renews it; `fence()` guards the scan."""
+
+    task_id: uuid.UUID
+    token: uuid.UUID
+    run: asyncio.Task[Any] | None = field(default_factory=asyncio.current_task)
+    fenced: bool = False
+    lost: bool = False
+
+    def fence(self) -> _Fence:
+        """An `async with` block that a lost lease cancels, raising LeaseLost."""
+        return _Fence(self)
 
 
-async def run_under_lease(
-    runtime: WorkerRuntime, task_id: uuid.UUID, lease_token: uuid.UUID, work: Awaitable[T]
-) -> T:
-    """Await `work`, renewing the lease every third of its length; if a renewal finds the lease
-    gone, cancel `work` and raise LeaseLost."""
-    interval_s = runtime.settings.worker_lease_s / 3
-    job = asyncio.ensure_future(work)
-    try:
-        while True:
-            done, _pending = await asyncio.wait({job}, timeout=interval_s)
-            if done:
-                return job.result()
-            if not await _renew(runtime, task_id, lease_token):
-                raise LeaseLost
-    finally:
-        if not job.done():
-            job.cancel()
-            await asyncio.gather(job, return_exceptions=True)
+class _Fence:
+    def __init__(self, held: HeldLease) -> None:
+        self.held = held
+
+    async def __aenter__(self) -> None:
+        self.held.fenced = True
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        held = self.held
+        held.fenced = False
+        # The keeper's cancellation, and no other (a worker stopping cancels runs too).
+        lost = held.lost and exc_type is asyncio.CancelledError and held.run is not None
+        if lost and held.run.uncancel() == 0:  # type: ignore[union-attr]
+            raise LeaseLost from None
+
+
+class LeaseKeeper:
+    """Renews the leases its runs hold while any are held; made inside the worker's loop."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings) -> None:
+        self.sessionmaker = sessionmaker
+        self.settings = settings
+        self.held: dict[uuid.UUID, HeldLease] = {}
+        self.renewer: asyncio.Task[None] | None = None
+        self.sleeping = False
+
+    def hold(self, task_id: uuid.UUID, token: uuid.UUID) -> HeldLease:
+        """Renew the lease of `task_id` under `token` from now until `release`."""
+        held = HeldLease(task_id, token)
+        self.held[task_id] = held
+        if self.renewer is None or self.renewer.done():
+            self.renewer = asyncio.get_running_loop().create_task(self._renew_while_held())
+        return held
+
+    def release(self, held: HeldLease) -> None:
+        """Renew it no more (the run wrote its end, or gave the task up)."""
+        if self.held.get(held.task_id) is held:
+            del self.held[held.task_id]
+        # An idle worker keeps no timer running.
+        if not self.held and self.renewer is not None and self.sleeping:
+            self.renewer.cancel()
+            self.renewer = None
+
+    async def _renew_while_held(self) -> None:
+        while self.held:
+            self.sleeping = True
+            try:
+                await asyncio.sleep(self.settings.worker_lease_s / 3)
+            finally:
+                self.sleeping = False
+            if self.held:
+                await self._renew_all()
+
+    async def _renew_all(self) -> None:
+        """One renewal of every held lease; a run whose lease is gone is cancelled if its scan
+        still runs. A renewal that cannot reach the database is tried again next turn: every
+        write of a run is fenced by its token anyway."""
+        snapshot = dict(self.held)
+        try:
+            async with self.sessionmaker() as session:
+                await autocommit(session)
+                lost = await leases.renew_leases(
+                    session,
+                    {task_id: held.token for task_id, held in snapshot.items()},
+                    self.settings.worker_lease_s,
+                )
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("lease_renewal_failed", leases=len(snapshot), error=type(exc).__name__)
+            return
+        for task_id in lost:
+            held = snapshot[task_id]
+            held.lost = True
+            if held.fenced and held.run is not None:
+                held.run.cancel()

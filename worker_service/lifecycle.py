@@ -27,9 +27,10 @@ from shared.db.models import TaskStatus
 from shared.logging import get_logger
 from shared.messages import scan_entry
 from shared.settings import Settings
-from worker_service import existence, lease
+from worker_service import existence
 from worker_service.claimer import Claim, Claimer
 from worker_service.completer import Completer
+from worker_service.lease import HeldLease, LeaseKeeper, LeaseLost
 from worker_service.runtime import WorkerRuntime
 
 log = get_logger(__name__)
@@ -213,15 +214,26 @@ async def _run_claimed(
     lease_token: uuid.UUID,
     request_id: str | None,
 ) -> Outcome:
+    keeper = keeper_of(runtime)
+    held = keeper.hold(task.id, lease_token)
+    try:
+        return await _run_held(runtime, task, held, request_id)
+    finally:
+        keeper.release(held)
+
+
+async def _run_held(
+    runtime: WorkerRuntime, task: claims.ClaimedTask, held: HeldLease, request_id: str | None
+) -> Outcome:
     log.debug("task_started", task_id=str(task.id), attempt=task.attempts)
     if task.attempts == 1 and task.started_at is not None:
         metrics.COMMIT_TO_START.observe((task.started_at - task.created_at).total_seconds())
+    lease_token = held.token
     started = time.perf_counter()
     try:
-        result = await lease.run_under_lease(
-            runtime, task.id, lease_token, _bounded_scan(runtime, task)
-        )
-    except lease.LeaseLost:
+        async with held.fence():
+            result = await _bounded_scan(runtime, task)
+    except LeaseLost:
         return await _lease_gone(runtime, task.id)
     except INFRASTRUCTURE_ERRORS as exc:
         reason = _describe(exc)
@@ -300,6 +312,13 @@ def claimer_of(runtime: WorkerRuntime) -> Claimer:
     if runtime.claimer is None:
         runtime.claimer = Claimer(runtime.sessionmaker, runtime.settings, runtime.owner)
     return runtime.claimer
+
+
+def keeper_of(runtime: WorkerRuntime) -> LeaseKeeper:
+    """The runtime's lease keeper, made on first use (inside the worker's event loop)."""
+    if runtime.keeper is None:
+        runtime.keeper = LeaseKeeper(runtime.sessionmaker, runtime.settings)
+    return runtime.keeper
 
 
 def completer_of(runtime: WorkerRuntime) -> Completer:

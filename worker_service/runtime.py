@@ -18,6 +18,7 @@ from shared.errors import ScanOutboxError
 from shared.settings import Settings, get_settings
 from worker_service.claimer import Claimer
 from worker_service.completer import Completer
+from worker_service.lease import LeaseKeeper
 
 Scanner = Callable[[str, dict[str, Any], Settings], Awaitable[dict[str, Any]]]
 
@@ -60,9 +61,10 @@ class WorkerRuntime:
     # The safeguard Redis (the existence marker), never the broker's.
     redis: aioredis.Redis
     owner: str = field(default_factory=worker_identity)
-    # Made on first use by `lifecycle.claimer_of` and `lifecycle.completer_of`, inside the
+    # Made on first use by `lifecycle.claimer_of`, `keeper_of` and `completer_of`, inside the
     # worker's event loop.
     claimer: Claimer | None = None
+    keeper: LeaseKeeper | None = None
     completer: Completer | None = None
 
 

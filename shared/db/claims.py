@@ -1,6 +1,6 @@
 """The worker's statements on a task: see it, lock its target, claim it under a lease,
-renew, finish, defer or requeue it. Every write after the claim is fenced by the lease token.
-None of them commits.
+finish, defer or requeue it (renewals: `leases`). Every write after the claim is fenced by the
+lease token. None of them commits.
 
 Idiom: Core statements on the table, built once at import: the ORM's bulk-update bookkeeping
 and rebuilding each statement per call were most of their CPU cost. Two kinds of statement
@@ -260,26 +260,6 @@ async def finish_task(
 
 # A lease that has expired cannot be revived, even if nobody took the task over yet: from
 # its expiry on, politeness counts the scan as dead and the leader may send it again.
-_RENEW = (
-    update(_TASKS)
-    .where(_HELD, _tasks.lease_expires_at > func.clock_timestamp())
-    .values(
-        lease_expires_at=func.clock_timestamp() + _seconds(bindparam("lease_s", type_=Float)),
-        updated_at=func.now(),
-    )
-    .returning(_tasks.id)
-)
-
-
-async def renew_lease(
-    session: AsyncSession, task_id: uuid.UUID, lease_token: uuid.UUID, lease_s: float
-) -> bool:
-    """Push the lease forward; False once the token is no longer current, the lease has
-    expired, or the task is no longer running (cancelled, taken over)."""
-    params = {"task_id": task_id, "held_token": lease_token, "lease_s": lease_s}
-    return (await session.execute(_RENEW, params)).first() is not None
-
-
 _FAIL_EXHAUSTED = (
     update(_TASKS)
     .where(_tasks.id == bindparam("task_id"), _CLAIMABLE, _tasks.attempts >= _tasks.max_attempts)

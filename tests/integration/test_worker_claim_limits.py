@@ -15,7 +15,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared import safeguards
-from shared.db import claims
+from shared.db import claims, leases
 from shared.db.models import TaskStatus
 from shared.settings import Settings
 from tests.helpers import eventually
@@ -49,8 +49,8 @@ async def test_an_expired_lease_cannot_be_renewed_even_when_nobody_took_the_task
 
     await eventually(expired, "the lease to expire")
     async with sessionmaker() as session, session.begin():
-        renewed = await claims.renew_lease(session, task_id, token, 60)
-    assert not renewed
+        lost = await leases.renew_leases(session, {task_id: token}, 60)
+    assert lost == {task_id}
     # Nothing else touched the task: the token is still the holder's, yet it stays expired.
     task = await load(sessionmaker, task_id)
     assert (task.status, task.lease_token) == (TaskStatus.RUNNING, token)
@@ -67,7 +67,7 @@ async def test_a_live_lease_is_renewed_by_its_holder(
         assert await claims.claim_task(session, task_id, "alive", token, 30) is not None
     claimed = await load(sessionmaker, task_id)
     async with sessionmaker() as session, session.begin():
-        assert await claims.renew_lease(session, task_id, token, 60)
+        assert await leases.renew_leases(session, {task_id: token}, 60) == set()
     renewed = await load(sessionmaker, task_id)
     assert claimed.lease_expires_at is not None
     assert renewed.lease_expires_at is not None

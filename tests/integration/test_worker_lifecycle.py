@@ -13,7 +13,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared import safeguards
-from shared.db import claims, tasks
+from shared.db import claims, leases, tasks
 from shared.db.models import Task, TaskStatus
 from shared.messages import scan_entry
 from shared.settings import Settings
@@ -114,8 +114,8 @@ async def test_finish_and_renewal_with_a_stale_lease_token_write_nothing(
         stale = await claims.finish_task(
             session, task_id, uuid.uuid4(), TaskStatus.SUCCEEDED, {"stale": True}, None
         )
-        renewed = await claims.renew_lease(session, task_id, uuid.uuid4(), 60)
-    assert (stale, renewed) == (False, False)
+        lost = await leases.renew_leases(session, {task_id: uuid.uuid4()}, 60)
+    assert (stale, lost) == (False, {task_id})
     task = await load(sessionmaker, task_id)
     assert task.status == TaskStatus.RUNNING
     assert task.lease_token == current
@@ -161,11 +161,11 @@ async def test_an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_off(
     await eventually(expired, "the stalled worker's lease to expire")
     assert await run_task(runtime, task_id) == Outcome.SUCCEEDED
     async with sessionmaker() as session, session.begin():
-        renewed = await claims.renew_lease(session, task_id, old, 60)
+        lost = await leases.renew_leases(session, {task_id: old}, 60)
         overwritten = await claims.finish_task(
             session, task_id, old, TaskStatus.FAILED, {"late": True}, "late"
         )
-    assert (renewed, overwritten) == (False, False)
+    assert (lost, overwritten) == ({task_id}, False)
     task = await load(sessionmaker, task_id)
     assert (task.status, task.result, task.attempts) == (
         TaskStatus.SUCCEEDED,
