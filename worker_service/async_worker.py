@@ -2,9 +2,10 @@
 
 A scan is almost all network waiting, so a thread per scan wastes memory and CPU. Here
 Dramatiq's consumers fetch as usual (prefetch bounded to `concurrency + prefetch` messages),
-one dispatcher thread starts each message as a coroutine on the AsyncIO middleware's event loop
-once one of `concurrency` slots is free, and `ACKERS` acker threads ack or nack each message
-after its run, with the middleware hooks Dramatiq's own worker threads call. Dramatiq's semantics
+one dispatcher thread starts each message as a task on the AsyncIO middleware's event loop
+once one of `concurrency` slots is free, and one acker thread acks or nacks the messages whose
+runs have ended, those that ended together in one round trip (`acks`), with the middleware
+hooks Dramatiq's own worker threads call. Dramatiq's semantics
 stay: a message is acked only after its run, a failed one goes to the dead letters, an unacked
 one is redelivered. The actor's `time_limit` is enforced with `asyncio.timeout` (Dramatiq's
 TimeLimit middleware interrupts threads, and one thread here carries every scan).
@@ -17,7 +18,6 @@ as are fetched messages that never started.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextvars
 import inspect
 import queue
@@ -31,6 +31,9 @@ from dramatiq.broker import Broker, MessageProxy
 from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import ShutdownNotifications, SkipMessage, TimeLimit
 from dramatiq.worker import DELAY_QUEUE_PREFETCH, WORKER_TIMEOUT, Worker
+from redis import exceptions as redis_errors
+
+from worker_service import acks
 
 # Middleware that raises into worker threads: here one thread carries every scan.
 THREAD_INTERRUPTING_MIDDLEWARE = (TimeLimit, ShutdownNotifications)
@@ -39,10 +42,13 @@ DISPATCH_POLL_S = 0.5
 # Kept back from the shutdown timeout to cancel the scans still running and hand their
 # messages back before the process is killed.
 HAND_BACK_RESERVE_S = 2.0
-# Threads that ack or nack finished messages, one Redis round trip each: runs end in bursts
-# (their final writes commit together), and one thread acking a burst in turn keeps those
-# messages counted against the prefetch, so the consumer fetches their successors late.
-ACKERS = 8
+# Most messages settled in one round trip: runs end in bursts (their final writes commit
+# together), and a burst acked one by one stays counted against the prefetch meanwhile, so the
+# consumer fetches its successors late.
+ACK_BATCH = 256
+# After a lost connection, the acker tries a batch again this often: a message left unacked
+# would run again once this worker stops.
+ACK_RETRY_S = 1.0
 # Longest wait for a consumer thread to finish its turn at a stop: its blocking wait on an empty
 # queue lasts at most a second (worker_service.wakeup).
 CONSUMER_STOP_S = 2.0
@@ -84,8 +90,11 @@ class AsyncWorker(Worker):
         # prefetch of 0 would fetch no delayed message ever. Its default for 8 threads.
         self.delay_prefetch = DELAY_QUEUE_PREFETCH or DELAY_PREFETCH
         self.slots = threading.BoundedSemaphore(concurrency)
-        self.in_flight: dict[concurrent.futures.Future[None], MessageProxy] = {}
-        self.in_flight_lock = threading.Lock()
+        # Tasks of the runs on the loop (touched there only), and how many messages were
+        # handed to the loop and have not ended (`settled` guards it and signals zero).
+        self.running: dict[asyncio.Task[None], MessageProxy] = {}
+        self.launched = 0
+        self.settled = threading.Condition()
         self.finished: queue.SimpleQueue[tuple[MessageProxy, BaseException | None] | None] = (
             queue.SimpleQueue()
         )
@@ -95,7 +104,7 @@ class AsyncWorker(Worker):
         self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        """Boot the middleware and consumers, then the dispatcher and the ackers."""
+        """Boot the middleware and consumers, then the dispatcher and the acker."""
         broker = self.broker
         broker.middleware[:] = [
             m for m in broker.middleware if not isinstance(m, THREAD_INTERRUPTING_MIDDLEWARE)
@@ -105,16 +114,14 @@ class AsyncWorker(Worker):
         if loop_thread is None:
             raise RuntimeError("AsyncWorker needs the AsyncIO middleware")
         self.loop = loop_thread.loop
-        roles = [(self._dispatch, "dispatcher")]
-        roles += [(self._ack, f"acker-{index}") for index in range(ACKERS)]
-        for target, name in roles:
+        for target, name in ((self._dispatch, "dispatcher"), (self._ack, "acker")):
             thread = threading.Thread(target=target, name=f"scan-outbox-{name}", daemon=True)
             thread.start()
             self.threads.append(thread)
 
     def running_count(self) -> int:
-        with self.in_flight_lock:
-            return len(self.in_flight)
+        with self.settled:
+            return self.launched
 
     def _dispatch(self) -> None:
         while not self.stopping.is_set():
@@ -132,7 +139,7 @@ class AsyncWorker(Worker):
             self._launch(item.message)
 
     def _launch(self, message: MessageProxy) -> None:
-        """Start `message` on the loop; one the middleware skips goes straight to the ackers."""
+        """Start `message` on the loop; one the middleware skips goes straight to the acker."""
         try:
             self.broker.emit_before("process_message", message)
         except SkipMessage as exc:
@@ -144,35 +151,68 @@ class AsyncWorker(Worker):
         actor = self.broker.get_actor(message.actor_name)
         run = _coroutine_function(actor.fn)
         limit_ms = message.options.get("time_limit") or actor.options.get("time_limit")
-        coro = _run(message, run, limit_ms / 1000 if limit_ms else None)
+        limit_s = limit_ms / 1000 if limit_ms else None
+        with self.settled:
+            self.launched += 1
         assert self.loop is not None
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        with self.in_flight_lock:
-            self.in_flight[future] = message
-        future.add_done_callback(self._done)
+        self.loop.call_soon_threadsafe(self._start, message, run, limit_s)
 
-    def _done(self, future: concurrent.futures.Future[None]) -> None:
-        with self.in_flight_lock:
-            message = self.in_flight.pop(future)
+    def _start(
+        self, message: MessageProxy, run: Callable[..., Awaitable[None]], limit_s: float | None
+    ) -> None:
+        """On the loop: the run's task."""
+        assert self.loop is not None
+        task = self.loop.create_task(_run(message, run, limit_s))
+        self.running[task] = message
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        """On the loop: the run ended; its message goes to the acker."""
+        message = self.running.pop(task)
         self.slots.release()
-        exc = asyncio.CancelledError() if future.cancelled() else future.exception()
+        exc = asyncio.CancelledError() if task.cancelled() else task.exception()
         self.finished.put((message, exc))
+        with self.settled:
+            self.launched -= 1
+            if not self.launched:
+                self.settled.notify_all()
 
     def _ack(self) -> None:
-        while (item := self.finished.get()) is not None:
-            message, exc = item
-            try:
-                self._post_process(message, exc)
-            finally:
-                self.work_queue.task_done()
-                message.clear_exception()
+        """Settle the messages whose runs ended, those that ended together at once, until the
+        stop's end-of-work marker."""
+        while True:
+            batch: list[tuple[MessageProxy, BaseException | None]] = []
+            item = self.finished.get()
+            while item is not None:
+                batch.append(item)
+                if len(batch) == ACK_BATCH:
+                    break
+                try:
+                    item = self.finished.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._settle(batch)
+            if item is None:
+                return
 
-    def _post_process(self, message: MessageProxy, exc: BaseException | None) -> None:
-        consumer = self.consumers[message.queue_name]
-        if message.message_id in self.handed_back:
-            self.handed_back.discard(message.message_id)
-            self._hand_back(consumer, message)
-            return
+    def _settle(self, batch: list[tuple[MessageProxy, BaseException | None]]) -> None:
+        by_consumer: dict[str, list[MessageProxy]] = {}
+        for message, exc in batch:
+            if message.message_id in self.handed_back:
+                self.handed_back.discard(message.message_id)
+                self._hand_back(self.consumers[message.queue_name], message)
+            else:
+                self._after_run(message, exc)
+                by_consumer.setdefault(message.queue_name, []).append(message)
+        for queue_name, messages in by_consumer.items():
+            self._ack_all(self.consumers[queue_name].consumer, messages)
+        for message, _exc in batch:
+            self.work_queue.task_done()
+            message.clear_exception()
+
+    def _after_run(self, message: MessageProxy, exc: BaseException | None) -> None:
+        """The middleware hooks Dramatiq's worker threads call after a run."""
         if isinstance(exc, SkipMessage):
             if message.failed:
                 message.stuff_exception(exc)
@@ -184,7 +224,26 @@ class AsyncWorker(Worker):
             self.broker.emit_after("process_message", message, exception=exc)
         else:
             self.broker.emit_after("process_message", message, result=None)
-        consumer.post_process_message(message)
+
+    def _ack_all(self, consumer: Any, messages: list[MessageProxy]) -> None:
+        """Ack (nack, if failed) `messages` in one round trip, trying again while Redis is out
+        as Dramatiq's own consumer does."""
+        for message in messages:
+            self.broker.emit_before(acks.command_for(message), message)
+        while True:
+            try:
+                acks.settle_many(consumer, messages)
+                break
+            except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
+                self.logger.warning(
+                    "Failed to settle %d messages: %s; trying again in %s s.",
+                    len(messages),
+                    exc,
+                    ACK_RETRY_S,
+                )
+                time.sleep(ACK_RETRY_S)
+        for message in messages:
+            self.broker.emit_after(acks.command_for(message), message)
 
     def _hand_back(self, consumer: Any, message: MessageProxy) -> None:
         """Return a message cut short by the stop to its queue, unacked, for another worker."""
@@ -213,31 +272,31 @@ class AsyncWorker(Worker):
         running = self.running_count()
         self.logger.info("Finishing %d running messages before shutdown...", running)
         wait_s = max(0.0, timeout / 1000 - HAND_BACK_RESERVE_S)
-        with self.in_flight_lock:
-            futures = list(self.in_flight)
-        _done, late = concurrent.futures.wait(futures, timeout=wait_s)
+        all_ended = self._wait_settled(wait_s)
         consumers_deadline = time.monotonic() + CONSUMER_STOP_S
         for consumer in self.consumers.values():
             consumer.join(max(0.0, consumers_deadline - time.monotonic()))
-        if late:
-            self.logger.warning("Handing back %d messages still running.", len(late))
-            self._cancel(late)
-        for _acker in self.threads[1:]:
-            self.finished.put(None)
+        if not all_ended:
+            self.logger.warning("Handing back %d messages still running.", self.running_count())
+            assert self.loop is not None
+            self.loop.call_soon_threadsafe(self._cancel_running)
+            self._wait_settled(HAND_BACK_RESERVE_S / 2)
+        self.finished.put(None)
         for thread in self.threads[1:]:
             thread.join()
         left_ms = max(0, int(timeout - (time.monotonic() - started) * 1000))
         super().stop(timeout=left_ms)
 
-    def _cancel(self, futures: set[concurrent.futures.Future[None]]) -> None:
-        with self.in_flight_lock:
-            for future in futures:
-                message = self.in_flight.get(future)
-                if message is not None:
-                    self.handed_back.add(message.message_id)
-        for future in futures:
-            future.cancel()
-        concurrent.futures.wait(futures, timeout=HAND_BACK_RESERVE_S / 2)
+    def _wait_settled(self, timeout_s: float) -> bool:
+        """True once every message handed to the loop has ended, False after `timeout_s`."""
+        with self.settled:
+            return self.settled.wait_for(lambda: not self.launched, timeout_s)
+
+    def _cancel_running(self) -> None:
+        """On the loop: cancel every run, marking its message to be handed back."""
+        for task, message in self.running.items():
+            self.handed_back.add(message.message_id)
+            task.cancel()
 
 
 def configured(concurrency: int, prefetch: int) -> type[AsyncWorker]:

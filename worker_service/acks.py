@@ -1,0 +1,52 @@
+"""Acknowledge a batch of finished messages on Dramatiq's Redis broker in one round trip.
+
+Dramatiq's Redis consumer acks (or nacks) one message per call, each one run of the broker's
+`dispatch` script and one round trip. Runs end in bursts, so the worker queues the same script,
+with the arguments `RedisBroker._dispatch` passes, on one redis pipeline per burst. Like the
+relay's batched enqueue (`relay_service.pipelined`), this relies on Dramatiq's private API, of
+the series pyproject pins; tests/integration/test_async_worker.py has real messages acked,
+dead-lettered and handed back through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.common import current_millis
+
+
+def command_for(message: MessageProxy) -> str:
+    """`nack` moves a failed message to the dead letters; `ack` forgets a settled one."""
+    return "nack" if message.failed else "ack"
+
+
+def settle_many(consumer: _RedisConsumer, messages: Sequence[MessageProxy]) -> None:
+    """Ack or nack every one of `messages` as `consumer` (which fetched them) would, in one
+    pipeline. A connection failure raises (redis.ConnectionError) and may have settled any
+    prefix of them: settling a message twice changes nothing."""
+    broker: RedisBroker = consumer.broker
+    dispatch = broker.scripts["dispatch"]
+    namespace = [broker.namespace]
+    max_unpack = broker._max_unpack_size()  # type: ignore[no-untyped-call]
+    pipe = broker.client.pipeline(transaction=False)
+    for message in messages:
+        command = command_for(message)
+        args = [
+            command,
+            current_millis(),
+            # The consumer's queue, not the message's: Dramatiq acks a delayed message on the
+            # queue it was fetched from.
+            consumer.queue_name,
+            broker.broker_id,
+            broker.heartbeat_timeout,
+            broker.dead_message_ttl,
+            broker._should_do_maintenance(command),
+            max_unpack,
+            message.options["redis_message_id"],
+        ]
+        dispatch(keys=namespace, args=args, client=pipe)
+    pipe.execute()
+    for message in messages:
+        consumer.queued_message_ids.discard(message.message_id)
