@@ -20,7 +20,7 @@ from relay_service.publisher import DramatiqPublisher
 from relay_service.relay import Relay
 from relay_service.scheduler import build_scheduler
 from relay_service.whereabouts import BrokerWatch
-from shared import keys
+from shared import gc_pauses, keys
 from shared.broker import create_broker
 from shared.db.engine import create_engine, create_sessionmaker, server_limits
 from shared.logging import configure_logging, get_logger
@@ -112,6 +112,7 @@ async def serve(settings: Settings) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     parts = build(settings, stop)
+    gc_pauses.freeze_startup_objects()
     try:
         if settings.relay_health_port:
             try:

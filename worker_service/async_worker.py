@@ -33,6 +33,7 @@ from dramatiq.middleware import ShutdownNotifications, SkipMessage, TimeLimit
 from dramatiq.worker import DELAY_QUEUE_PREFETCH, WORKER_TIMEOUT, Worker
 from redis import exceptions as redis_errors
 
+from shared import gc_pauses
 from worker_service import acks
 
 # Middleware that raises into worker threads: here one thread carries every scan.
@@ -319,6 +320,11 @@ def configured(concurrency: int, prefetch: int) -> type[AsyncWorker]:
                 concurrency=concurrency,
                 prefetch=prefetch,
             )
+
+        def start(self) -> None:
+            super().start()
+            # A worker process's objects from start-up live as long as it does.
+            gc_pauses.freeze_startup_objects()
 
     return ConfiguredWorker
 
