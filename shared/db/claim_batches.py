@@ -41,20 +41,19 @@ _LOCK_TARGETS = text(
 
 # Unqualified columns below are those of `tasks AS t` (the CTEs name theirs apart). `locked`
 # holds every row it returns, tested again on its newest version, so the UPDATE need not test
-# claimability a second time. In a batch of several, rows another transaction holds are
-# skipped, never waited for: a relay marking a batch `queued` holds several of them, and a
-# batch waiting on the relay's rows while holding some the relay wants next would deadlock it
-# (resolved only after `deadlock_timeout`, 1 s); the single claim takes a skipped task. A batch
-# of one holds no row while it waits, so it waits: an idle worker's claim of a message that
-# arrived before the relay committed its batch waits those few milliseconds instead of
-# starting over as a single claim.
-_CLAIM_SQL = """
+# claimability a second time. Rows another transaction holds are skipped, never waited for: a
+# relay marking a batch `queued` holds several of them, and a batch waiting on the relay's rows
+# while holding some the relay wants next would deadlock it (resolved only after
+# `deadlock_timeout`, 1 s). The single claim takes a skipped task; it holds one row, so it can
+# wait safely.
+_CLAIM_MANY = text(
+    f"""
     WITH locked AS (
         SELECT id, target_domain
         FROM tasks
-        WHERE id = ANY(CAST(:ids AS uuid[])) AND {claimable}
+        WHERE id = ANY(CAST(:ids AS uuid[])) AND {predicates.CLAIMABLE}
               AND attempts < max_attempts
-        FOR UPDATE {wait}
+        FOR UPDATE SKIP LOCKED
     ), wanted AS (
         SELECT id AS wanted_id, target_domain AS wanted_domain,
                row_number() OVER (PARTITION BY target_domain ORDER BY id) AS nth
@@ -62,12 +61,12 @@ _CLAIM_SQL = """
     ), live AS (
         SELECT target_domain AS live_domain, count(*) AS scans
         FROM tasks
-        WHERE status = {running} AND lease_expires_at >= now()
+        WHERE status = {predicates.RUNNING} AND lease_expires_at >= now()
               AND target_domain IN (SELECT wanted_domain FROM wanted)
         GROUP BY target_domain
     )
     UPDATE tasks AS t
-    SET status = {running},
+    SET status = {predicates.RUNNING},
         attempts = attempts + 1,
         lease_owner = :owner,
         lease_token = gen_random_uuid(),
@@ -80,9 +79,6 @@ _CLAIM_SQL = """
     RETURNING id, target_domain, config, attempts, max_attempts, created_at, started_at,
               lease_token
     """
-_CLAIM_MANY, _CLAIM_ONE = (
-    text(_CLAIM_SQL.format(claimable=predicates.CLAIMABLE, running=predicates.RUNNING, wait=wait))
-    for wait in ("SKIP LOCKED", "")
 )
 
 
@@ -109,6 +105,5 @@ async def claim_tasks(
     """Claim for `owner`, for `lease_s`, what the politeness limit allows of `task_ids` (run it
     under `lock_targets`, in a later statement): each claimed task and its lease token, by id."""
     params = {"ids": list(task_ids), "owner": owner, "lease_s": lease_s, "live_limit": live_limit}
-    statement = _CLAIM_ONE if len(task_ids) == 1 else _CLAIM_MANY
-    rows = await session.execute(statement, params)
+    rows = await session.execute(_CLAIM_MANY, params)
     return {row[0]: (ClaimedTask(*row[:7]), row[7]) for row in rows}

@@ -138,22 +138,3 @@ async def test_a_batch_leaves_a_row_another_transaction_holds_without_waiting_fo
 
     assert [answer is None for answer in answers] == [True, False]
     assert (await load(sessionmaker, held)).status == TaskStatus.PENDING
-
-
-async def test_a_claim_of_one_waits_for_the_relay_holding_its_row_and_then_takes_it(
-    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
-) -> None:
-    # An idle worker: its message came before the relay that sent it committed its batch.
-    task_id = await committed_task(sessionmaker, "alone.example")
-    async with sessionmaker() as relay, relay.begin():
-        await relay.execute(
-            text("UPDATE tasks SET status = 'queued' WHERE id = :id"), {"id": task_id}
-        )
-        claim = asyncio.create_task(claimer(settings, sessionmaker).claim(task_id))
-        await asyncio.sleep(0.3)
-        assert not claim.done(), "the claim did not wait for the row"
-
-    answer = await asyncio.wait_for(claim, 10)
-    assert answer is not None
-    row = await load(sessionmaker, task_id)
-    assert (row.status, row.attempts, row.lease_token) == (TaskStatus.RUNNING, 1, answer[1])
