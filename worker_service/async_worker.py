@@ -198,19 +198,25 @@ class AsyncWorker(Worker):
                 return
 
     def _settle(self, batch: list[tuple[MessageProxy, BaseException | None]]) -> None:
-        by_consumer: dict[str, list[MessageProxy]] = {}
-        for message, exc in batch:
-            if message.message_id in self.handed_back:
-                self.handed_back.discard(message.message_id)
-                self._hand_back(self.consumers[message.queue_name], message)
-            else:
-                self._after_run(message, exc)
-                by_consumer.setdefault(message.queue_name, []).append(message)
-        for queue_name, messages in by_consumer.items():
-            self._ack_all(self.consumers[queue_name].consumer, messages)
-        for message, _exc in batch:
-            self.work_queue.task_done()
-            message.clear_exception()
+        """Hooks, then acks; an unexpected error costs this batch its acks (its messages run
+        again once this worker stops, as with Dramatiq's own worker), never the acker."""
+        try:
+            by_consumer: dict[str, list[MessageProxy]] = {}
+            for message, exc in batch:
+                if message.message_id in self.handed_back:
+                    self.handed_back.discard(message.message_id)
+                    self._hand_back(self.consumers[message.queue_name], message)
+                else:
+                    self._after_run(message, exc)
+                    by_consumer.setdefault(message.queue_name, []).append(message)
+            for queue_name, messages in by_consumer.items():
+                self._ack_all(self.consumers[queue_name].consumer, messages)
+        except Exception:
+            self.logger.exception("Failed to settle %d messages.", len(batch))
+        finally:
+            for message, _exc in batch:
+                self.work_queue.task_done()
+                message.clear_exception()
 
     def _after_run(self, message: MessageProxy, exc: BaseException | None) -> None:
         """The middleware hooks Dramatiq's worker threads call after a run."""

@@ -6,17 +6,21 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import dramatiq
 import pytest
 import redis
+from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import AsyncIO
+from redis.exceptions import ResponseError
 
 from shared.embedded import EmbeddedUrls
 from tests.helpers import wait_until
+from worker_service import acks
 from worker_service.async_worker import AsyncWorker, current_message
 
 DEADLINE_S = 20.0
@@ -195,3 +199,29 @@ def test_a_delayed_message_runs_once_its_delay_is_over(rig: Rig) -> None:
     finally:
         worker.stop(timeout=5000)
     assert rig.fetched_unacked() == 0
+
+
+def test_an_ack_that_fails_unexpectedly_costs_its_batch_its_acks_and_the_rest_nothing(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_settle = acks.settle_many
+
+    def settle(consumer: Any, messages: Sequence[MessageProxy]) -> None:
+        if any(message.args == ("poison",) for message in messages):
+            raise ResponseError("an answer no one expected")
+        real_settle(consumer, messages)
+
+    monkeypatch.setattr(acks, "settle_many", settle)
+    rig.probe.gate.set()
+    rig.actor.send("poison")
+    worker = rig.worker(concurrency=4, prefetch=0)
+    try:
+        wait_until(lambda: rig.probe.finished == ["poison"], DEADLINE_S, "the poisoned run")
+        for index in range(20):
+            rig.actor.send(f"m{index}")
+        wait_until(lambda: len(rig.probe.finished) == 21, DEADLINE_S, "every message to finish")
+        # The acker lives on: every other message is acked; the poisoned one runs again
+        # once this worker is gone, as with Dramatiq's own worker.
+        wait_until(lambda: rig.fetched_unacked() == 1, DEADLINE_S, "the others' acks")
+    finally:
+        worker.stop(timeout=5000)
