@@ -120,6 +120,10 @@ class LeaseKeeper:
         except (SQLAlchemyError, OSError) as exc:
             log.warning("lease_renewal_failed", leases=len(snapshot), error=type(exc).__name__)
             return
+        except Exception:
+            # Anything else is a bug; the keeper must outlive it, or every lease would lapse.
+            log.exception("lease_renewal_crashed", leases=len(snapshot))
+            return
         for task_id in lost:
             held = snapshot[task_id]
             held.lost = True

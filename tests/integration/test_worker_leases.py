@@ -105,3 +105,36 @@ async def test_many_runs_keep_their_leases_and_a_cancel_stops_only_its_own_run(
     # Nothing held: the keeper keeps no timer running.
     assert runtime.keeper is not None
     assert runtime.keeper.renewer is None
+
+
+async def test_the_keeper_outlives_a_renewal_that_fails_unexpectedly(
+    runtime: WorkerRuntime,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_renew = leases.renew_leases
+    calls = 0
+
+    async def renew_failing_once(
+        session: AsyncSession, held: dict[uuid.UUID, uuid.UUID], lease_s: float
+    ) -> set[uuid.UUID]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug in one renewal")
+        return await real_renew(session, held, lease_s)
+
+    monkeypatch.setattr(leases, "renew_leases", renew_failing_once)
+    # Room for the failure's traceback to be rendered before the lease runs out.
+    runtime.settings = runtime.settings.model_copy(update={"worker_lease_s": 1.5})
+    scanner = runtime.scanner
+    assert isinstance(scanner, GatedScanner)
+    task_id = await committed_task(sessionmaker, "kept.example.com")
+    run = asyncio.create_task(run_task(runtime, task_id))
+    await eventually(lambda: scanner.running == 1, "the scan to start")
+    await asyncio.sleep(2 * runtime.settings.worker_lease_s)
+    # The renewals after the failed one kept the lease: a second delivery claims nothing.
+    assert calls > 2
+    assert await run_task(runtime, task_id) == Outcome.SKIPPED
+    scanner.release.set()
+    assert await run == Outcome.SUCCEEDED
