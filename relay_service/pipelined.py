@@ -17,7 +17,8 @@ from typing import Any
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.common import current_millis
+
+from shared.broker import queue_dispatch
 
 SUPPORTED_SERIES = "2.2."
 SUPPORTED = dramatiq.__version__.startswith(SUPPORTED_SERIES)
@@ -38,9 +39,6 @@ def enqueue_many(
     failure raises instead, and then any prefix of the batch may have reached
     Redis. The broker's middleware hooks are not run (the relay's broker has none).
     """
-    dispatch = broker.scripts["dispatch"]
-    namespace = [broker.namespace]
-    max_unpack = broker._max_unpack_size()  # type: ignore[no-untyped-call]
     pipe = broker.client.pipeline(transaction=False)
     redis_message_ids: list[str] = []
     for message in messages:
@@ -49,18 +47,8 @@ def enqueue_many(
         redis_message_id = str(uuid.uuid4())
         redis_message_ids.append(redis_message_id)
         stored = message.copy(options={"redis_message_id": redis_message_id})
-        args = [
-            "enqueue",
-            current_millis(),
-            message.queue_name,
-            broker.broker_id,
-            broker.heartbeat_timeout,
-            broker.dead_message_ttl,
-            broker._should_do_maintenance("enqueue"),
-            max_unpack,
-            redis_message_id,
-            stored.encode(),
-        ]
-        dispatch(keys=namespace, args=args, client=pipe)
+        queue_dispatch(
+            broker, pipe, "enqueue", message.queue_name, redis_message_id, stored.encode()
+        )
     replies: list[object] = pipe.execute(raise_on_error=False)
     return list(zip(redis_message_ids, replies, strict=True))

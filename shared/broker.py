@@ -1,4 +1,5 @@
-"""The Dramatiq Redis broker, built from settings, and the outbox→Dramatiq message mapping."""
+"""The Dramatiq Redis broker, built from settings, the outbox→Dramatiq message mapping, and
+its dispatch script queued on a pipeline (batched enqueues and acks)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import current_millis
+from redis.client import Pipeline
 
 from shared.settings import Settings
 
@@ -54,3 +57,23 @@ def build_message(
         options={},
         message_id=str(message_id),
     )
+
+
+def queue_dispatch(
+    broker: RedisBroker, pipe: Pipeline, command: str, queue_name: str, *extra: object
+) -> None:
+    """Queue on `pipe` one run of the broker's `dispatch` script, with the arguments
+    `RedisBroker._dispatch` passes for `command`: how the relay enqueues a batch and the worker
+    settles one in a round trip each. Dramatiq's private API, of the series pyproject pins."""
+    args = [
+        command,
+        current_millis(),
+        queue_name,
+        broker.broker_id,
+        broker.heartbeat_timeout,
+        broker.dead_message_ttl,
+        broker._should_do_maintenance(command),
+        broker._max_unpack_size(),  # type: ignore[no-untyped-call]
+        *extra,
+    ]
+    broker.scripts["dispatch"](keys=[broker.namespace], args=args, client=pipe)

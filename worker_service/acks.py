@@ -1,8 +1,8 @@
 """Acknowledge a batch of finished messages on Dramatiq's Redis broker in one round trip.
 
 Dramatiq's Redis consumer acks (or nacks) one message per call, each one run of the broker's
-`dispatch` script and one round trip. Runs end in bursts, so the worker queues the same script,
-with the arguments `RedisBroker._dispatch` passes, on one redis pipeline per burst. Like the
+`dispatch` script and one round trip. Runs end in bursts, so the worker queues the same script
+(`shared.broker.queue_dispatch`) on one redis pipeline per burst. Like the
 relay's batched enqueue (`relay_service.pipelined`), this relies on Dramatiq's private API, of
 the series pyproject pins; tests/integration/test_async_worker.py has real messages acked,
 dead-lettered and handed back through it.
@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
-from dramatiq.common import current_millis
+
+from shared.broker import queue_dispatch
 
 
 def command_for(message: MessageProxy) -> str:
@@ -27,26 +28,17 @@ def settle_many(consumer: _RedisConsumer, messages: Sequence[MessageProxy]) -> N
     pipeline. A connection failure raises (redis.ConnectionError) and may have settled any
     prefix of them: settling a message twice changes nothing."""
     broker: RedisBroker = consumer.broker
-    dispatch = broker.scripts["dispatch"]
-    namespace = [broker.namespace]
-    max_unpack = broker._max_unpack_size()  # type: ignore[no-untyped-call]
     pipe = broker.client.pipeline(transaction=False)
     for message in messages:
-        command = command_for(message)
-        args = [
-            command,
-            current_millis(),
-            # The consumer's queue, not the message's: Dramatiq acks a delayed message on the
-            # queue it was fetched from.
+        # The consumer's queue, not the message's: Dramatiq acks a delayed message on the
+        # queue it was fetched from.
+        queue_dispatch(
+            broker,
+            pipe,
+            command_for(message),
             consumer.queue_name,
-            broker.broker_id,
-            broker.heartbeat_timeout,
-            broker.dead_message_ttl,
-            broker._should_do_maintenance(command),
-            max_unpack,
             message.options["redis_message_id"],
-        ]
-        dispatch(keys=namespace, args=args, client=pipe)
+        )
     pipe.execute()
     for message in messages:
         consumer.queued_message_ids.discard(message.message_id)

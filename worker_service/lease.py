@@ -62,8 +62,9 @@ class _Fence:
         held = self.held
         held.fenced = False
         # The keeper's cancellation, and no other (a worker stopping cancels runs too).
-        lost = held.lost and exc_type is asyncio.CancelledError and held.run is not None
-        if lost and held.run.uncancel() == 0:  # type: ignore[union-attr]
+        run = held.run
+        cancelled_for_loss = held.lost and exc_type is asyncio.CancelledError
+        if cancelled_for_loss and run is not None and run.uncancel() == 0:
             raise LeaseLost from None
 
 

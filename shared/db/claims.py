@@ -258,8 +258,6 @@ async def finish_task(
     return (await session.execute(_FINISH, params)).first() is not None
 
 
-# A lease that has expired cannot be revived, even if nobody took the task over yet: from
-# its expiry on, politeness counts the scan as dead and the leader may send it again.
 _FAIL_EXHAUSTED = (
     update(_TASKS)
     .where(_tasks.id == bindparam("task_id"), _CLAIMABLE, _tasks.attempts >= _tasks.max_attempts)

@@ -17,6 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db import predicates
 
+# A lease that has expired cannot be revived, even if nobody took the task over yet: from its
+# expiry on, politeness counts the scan as dead and the leader may send it again.
 # `lost`: a held lease the statement looked at and could not renew (the token is no longer
 # current, the lease expired, the task is no longer running) or whose task is gone.
 _RENEW_LEASES = text(
