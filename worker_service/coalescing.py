@@ -37,7 +37,6 @@ class Coalescer(ABC, Generic[Request, Answer]):
             # (whose bound log fields would otherwise label the batch's lines).
             flusher = asyncio.create_task(self._flush_pending(), context=contextvars.Context())
             self.flushers.add(flusher)
-            flusher.add_done_callback(self.flushers.discard)
         return await asyncio.shield(future)
 
     async def close(self) -> None:
@@ -46,18 +45,24 @@ class Coalescer(ABC, Generic[Request, Answer]):
             await asyncio.shield(asyncio.gather(*self.flushers, return_exceptions=True))
 
     async def _flush_pending(self) -> None:
-        while self.pending:
-            batch = self.pending[: self.max_batch]
-            del self.pending[: self.max_batch]
-            try:
-                await self._serve(batch)
-            except BaseException as exc:
-                # Each waiting run gets the error; the next batch is served all the same.
-                for _request, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                if not isinstance(exc, Exception):
-                    raise
+        try:
+            while self.pending:
+                batch = self.pending[: self.max_batch]
+                del self.pending[: self.max_batch]
+                try:
+                    await self._serve(batch)
+                except BaseException as exc:
+                    # Each waiting run gets the error; the next batch is served all the same.
+                    for _request, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+        finally:
+            # Out of the count in the same step that found nothing pending: a done callback
+            # would run a step later, and a request arriving in between would find every
+            # flusher busy and wait for one that is already gone.
+            self.flushers.discard(asyncio.current_task())
 
     @abstractmethod
     async def _serve(self, batch: list[tuple[Request, asyncio.Future[Answer]]]) -> None:
