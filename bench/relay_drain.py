@@ -73,7 +73,7 @@ async def _in_process(ctx: BenchContext, rows: int, *, pipelined: bool) -> float
     await _queue_backlog(ctx, rows)
     broker = create_broker(ctx.settings, middleware=[], socket_timeout_s=10)
     settings = ctx.settings.model_copy(update={"relay_batch_size": BATCH})
-    relay = Relay(ctx.sessionmaker, DramatiqPublisher(broker, use_pipeline=pipelined), settings)
+    relay = Relay(ctx.engine, DramatiqPublisher(broker, use_pipeline=pipelined), settings)
     started = time.monotonic()
     done = await relay.drain()
     rate = done / (time.monotonic() - started)

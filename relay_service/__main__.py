@@ -67,7 +67,7 @@ def build(settings: Settings, stop: asyncio.Event) -> Parts:
     broker = create_broker(
         settings, middleware=[], socket_timeout_s=settings.relay_broker_timeout_s
     )
-    relay = Relay(sessionmaker, DramatiqPublisher(broker), settings)
+    relay = Relay(engine, DramatiqPublisher(broker), settings)
     election = LeaderElection(settings)
     watch = BrokerWatch(sessionmaker, broker, settings)
     jobs = MaintenanceJobs(sessionmaker, settings, election, stop, watch)

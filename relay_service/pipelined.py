@@ -1,8 +1,8 @@
 """Enqueue a batch of messages on Dramatiq's Redis broker in one round trip.
 
 Dramatiq has no batch enqueue: `RedisBroker.enqueue` runs the broker's `dispatch`
-Lua script once per message, one round trip each. This module queues the same
-script, with the arguments `RedisBroker._dispatch` passes, on a redis pipeline.
+Lua script once per message, one round trip each. This module runs the same
+script for a whole batch in one pipeline (`shared.broker.run_dispatches`).
 It is the only place that relies on Dramatiq's private API, so pyproject pins
 Dramatiq to the series checked here, `SUPPORTED` turns it off for any other,
 and tests/integration/test_relay_pipelined.py has a real Dramatiq worker
@@ -18,7 +18,7 @@ from typing import Any
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
-from shared.broker import queue_dispatch
+from shared.broker import Dispatch, run_dispatches
 
 SUPPORTED_SERIES = "2.2."
 SUPPORTED = dramatiq.__version__.startswith(SUPPORTED_SERIES)
@@ -39,7 +39,7 @@ def enqueue_many(
     failure raises instead, and then any prefix of the batch may have reached
     Redis. The broker's middleware hooks are not run (the relay's broker has none).
     """
-    pipe = broker.client.pipeline(transaction=False)
+    dispatches: list[Dispatch] = []
     redis_message_ids: list[str] = []
     for message in messages:
         # Like `enqueue`: a fresh Redis-side id per send, so a message sent twice
@@ -47,8 +47,6 @@ def enqueue_many(
         redis_message_id = str(uuid.uuid4())
         redis_message_ids.append(redis_message_id)
         stored = message.copy(options={"redis_message_id": redis_message_id})
-        queue_dispatch(
-            broker, pipe, "enqueue", message.queue_name, redis_message_id, stored.encode()
-        )
-    replies: list[object] = pipe.execute(raise_on_error=False)
+        dispatches.append(("enqueue", message.queue_name, (redis_message_id, stored.encode())))
+    replies = run_dispatches(broker, dispatches)
     return list(zip(redis_message_ids, replies, strict=True))

@@ -1,8 +1,8 @@
 """Acknowledge a batch of finished messages on Dramatiq's Redis broker in one round trip.
 
 Dramatiq's Redis consumer acks (or nacks) one message per call, each one run of the broker's
-`dispatch` script and one round trip. Runs end in bursts, so the worker queues the same script
-(`shared.broker.queue_dispatch`) on one redis pipeline per burst. Like the
+`dispatch` script and one round trip. Runs end in bursts, so the worker runs the same script
+for a whole burst in one pipeline (`shared.broker.run_dispatches`). Like the
 relay's batched enqueue (`relay_service.pipelined`), this relies on Dramatiq's private API, of
 the series pyproject pins; tests/integration/test_async_worker.py has real messages acked,
 dead-lettered and handed back through it.
@@ -14,8 +14,9 @@ from collections.abc import Sequence
 
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from redis.exceptions import ResponseError
 
-from shared.broker import queue_dispatch
+from shared.broker import Dispatch, run_dispatches
 
 
 def command_for(message: MessageProxy) -> str:
@@ -28,17 +29,14 @@ def settle_many(consumer: _RedisConsumer, messages: Sequence[MessageProxy]) -> N
     pipeline. A connection failure raises (redis.ConnectionError) and may have settled any
     prefix of them: settling a message twice changes nothing."""
     broker: RedisBroker = consumer.broker
-    pipe = broker.client.pipeline(transaction=False)
-    for message in messages:
-        # The consumer's queue, not the message's: Dramatiq acks a delayed message on the
-        # queue it was fetched from.
-        queue_dispatch(
-            broker,
-            pipe,
-            command_for(message),
-            consumer.queue_name,
-            message.options["redis_message_id"],
-        )
-    pipe.execute()
+    # The consumer's queue, not the message's: Dramatiq acks a delayed message on the queue
+    # it was fetched from.
+    dispatches: list[Dispatch] = [
+        (command_for(message), consumer.queue_name, (message.options["redis_message_id"],))
+        for message in messages
+    ]
+    for reply in run_dispatches(broker, dispatches):
+        if isinstance(reply, ResponseError):
+            raise reply
     for message in messages:
         consumer.queued_message_ids.discard(message.message_id)

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import BindParameter, Float, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import JSONB, UUID
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from shared.db import predicates
 from shared.db.models import OutboxMessage
@@ -73,6 +73,9 @@ async def notify_outbox(session: AsyncSession, channel: str) -> None:
 
 # --- the relay ---------------------------------------------------------------
 
+# The relay runs its statements on a Core connection; tools and tests on a session.
+Executor = AsyncConnection | AsyncSession
+
 
 @dataclass(frozen=True)
 class ClaimedMessage:
@@ -111,7 +114,7 @@ _CLAIM_BATCH = (
 )
 
 
-async def claim_batch(session: AsyncSession, limit: int) -> list[ClaimedMessage]:
+async def claim_batch(session: Executor, limit: int) -> list[ClaimedMessage]:
     """Lock up to `limit` due, unpublished rows that no other relay holds, oldest first."""
     rows = (await session.execute(_CLAIM_BATCH, {"limit": limit})).all()
     return [ClaimedMessage(*row) for row in rows]
@@ -153,7 +156,7 @@ class PublishedMessage:
     broker_message_id: str
 
 
-async def mark_published(session: AsyncSession, published: Sequence[PublishedMessage]) -> None:
+async def mark_published(session: Executor, published: Sequence[PublishedMessage]) -> None:
     """Mark rows published under their broker ids, and their tasks queued on them."""
     if published:
         params = {
@@ -179,9 +182,7 @@ class PublishFailure:
     retry_in_s: float
 
 
-async def record_publish_failures(
-    session: AsyncSession, failures: Sequence[PublishFailure]
-) -> None:
+async def record_publish_failures(session: Executor, failures: Sequence[PublishFailure]) -> None:
     """Keep each row unpublished, count the attempt and push `available_at` back, in one
     round trip."""
     if failures:
@@ -202,7 +203,7 @@ _RELEASE_BACKOFF_SQL = text(
 )
 
 
-async def release_backoff(session: AsyncSession) -> int:
+async def release_backoff(session: Executor) -> int:
     """Make every row backing off after a failed publish due now (the broker is back)."""
     result = await session.execute(_RELEASE_BACKOFF_SQL)
     return int(result.rowcount)  # type: ignore[attr-defined]
@@ -223,7 +224,7 @@ _MARK_DEAD_SQL = text(
 )
 
 
-async def mark_dead(session: AsyncSession, outbox_id: int, error: str) -> None:
+async def mark_dead(session: Executor, outbox_id: int, error: str) -> None:
     """Give up on a message that can never be published, and fail its task with the reason."""
     await session.execute(_MARK_DEAD_SQL, {"id": outbox_id, "error": error})
 

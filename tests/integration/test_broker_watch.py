@@ -63,7 +63,8 @@ async def queued_tasks(
 ) -> list[uuid.UUID]:
     """`count` tasks published by a real relay: queued, each on its message in the broker."""
     ids = await create_tasks(sessionmaker, count)
-    assert await Relay(sessionmaker, DramatiqPublisher(broker), settings).drain() == count
+    relay = Relay(sessionmaker.kw["bind"], DramatiqPublisher(broker), settings)
+    assert await relay.drain() == count
     return ids
 
 

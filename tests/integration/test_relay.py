@@ -12,7 +12,7 @@ import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from relay_service.publisher import DramatiqPublisher
 from relay_service.relay import Relay
@@ -36,10 +36,8 @@ def broker(settings: Settings) -> Iterator[RedisBroker]:
 
 
 @pytest.fixture
-def relay(
-    sessionmaker: async_sessionmaker[AsyncSession], broker: RedisBroker, settings: Settings
-) -> Relay:
-    return Relay(sessionmaker, DramatiqPublisher(broker), settings)
+def relay(engine: AsyncEngine, broker: RedisBroker, settings: Settings) -> Relay:
+    return Relay(engine, DramatiqPublisher(broker), settings)
 
 
 def queued_message_ids(redis_client: redis.Redis) -> list[str]:
@@ -128,6 +126,7 @@ async def test_batches_drain_in_id_order_and_each_row_is_published_once(
 
 
 async def test_concurrent_relays_share_rows_without_publishing_twice(
+    engine: AsyncEngine,
     sessionmaker: async_sessionmaker[AsyncSession],
     broker: RedisBroker,
     settings: Settings,
@@ -138,7 +137,7 @@ async def test_concurrent_relays_share_rows_without_publishing_twice(
         for index in range(300):
             await create_task(session, user.id, f"c{index}.example.com")
     small = settings.model_copy(update={"relay_batch_size": 20})
-    relays = [Relay(sessionmaker, DramatiqPublisher(broker), small) for _ in range(3)]
+    relays = [Relay(engine, DramatiqPublisher(broker), small) for _ in range(3)]
     claimed = await asyncio.gather(*(r.drain() for r in relays))
     assert sum(claimed) == 300
     assert redis_client.llen(keys.broker_queue_key(QUEUE)) == 300
@@ -146,6 +145,7 @@ async def test_concurrent_relays_share_rows_without_publishing_twice(
 
 
 async def test_broker_down_keeps_rows_unpublished_with_backoff_then_they_drain(
+    engine: AsyncEngine,
     sessionmaker: async_sessionmaker[AsyncSession],
     settings: Settings,
     relay: Relay,
@@ -160,7 +160,7 @@ async def test_broker_down_keeps_rows_unpublished_with_backoff_then_they_drain(
         settings.model_copy(update={"broker_url": SecretStr(f"redis://127.0.0.1:{free_port()}/0")}),
         middleware=[],
     )
-    failing = Relay(sessionmaker, DramatiqPublisher(dead_broker), settings)
+    failing = Relay(engine, DramatiqPublisher(dead_broker), settings)
     assert await failing.run_once() == 1
     async with sessionmaker() as session:
         row = (await session.execute(select(OutboxMessage))).scalar_one()

@@ -11,7 +11,7 @@ import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import func, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from relay_service.listener import APPLICATION_NAME, NotifyListener
 from relay_service.publisher import DramatiqPublisher
@@ -54,12 +54,13 @@ def all_published(sessionmaker: async_sessionmaker[AsyncSession]) -> Callable[[]
 
 
 async def test_listener_reconnects_after_its_backend_is_killed_and_notify_wakes_the_relay_again(
+    engine: AsyncEngine,
     settings: Settings,
     sessionmaker: async_sessionmaker[AsyncSession],
     broker: RedisBroker,
     redis_client: redis.Redis,
 ) -> None:
-    relay = Relay(sessionmaker, DramatiqPublisher(broker), settings)
+    relay = Relay(engine, DramatiqPublisher(broker), settings)
     listener = NotifyListener(settings.asyncpg_dsn, keys.OUTBOX_CHANNEL, relay.wake, 0.5)
 
     async def connected(times: int) -> bool:
@@ -83,13 +84,14 @@ async def test_listener_reconnects_after_its_backend_is_killed_and_notify_wakes_
 
 
 async def test_polling_publishes_while_nobody_listens_including_rows_due_later(
+    engine: AsyncEngine,
     settings: Settings,
     sessionmaker: async_sessionmaker[AsyncSession],
     broker: RedisBroker,
     redis_client: redis.Redis,
 ) -> None:
     fast = settings.model_copy(update={"relay_poll_interval_s": 0.2})
-    relay = Relay(sessionmaker, DramatiqPublisher(broker), fast)
+    relay = Relay(engine, DramatiqPublisher(broker), fast)
     nowhere = f"postgresql://nobody@127.0.0.1:{free_port()}/none"
     listener = NotifyListener(nowhere, keys.OUTBOX_CHANNEL, relay.wake, 0.5)
     scheduler = build_scheduler(relay, fast)

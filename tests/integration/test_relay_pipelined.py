@@ -110,3 +110,42 @@ def test_pipelined_messages_are_stored_exactly_as_enqueue_stores_them(
         two.payload,
     )
     assert redis_client.llen(keys.broker_queue_key(QUEUE)) == 2
+
+
+def script_calls(client: redis.Redis) -> dict[str, int]:
+    """Runs of scripts, and SCRIPT commands of any kind (Redis 7 counts each subcommand)."""
+    stats = client.info("commandstats")
+    return {
+        "evalsha": int(stats.get("cmdstat_evalsha", {}).get("calls", 0)),
+        "script": sum(
+            int(value["calls"])
+            for name, value in stats.items()
+            if name.startswith("cmdstat_script")
+        ),
+    }
+
+
+def test_a_batch_is_one_round_trip_and_survives_redis_losing_its_scripts(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    redis_client.flushdb()
+    broker = create_broker(settings, middleware=[])
+    batch = [build_message(row.message_id, QUEUE, row.actor, row.payload) for row in rows(6)]
+    try:
+        pipelined.enqueue_many(broker, batch[:2])
+        redis_client.config_resetstat()
+        pipelined.enqueue_many(broker, batch[2:4])
+        # One pipeline of script runs, nothing asked beforehand.
+        assert script_calls(redis_client) == {"evalsha": 2, "script": 0}
+
+        # A restarted Redis has no scripts: the runs answered NOSCRIPT are run again.
+        redis_client.script_flush()
+        redis_client.config_resetstat()
+        replies = pipelined.enqueue_many(broker, batch[4:])
+    finally:
+        broker.client.connection_pool.disconnect()
+    assert not [reply for _stored, reply in replies if isinstance(reply, Exception)]
+    # Two answered NOSCRIPT, one SCRIPT LOAD, two run again.
+    assert script_calls(redis_client) == {"evalsha": 4, "script": 1}
+    assert redis_client.llen(keys.broker_queue_key(QUEUE)) == 6
+    assert redis_client.hlen(f"{keys.broker_queue_key(QUEUE)}.msgs") == 6

@@ -10,7 +10,7 @@ from dramatiq.brokers.redis import RedisBroker
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from sqlalchemy import func, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from relay_service.publisher import DramatiqPublisher
 from relay_service.relay import Relay
@@ -38,6 +38,7 @@ def sample(name: str, **labels: str) -> float:
 
 
 async def test_after_an_outage_the_first_successful_publish_releases_the_backlog(
+    engine: AsyncEngine,
     settings: Settings,
     sessionmaker: async_sessionmaker[AsyncSession],
     brokers: tuple[RedisBroker, RedisBroker],
@@ -51,13 +52,13 @@ async def test_after_an_outage_the_first_successful_publish_releases_the_backlog
     published_before = sample("messages_published_total")
     latencies_before = sample("commit_to_publish_seconds_count")
 
-    assert await Relay(sessionmaker, DramatiqPublisher(down), slow).drain() == 20
+    assert await Relay(engine, DramatiqPublisher(down), slow).drain() == 20
     rows = await outbox_rows(sessionmaker)
     assert {(row.publish_attempts, row.published_at) for row in rows} == {(1, None)}
     assert all(row.last_error and "broker unavailable" in row.last_error for row in rows)
     assert sample("publish_failures_total", kind="transient") == failures_before + 20
 
-    relay = Relay(sessionmaker, DramatiqPublisher(working), slow)
+    relay = Relay(engine, DramatiqPublisher(working), slow)
     assert await relay.drain() == 0, "every row is backing off"
     async with sessionmaker() as session, session.begin():
         await session.execute(
@@ -72,6 +73,7 @@ async def test_after_an_outage_the_first_successful_publish_releases_the_backlog
 
 
 async def test_a_deferred_row_keeps_its_time_when_the_backlog_is_released(
+    engine: AsyncEngine,
     settings: Settings,
     sessionmaker: async_sessionmaker[AsyncSession],
     brokers: tuple[RedisBroker, RedisBroker],
@@ -88,7 +90,7 @@ async def test_a_deferred_row_keeps_its_time_when_the_backlog_is_released(
             .where(OutboxMessage.id == 2)
             .values(available_at=func.now() + func.make_interval(0, 0, 0, 0, 1))
         )
-    assert await Relay(sessionmaker, DramatiqPublisher(working), settings).drain() == 1
+    assert await Relay(engine, DramatiqPublisher(working), settings).drain() == 1
     deferred = (await outbox_rows(sessionmaker))[1]
     assert deferred.published_at is None
     assert deferred.available_at > deferred.created_at
