@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 from redis import exceptions as redis_errors
 
 from relay_service import pipelined
-from relay_service.publisher import DramatiqPublisher
+from relay_service.publisher import INLINE_MAX_MESSAGES, DramatiqPublisher
 from shared.db.outbox import ClaimedMessage
 from shared.errors import PermanentPublishError, PublishError
 
@@ -83,3 +84,34 @@ async def test_per_message_errors_inside_a_pipeline_stay_per_message(
     assert outcomes[2] == "c"
     assert isinstance(outcomes[1], PublishError)
     assert "OOM" in str(outcomes[1])
+
+
+async def test_small_batches_leave_the_loop_only_after_a_failure_until_one_goes_out_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loop_thread = threading.get_ident()
+    sent_from: list[bool] = []
+    failing = [False]
+
+    def enqueue_many(broker: Any, messages: Any) -> list[tuple[str, object]]:
+        sent_from.append(threading.get_ident() == loop_thread)
+        if failing[0]:
+            raise redis_errors.TimeoutError("no answer")
+        return [(f"stored-{m.message_id}", 1) for m in messages]
+
+    monkeypatch.setattr(pipelined, "enqueue_many", enqueue_many)
+    broker = FakeBroker(redis_errors.TimeoutError("no answer"))
+    publisher = DramatiqPublisher(broker, use_pipeline=True)
+    small = [claimed()] * INLINE_MAX_MESSAGES
+
+    await publisher.publish(small)
+    failing[0] = True
+    assert all(isinstance(o, PublishError) for o in await publisher.publish(small))
+    failing[0] = False
+    await publisher.publish(small)  # the broker answers again
+    await publisher.publish(small)
+    await publisher.publish([claimed()] * (INLINE_MAX_MESSAGES + 1))
+
+    # On the loop, on the loop (it failed there), in a thread (after the failure), on the
+    # loop again, and a big batch in a thread.
+    assert sent_from == [True, True, False, True, False]
