@@ -66,7 +66,7 @@ async def _claim_statement(ctx: BenchContext) -> tuple[str, Any]:
     event.listen(ctx.engine.sync_engine, "before_cursor_execute", capture)
     try:
         async with ctx.sessionmaker() as session:
-            await outbox.claim_batch(session, CLAIM_BATCH)
+            await outbox.claim_batch(session, CLAIM_BATCH, ctx.settings.relay_client_window)
     finally:
         event.remove(ctx.engine.sync_engine, "before_cursor_execute", capture)
     return sent[-1]
@@ -97,7 +97,7 @@ async def _round_trip(ctx: BenchContext) -> float:
     for _ in range(5):
         async with ctx.sessionmaker() as session:
             started = time.perf_counter()
-            await outbox.claim_batch(session, CLAIM_BATCH)
+            await outbox.claim_batch(session, CLAIM_BATCH, ctx.settings.relay_client_window)
             times.append(time.perf_counter() - started)
     return statistics.median(times)
 

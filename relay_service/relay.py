@@ -63,6 +63,9 @@ class Relay:
         self.settings = settings
         self.wakeup = asyncio.Event()
         self.last_beat = time.monotonic()
+        # A client had more due rows than window at the last claim: its workers will make
+        # room without anyone telling the relay, so it looks again after a short wait.
+        self.window_full = False
 
     def wake(self) -> None:
         """Ask for a cycle soon (a NOTIFY arrived, or the poll interval passed)."""
@@ -85,7 +88,11 @@ class Relay:
             async with self.engine.connect() as pooled:
                 return await self.run_once(pooled)
         async with connection.begin():
-            batch = await outbox.claim_batch(connection, self.settings.relay_batch_size)
+            claim = await outbox.claim_batch(
+                connection, self.settings.relay_batch_size, self.settings.relay_client_window
+            )
+            self.window_full = claim.window_full
+            batch = claim.messages
             if not batch:
                 return 0
             started = time.monotonic()
@@ -175,7 +182,8 @@ class Relay:
                     log.warning("relay_cycle_failed", error=type(exc).__name__, retry_in_s=delay_s)
                     await wait_any(stop, None, delay_s)
                     continue
-                await wait_any(stop, self.wakeup, None)
+                recheck_s = self.settings.relay_window_poll_s if self.window_full else None
+                await wait_any(stop, self.wakeup, recheck_s)
         finally:
             await _give_back(connection)
 

@@ -128,6 +128,19 @@ class Settings(BaseSettings):
 
     # Relay.
     relay_batch_size: int = Field(default=500, ge=1)
+    relay_client_window: int = Field(
+        default=64,
+        ge=1,
+        description="Messages each client may have in the broker per lane (interactive, "
+        "batch); the rest wait in the outbox and go out in turns across clients as workers "
+        "take them.",
+    )
+    relay_window_poll_s: float = Field(
+        default=0.02,
+        gt=0,
+        description="While a client has more due messages than its window, how soon a relay "
+        "looks again for room the workers made.",
+    )
     relay_poll_interval_s: float = Field(default=1.0, gt=0)
     relay_backoff_base_s: float = Field(default=1.0, gt=0)
     relay_backoff_max_s: float = Field(default=300.0, gt=0)

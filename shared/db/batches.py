@@ -15,7 +15,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import Text
 
-from shared.db.models import Batch, Task
+from shared.db.models import Batch, Lane, Task
 from shared.messages import OutboxEntry
 
 # One statement, one round trip, whatever the batch size: the batch row, every task
@@ -40,8 +40,9 @@ _CREATE_BATCH_SQL = text(
                  WITH ORDINALITY AS t(id, domain, position)
         RETURNING id
     ), new_messages AS (
-        INSERT INTO outbox (message_id, actor, queue, payload, task_id)
-        SELECT m.message_id, :actor, :queue, CAST(m.payload AS jsonb), m.task_id
+        INSERT INTO outbox (message_id, actor, queue, payload, task_id, user_id, lane)
+        SELECT m.message_id, :actor, :queue, CAST(m.payload AS jsonb), m.task_id,
+               :user_id, CAST(:lane AS smallint)
         FROM unnest(CAST(:task_ids AS uuid[]), CAST(:message_ids AS uuid[]),
                     CAST(:payloads AS text[])) AS m(task_id, message_id, payload)
         JOIN new_tasks ON new_tasks.id = m.task_id
@@ -90,6 +91,7 @@ async def insert_batch(session: AsyncSession, new: NewBatch) -> bool:
         "payloads": [json.dumps(entry.payload) for entry in new.entries],
         "actor": first.actor,
         "queue": first.queue,
+        "lane": Lane.BATCH,
     }
     return (await session.execute(_CREATE_BATCH_SQL, params)).first() is not None
 

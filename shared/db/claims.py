@@ -281,7 +281,7 @@ async def fail_exhausted_task(session: AsyncSession, task_id: uuid.UUID) -> bool
 
 
 def _redispatch_sql(task_update: str, *extra: BindParameter[Any]) -> TextClause:
-    """`task_update` (an UPDATE ... RETURNING id) and, only if it matched, a new outbox row
+    """`task_update` (an UPDATE ... RETURNING id, user_id, batch_id) and, only if it matched, a new outbox row
     due after `:delay_s`: the state change and its message commit together or not at all."""
     due = "now() + make_interval(secs => :delay_s)"
     return text(
@@ -304,7 +304,7 @@ _DEFER_SQL = _redispatch_sql(
     UPDATE tasks SET status = {predicates.PENDING}, queued_at = NULL, updated_at = now(),
                      {predicates.LEASE_CLEARED}
     WHERE id = :task_id AND {predicates.CLAIMABLE}
-    RETURNING id
+    RETURNING id, user_id, batch_id
     """
 )
 
@@ -314,7 +314,7 @@ _REQUEUE_SQL = _redispatch_sql(
     UPDATE tasks SET status = {predicates.PENDING}, error = :error, queued_at = NULL,
                      updated_at = now(), {predicates.LEASE_CLEARED}
     WHERE id = :task_id AND status = {predicates.RUNNING} AND lease_token = :lease_token
-    RETURNING id
+    RETURNING id, user_id, batch_id
     """,
     bindparam("lease_token", type_=UUID(as_uuid=True)),
 )

@@ -36,6 +36,17 @@ class TaskStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+class Lane(enum.IntEnum):
+    """Which of a client's two dispatch windows a message waits in: single creates are
+    never queued behind the client's own batches."""
+
+    INTERACTIVE = 0
+    BATCH = 1
+
+
+# A task's lane, as SQL on a `tasks` row (the expression of ix_tasks_in_broker).
+TASK_LANE_SQL = "(CASE WHEN batch_id IS NULL THEN 0 ELSE 1 END)"
+
 TERMINAL_STATUSES = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 _STATUS_LIST = ", ".join(f"'{status.value}'" for status in TaskStatus)
 
@@ -71,6 +82,13 @@ class Task(Base):
             "idempotency_key",
             unique=True,
             postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
+        # Each client's messages in the broker, by lane: the relay's dispatch window.
+        Index(
+            "ix_tasks_in_broker",
+            "user_id",
+            text(TASK_LANE_SQL),
+            postgresql_where=text("status = 'queued'"),
         ),
         # A batch's tasks in submission order (keyset pages) and its counts by status.
         Index(
@@ -155,6 +173,14 @@ class OutboxMessage(Base):
             "id",
             postgresql_where=text("published_at IS NULL AND dead_at IS NULL"),
         ),
+        # The relay walks the backlog client by client (revision 0006).
+        Index(
+            "ix_outbox_backlog",
+            "user_id",
+            "lane",
+            "id",
+            postgresql_where=text("published_at IS NULL AND dead_at IS NULL"),
+        ),
         Index("ix_outbox_task_id", "task_id"),
         Index("ix_outbox_published_at", "published_at"),
         # Dead rows are few; counting and listing them must not scan the table.
@@ -174,6 +200,10 @@ class OutboxMessage(Base):
     task_id: Mapped[uuid.UUID | None] = mapped_column(
         UUID(as_uuid=True), ForeignKey("tasks.id", ondelete="CASCADE")
     )
+    # The client whose window the message counts in, and its lane (`Lane`); 0/0 for a
+    # row written without a task, which no window limits.
+    user_id: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    lane: Mapped[int] = mapped_column(SmallInteger, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     available_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()

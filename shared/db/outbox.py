@@ -3,23 +3,34 @@ claim, publish, back-off, dead-letter and replay statements. None of them commit
 
 Idiom: `text()` statements built once at import. They are PostgreSQL-specific (data-
 modifying CTEs, `unnest` of arrays, `FOR UPDATE SKIP LOCKED`, `make_interval`) and read
-more clearly as SQL than as expression trees; the relay's claim is the one Core select
-(below, for its typed columns). Statuses come from `predicates`.
+more clearly as SQL than as expression trees. Statuses come from `predicates`.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BindParameter, Float, bindparam, func, select, text
+from sqlalchemy import (
+    BigInteger,
+    BindParameter,
+    Boolean,
+    Float,
+    Integer,
+    Text,
+    bindparam,
+    column,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from shared import keys
 from shared.db import predicates
-from shared.db.models import OutboxMessage
+from shared.db.models import TASK_LANE_SQL
 from shared.messages import OutboxEntry
 
 # --- writing a message next to a task change ---------------------------------
@@ -32,12 +43,15 @@ ENTRY_BINDS: tuple[BindParameter[Any], ...] = (
 
 
 def insert_entry_sql(source: str, due: str = "now()") -> str:
-    """SQL inserting the entry bound by `entry_params` for each task `id` the CTE `source`
-    returns, due at `due`: only if the task change matched is a message written, and both
+    """SQL inserting the entry bound by `entry_params` for each task the CTE `source`
+    returns (its `id`, `user_id` and `batch_id`), due at `due`, in the task's client
+    window and lane: only if the task change matched is a message written, and both
     commit together or not at all."""
     return f"""
-        INSERT INTO outbox (message_id, actor, queue, payload, task_id, available_at)
-        SELECT :message_id, :actor, :queue, :payload, id, {due} FROM {source}
+        INSERT INTO outbox (message_id, actor, queue, payload, task_id, user_id, lane,
+                            available_at)
+        SELECT :message_id, :actor, :queue, :payload, id, user_id, {TASK_LANE_SQL}, {due}
+        FROM {source}
     """
 
 
@@ -51,19 +65,32 @@ def entry_params(entry: OutboxEntry) -> dict[str, Any]:
     }
 
 
+# One statement for any number of entries, each in its task's client window and lane.
+_INSERT_MESSAGES_SQL = text(
+    f"""
+    INSERT INTO outbox (message_id, actor, queue, payload, task_id, user_id, lane)
+    SELECT m.message_id, m.actor, m.queue, CAST(m.payload AS jsonb), tasks.id,
+           tasks.user_id, {TASK_LANE_SQL}
+    FROM unnest(CAST(:message_ids AS uuid[]), CAST(:actors AS text[]),
+                CAST(:queues AS text[]), CAST(:payloads AS text[]),
+                CAST(:task_ids AS uuid[])) AS m(message_id, actor, queue, payload, task_id)
+    JOIN tasks ON tasks.id = m.task_id
+    """
+)
+
+
 async def insert_messages(session: AsyncSession, entries: Sequence[OutboxEntry]) -> None:
-    """Append many messages in the caller's transaction, in as few statements as possible."""
-    session.add_all(
-        OutboxMessage(
-            message_id=e.message_id,
-            actor=e.actor,
-            queue=e.queue,
-            payload=e.payload,
-            task_id=e.task_id,
-        )
-        for e in entries
-    )
-    await session.flush()
+    """Append one message per entry (each for an existing task) in the caller's transaction,
+    in one statement."""
+    if entries:
+        params = {
+            "message_ids": [e.message_id for e in entries],
+            "actors": [e.actor for e in entries],
+            "queues": [e.queue for e in entries],
+            "payloads": [json.dumps(e.payload) for e in entries],
+            "task_ids": [e.task_id for e in entries],
+        }
+        await session.execute(_INSERT_MESSAGES_SQL, params)
 
 
 async def notify_outbox(session: AsyncSession, channel: str) -> None:
@@ -89,35 +116,98 @@ class ClaimedMessage:
     age_s: float = 0.0  # since the row was written, on the database's clock
 
 
-# Reads only the partial index of unpublished rows. The one Core statement here (built
-# once): it returns typed columns, JSONB decoded, which a text() SELECT would have to
-# declare one by one.
-_CLAIM_BATCH = (
-    select(
-        OutboxMessage.id,
-        OutboxMessage.message_id,
-        OutboxMessage.actor,
-        OutboxMessage.queue,
-        OutboxMessage.payload,
-        OutboxMessage.task_id,
-        OutboxMessage.publish_attempts,
-        func.extract("epoch", func.clock_timestamp() - OutboxMessage.created_at).cast(Float),
+# The claim shares the broker fairly between clients. The outbox is the backlog; the broker
+# holds at most `:window` messages per client and lane (tasks `queued`: published, not yet
+# claimed by a worker), refilled as workers claim them. One relay at a time serves a
+# client's lane (a transaction-scoped advisory lock, skipped when another relay holds it),
+# so the count it reads cannot be raced past the window. Within a batch, rows go out
+# interactive lane first, then taking turns across clients (ties in random order, so no
+# client is always first), each client's rows oldest first. `backlog` is a skip scan of
+# ix_outbox_backlog: one index probe per client and lane, however long the backlog.
+# Rows of user 0 (written without a task) have no client to count: no window limits them.
+# The single result row with `id` NULL says nothing was claimed; `window_full` says a
+# client had more due rows than room, so the relay should look again soon.
+_CLAIM_BATCH_SQL = text(
+    f"""
+    WITH RECURSIVE backlog(user_id, lane) AS (
+        (SELECT user_id, lane FROM outbox
+         WHERE published_at IS NULL AND dead_at IS NULL
+         ORDER BY user_id, lane LIMIT 1)
+        UNION ALL
+        SELECT later.user_id, later.lane FROM backlog, LATERAL (
+            SELECT o.user_id, o.lane FROM outbox o
+            WHERE o.published_at IS NULL AND o.dead_at IS NULL
+              AND (o.user_id, o.lane) > (backlog.user_id, backlog.lane)
+            ORDER BY o.user_id, o.lane LIMIT 1
+        ) later
+    ), windows AS MATERIALIZED (
+        SELECT backlog.user_id, backlog.lane,
+               CASE WHEN backlog.user_id = 0 THEN :limit
+                    ELSE :window - (SELECT count(*) FROM (
+                        SELECT 1 FROM tasks t
+                        WHERE t.user_id = backlog.user_id AND t.status = {predicates.QUEUED}
+                          AND {TASK_LANE_SQL} = backlog.lane
+                        LIMIT :window) in_broker)
+               END AS room
+        FROM backlog
+        WHERE pg_try_advisory_xact_lock(
+            :lock_class, CAST((backlog.user_id * 2 + backlog.lane) % 2147483647 AS integer))
+    ), candidates AS MATERIALIZED (
+        SELECT due.id, windows.lane, windows.room,
+               row_number() OVER (PARTITION BY windows.user_id, windows.lane
+                                  ORDER BY due.id) AS turn
+        FROM windows, LATERAL (
+            SELECT o.id FROM outbox o
+            WHERE o.user_id = windows.user_id AND o.lane = windows.lane
+              AND o.published_at IS NULL AND o.dead_at IS NULL AND o.available_at <= now()
+            ORDER BY o.id
+            LIMIT GREATEST(LEAST(windows.room, :limit), 0) + 1
+        ) due
+    ), chosen AS (
+        SELECT id, lane, turn FROM candidates WHERE turn <= room
+        ORDER BY lane, turn, random() LIMIT :limit
+    ), claimed AS (
+        SELECT o.id, o.message_id, o.actor, o.queue, o.payload, o.task_id,
+               o.publish_attempts,
+               CAST(EXTRACT(EPOCH FROM clock_timestamp() - o.created_at) AS float8) AS age_s,
+               chosen.lane, chosen.turn
+        FROM outbox o JOIN chosen ON chosen.id = o.id
+        FOR UPDATE OF o SKIP LOCKED
     )
-    .where(
-        OutboxMessage.published_at.is_(None),
-        OutboxMessage.dead_at.is_(None),
-        OutboxMessage.available_at <= func.now(),
-    )
-    .order_by(OutboxMessage.id)
-    .limit(bindparam("limit"))
-    .with_for_update(skip_locked=True)
+    SELECT claimed.id, claimed.message_id, claimed.actor, claimed.queue, claimed.payload,
+           claimed.task_id, claimed.publish_attempts, claimed.age_s,
+           EXISTS (SELECT 1 FROM candidates WHERE turn > room) AS window_full
+    FROM (SELECT 1) AS one LEFT JOIN claimed ON true
+    ORDER BY claimed.lane, claimed.turn, random()
+    """
+).columns(
+    column("id", BigInteger),
+    column("message_id", UUID(as_uuid=True)),
+    column("actor", Text),
+    column("queue", Text),
+    column("payload", JSONB),
+    column("task_id", UUID(as_uuid=True)),
+    column("publish_attempts", Integer),
+    column("age_s", Float),
+    column("window_full", Boolean),
 )
 
 
-async def claim_batch(session: Executor, limit: int) -> list[ClaimedMessage]:
-    """Lock up to `limit` due, unpublished rows that no other relay holds, oldest first."""
-    rows = (await session.execute(_CLAIM_BATCH, {"limit": limit})).all()
-    return [ClaimedMessage(*row) for row in rows]
+@dataclass(frozen=True)
+class ClaimedBatch:
+    messages: list[ClaimedMessage]
+    # A client had more due rows than its window had room for: look again soon.
+    window_full: bool
+
+
+async def claim_batch(session: Executor, limit: int, window: int) -> ClaimedBatch:
+    """Lock up to `limit` due, unpublished rows that no other relay holds, at most `window`
+    in the broker per client and lane, taking turns across clients, each client's oldest
+    first."""
+    params = {"limit": limit, "window": window, "lock_class": keys.DISPATCH_WINDOW_LOCK_CLASS}
+    rows = (await session.execute(_CLAIM_BATCH_SQL, params)).all()
+    messages = [ClaimedMessage(*row[:8]) for row in rows if row[0] is not None]
+    return ClaimedBatch(messages, bool(rows[0][8]))
 
 
 # Rows and their tasks change together: a task becomes `queued` only if it is

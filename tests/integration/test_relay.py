@@ -113,8 +113,15 @@ async def test_notify_reaches_listeners_only_on_commit(
 
 
 async def test_batches_drain_in_id_order_and_each_row_is_published_once(
-    sessionmaker: async_sessionmaker[AsyncSession], relay: Relay, redis_client: redis.Redis
+    engine: AsyncEngine,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    broker: RedisBroker,
+    settings: Settings,
+    redis_client: redis.Redis,
 ) -> None:
+    # One client whose window holds them all (windows: test_relay_fairness.py).
+    wide = settings.model_copy(update={"relay_client_window": 1000})
+    relay = Relay(engine, DramatiqPublisher(broker), wide)
     user, _ = await make_user(sessionmaker)
     async with sessionmaker() as session, session.begin():
         for index in range(250):
@@ -136,7 +143,7 @@ async def test_concurrent_relays_share_rows_without_publishing_twice(
     async with sessionmaker() as session, session.begin():
         for index in range(300):
             await create_task(session, user.id, f"c{index}.example.com")
-    small = settings.model_copy(update={"relay_batch_size": 20})
+    small = settings.model_copy(update={"relay_batch_size": 20, "relay_client_window": 1000})
     relays = [Relay(engine, DramatiqPublisher(broker), small) for _ in range(3)]
     claimed = await asyncio.gather(*(r.drain() for r in relays))
     assert sum(claimed) == 300
