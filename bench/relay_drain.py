@@ -59,7 +59,8 @@ async def _ceiling(ctx: BenchContext, rows: int) -> float:
     started, done = time.monotonic(), 0
     while True:
         async with ctx.sessionmaker() as session, session.begin():
-            batch = (await outbox.claim_batch(session, BATCH, ctx.settings.relay_client_window)).messages
+            claim = await outbox.claim_batch(session, BATCH, ctx.settings.relay_client_window)
+            batch = claim.messages
             published = [outbox.PublishedMessage(m.id, str(m.message_id)) for m in batch]
             await outbox.mark_published(session, published)
         done += len(batch)

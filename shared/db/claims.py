@@ -281,8 +281,9 @@ async def fail_exhausted_task(session: AsyncSession, task_id: uuid.UUID) -> bool
 
 
 def _redispatch_sql(task_update: str, *extra: BindParameter[Any]) -> TextClause:
-    """`task_update` (an UPDATE ... RETURNING id, user_id, batch_id) and, only if it matched, a new outbox row
-    due after `:delay_s`: the state change and its message commit together or not at all."""
+    """`task_update` (an UPDATE ... RETURNING id, user_id, batch_id) and, only if it matched,
+    a new outbox row due after `:delay_s`: the state change and its message commit together
+    or not at all."""
     due = "now() + make_interval(secs => :delay_s)"
     return text(
         f"""

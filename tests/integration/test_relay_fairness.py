@@ -66,8 +66,9 @@ async def submit_batch(
 async def submit_task(sessionmaker: async_sessionmaker[AsyncSession], user_id: int) -> uuid.UUID:
     task_id = uuid.uuid4()
     new = tasks.NewTask(user_id=user_id, target_domain="one.example.com", config={}, max_attempts=3)
+    entry = scan_entry(task_id, QUEUE)
     async with sessionmaker() as session, session.begin():
-        assert await tasks.insert_task_with_message(session, task_id, new, scan_entry(task_id, QUEUE))
+        assert await tasks.insert_task_with_message(session, task_id, new, entry)
     return task_id
 
 
