@@ -47,6 +47,7 @@ SCENARIOS = {
     "race": "bench.race",
     "recovery": "bench.recovery",
     "io_bound": "bench.io_bound",
+    "fairness": "bench.fairness",
 }
 RESULTS_DIR = Path(__file__).parent / "results"
 

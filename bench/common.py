@@ -154,7 +154,8 @@ class BenchContext:
 
 
 # Tasks and their outbox rows straight from SQL: a backlog (or a history of
-# finished tasks and published rows) of any size in seconds.
+# finished tasks and published rows) of any size in seconds, in the first user's
+# interactive lane (one client's window, as the API writes single creates).
 _FILL_TASKS_SQL = text(
     """
     WITH new_tasks AS (
@@ -162,11 +163,11 @@ _FILL_TASKS_SQL = text(
         SELECT gen_random_uuid(), (SELECT min(id) FROM users), 'b' || g || '.example.com',
                CASE WHEN :done THEN 'succeeded' ELSE 'pending' END
         FROM generate_series(1, :count) g
-        RETURNING id
+        RETURNING id, user_id
     )
-    INSERT INTO outbox (message_id, actor, queue, payload, task_id, published_at)
+    INSERT INTO outbox (message_id, actor, queue, payload, task_id, user_id, published_at)
     SELECT gen_random_uuid(), 'scan_domain', :queue, jsonb_build_object('task_id', id::text), id,
-           CASE WHEN :done THEN now() END
+           user_id, CASE WHEN :done THEN now() END
     FROM new_tasks
     """
 )

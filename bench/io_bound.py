@@ -62,10 +62,11 @@ _FILL_SQL = text(
                || g || '.example.com',
                'pending'
         FROM generate_series(1, :count) g
-        RETURNING id
+        RETURNING id, user_id
     )
-    INSERT INTO outbox (message_id, actor, queue, payload, task_id)
-    SELECT gen_random_uuid(), 'scan_domain', :queue, jsonb_build_object('task_id', id::text), id
+    INSERT INTO outbox (message_id, actor, queue, payload, task_id, user_id)
+    SELECT gen_random_uuid(), 'scan_domain', :queue, jsonb_build_object('task_id', id::text), id,
+           user_id
     FROM new_tasks
     """
 )
