@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from relay_service import window
 from relay_service.publisher import Outcomes, Publisher
 from shared import backoff, metrics
 from shared.db import outbox
@@ -66,6 +67,8 @@ class Relay:
         # A client had more due rows than window at the last claim: its workers will make
         # room without anyone telling the relay, so it looks again after a short wait.
         self.window_full = False
+        self.publish_rate = window.PublishRate()
+        self.window = settings.relay_client_window
 
     def wake(self) -> None:
         """Ask for a cycle soon (a NOTIFY arrived, or the poll interval passed)."""
@@ -89,7 +92,7 @@ class Relay:
                 return await self.run_once(pooled)
         async with connection.begin():
             claim = await outbox.claim_batch(
-                connection, self.settings.relay_batch_size, self.settings.relay_client_window
+                connection, self.settings.relay_batch_size, self.window
             )
             self.window_full = claim.window_full
             batch = claim.messages
@@ -101,6 +104,10 @@ class Relay:
             rows = sort_outcomes(batch, outcomes, self.settings)
             released = await self._record(connection, rows)
         self._observe(rows, publish_s)
+        self.publish_rate.record(len(rows.published))
+        self.window = window.window_size(
+            self.publish_rate.per_s(), claim.client_lanes, self.settings
+        )
         log.info(
             "outbox_batch_published",
             claimed=len(batch),
@@ -147,13 +154,16 @@ class Relay:
     async def drain(
         self, stop: asyncio.Event | None = None, connection: AsyncConnection | None = None
     ) -> int:
-        """Run batches until a short one says the due backlog is empty, or `stop` is set."""
+        """Run batches until one finds nothing more to send now (a short batch, or a full
+        window that yielded nothing), or `stop` is set. While workers keep taking a client's
+        messages, each batch refills the room they made."""
         total = 0
         while True:
             claimed = await self.run_once(connection)
             self.beat()
             total += claimed
-            if claimed < self.settings.relay_batch_size or (stop is not None and stop.is_set()):
+            more = claimed == self.settings.relay_batch_size or (claimed and self.window_full)
+            if not more or (stop is not None and stop.is_set()):
                 return total
 
     async def run(self, stop: asyncio.Event) -> None:

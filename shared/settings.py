@@ -131,9 +131,22 @@ class Settings(BaseSettings):
     relay_client_window: int = Field(
         default=64,
         ge=1,
-        description="Messages each client may have in the broker per lane (interactive, "
+        description="Fewest messages each client may have in the broker per lane (interactive, "
         "batch); the rest wait in the outbox and go out in turns across clients as workers "
         "take them.",
+    )
+    relay_client_window_max: int = Field(
+        default=4096,
+        ge=1,
+        description="Most messages a client's lane may have in the broker (its Redis memory: "
+        "about 700 bytes a message).",
+    )
+    relay_window_s: float = Field(
+        default=0.25,
+        gt=0,
+        description="Seconds of work, at the pace workers take messages, that the broker may "
+        "hold across all clients with a backlog: about the longest another client's new "
+        "scan waits behind them.",
     )
     relay_window_poll_s: float = Field(
         default=0.02,

@@ -166,19 +166,15 @@ OUTBOX_STORAGE = {
 class OutboxMessage(Base):
     __tablename__ = "outbox"
     __table_args__ = (
-        # The relay's claim reads only this index, so its cost stays flat however
-        # many published rows the table still holds.
-        Index(
-            "ix_outbox_unpublished",
-            "id",
-            postgresql_where=text("published_at IS NULL AND dead_at IS NULL"),
-        ),
-        # The relay walks the backlog client by client (revision 0006).
+        # The backlog by client and lane, oldest first: the relay's claim reads only this
+        # index, so its cost stays flat however many published rows the table still holds
+        # (revision 0006; it replaced ix_outbox_unpublished, the backlog by id alone).
         Index(
             "ix_outbox_backlog",
             "user_id",
             "lane",
             "id",
+            postgresql_include=["available_at"],
             postgresql_where=text("published_at IS NULL AND dead_at IS NULL"),
         ),
         Index("ix_outbox_task_id", "task_id"),
@@ -186,7 +182,7 @@ class OutboxMessage(Base):
         # Dead rows are few; counting and listing them must not scan the table.
         Index("ix_outbox_dead", "id", postgresql_where=text("dead_at IS NOT NULL")),
         # Publishing is a non-HOT update, so every published row leaves a dead entry in
-        # ix_outbox_unpublished that each claim walks until VACUUM removes it. Vacuum
+        # ix_outbox_backlog that each claim walks until VACUUM removes it. Vacuum
         # after a fixed number of dead rows, not a fraction of a table that keeps days
         # of history, and without cost throttling (revision 0002; see README).
         {"postgresql_with": OUTBOX_STORAGE},

@@ -126,7 +126,8 @@ class ClaimedMessage:
 # ix_outbox_backlog: one index probe per client and lane, however long the backlog.
 # Rows of user 0 (written without a task) have no client to count: no window limits them.
 # The single result row with `id` NULL says nothing was claimed; `window_full` says a
-# client had more due rows than room, so the relay should look again soon.
+# client had more due rows than room, so the relay should look again soon; `client_lanes`
+# how many client lanes have a backlog (the relay shares its window between them).
 _CLAIM_BATCH_SQL = text(
     f"""
     WITH RECURSIVE backlog(user_id, lane) AS (
@@ -160,7 +161,7 @@ _CLAIM_BATCH_SQL = text(
             SELECT o.id FROM outbox o
             WHERE o.user_id = windows.user_id AND o.lane = windows.lane
               AND o.published_at IS NULL AND o.dead_at IS NULL AND o.available_at <= now()
-            ORDER BY o.id
+            ORDER BY o.user_id, o.lane, o.id
             LIMIT GREATEST(LEAST(windows.room, :limit), 0) + 1
         ) due
     ), chosen AS (
@@ -169,16 +170,17 @@ _CLAIM_BATCH_SQL = text(
     ), claimed AS (
         SELECT o.id, o.message_id, o.actor, o.queue, o.payload, o.task_id,
                o.publish_attempts,
-               CAST(EXTRACT(EPOCH FROM clock_timestamp() - o.created_at) AS float8) AS age_s,
-               chosen.lane, chosen.turn
-        FROM outbox o JOIN chosen ON chosen.id = o.id
-        FOR UPDATE OF o SKIP LOCKED
+               CAST(EXTRACT(EPOCH FROM clock_timestamp() - o.created_at) AS float8) AS age_s
+        FROM outbox o WHERE o.id = ANY(ARRAY(SELECT id FROM chosen))
+        FOR UPDATE SKIP LOCKED
     )
     SELECT claimed.id, claimed.message_id, claimed.actor, claimed.queue, claimed.payload,
            claimed.task_id, claimed.publish_attempts, claimed.age_s,
-           EXISTS (SELECT 1 FROM candidates WHERE turn > room) AS window_full
-    FROM (SELECT 1) AS one LEFT JOIN claimed ON true
-    ORDER BY claimed.lane, claimed.turn, random()
+           EXISTS (SELECT 1 FROM candidates WHERE turn > room) AS window_full,
+           (SELECT count(*) FROM backlog) AS client_lanes
+    FROM (SELECT 1) AS one
+    LEFT JOIN (claimed JOIN chosen ON chosen.id = claimed.id) ON true
+    ORDER BY chosen.lane, chosen.turn, random()
     """
 ).columns(
     column("id", BigInteger),
@@ -190,6 +192,7 @@ _CLAIM_BATCH_SQL = text(
     column("publish_attempts", Integer),
     column("age_s", Float),
     column("window_full", Boolean),
+    column("client_lanes", Integer),
 )
 
 
@@ -198,6 +201,8 @@ class ClaimedBatch:
     messages: list[ClaimedMessage]
     # A client had more due rows than its window had room for: look again soon.
     window_full: bool
+    # Client lanes with a backlog (due or not), the claimed ones included.
+    client_lanes: int
 
 
 async def claim_batch(session: Executor, limit: int, window: int) -> ClaimedBatch:
@@ -207,7 +212,7 @@ async def claim_batch(session: Executor, limit: int, window: int) -> ClaimedBatc
     params = {"limit": limit, "window": window, "lock_class": keys.DISPATCH_WINDOW_LOCK_CLASS}
     rows = (await session.execute(_CLAIM_BATCH_SQL, params)).all()
     messages = [ClaimedMessage(*row[:8]) for row in rows if row[0] is not None]
-    return ClaimedBatch(messages, bool(rows[0][8]))
+    return ClaimedBatch(messages, bool(rows[0][8]), int(rows[0][9]))
 
 
 # Rows and their tasks change together: a task becomes `queued` only if it is

@@ -41,9 +41,13 @@ def upgrade() -> None:
         # The relay walks the backlog client by client (a skip scan of this index).
         op.create_index(
             'ix_outbox_backlog', 'outbox', ['user_id', 'lane', 'id'],
+            postgresql_include=['available_at'],
             postgresql_where=sa.text('published_at IS NULL AND dead_at IS NULL'),
             postgresql_concurrently=True, if_not_exists=True,
         )
+        # The backlog by id alone: the new index serves every reader it had.
+        op.drop_index('ix_outbox_unpublished', table_name='outbox',
+                      postgresql_concurrently=True, if_exists=True)
         # Each client's messages in the broker (its window), counted per lane.
         op.create_index(
             'ix_tasks_in_broker', 'tasks',
@@ -55,6 +59,11 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     with op.get_context().autocommit_block():
+        op.create_index(
+            'ix_outbox_unpublished', 'outbox', ['id'],
+            postgresql_where=sa.text('published_at IS NULL AND dead_at IS NULL'),
+            postgresql_concurrently=True, if_not_exists=True,
+        )
         op.drop_index('ix_tasks_in_broker', table_name='tasks', postgresql_concurrently=True,
                       if_exists=True)
         op.drop_index('ix_outbox_backlog', table_name='outbox', postgresql_concurrently=True,

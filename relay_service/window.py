@@ -1,0 +1,40 @@
+"""How many messages each client's lane may have in the broker: enough to keep the workers
+busy, never more than a short spell of work ahead of another client's next message."""
+
+from __future__ import annotations
+
+import collections
+import time
+
+from shared.settings import Settings
+
+# The span the publish rate is measured over.
+RATE_SPAN_S = 1.0
+
+
+class PublishRate:
+    """Messages this relay published over the last `RATE_SPAN_S`, per second."""
+
+    def __init__(self) -> None:
+        self._recent: collections.deque[tuple[float, int]] = collections.deque()
+        self._total = 0
+
+    def record(self, count: int, now: float | None = None) -> None:
+        if count:
+            self._recent.append((time.monotonic() if now is None else now, count))
+            self._total += count
+
+    def per_s(self, now: float | None = None) -> float:
+        horizon = (time.monotonic() if now is None else now) - RATE_SPAN_S
+        while self._recent and self._recent[0][0] < horizon:
+            self._total -= self._recent.popleft()[1]
+        return self._total / RATE_SPAN_S
+
+
+def window_size(rate_per_s: float, client_lanes: int, settings: Settings) -> int:
+    """Each lane's share of `relay_window_s` of work at the rate the workers take messages,
+    within [relay_client_window, relay_client_window_max]: a newcomer's message waits behind
+    about that much work whatever the number of clients, and a lone client's window grows
+    with its workers' pace."""
+    share = rate_per_s * settings.relay_window_s / max(client_lanes, 1)
+    return max(settings.relay_client_window, min(settings.relay_client_window_max, int(share)))
