@@ -91,10 +91,10 @@ class ProcessTree:
             with contextlib.suppress(psutil.Error):
                 process.kill()
 
-    def reap(self) -> None:
+    def reap(self, timeout_s: float = 0.0) -> None:
         """Collect the leader's exit status once it has exited (no zombie left behind)."""
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout=0)
+            self.popen.wait(timeout=timeout_s)
 
 
 def _wait_gone(trees: Iterable[ProcessTree], deadline: float, hurry: threading.Event) -> bool:
@@ -104,6 +104,9 @@ def _wait_gone(trees: Iterable[ProcessTree], deadline: float, hurry: threading.E
         for tree in trees:
             tree.reap()
         if not any(tree.processes() for tree in trees):
+            # A leader that exited since the reap above is a zombie: collected at once.
+            for tree in trees:
+                tree.reap(KILL_WAIT_S)
             return True
         if time.monotonic() >= deadline or hurry.is_set():
             return False
