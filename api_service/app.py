@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             waiting.RECONNECT_MAX_S,
             server_limits(settings),
             read_slots=settings.db_pool_size,
+            max_client_waiters=settings.wait_max_waiters_per_client,
         )
         try:
             async with _listening(app.state.waiters):

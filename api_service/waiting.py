@@ -3,25 +3,38 @@
 One LISTEN connection per API process receives the `scan_task_finished` NOTIFY that a
 trigger sends in the transaction of every terminal write; it wakes the requests waiting on
 that task or batch, which then read the database again. A waiting request holds no
-database connection, only an `asyncio.Event`. The number of waiting requests is bounded.
+database connection, only an `asyncio.Event`. The number of waiting requests is bounded,
+per process and per client (a user), so that one client cannot take every place.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
 from typing import Any, TypeVar
 
 import asyncpg
 
+from api_service.schemas import ErrorResponse
 from shared import backoff, keys, metrics
-from shared.errors import TooManyWaiters
+from shared.errors import TooManyClientWaiters, TooManyWaiters
 from shared.logging import get_logger
 
 log = get_logger(__name__)
+
+# How a GET with `wait` over the client's share answers, for the routes' OpenAPI.
+CLIENT_SHARE_RESPONSES: dict[int | str, dict[str, object]] = {
+    429: {
+        "model": ErrorResponse,
+        "description": "This user already has `SCAN_WAIT_MAX_WAITERS_PER_CLIENT` requests "
+        "waiting on this API process; `Retry-After` says when one is certainly over",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+    }
+}
 
 T = TypeVar("T")
 HEALTH_CHECK_INTERVAL_S = 5.0
@@ -42,9 +55,13 @@ class FinishWaiters:
         reconnect_max_s: float,
         server_settings: dict[str, str] | None = None,
         read_slots: int = 10,
+        max_client_waiters: int | None = None,
     ) -> None:
         self.dsn = dsn
         self.max_waiters = max_waiters
+        self.max_client_waiters = max_waiters if max_client_waiters is None else max_client_waiters
+        # Each client's waiting requests, with the monotonic time each one's wait is over.
+        self._client_waits: dict[Hashable, dict[asyncio.Event, float]] = {}
         # Woken waiters read again at most this many at once (the pool's size): a burst of
         # wakes then reuses pooled connections instead of opening and closing overflow ones.
         self.read_slots = asyncio.Semaphore(read_slots)
@@ -55,30 +72,59 @@ class FinishWaiters:
         self.connected = False
 
     @contextlib.asynccontextmanager
-    async def watch(self, key: uuid.UUID) -> AsyncIterator[asyncio.Event]:
-        """An event set whenever `key` (a task or batch id) may have changed; TooManyWaiters
-        when the process already has `max_waiters`."""
-        if self.count >= self.max_waiters:
-            metrics.API_WAITERS_REFUSED.inc()
-            raise TooManyWaiters(
-                f"this server already has {self.max_waiters} requests waiting; "
-                "ask again without wait, or later",
-                field="wait",
-            )
+    async def watch(
+        self, key: uuid.UUID, client: Hashable = None, deadline: float = math.inf
+    ) -> AsyncIterator[asyncio.Event]:
+        """An event set whenever `key` (a task or batch id) may have changed, for a wait of
+        `client` over at `deadline` (monotonic); TooManyWaiters when the process has
+        `max_waiters`, else TooManyClientWaiters when `client` has `max_client_waiters`."""
+        self._admit(client)
         event = asyncio.Event()
         self.count += 1
         metrics.API_WAITERS.inc()
-        self._waiters.setdefault(key, set()).add(event)
+        mine = self._client_waits.setdefault(client, {})
+        mine[event] = deadline
+        waiting = self._waiters.setdefault(key, set())
+        waiting.add(event)
         try:
             yield event
         finally:
             self.count -= 1
             metrics.API_WAITERS.dec()
-            waiting = self._waiters.get(key)
-            if waiting is not None:
-                waiting.discard(event)
-                if not waiting:
-                    del self._waiters[key]
+            waiting.discard(event)
+            if not waiting:
+                self._waiters.pop(key, None)
+            mine.pop(event, None)
+            if not mine:
+                self._client_waits.pop(client, None)
+
+    def _admit(self, client: Hashable) -> None:
+        """Raise when the process's limit, or else `client`'s share, is full."""
+        if self.count >= self.max_waiters:
+            metrics.API_WAITERS_REFUSED.labels(limit="process").inc()
+            raise TooManyWaiters(
+                f"this server already has {self.max_waiters} requests waiting; "
+                "ask again without wait, or later",
+                field="wait",
+            )
+        client_waits = self._client_waits.get(client, {})
+        if len(client_waits) >= self.max_client_waiters:
+            metrics.API_WAITERS_REFUSED.labels(limit="client").inc()
+            raise TooManyClientWaiters(
+                f"you already have {self.max_client_waiters} requests waiting on this server, "
+                "your share (SCAN_WAIT_MAX_WAITERS_PER_CLIENT); ask again without wait, or "
+                "once one of them has been answered",
+                retry_after_s=self._retry_after_s(client_waits.values()),
+            )
+
+    @staticmethod
+    def _retry_after_s(deadlines: Iterable[float]) -> int:
+        """Whole seconds until the soonest of `deadlines`, at least 1: by then that wait is
+        over and its place free (sooner when its task ends first)."""
+        soonest = min(deadlines, default=math.inf)
+        if math.isinf(soonest):
+            return 1
+        return max(1, math.ceil(soonest - time.monotonic()))
 
     def _wake(self, key: uuid.UUID) -> None:
         for event in self._waiters.get(key, ()):
@@ -141,14 +187,16 @@ async def wait_until(
     read: Callable[[], Awaitable[T]],
     ended: Callable[[T], bool],
     settle_s: float = 0.0,
+    client: Hashable = None,
 ) -> T:
     """`read()` again each time `key` is notified, until `ended` holds or `wait_s` passes;
-    the last value read. `settle_s` gathers a burst of notifications into one read."""
+    the last value read. `settle_s` gathers a burst of notifications into one read. The
+    wait counts against `client`'s share of the waiters."""
     deadline = time.monotonic() + wait_s
     value = await read()
     if wait_s <= 0 or ended(value):
         return value
-    async with waiters.watch(key) as event:
+    async with waiters.watch(key, client, deadline) as event:
         while True:
             # Cleared before reading: a notification during the read is not lost.
             event.clear()

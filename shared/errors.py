@@ -103,6 +103,17 @@ class TooManyWaiters(Unavailable):
     code = "too_many_waiters"
 
 
+class TooManyClientWaiters(RateLimited):
+    """This user already keeps its share of the requests one API process lets wait; a place
+    is certainly free after `retry_after_s` (its soonest wait is over by then)."""
+
+    code = "too_many_client_waiters"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.field = "wait"
+
+
 class PublishError(ScanOutboxError):
     """The broker refused or could not take a message; the row stays unpublished."""
 

@@ -44,7 +44,9 @@ HTTP_REQUEST_DURATION = Histogram(
 TASKS_CREATED = Counter(f"{PREFIX}_tasks_created_total", "Tasks committed by the create path")
 API_WAITERS = Gauge(f"{PREFIX}_api_waiters", "Requests of this API process waiting (`wait`)")
 API_WAITERS_REFUSED = Counter(
-    f"{PREFIX}_api_waiters_refused_total", "Requests with `wait` refused: too many waiting"
+    f"{PREFIX}_api_waiters_refused_total",
+    "Requests with `wait` refused: too many waiting in the process, or of the same user",
+    ["limit"],
 )
 SAFEGUARD_FAILURES = Counter(
     f"{PREFIX}_safeguard_failures_total",

@@ -88,6 +88,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Requests one API process keeps waiting at once; over it, 503 at once.",
     )
+    wait_max_waiters_per_client: int = Field(
+        default=100,
+        ge=0,
+        description="Requests of one user one API process keeps waiting at once; over it, "
+        "429 at once: at the defaults, ten users always find room.",
+    )
 
     # Completion callbacks.
     callback_allow_http: bool = Field(
@@ -278,6 +284,14 @@ class Settings(BaseSettings):
         default=None, description="Secure cookies; unset: only when the request came over HTTPS."
     )
     ui_refresh_s: int = Field(default=10, ge=0, description="Overview auto-refresh; 0: off.")
+
+    # `scanctl dev`.
+    dev_stop_grace_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="On Ctrl-C or SIGTERM, how long `scanctl dev` lets each service stop "
+        "before it kills what is left of its processes (as Kubernetes' default grace).",
+    )
 
     # Scanner.
     scanner: str = Field(

@@ -94,7 +94,11 @@ async def create_batch(
     return batch_out(view)
 
 
-@router.get("/{batch_id}", response_model=BatchOut, responses=_ERRORS)
+@router.get(
+    "/{batch_id}",
+    response_model=BatchOut,
+    responses={**_ERRORS, **waiting.CLIENT_SHARE_RESPONSES},
+)
 async def get_batch(
     batch_id: uuid.UUID,
     user: CurrentUser,
@@ -120,6 +124,6 @@ async def get_batch(
             await session.close()
 
     view = await waiting.wait_until(
-        waiters, batch_id, wait_s, read, lambda view: view.done, settle_s=SETTLE_S
+        waiters, batch_id, wait_s, read, lambda view: view.done, settle_s=SETTLE_S, client=user.id
     )
     return batch_out(view)

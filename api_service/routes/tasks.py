@@ -87,7 +87,11 @@ WaitQuery = Annotated[
 ]
 
 
-@router.get("/{task_id}", response_model=TaskOut, responses=_ERRORS)
+@router.get(
+    "/{task_id}",
+    response_model=TaskOut,
+    responses={**_ERRORS, **waiting.CLIENT_SHARE_RESPONSES},
+)
 async def get_task(
     task_id: uuid.UUID,
     user: CurrentUser,
@@ -106,7 +110,7 @@ async def get_task(
             # Between reads the request holds no database connection.
             await session.close()
 
-    task = await waiting.wait_until(waiters, task_id, wait_s, read, _ended)
+    task = await waiting.wait_until(waiters, task_id, wait_s, read, _ended, client=user.id)
     return TaskOut.model_validate(task)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,11 +16,11 @@ from shared.cli.common import console, db_session, run_async
 from shared.cli.processes import api_command, relay_command, worker_command
 from shared.db import migrate, users
 from shared.embedded import EmbeddedUrls, embedded_servers
+from shared.process_tree import ProcessTree, stop_trees
 from shared.settings import Settings, get_settings
 from shared.tokens import hash_token, new_token
 
 DEMO_USER = "demo"
-STOP_TIMEOUT_S = 30.0
 
 
 @contextlib.contextmanager
@@ -91,42 +91,54 @@ def _print_welcome(settings: Settings, token: str, data_dir: Path | None) -> Non
     console.print("Press Ctrl-C to stop everything.\n")
 
 
-def _stop_all(children: list[subprocess.Popen[bytes]]) -> None:
-    for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    for child in children:
-        try:
-            child.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+# Between two looks at the services while they run; also how soon a signal is acted on.
+WATCH_S = 0.5
+# How often the processes each service started are noted: a process that leaves its
+# service's process group is still stopped (psutil walks /proc, ~4 ms a service).
+NOTE_EVERY_S = 5.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+class StopRequest:
+    """What the stop signals asked: the first to stop, a later one to stop without waiting."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.hurry = threading.Event()
+
+    def handle(self, _signum: int, _frame: object) -> None:
+        # Only flags: an exception raised wherever the signal lands could cut a start or a
+        # stop in half and leave a process that nothing remembers.
+        (self.hurry if self.stop.is_set() else self.stop).set()
 
 
-def _interrupt(_signum: int, _frame: object) -> None:
-    """SIGTERM (and SIGINT, whatever it came with) stops the stack the way Ctrl-C does."""
-    raise KeyboardInterrupt
+def _say(message: str) -> None:
+    # The terminal may be gone (SIGHUP): the stop goes on all the same.
+    with contextlib.suppress(OSError):
+        console.print(message)
 
 
 def run_stack(data_dir: Path) -> int:
-    """Start servers if needed, migrate, print a demo token, run api+relay+worker until Ctrl-C.
+    """Start servers if needed, migrate, print a demo token, run api+relay+worker until Ctrl-C,
+    SIGTERM, SIGHUP or a service exits (then 1).
 
-    SIGTERM stops it the way Ctrl-C does, from the first moment: servers stopped, env file gone.
-    SIGINT is handled even when it came ignored (a shell's background job inherits it so).
+    Every process it started is gone when it returns: each service gets SIGTERM and
+    `SCAN_DEV_STOP_GRACE_S`, then what is left of its process tree gets SIGKILL (a second
+    signal skips the wait); then the servers stop. A signal during the start is acted on
+    once the step in hand ends. SIGINT is handled even when it came ignored (a shell's
+    background job inherits it so).
     """
-    previous = {signum: signal.signal(signum, _interrupt) for signum in STOP_SIGNALS}
+    request = StopRequest()
+    previous = {signum: signal.signal(signum, request.handle) for signum in STOP_SIGNALS}
     try:
-        return _run_stack(data_dir)
+        return _run_stack(data_dir, request)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
 
-def _run_stack(data_dir: Path) -> int:
+def _run_stack(data_dir: Path, request: StopRequest) -> int:
+    # The servers stop in this block's exit whatever happens inside it, after the services.
     with _servers(data_dir) as urls:
         env = dict(os.environ)
         if urls is not None:
@@ -134,26 +146,39 @@ def _run_stack(data_dir: Path) -> int:
             os.environ.update(DATABASE_URL=urls.database_url, REDIS_URL=urls.redis_url)
             get_settings.cache_clear()
         settings = get_settings()
+        if request.stop.is_set():
+            return 0
         migrate.upgrade(settings.database_url.get_secret_value())
         _print_welcome(settings, _rotate_demo_token(settings), data_dir if urls else None)
-        # Each service in its own session: Ctrl-C reaches only this process, which
-        # then stops every service with one SIGTERM, the signal each one handles
-        # gracefully (a second signal makes Dramatiq kill its workers).
-        children = [
-            subprocess.Popen(command, env=env, start_new_session=True)
+        services: list[ProcessTree] = []
+        try:
+            # Each service in its own session: Ctrl-C reaches only this process, which
+            # then stops each service with one SIGTERM, the signal each one handles
+            # gracefully (a second signal makes Dramatiq kill its workers).
             for command in (
                 api_command(settings.api_host, settings.api_port),
                 relay_command(),
                 worker_command(),
-            )
-        ]
-        try:
-            while all(child.poll() is None for child in children):
-                time.sleep(0.5)
-            console.print("[red]a service exited; stopping the others[/red]")
-            return 1
-        except KeyboardInterrupt:
-            console.print("\nstopping…")
-            return 0
+            ):
+                if request.stop.is_set():
+                    return 0
+                services.append(ProcessTree.start(command, env=env))
+            return _watch(services, request)
         finally:
-            _stop_all(children)
+            _say("\nstopping…")
+            if not stop_trees(services, settings.dev_stop_grace_s, request.hurry):
+                _say("[red]some processes could not be killed[/red]")
+
+
+def _watch(services: list[ProcessTree], request: StopRequest) -> int:
+    """Until a stop is asked (0) or a service exits (1)."""
+    noted_at = 0.0
+    while not request.stop.wait(WATCH_S):
+        if any(service.popen.poll() is not None for service in services):
+            _say("[red]a service exited; stopping the others[/red]")
+            return 1
+        if time.monotonic() - noted_at >= NOTE_EVERY_S:
+            noted_at = time.monotonic()
+            for service in services:
+                service.note()
+    return 0

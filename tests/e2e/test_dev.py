@@ -1,8 +1,10 @@
 """`scanctl dev` as a person runs it: other scanctl commands from the same folder find its
-servers through `.data/dev.env`, which is gone once the stack stops; Redis keeps its data."""
+servers through `.data/dev.env`, which is gone once the stack stops; Redis keeps its data;
+no process it started outlives it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 import redis
 
@@ -43,7 +46,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 class Dev:
     """One `scanctl dev` process in `folder`, with its own ports."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, **extra_env: str) -> None:
         self.folder = folder
         self.api_port = free_port()
         self.log_path = folder / f"dev-{self.api_port}.log"
@@ -53,6 +56,7 @@ class Dev:
             SCAN_WORKER_METRICS_PORT=str(free_port()),
             # The banner is read from the log while the stack runs.
             PYTHONUNBUFFERED="1",
+            **extra_env,
         )
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
@@ -127,3 +131,92 @@ def test_scanctl_finds_the_dev_stack_from_another_process_until_it_stops(folder:
         code = again.stop(signal.SIGINT)
     assert code == 0, again.log()[-3000:]
     assert not env_file.exists()
+
+
+# Short, so that the frozen worker is killed soon; the services stop well within it when idle.
+GRACE_S = 3.0
+# Past the grace: the servers' own stops and the SIGKILLs.
+GONE_DEADLINE_S = 30.0
+
+
+def is_gone(process: psutil.Process) -> bool:
+    try:
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def worker_main(dev: Dev) -> psutil.Process | None:
+    for child in psutil.Process(dev.process.pid).children():
+        if "worker_service" in child.cmdline():
+            return child
+    return None
+
+
+def every_process_of(dev: Dev) -> list[psutil.Process]:
+    """scanctl dev, its descendants (services, their children, redis-server) and the
+    PostgreSQL server with its processes (pg_ctl detaches it: not a descendant)."""
+    root = psutil.Process(dev.process.pid)
+    postmaster_pid = int((dev.folder / ".data" / "pg" / "postmaster.pid").read_text().split()[0])
+    postmaster = psutil.Process(postmaster_pid)
+    return [root, *root.children(recursive=True), postmaster, *postmaster.children(recursive=True)]
+
+
+def freeze_the_worker_processes(dev: Dev) -> list[psutil.Process]:
+    """SIGSTOP Dramatiq's worker processes (children of the worker service): frozen, they
+    act on no SIGTERM, as a worker stuck in a C loop would not."""
+    workers = wait_until(
+        lambda: (main := worker_main(dev)) is not None and main.children(),
+        START_DEADLINE_S,
+        "the worker service to fork its worker processes",
+    )
+    for worker in workers:
+        worker.send_signal(signal.SIGSTOP)
+    return workers
+
+
+def assert_all_gone(processes: list[psutil.Process]) -> None:
+    try:
+        wait_until(
+            lambda: all(is_gone(p) for p in processes),
+            GONE_DEADLINE_S,
+            "every process scanctl dev started to be gone",
+            every_s=0.2,
+        )
+    except AssertionError:
+        left = [f"{p.pid} {' '.join(p.cmdline())[:80]}" for p in processes if not is_gone(p)]
+        raise AssertionError(f"still running after scanctl dev ended: {left}") from None
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    "stop", ["SIGINT", "SIGTERM", "a service dying"], ids=["sigint", "sigterm", "service-died"]
+)
+def test_scanctl_dev_ends_every_process_it_started_even_a_frozen_worker(
+    folder: Path, stop: str
+) -> None:
+    dev = Dev(folder, SCAN_DEV_STOP_GRACE_S=str(GRACE_S))
+    started: list[psutil.Process] = []
+    try:
+        frozen = freeze_the_worker_processes(dev)
+        started = every_process_of(dev)
+        names = {p.name() for p in started}
+        assert {"redis-server", "postgres"} <= names, names
+        assert set(frozen) <= set(started)
+        if stop == "a service dying":
+            api = next(p for p in started if "uvicorn" in p.cmdline())
+            api.kill()
+            code = dev.process.wait(timeout=STOP_DEADLINE_S)
+            assert code == 1, dev.log()[-3000:]
+        else:
+            code = dev.stop(getattr(signal, stop))
+            assert code == 0, dev.log()[-3000:]
+
+        assert_all_gone(started)
+    finally:
+        for process in started:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        if dev.process.poll() is None:
+            os.killpg(dev.process.pid, signal.SIGKILL)
+            dev.process.wait()

@@ -213,3 +213,54 @@ async def test_another_users_task_is_404_at_once_even_with_wait(
 
     assert refused.status_code == 404
     assert waiters_of(app).count == 0
+
+
+async def test_a_client_over_its_share_of_waiters_gets_429_and_others_still_wait(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    share = settings.model_copy(
+        update={"wait_max_waiters_per_client": 2, "wait_max_s": LONG_WAIT_S}
+    )
+    _, alice = await make_user(sessionmaker, "alice")
+    _, bob = await make_user(sessionmaker, "bob")
+    as_alice, as_bob = ({"Authorization": f"Bearer {t}"} for t in (alice, bob))
+    async with serving(share) as (app, http):
+        await eventually(lambda: waiters_of(app).connected, "the API to LISTEN")
+
+        async def create(domain: str, headers: dict[str, str]) -> str:
+            body = {"target_domain": domain}
+            task_id: str = (await http.post("/api/v1/tasks", json=body, headers=headers)).json()[
+                "id"
+            ]
+            return task_id
+
+        def wait_for(task_id: str, headers: dict[str, str]) -> asyncio.Task[httpx.Response]:
+            return asyncio.create_task(
+                http.get(f"/api/v1/tasks/{task_id}", params={"wait": LONG_WAIT_S}, headers=headers)
+            )
+
+        alices = [await create(f"a{n}.example.com", as_alice) for n in range(3)]
+        bobs = await create("b.example.com", as_bob)
+        alice_waiting = [wait_for(task_id, as_alice) for task_id in alices[:2]]
+        await eventually(lambda: waiters_of(app).count == 2, "alice's share to fill")
+
+        refused = await http.get(f"/api/v1/tasks/{alices[2]}", params={"wait": 1}, headers=as_alice)
+        bob_waiting = wait_for(bobs, as_bob)
+        await eventually(lambda: waiters_of(app).count == 3, "bob's request to wait")
+        await finish(sessionmaker, "id = CAST(:id AS uuid)", id=bobs)
+        bob_answer = await bob_waiting
+        assert not any(waiting.done() for waiting in alice_waiting)
+        untouched = await http.get(f"/api/v1/tasks/{alices[2]}", headers=as_alice)
+        await finish(sessionmaker, "true")
+        alice_answers = await asyncio.gather(*alice_waiting)
+
+    assert refused.status_code == 429
+    error = refused.json()["error"]
+    assert (error["code"], error["field"]) == ("too_many_client_waiters", "wait")
+    assert "SCAN_WAIT_MAX_WAITERS_PER_CLIENT" in error["message"]
+    # Her soonest wait is over by then, so a place is certainly free.
+    assert 1 <= int(refused.headers["Retry-After"]) <= LONG_WAIT_S
+    assert error["retry_after_s"] == int(refused.headers["Retry-After"])
+    assert (bob_answer.status_code, bob_answer.json()["status"]) == (200, "succeeded")
+    assert (untouched.status_code, untouched.json()["status"]) == (200, "pending")
+    assert [(a.status_code, a.json()["status"]) for a in alice_answers] == [(200, "succeeded")] * 2

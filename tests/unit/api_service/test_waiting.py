@@ -4,12 +4,13 @@ the waiters of their task or batch, the bound holds, a wake is never lost."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import pytest
 
 from api_service.waiting import FinishWaiters, wait_until
-from shared.errors import TooManyWaiters
+from shared.errors import TooManyClientWaiters, TooManyWaiters
 
 
 def registry(max_waiters: int = 10) -> FinishWaiters:
@@ -49,6 +50,34 @@ async def test_over_the_bound_watching_raises_too_many_waiters_naming_wait() -> 
     assert refused.value.status_code == 503
     async with waiters.watch(uuid.uuid4()):
         assert waiters.count == 1
+
+
+async def test_a_client_over_its_share_gets_429_naming_its_soonest_wait_and_others_get_in() -> None:
+    waiters = FinishWaiters("postgresql://unused", 10, 1.0, max_client_waiters=2)
+    now = time.monotonic()
+    async with (
+        waiters.watch(uuid.uuid4(), "alice", now + 30),
+        waiters.watch(uuid.uuid4(), "alice", now + 7.5),
+    ):
+        with pytest.raises(TooManyClientWaiters) as refused:
+            async with waiters.watch(uuid.uuid4(), "alice", now + 30):
+                pass
+        async with waiters.watch(uuid.uuid4(), "bob", now + 30):
+            assert waiters.count == 3
+    assert (refused.value.status_code, refused.value.field) == (429, "wait")
+    # The soonest of her waits (7.5 s), not the other (30 s).
+    assert 1 <= refused.value.retry_after_s <= 8
+    async with waiters.watch(uuid.uuid4(), "alice", now + 30):
+        assert waiters.count == 1
+
+
+async def test_a_full_process_refuses_with_503_before_any_share_counts() -> None:
+    waiters = FinishWaiters("postgresql://unused", 1, 1.0, max_client_waiters=1)
+    async with waiters.watch(uuid.uuid4(), "alice"):
+        with pytest.raises(TooManyWaiters) as refused:
+            async with waiters.watch(uuid.uuid4(), "alice"):
+                pass
+    assert refused.value.status_code == 503
 
 
 async def test_wait_until_reads_again_on_each_wake_until_ended() -> None:
