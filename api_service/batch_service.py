@@ -100,9 +100,11 @@ async def create_batch(
     """Commit the batch, its tasks and their outbox rows together; returns (id, created).
 
     A repeated request with the same idempotency key returns the first batch, uncharged.
+    The callback host is resolved only once the rate limit has charged the request.
     """
     if idempotency_key is None:
         await ratelimit.take(redis, settings, user.id, cost=len(request.domains))
+        await services.check_callback_host(session, request.callback_url, settings)
         return await _insert(session, redis, settings, user, request, None, request_id)
     lock = keys.create_lock(user.id, f"batch:{idempotency_key}")
     if settings.redis_safeguards and session.in_transaction():
@@ -113,6 +115,7 @@ async def create_batch(
         if (replay := _replayed(earlier, request)) is not None:
             return replay.id, False
         await ratelimit.take(redis, settings, user.id, cost=len(request.domains))
+        await services.check_callback_host(session, request.callback_url, settings)
         return await _insert(session, redis, settings, user, request, idempotency_key, request_id)
 
 

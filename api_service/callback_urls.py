@@ -3,20 +3,16 @@ again (`shared.callback_urls`), since a name may resolve elsewhere by then."""
 
 from __future__ import annotations
 
-import asyncio
 from urllib.parse import urlsplit
 
 from api_service.domains import normalise_domain
-from shared import ssrf
+from shared import host_lookup, ssrf
 from shared.callback_urls import allowed_addresses
 from shared.errors import InvalidInput
 from shared.settings import Settings
 
 FIELD = "callback_url"
 MAX_URL_CHARS = 2048
-# A submit waits this long at most for the callback host's addresses; without an answer
-# it is accepted, and every delivery checks the addresses again.
-SUBMIT_RESOLVE_TIMEOUT_S = 2.0
 
 
 def _reject(reason: str) -> InvalidInput:
@@ -63,11 +59,13 @@ def check_callback_url(url: str, settings: Settings) -> str:
 
 async def check_resolves_publicly(url: str, settings: Settings) -> None:
     """InvalidInput naming `callback_url` when its host resolves only to addresses the
-    guard forbids; a host that does not resolve in time is let through."""
+    guard forbids; a host that does not resolve within `callback_submit_resolve_timeout_s`
+    is let through (every delivery checks again). Network I/O: callers hold no database
+    connection across it."""
     host = urlsplit(url).hostname or ""
     try:
-        await asyncio.wait_for(allowed_addresses(host, settings), SUBMIT_RESOLVE_TIMEOUT_S)
+        await allowed_addresses(host, settings, settings.callback_submit_resolve_timeout_s)
     except ssrf.ForbiddenTarget as exc:
         raise _reject(f"host {host} {exc.message.removeprefix('blocked by SSRF guard: ')}") from exc
-    except (OSError, TimeoutError):
+    except host_lookup.LookupFailed:
         return

@@ -49,11 +49,18 @@ async def transaction(session: AsyncSession) -> AsyncIterator[None]:
     await session.commit()
 
 
+async def release_connection(session: AsyncSession) -> None:
+    """Give the session's pooled connection back (so far it has only read the user) before
+    waiting on something else; its next statement checks one out again."""
+    if session.in_transaction():
+        await session.rollback()
+
+
 async def _end_read(session: AsyncSession, settings: Settings) -> None:
     """Give the connection back to the pool before waiting up to `lock_wait_s` on a
-    Redis lock (so far the session has only read the user)."""
-    if settings.redis_safeguards and session.in_transaction():
-        await session.rollback()
+    Redis lock."""
+    if settings.redis_safeguards:
+        await release_connection(session)
 
 
 async def _mark_created(redis: aioredis.Redis, settings: Settings, task_id: uuid.UUID) -> bool:
@@ -87,6 +94,16 @@ def checked_callback(user: User, url: str | None, settings: Settings) -> str | N
     return url
 
 
+async def check_callback_host(session: AsyncSession, url: str | None, settings: Settings) -> None:
+    """The callback host's resolution check (`callback_urls.check_resolves_publicly`), run
+    with the session's pooled connection given back: a slow resolver must not hold
+    connections other requests and /readyz need."""
+    if url is None:
+        return
+    await release_connection(session)
+    await callback_urls.check_resolves_publicly(url, settings)
+
+
 async def create_task(
     session: AsyncSession,
     redis: aioredis.Redis,
@@ -109,8 +126,7 @@ async def create_task(
             f"must be at most {settings.max_config_bytes} bytes as JSON", field="config"
         )
     callback_url = checked_callback(user, body.callback_url, settings)
-    if callback_url is not None:
-        await callback_urls.check_resolves_publicly(callback_url, settings)
+    await check_callback_host(session, callback_url, settings)
     fingerprint = request_fingerprint(domain, config, callback_url)
     new = tasks.NewTask(
         user_id=user.id,

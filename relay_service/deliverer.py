@@ -4,6 +4,10 @@ At least once: a delivery is leased (not locked) for longer than its POST can ta
 relay that dies mid-POST leaves it due again. Every relay delivers, claiming with SKIP
 LOCKED. Redirects are never followed; every address is checked by the SSRF guard and the
 socket goes to the very address checked (the name travels in Host and SNI only).
+One relay keeps at most `callback_per_user_in_flight` POSTs in flight for a user and
+`callback_per_host_in_flight` to a receiver host, so a stalled receiver holds only its own
+share; host names are looked up on the event loop (`shared.host_lookup`), never in the
+default executor; a response is read raw, at most MAX_RESPONSE_BYTES, never decompressed.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import asyncio
 import json
 import ssl
 import time
+from collections import Counter
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -19,7 +24,7 @@ import httpx
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared import backoff, callback_urls, metrics, signing, ssrf
+from shared import backoff, callback_urls, host_lookup, metrics, signing, ssrf
 from shared.db import callbacks
 from shared.db.engine import autocommit
 from shared.logging import get_logger
@@ -33,6 +38,9 @@ DB_RETRY_MAX_S = 10.0
 # The gauges count the table; as often as the relay leader's outbox gauges.
 GAUGES_INTERVAL_S = 5.0
 MAX_ERROR_CHARS = 300
+# The outcome is the status line; of the body only this much is read (so a small answer
+# ends cleanly), raw: a compressed body is never inflated, whatever it claims to be.
+MAX_RESPONSE_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -57,9 +65,9 @@ class Refused(Exception):
 
 
 async def resolve(host: str, settings: Settings) -> list[str]:
-    """Addresses of `host` the SSRF guard allows, or Refused."""
+    """Addresses of `host` the SSRF guard allows, or Refused; LookupFailed if none in time."""
     try:
-        return await callback_urls.allowed_addresses(host, settings)
+        return await callback_urls.allowed_addresses(host, settings, settings.dns_timeout_s)
     except ssrf.ForbiddenTarget as exc:
         raise Refused(exc.message) from exc
 
@@ -84,6 +92,10 @@ class Deliverer:
         self._woken = asyncio.Event()
         self._gauges_due = 0.0
         self._prune_due = 0.0
+        self._bury_due = 0.0
+        # POSTs in flight by user and by receiver host (the claim's key), this relay only.
+        self._users: Counter[int] = Counter()
+        self._hosts: Counter[str] = Counter()
         verify = ssl.create_default_context(cafile=settings.tls_ca_bundle)
         self._verify = verify
 
@@ -119,9 +131,15 @@ class Deliverer:
             str(claimed.delivery_id), event, claimed.secrets, int(time.time()), body
         )
         headers["Host"] = f"{host}:{url.port}" if url.port else host
-        response = await client.post(
-            url, content=body, headers=headers, extensions={"sni_hostname": host}
+        headers["Accept-Encoding"] = "identity"
+        request = client.build_request(
+            "POST", url, content=body, headers=headers, extensions={"sni_hostname": host}
         )
+        response = await client.send(request, stream=True)
+        try:
+            await _skim(response)
+        finally:
+            await response.aclose()
         if 300 <= response.status_code < 400:
             return Outcome(response.status_code, f"HTTP {response.status_code}: not followed")
         if not 200 <= response.status_code < 300:
@@ -139,10 +157,15 @@ class Deliverer:
         except (httpx.InvalidURL, ValueError) as exc:
             # A URL that cannot be called (vetted at submit, but rows can be written by hand).
             return Outcome(None, f"refused: invalid URL ({exc})", permanent=True)
+        except host_lookup.LookupFailed as exc:
+            return Outcome(None, f"dns: {exc}")
         except (TimeoutError, httpx.TimeoutException):
             return Outcome(None, "timeout: no answer in time")
         except (httpx.HTTPError, OSError) as exc:
             return Outcome(None, f"connection: {type(exc).__name__}")
+        except Exception as exc:  # one bad delivery must not stop the relay
+            log.exception("callback_send_error", delivery_id=str(claimed.delivery_id))
+            return Outcome(None, f"error: {type(exc).__name__}")
 
     def _retry_in_s(self, claimed: callbacks.ClaimedDelivery, outcome: Outcome) -> float | None:
         if outcome.permanent or claimed.attempts >= self.settings.callback_max_attempts:
@@ -151,13 +174,45 @@ class Deliverer:
         return backoff.backoff_s(claimed.attempts, base_s, max_s)
 
     async def _claim(self, limit: int) -> list[callbacks.ClaimedDelivery]:
-        lease_s = self.settings.callback_timeout_s + LEASE_MARGIN_S
+        """Lease up to `limit` deliveries within the per-user and per-host bounds, counting
+        them in flight until `_deliver` ends."""
+        settings = self.settings
+        lease_s = settings.callback_timeout_s + LEASE_MARGIN_S
+        in_flight = callbacks.InFlight(
+            settings.callback_per_user_in_flight,
+            settings.callback_per_host_in_flight,
+            dict(self._users),
+            dict(self._hosts),
+        )
         async with self.sessionmaker() as session, session.begin():
-            return await callbacks.claim_due(session, limit, lease_s)
+            claimed = await callbacks.claim_due(
+                session, limit, lease_s, settings.callback_max_attempts, in_flight
+            )
+        for item in claimed:
+            self._users[item.user_id] += 1
+            self._hosts[item.host] += 1
+        return claimed
+
+    def _release(self, item: callbacks.ClaimedDelivery) -> None:
+        self._users[item.user_id] -= 1
+        self._hosts[item.host] -= 1
+        # Counter keeps zero counts; the claim is sent only the keys still in flight.
+        self._users += Counter()
+        self._hosts += Counter()
 
     async def _deliver(self, client: httpx.AsyncClient, item: callbacks.ClaimedDelivery) -> None:
-        """Send one delivery and record its outcome in one statement of its own. If the
-        record fails, the lease runs out and it is sent again: at least once."""
+        """Send one delivery and record its outcome; never raises. If the record fails, the
+        lease runs out and it is sent again: at least once."""
+        try:
+            await self._deliver_once(client, item)
+        except Exception:  # a relay outlives any one delivery
+            log.exception("callback_delivery_error", delivery_id=str(item.delivery_id))
+        finally:
+            self._release(item)
+
+    async def _deliver_once(
+        self, client: httpx.AsyncClient, item: callbacks.ClaimedDelivery
+    ) -> None:
         outcome = await self.send(client, item)
         try:
             async with self.sessionmaker() as session:
@@ -180,10 +235,27 @@ class Deliverer:
             )
 
     async def _housekeeping(self) -> None:
+        if time.monotonic() >= self._bury_due:
+            await self.bury_exhausted()
         if time.monotonic() >= self._gauges_due:
             await self._refresh_gauges()
         if time.monotonic() >= self._prune_due:
             await self.prune()
+
+    async def bury_exhausted(self) -> int:
+        """Due deliveries with every try spent become dead (a relay stopped inside their
+        last try): the claim never leases them again. The number buried."""
+        self._bury_due = time.monotonic() + GAUGES_INTERVAL_S
+        async with self.sessionmaker() as session, session.begin():
+            buried = await callbacks.bury_exhausted(session, self.settings.callback_max_attempts)
+        for delivery_id, attempts in buried:
+            log.warning(
+                "callback_dead",
+                error="out of attempts",
+                delivery_id=str(delivery_id),
+                attempt=attempts,
+            )
+        return len(buried)
 
     async def cycle(self) -> int:
         """Claim one batch, send it and record every outcome; the number claimed."""
@@ -232,36 +304,55 @@ class Deliverer:
             attempt=item.attempts,
         )
 
+    def _free_slots(self, in_flight: int) -> int:
+        free = self.settings.callback_batch_size - in_flight
+        # Slots are refilled a few at a time: one claim per ended POST would cost a
+        # transaction per delivery.
+        if in_flight and free < max(1, self.settings.callback_batch_size // 4):
+            return 0
+        return free
+
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop`, keeping up to `callback_batch_size` POSTs in flight: a
         free slot is filled as soon as one ends, so a slow receiver holds one slot, not a
-        batch. Claims again on a NOTIFY, a finished POST or the poll interval; a lost
-        database is retried with backoff."""
+        batch. Claims again at once after a claim that found rows, on a NOTIFY, a finished
+        POST or the poll interval; any error is logged and retried with backoff."""
         in_flight: set[asyncio.Task[None]] = set()
         failures = 0
         async with self._client() as client:
             while not stop.is_set():
                 self._woken.clear()
+                claimed = 0
                 try:
-                    free = self.settings.callback_batch_size - len(in_flight)
-                    # Slots are refilled a few at a time: one claim per ended POST would
-                    # cost a transaction per delivery.
-                    if in_flight and free < max(1, self.settings.callback_batch_size // 4):
-                        free = 0
+                    free = self._free_slots(len(in_flight))
                     for item in await self._claim(free) if free > 0 else []:
                         in_flight.add(asyncio.create_task(self._deliver(client, item)))
+                        claimed += 1
                     await self._housekeeping()
                     failures = 0
-                except (DBAPIError, OSError) as exc:
+                except Exception as exc:  # the loop outlives any error
                     failures += 1
                     log.warning("callbacks_cycle_failed", error=type(exc).__name__)
                 pause_s = self.settings.callback_poll_interval_s
                 if failures:
                     pause_s = backoff.backoff_s(failures, pause_s, DB_RETRY_MAX_S)
+                elif claimed and self._free_slots(len(in_flight)):
+                    # Users and hosts that reached their bound in that claim are skipped
+                    # by the next one, which may find other clients' rows behind theirs.
+                    pause_s = 0.0
                 await _first_of(stop, self._woken, in_flight, pause_s)
                 in_flight = {task for task in in_flight if not task.done()}
             # Each POST ends within callback_timeout_s; the relay's shutdown grace is longer.
             await asyncio.gather(*in_flight, return_exceptions=True)
+
+
+async def _skim(response: httpx.Response) -> None:
+    """Read at most MAX_RESPONSE_BYTES of the body as sent (no decoding), then stop."""
+    read = 0
+    async for chunk in response.aiter_raw():
+        read += len(chunk)
+        if read >= MAX_RESPONSE_BYTES:
+            return
 
 
 def _host(url: str) -> str:

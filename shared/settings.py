@@ -115,6 +115,23 @@ class Settings(BaseSettings):
     callback_poll_interval_s: float = Field(
         default=1.0, gt=0, description="How often a relay looks for due deliveries un-notified."
     )
+    callback_per_user_in_flight: int = Field(
+        default=10,
+        ge=1,
+        description="Callback POSTs one relay keeps in flight for one user at most, so one "
+        "client's stalled receiver leaves the other slots to the others.",
+    )
+    callback_per_host_in_flight: int = Field(
+        default=10,
+        ge=1,
+        description="Callback POSTs one relay keeps in flight to one receiver host at most.",
+    )
+    callback_submit_resolve_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Longest a submit waits for its callback host's addresses (no database "
+        "connection held meanwhile); without an answer the URL is accepted.",
+    )
 
     # Task defaults.
     task_max_attempts: int = Field(default=3, ge=1)

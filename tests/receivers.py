@@ -3,6 +3,7 @@ answers with the statuses it is told, in order (the last one repeats)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -45,6 +46,9 @@ class Receiver:
     # answered (or whose sender went away while they were held).
     arrived: int = 0
     received: list[Received] = field(default_factory=list)
+    # Sent with every answer: a body and headers of the receiver's choosing.
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
 
     def url(self, host: str = "hooks.example.com", path: str = "/cb") -> str:
         return f"http://{host}:{self.port}{path}"
@@ -70,8 +74,13 @@ def receiving(port: int = 0, statuses: list[int] | None = None) -> Iterator[Rece
             self.send_response(status)
             if 300 <= status < 400 and receiver.location:
                 self.send_header("Location", receiver.location)
-            self.send_header("Content-Length", "0")
+            for name, value in receiver.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(receiver.body)))
             self.end_headers()
+            # The sender may stop reading the body: its choice.
+            with contextlib.suppress(OSError):
+                self.wfile.write(receiver.body)
 
         def log_message(self, format: str, *args: object) -> None:
             pass

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 
-from api_service import batch_service, callback_urls, waiting
+from api_service import batch_service, waiting
 from api_service.deps import (
     CurrentUser,
     RedisDep,
@@ -74,8 +74,6 @@ async def create_batch(
     """Accept up to `SCAN_BATCH_MAX_TASKS` domains: every task and its message are committed
     in one transaction, or, if any entry is invalid, nothing is (422 naming each entry)."""
     request = batch_service.validate_batch(body, settings, user)
-    if request.callback_url is not None:
-        await callback_urls.check_resolves_publicly(request.callback_url, settings)
     batch_id, created = await batch_service.create_batch(
         session,
         redis,
