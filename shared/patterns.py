@@ -40,7 +40,7 @@ class UnsupportedPattern(ValueError):
 
     def __init__(self, pattern: str, reason: str) -> None:
         super().__init__(
-            f"pattern {pattern!r} is refused by RE2, which matches in linear time "
+            f"pattern '{pattern}' is refused by RE2, which matches in linear time "
             f"(no backreferences or lookaround): {reason}"
         )
         self.pattern = pattern
