@@ -13,8 +13,9 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
-    field_validator,
 )
+
+from shared import patterns
 
 MAX_RULES = 50
 # NUL cannot be stored in PostgreSQL text or jsonb, and a lone surrogate (legal in
@@ -28,9 +29,19 @@ def _storable(text: str) -> str:
     return text
 
 
+def _linear(pattern: str) -> str:
+    try:
+        patterns.compile_pattern(pattern)
+    except patterns.UnsupportedPattern as exc:
+        raise ValueError(str(exc)) from exc
+    return pattern
+
+
 RuleText = Annotated[
     str, StringConstraints(min_length=1, max_length=200), AfterValidator(_storable)
 ]
+# Checked item by item, so an error names the pattern's index (`config.regexes.2`).
+RegexText = Annotated[RuleText, AfterValidator(_linear)]
 
 
 class ScanConfig(BaseModel):
@@ -38,18 +49,16 @@ class ScanConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    keywords: list[RuleText] = Field(default_factory=list, max_length=MAX_RULES)
-    regexes: list[RuleText] = Field(default_factory=list, max_length=MAX_RULES)
-
-    @field_validator("regexes")
-    @classmethod
-    def _compilable(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from exc
-        return patterns
+    keywords: list[RuleText] = Field(
+        default_factory=list,
+        max_length=MAX_RULES,
+        description="Literal words, matched case-insensitively.",
+    )
+    regexes: list[RegexText] = Field(
+        default_factory=list,
+        max_length=MAX_RULES,
+        description="RE2 patterns (linear-time: no backreferences, no lookaround).",
+    )
 
 
 class TaskCreate(BaseModel):

@@ -325,6 +325,12 @@ class Settings(BaseSettings):
     allow_private: bool = False
     resolver_overrides: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     total_timeout_s: float = Field(default=60.0, gt=0)
+    rules_budget_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Time one scan's keyword and regex rules may take, on a rule thread; rules "
+        "left when it runs out are reported as not applied.",
+    )
     dns_nameservers: Annotated[list[str], NoDecode] = Field(default_factory=list)
     tls_ca_bundle: str | None = None
     tls_accept_untrusted: bool = False

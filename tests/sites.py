@@ -210,3 +210,53 @@ def slow_site(delay_s: float) -> Iterator[SlowSite]:
         site.release.set()
         server.shutdown()
         server.server_close()
+
+
+@dataclass(frozen=True)
+class Page:
+    """What a host of a `pages_by_host` site answers: a body and its headers."""
+
+    body: bytes
+    content_type: str = "text/html; charset=utf-8"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@contextmanager
+def pages_by_host(pages: dict[str, Page]) -> Iterator[Site]:
+    """Serves `pages[name]` to a Host whose first label is `name`, and `<title>{Host}</title>`
+    like `local_site` to any other; counts hits by Host."""
+    site = Site(port=0)
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            host = (self.headers.get("Host") or "").split(":")[0]
+            with lock:
+                site.hits[host] += 1
+            page = pages.get(host.split(".")[0]) or Page(
+                f"<html><head><title>{host}</title></head><body>welcome</body></html>".encode()
+            )
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", page.content_type)
+                self.send_header("Content-Length", str(len(page.body)))
+                for name, value in page.headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(page.body)
+            except OSError:
+                pass  # the scan refused what it was sent and hung up
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = _BusyServer(("127.0.0.1", 0), Handler)
+    site.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield site
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

@@ -98,6 +98,24 @@ async def test_entries_of_the_wrong_shape_are_named_by_index_too(
     assert await count_rows(sessionmaker) == (0, 0)
 
 
+async def test_a_batch_whose_pattern_re2_cannot_run_is_a_422_naming_it(
+    client: httpx.AsyncClient, token: str, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    config = {"regexes": ["acme", r"(\w+) \1"]}
+
+    response = await client.post(
+        "/api/v1/batches",
+        json=body("a.example.com", "b.example.com", **config),
+        headers=auth(token),
+    )
+
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("invalid_input", "config.regexes.1")
+    assert "'(\\w+) \\1'" in error["message"]
+    assert await count_rows(sessionmaker) == (0, 0)
+
+
 async def test_a_batch_over_the_configured_size_is_refused_naming_tasks(
     settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:

@@ -170,7 +170,7 @@ async def test_idempotency_key_returns_the_same_task_or_409_for_another_body(
         ({}, "target_domain"),
         ({"target_domain": 42}, "target_domain"),
         ({"target_domain": "example.com", "config": {"keywords": ["k"] * 51}}, "config.keywords"),
-        ({"target_domain": "example.com", "config": {"regexes": ["("]}}, "config.regexes"),
+        ({"target_domain": "example.com", "config": {"regexes": ["("]}}, "config.regexes.0"),
         # PostgreSQL cannot store NUL in jsonb: refused up front, not a 500.
         (
             {"target_domain": "example.com", "config": {"keywords": ["a\u0000b"]}},
@@ -194,6 +194,34 @@ async def test_bad_input_is_a_422_naming_the_field_and_writes_nothing(
     assert error["code"] == "invalid_input"
     assert error["field"] == field
     assert error["message"]
+    assert await count_rows(sessionmaker) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("regexes", "index"),
+    [
+        (["acme", r"\d+", r"(a)\1"], 2),
+        ([r"(?=a)b"], 0),
+        (["ok", r"(?<!a)b"], 1),
+        ([r"x\Z"], 0),
+    ],
+)
+async def test_a_pattern_re2_cannot_run_is_a_422_naming_it_and_writes_nothing(
+    client: httpx.AsyncClient,
+    token: str,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    regexes: list[str],
+    index: int,
+) -> None:
+    body = {"target_domain": "example.com", "config": {"regexes": regexes}}
+
+    response = await client.post("/api/v1/tasks", json=body, headers=auth(token))
+
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("invalid_input", f"config.regexes.{index}")
+    assert f"'{regexes[index]}'" in error["message"]
+    assert "RE2" in error["message"]
     assert await count_rows(sessionmaker) == (0, 0)
 
 

@@ -61,17 +61,33 @@ async def read_capped(response: httpx.Response, max_bytes: int) -> Body:
     return Body(bytes(content), truncated=False, decoded=decodable)
 
 
+# Codecs Python registers as text encodings that are not a page's charset: they decode to
+# escapes or lone surrogates, or refuse every byte string (`undefined`, `idna` with errors).
+_NOT_PAGE_CHARSETS = frozenset(
+    {"undefined", "idna", "punycode", "unicode-escape", "raw-unicode-escape", "charmap"}
+)
+
+
 def _known_codec(name: str | None) -> str | None:
+    """The codec `name` stands for, if it decodes bytes to text; None for unknown names and for
+    bytes-to-bytes codecs (base64, zlib, hex, rot13...), which a page may name but not use."""
     if not name:
         return None
     try:
-        return codecs.lookup(name).name
-    except LookupError:
+        info = codecs.lookup(name)
+    except (LookupError, ValueError):
         return None
+    # `_is_text_encoding` is how str.decode itself refuses the bytes-to-bytes codecs.
+    if not getattr(info, "_is_text_encoding", True) or info.name in _NOT_PAGE_CHARSETS:
+        return None
+    return info.name
 
 
 def decode_text(body: Body, response: httpx.Response) -> str:
-    """The body as text: header charset, then a <meta charset>, then UTF-8; never raises."""
+    """The body as text: header charset, then a <meta charset>, then UTF-8; never raises.
+
+    A charset that is not a text encoding, or whose decoder fails anyway, is ignored for UTF-8.
+    """
     if not body.decoded:
         return ""
     sniffed = META_CHARSET.search(body.content[:META_SNIFF_BYTES])
@@ -80,7 +96,10 @@ def decode_text(body: Body, response: httpx.Response) -> str:
         or _known_codec(sniffed.group(1).decode("ascii") if sniffed else None)
         or "utf-8"
     )
-    return body.content.decode(codec, errors="replace")
+    try:
+        return body.content.decode(codec, errors="replace")
+    except (UnicodeError, LookupError, ValueError, TypeError):
+        return body.content.decode("utf-8", errors="replace")
 
 
 def extract_title(text: str) -> str | None:

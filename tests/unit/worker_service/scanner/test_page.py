@@ -131,3 +131,19 @@ def test_title_is_capped() -> None:
 
 def test_title_search_stays_fast_on_many_unclosed_tags() -> None:
     assert page.extract_title("<title" * 200_000) is None
+
+
+@pytest.mark.parametrize(
+    "charset",
+    ["base64", "rot13", "zlib", "hex", "uu", "bz2", "quopri", "undefined", "idna", "punycode"],
+)
+@pytest.mark.parametrize("where", ["header", "meta"])
+def test_a_charset_that_is_not_a_text_encoding_falls_back_to_utf8(charset: str, where: str) -> None:
+    raw = f'<meta charset="{charset}"><title>Café</title>'.encode() + b"\xff"
+    content_type = f"text/html; charset={charset}" if where == "header" else "text/html"
+    resp = response(raw, **{"content-type": content_type})
+
+    text = page.decode_text(page.Body(raw, truncated=False), resp)
+
+    assert text == raw.decode("utf-8", errors="replace")
+    assert page.extract_title(text) == "Café"
