@@ -37,6 +37,8 @@ LEADER_COMMAND_TIMEOUT_S = 10.0
 LEADER_IDLE_CHECKS = 3
 # Pruning runs in chunks of this many batches, checking for shutdown in between.
 PRUNE_CHUNK_BATCHES = 20
+# Client lanes exported as gauges, longest backlog first: the label set stays small.
+CLIENT_GAUGES = 50
 
 
 class LeaderElection:
@@ -191,14 +193,26 @@ class MaintenanceJobs:
         try:
             async with self.sessionmaker() as session:
                 summary = await inspection.summarize_outbox(session)
+                clients = await inspection.client_dispatch(session, CLIENT_GAUGES)
         except (SQLAlchemyError, OSError) as exc:
             log.warning("maintenance_failed", job="gauges", error=type(exc).__name__)
             return
+        _set_client_gauges(clients)
         metrics.OUTBOX_BACKLOG.set(summary.backlog)
         metrics.OUTBOX_OLDEST_AGE.set(summary.oldest_unpublished_age_s or 0.0)
         metrics.OUTBOX_DEAD.set(summary.dead)
 
 
+def _set_client_gauges(clients: list[inspection.ClientDispatch]) -> None:
+    """Only the listed client lanes keep a series: a client whose backlog ended drops out."""
+    metrics.CLIENT_BACKLOG.clear()
+    metrics.CLIENT_IN_BROKER.clear()
+    for client in clients:
+        metrics.CLIENT_BACKLOG.labels(client.client, client.lane).set(client.backlog)
+        metrics.CLIENT_IN_BROKER.labels(client.client, client.lane).set(client.in_broker)
+
+
 def _reset_gauges() -> None:
     for gauge in (metrics.OUTBOX_BACKLOG, metrics.OUTBOX_OLDEST_AGE, metrics.OUTBOX_DEAD):
         gauge.set(0)
+    _set_client_gauges([])

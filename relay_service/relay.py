@@ -67,7 +67,10 @@ class Relay:
         # A client had more due rows than window at the last claim: its workers will make
         # room without anyone telling the relay, so it looks again after a short wait.
         self.window_full = False
+        # The pace the workers take this relay's messages, and how many client lanes had a
+        # backlog at the last claim: together they size each lane's window.
         self.publish_rate = window.PublishRate()
+        self.client_lanes = 1
         self.window = settings.relay_client_window
 
     def wake(self) -> None:
@@ -90,11 +93,16 @@ class Relay:
         if connection is None:
             async with self.engine.connect() as pooled:
                 return await self.run_once(pooled)
+        self.window = window.window_size(
+            self.publish_rate.per_s(), self.client_lanes, self.settings
+        )
+        metrics.RELAY_CLIENT_WINDOW.set(self.window)
         async with connection.begin():
             claim = await outbox.claim_batch(
                 connection, self.settings.relay_batch_size, self.window
             )
             self.window_full = claim.window_full
+            self.client_lanes = claim.client_lanes
             batch = claim.messages
             if not batch:
                 return 0
@@ -105,9 +113,6 @@ class Relay:
             released = await self._record(connection, rows)
         self._observe(rows, publish_s)
         self.publish_rate.record(len(rows.published))
-        self.window = window.window_size(
-            self.publish_rate.per_s(), claim.client_lanes, self.settings
-        )
         log.info(
             "outbox_batch_published",
             claimed=len(batch),

@@ -18,6 +18,8 @@ from shared.settings import Settings
 
 # A database that accepts connections but never answers must not hang a probe.
 DATABASE_TIMEOUT_S = 5.0
+# Client lanes a report lists, longest backlog first.
+CLIENTS_SHOWN = 10
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,8 @@ class DatabaseFacts:
     tasks_by_status: dict[str, int]
     outbox: inspection.OutboxSummary
     orphans: recovery.OrphanCounts
+    # The client lanes with the longest backlogs, and their windows' use.
+    clients: list[inspection.ClientDispatch]
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class HealthReport:
             "tasks": facts.tasks_by_status if facts else None,
             "outbox": asdict(facts.outbox) if facts else None,
             "orphans": ({**asdict(facts.orphans), "total": facts.orphans.total} if facts else None),
+            "clients": [asdict(client) for client in facts.clients] if facts else None,
         }
 
 
@@ -92,11 +97,12 @@ async def _database_facts(
             counts = await inspection.count_tasks_by_status(session)
             outbox = await inspection.summarize_outbox(session)
             orphans = await recovery.count_orphans(session, settings.queued_stale_s)
+            clients = await inspection.client_dispatch(session, CLIENTS_SHOWN)
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
         # The class only: a driver's message may quote the connection string.
         return type(exc).__name__
     tasks_by_status = {status.value: counts.get(status.value, 0) for status in TaskStatus}
-    return DatabaseFacts(tasks_by_status, outbox, orphans)
+    return DatabaseFacts(tasks_by_status, outbox, orphans, clients)
 
 
 def _reasons(facts: DatabaseFacts, settings: Settings) -> list[str]:

@@ -59,6 +59,20 @@ OUTBOX_BACKLOG = Gauge(f"{PREFIX}_outbox_backlog", "Unpublished, not dead outbox
 OUTBOX_OLDEST_AGE = Gauge(
     f"{PREFIX}_outbox_oldest_unpublished_age_seconds", "Age of the oldest unpublished row"
 )
+CLIENT_BACKLOG = Gauge(
+    f"{PREFIX}_client_backlog",
+    "Unpublished outbox rows of the clients with the longest backlogs, by lane",
+    ["client", "lane"],
+)
+CLIENT_IN_BROKER = Gauge(
+    f"{PREFIX}_client_in_broker",
+    "Messages of those clients in the broker, not yet taken by a worker (their window's use)",
+    ["client", "lane"],
+)
+RELAY_CLIENT_WINDOW = Gauge(
+    f"{PREFIX}_relay_client_window",
+    "Messages this relay lets each client lane with a backlog have in the broker",
+)
 OUTBOX_DEAD = Gauge(f"{PREFIX}_outbox_dead", "Outbox rows given up as unpublishable")
 MESSAGES_PUBLISHED = Counter(f"{PREFIX}_messages_published_total", "Outbox rows published")
 PUBLISH_FAILURES = Counter(f"{PREFIX}_publish_failures_total", "Outbox publish failures", ["kind"])

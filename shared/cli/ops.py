@@ -53,11 +53,17 @@ def _status_table(report: health.HealthReport, settings: Settings) -> Table:
             f"expired leases {facts.orphans.expired_leases}  "
             f"unlocated queued > {settings.queued_stale_s:g}s {facts.orphans.unlocated}",
         )
+        for client in facts.clients:
+            table.add_row(
+                f"client {client.client} ({client.lane})",
+                f"backlog {client.backlog}  in broker {client.in_broker}",
+            )
     return table
 
 
 def status(json_output: JsonOption = False) -> None:
-    """Tasks by state, outbox backlog, dead rows, orphans, Redis and database reachability.
+    """Tasks by state, outbox backlog (and each client's, with its messages in the broker), dead
+    rows, orphans, Redis and database reachability.
 
     Exit code 0 when healthy, 1 when not: usable from cron and probes.
     """

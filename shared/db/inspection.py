@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db.models import OutboxMessage, Task, User
+from shared.db.models import TASK_LANE_SQL, Lane, OutboxMessage, Task, User
 
 _BY_STATUS = select(Task.status, func.count()).group_by(Task.status)
 
@@ -54,6 +54,43 @@ async def summarize_outbox(session: AsyncSession) -> OutboxSummary:
     backlog, oldest_age_s = (await session.execute(_OUTBOX_BACKLOG_SQL)).one()
     dead = (await session.execute(_DEAD_COUNT)).scalar_one()
     return OutboxSummary(backlog, oldest_age_s, dead)
+
+
+@dataclass(frozen=True)
+class ClientDispatch:
+    """One client's lane: rows waiting in the outbox, and messages in the broker (its
+    window's use: published, not yet taken by a worker)."""
+
+    client: str
+    lane: str
+    backlog: int
+    in_broker: int
+
+
+# Both sides read partial indexes (ix_outbox_backlog, ix_tasks_in_broker). Rows written
+# without a task belong to no client (user 0).
+_CLIENT_DISPATCH_SQL = text(
+    f"""
+    WITH backlog AS (
+        SELECT user_id, lane, count(*) AS backlog FROM outbox
+        WHERE published_at IS NULL AND dead_at IS NULL GROUP BY user_id, lane
+    ), in_broker AS (
+        SELECT user_id, {TASK_LANE_SQL} AS lane, count(*) AS in_broker FROM tasks
+        WHERE status = 'queued' GROUP BY 1, 2
+    )
+    SELECT coalesce(users.name, '(no client)'), lane,
+           coalesce(backlog.backlog, 0), coalesce(in_broker.in_broker, 0)
+    FROM backlog FULL JOIN in_broker USING (user_id, lane)
+    LEFT JOIN users ON users.id = user_id
+    ORDER BY 3 DESC, 4 DESC, 1, 2 LIMIT :limit
+    """
+)
+
+
+async def client_dispatch(session: AsyncSession, limit: int) -> list[ClientDispatch]:
+    """The `limit` client lanes with the longest backlog (then the most in the broker)."""
+    rows = (await session.execute(_CLIENT_DISPATCH_SQL, {"limit": limit})).all()
+    return [ClientDispatch(name, Lane(lane).name.lower(), b, q) for name, lane, b, q in rows]
 
 
 _WITH_OWNER = select(Task, User.name).join(User, User.id == Task.user_id)

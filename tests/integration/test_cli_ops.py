@@ -79,6 +79,7 @@ async def test_status_is_healthy_on_an_idle_system(sessionmaker: Sessions) -> No
         ("pending", "queued", "running", "succeeded", "failed", "cancelled"), 0
     )
     assert report["outbox"] == {"backlog": 0, "oldest_unpublished_age_s": None, "dead": 0}
+    assert report["clients"] == []
 
 
 async def test_status_names_backlog_dead_rows_and_orphans_and_exits_1(
@@ -131,6 +132,11 @@ async def test_status_names_backlog_dead_rows_and_orphans_and_exits_1(
         "total": 2,
     }
     assert report["tasks"]["failed"] == 1
+    assert report["clients"] == [
+        {"client": "alice", "lane": "interactive", "backlog": 4, "in_broker": 1}
+    ]
+    assert "client alice (interactive)" in result.stdout
+    assert "backlog 4  in broker 1" in result.stdout
 
 
 async def test_status_reports_unreachable_servers_in_its_verdict_not_a_traceback(

@@ -272,6 +272,7 @@ async def test_overview_shows_states_backlog_dead_rows_charts_and_the_verdict(
         assert f"/ui/tasks?status={status}" in html
     assert "No relay holds the leader lock" in html
     assert "No worker has fetched from the broker" in html
+    assert "<tr><td>alice</td><td>interactive</td><td>1</td><td>0</td></tr>" in html
 
 
 async def test_task_list_filters_by_state_user_domain_and_creation_time(
