@@ -179,6 +179,7 @@ class Relay:
         the loop backs off (at most `DB_RETRY_MAX_S`); errors never end the loop.
         """
         failures = 0
+        fruitless_looks = 0
         connection: AsyncConnection | None = None
         try:
             while not stop.is_set():
@@ -187,7 +188,7 @@ class Relay:
                 try:
                     if connection is None:
                         connection = await self.engine.connect()
-                    await self.drain(stop, connection)
+                    claimed = await self.drain(stop, connection)
                     failures = 0
                 except (SQLAlchemyError, OSError) as exc:
                     await _give_back(connection)
@@ -197,7 +198,8 @@ class Relay:
                     log.warning("relay_cycle_failed", error=type(exc).__name__, retry_in_s=delay_s)
                     await wait_any(stop, None, delay_s)
                     continue
-                recheck_s = self.settings.relay_window_poll_s if self.window_full else None
+                fruitless_looks = 0 if claimed or not self.window_full else fruitless_looks + 1
+                recheck_s = window.recheck_s(self.window_full, fruitless_looks, self.settings)
                 await wait_any(stop, self.wakeup, recheck_s)
         finally:
             await _give_back(connection)

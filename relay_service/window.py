@@ -38,3 +38,14 @@ def window_size(rate_per_s: float, client_lanes: int, settings: Settings) -> int
     with its workers' pace."""
     share = rate_per_s * settings.relay_window_s / max(client_lanes, 1)
     return max(settings.relay_client_window, min(settings.relay_client_window_max, int(share)))
+
+
+def recheck_s(window_full: bool, fruitless_looks: int, settings: Settings) -> float | None:
+    """When to look again for room in full windows (None: only when woken). Each look in a
+    row that found none doubles the wait, up to the poll interval: workers that stopped
+    taking messages cost a look a second, not fifty."""
+    if not window_full:
+        return None
+    base_s = settings.relay_window_poll_s
+    wait_s = base_s * 2.0 ** min(fruitless_looks, 16)
+    return min(wait_s, max(base_s, settings.relay_poll_interval_s))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from relay_service.window import PublishRate, window_size
+from relay_service.window import PublishRate, recheck_s, window_size
 from shared.settings import Settings
 
 SETTINGS = Settings(
@@ -10,6 +10,8 @@ SETTINGS = Settings(
     relay_client_window=64,
     relay_client_window_max=4096,
     relay_window_s=0.25,
+    relay_window_poll_s=0.02,
+    relay_poll_interval_s=1.0,
 )
 
 
@@ -35,3 +37,10 @@ def test_clients_with_a_backlog_share_the_window_so_a_newcomer_waits_as_long() -
 
 def test_the_window_never_passes_its_cap() -> None:
     assert window_size(1_000_000, 1, SETTINGS) == 4096
+
+
+def test_full_windows_are_looked_at_again_soon_then_less_often_while_nothing_moves() -> None:
+    assert recheck_s(False, 0, SETTINGS) is None
+    assert recheck_s(True, 0, SETTINGS) == 0.02
+    assert recheck_s(True, 3, SETTINGS) == 0.16
+    assert recheck_s(True, 40, SETTINGS) == 1.0
