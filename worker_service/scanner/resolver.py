@@ -11,10 +11,10 @@ from typing import Any
 
 import dns.asyncresolver
 import dns.exception
-import dns.nameserver
 import dns.resolver
 
-from shared.settings import Settings, split_host_port
+from shared.host_lookup import new_resolver
+from shared.settings import Settings
 
 MAX_TXT_CHARS = 1024
 _REPORTED_TYPES = ("A", "AAAA", "CNAME", "MX", "TXT")
@@ -86,18 +86,6 @@ class DnsRecords:
         }
 
 
-def _new_resolver(settings: Settings) -> dns.asyncresolver.Resolver:
-    """The system's resolver, or one asking only `dns_nameservers` when they are set."""
-    if not settings.dns_nameservers:
-        return dns.asyncresolver.Resolver()
-    resolver = dns.asyncresolver.Resolver(configure=False)
-    resolver.nameservers = [
-        dns.nameserver.Do53Nameserver(*split_host_port(entry, 53))
-        for entry in settings.dns_nameservers
-    ]
-    return resolver
-
-
 async def _lookup(
     resolver: dns.asyncresolver.Resolver, name: str, rdtype: str, lifetime_s: float
 ) -> tuple[list[Any], str | None]:
@@ -129,7 +117,7 @@ def _addresses(a: tuple[list[Any], str | None], aaaa: tuple[list[Any], str | Non
 
 async def _query_dns(name: str, settings: Settings, lifetime_s: float) -> Resolution:
     try:
-        resolver = _new_resolver(settings)
+        resolver = new_resolver(settings)
     except dns.resolver.NoResolverConfiguration:
         return Resolution(error="no resolver configuration")
     a, aaaa = await asyncio.gather(
@@ -176,7 +164,7 @@ async def lookup_records(
     if local is not None:
         return DnsRecords(local)
     try:
-        resolver = _new_resolver(settings)
+        resolver = new_resolver(settings)
     except dns.resolver.NoResolverConfiguration:
         return DnsRecords(Resolution(error="no resolver configuration"))
     lifetime = lifetime_s or settings.dns_timeout_s
