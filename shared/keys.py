@@ -45,10 +45,6 @@ def create_rate(user_id: int) -> str:
 # domain (the two-int key space, apart from any single-bigint lock).
 POLITENESS_LOCK_CLASS = 0x5C0A
 
-# Class id of the transaction-scoped advisory lock a relay holds on a client's lane while
-# it fills that client's dispatch window (two-int key space).
-DISPATCH_WINDOW_LOCK_CLASS = 0x5C0B
-
 # Session-level advisory lock (single-bigint key space) held by the one relay
 # that runs the maintenance jobs.
 RELAY_LEADER_LOCK = 0x5C0A_1EAD

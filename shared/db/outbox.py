@@ -28,7 +28,6 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from shared import keys
 from shared.db import predicates
 from shared.db.models import TASK_LANE_SQL
 from shared.messages import OutboxEntry
@@ -118,16 +117,20 @@ class ClaimedMessage:
 
 # The claim shares the broker fairly between clients. The outbox is the backlog; the broker
 # holds at most `:window` messages per client and lane (tasks `queued`: published, not yet
-# claimed by a worker), refilled as workers claim them. One relay at a time serves a
-# client's lane (a transaction-scoped advisory lock, skipped when another relay holds it),
-# so the count it reads cannot be raced past the window. Within a batch, rows go out
+# claimed by a worker), refilled as workers claim them. Within a batch, rows go out
 # interactive lane first, then taking turns across clients (ties in random order, so no
 # client is always first), each client's rows oldest first. `backlog` is a skip scan of
-# ix_outbox_backlog: one index probe per client and lane, however long the backlog.
+# ix_outbox_backlog: one index probe per client and lane, however long the backlog. Each
+# lane's rows are locked SKIP LOCKED as they are picked, so relays never wait for each other
+# and a frozen relay's rows are stepped over; a relay does not see another's uncommitted
+# batch, so with R relays a lane may briefly hold up to R windows.
+# The rows are picked from the index alone (`i`), then locked by primary key: a lane looks
+# past `LOCK_SLACK` times its room, enough to step over what other relays hold.
 # Rows of user 0 (written without a task) have no client to count: no window limits them.
 # The single result row with `id` NULL says nothing was claimed; `window_full` says a
 # client had more due rows than room, so the relay should look again soon; `client_lanes`
 # how many client lanes have a backlog (the relay shares its window between them).
+LOCK_SLACK = 4
 _CLAIM_BATCH_SQL = text(
     f"""
     WITH RECURSIVE backlog(user_id, lane) AS (
@@ -141,7 +144,7 @@ _CLAIM_BATCH_SQL = text(
               AND (o.user_id, o.lane) > (backlog.user_id, backlog.lane)
             ORDER BY o.user_id, o.lane LIMIT 1
         ) later
-    ), windows AS MATERIALIZED (
+    ), windows AS (
         SELECT backlog.user_id, backlog.lane,
                CASE WHEN backlog.user_id = 0 THEN :limit
                     ELSE :window - (SELECT count(*) FROM (
@@ -151,32 +154,40 @@ _CLAIM_BATCH_SQL = text(
                         LIMIT :window) in_broker)
                END AS room
         FROM backlog
-        WHERE pg_try_advisory_xact_lock(
-            :lock_class, CAST((backlog.user_id * 2 + backlog.lane) % 2147483647 AS integer))
     ), candidates AS MATERIALIZED (
-        SELECT due.id, windows.lane, windows.room,
+        SELECT due.id, windows.lane,
                row_number() OVER (PARTITION BY windows.user_id, windows.lane
                                   ORDER BY due.id) AS turn
         FROM windows, LATERAL (
             SELECT o.id FROM outbox o
-            WHERE o.user_id = windows.user_id AND o.lane = windows.lane
-              AND o.published_at IS NULL AND o.dead_at IS NULL AND o.available_at <= now()
-            ORDER BY o.user_id, o.lane, o.id
-            LIMIT GREATEST(LEAST(windows.room, :limit), 0) + 1
+            WHERE o.id = ANY(ARRAY(
+                    SELECT i.id FROM outbox i
+                    WHERE i.user_id = windows.user_id AND i.lane = windows.lane
+                      AND i.published_at IS NULL AND i.dead_at IS NULL
+                      AND i.available_at <= now()
+                    ORDER BY i.user_id, i.lane, i.id
+                    LIMIT GREATEST(LEAST(windows.room, :limit), 0) * :lock_slack))
+              AND o.published_at IS NULL AND o.dead_at IS NULL
+            ORDER BY o.id
+            LIMIT GREATEST(LEAST(windows.room, :limit), 0)
+            FOR UPDATE SKIP LOCKED
         ) due
     ), chosen AS (
-        SELECT id, lane, turn FROM candidates WHERE turn <= room
-        ORDER BY lane, turn, random() LIMIT :limit
+        SELECT id, lane, turn FROM candidates ORDER BY lane, turn, random() LIMIT :limit
     ), claimed AS (
         SELECT o.id, o.message_id, o.actor, o.queue, o.payload, o.task_id,
                o.publish_attempts,
                CAST(EXTRACT(EPOCH FROM clock_timestamp() - o.created_at) AS float8) AS age_s
         FROM outbox o WHERE o.id = ANY(ARRAY(SELECT id FROM chosen))
-        FOR UPDATE SKIP LOCKED
     )
     SELECT claimed.id, claimed.message_id, claimed.actor, claimed.queue, claimed.payload,
            claimed.task_id, claimed.publish_attempts, claimed.age_s,
-           EXISTS (SELECT 1 FROM candidates WHERE turn > room) AS window_full,
+           EXISTS (SELECT 1 FROM windows WHERE EXISTS (
+               SELECT 1 FROM outbox o
+               WHERE o.user_id = windows.user_id AND o.lane = windows.lane
+                 AND o.published_at IS NULL AND o.dead_at IS NULL AND o.available_at <= now()
+               ORDER BY o.user_id, o.lane, o.id
+               OFFSET GREATEST(windows.room, 0) LIMIT 1)) AS window_full,
            (SELECT count(*) FROM backlog) AS client_lanes
     FROM (SELECT 1) AS one
     LEFT JOIN (claimed JOIN chosen ON chosen.id = claimed.id) ON true
@@ -209,7 +220,7 @@ async def claim_batch(session: Executor, limit: int, window: int) -> ClaimedBatc
     """Lock up to `limit` due, unpublished rows that no other relay holds, at most `window`
     in the broker per client and lane, taking turns across clients, each client's oldest
     first."""
-    params = {"limit": limit, "window": window, "lock_class": keys.DISPATCH_WINDOW_LOCK_CLASS}
+    params = {"limit": limit, "window": window, "lock_slack": LOCK_SLACK}
     rows = (await session.execute(_CLAIM_BATCH_SQL, params)).all()
     messages = [ClaimedMessage(*row[:8]) for row in rows if row[0] is not None]
     return ClaimedBatch(messages, bool(rows[0][8]), int(rows[0][9]))

@@ -18,7 +18,7 @@ from relay_service.publisher import DramatiqPublisher
 from relay_service.relay import Relay
 from shared import keys
 from shared.broker import create_broker
-from shared.db import batches, tasks
+from shared.db import batches, outbox, tasks
 from shared.messages import scan_entry
 from shared.settings import Settings
 from tests.helpers import eventually, make_user
@@ -171,7 +171,7 @@ async def test_clients_take_turns_within_a_relay_batch(
     assert all(a != b for a, b in zip(owners[::2], owners[1::2], strict=True)), owners
 
 
-async def test_concurrent_relays_never_fill_a_window_past_its_size(
+async def test_concurrent_relays_fill_a_window_at_most_once_each_and_never_twice_a_row(
     engine: AsyncEngine,
     sessionmaker: async_sessionmaker[AsyncSession],
     broker: RedisBroker,
@@ -185,7 +185,29 @@ async def test_concurrent_relays_never_fill_a_window_past_its_size(
     for _ in range(5):
         await asyncio.gather(*(relay.drain() for relay in relays))
 
-    assert redis_client.llen(keys.broker_queue_key(QUEUE)) == WINDOW
+    # A relay cannot see another's batch before it commits: each may fill the window once.
+    in_broker = broker_task_ids(redis_client)
+    assert WINDOW <= len(in_broker) <= len(relays) * WINDOW
+    assert len(set(in_broker)) == len(in_broker)
+
+
+async def test_a_relay_holding_a_clients_rows_does_not_stop_another_from_publishing_the_next(
+    engine: AsyncEngine,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    broker: RedisBroker,
+    windowed: Settings,
+    redis_client: redis.Redis,
+) -> None:
+    user, _ = await make_user(sessionmaker)
+    batch = await submit_batch(sessionmaker, user.id, 50)
+    async with engine.connect() as frozen, frozen.begin():
+        # A relay frozen mid-batch: it holds the client's oldest rows, uncommitted.
+        held = await outbox.claim_batch(frozen, 100, WINDOW)
+        assert len(held.messages) == WINDOW
+
+        assert await relay_for(engine, broker, windowed).drain() == WINDOW
+
+    assert broker_task_ids(redis_client) == [str(t) for t in batch[WINDOW : 2 * WINDOW]]
 
 
 async def test_a_running_relay_refills_a_full_window_without_being_woken(
