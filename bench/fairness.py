@@ -49,6 +49,7 @@ from shared.messages import scan_entry
 TASKS = 10_000
 BATCH = 1000
 BACKLOG = 1_000_000
+FILL_CHUNK = 100_000
 DELAY_MS = 1000
 SINGLE_EVERY_S = 1.0
 IDLE_SINGLES = 15
@@ -197,8 +198,11 @@ async def _memory(ctx: BenchContext, backlog: int) -> tuple[float, int, float]:
     await ctx.reset()
     client = ctx.redis()
     try:
-        async with ctx.sessionmaker() as session, session.begin():
-            await fill_tasks(session, backlog, ctx.settings.queue_name)
+        for start in range(0, backlog, FILL_CHUNK):
+            # One transaction per chunk: a million rows in one would pass the statement timeout.
+            async with ctx.sessionmaker() as session, session.begin():
+                size = min(FILL_CHUNK, backlog - start)
+                await fill_tasks(session, size, ctx.settings.queue_name)
         await ctx.vacuum(tables="outbox, tasks")
         empty = int(client.info("memory")["used_memory"])
         relay = start_relay(ctx, "fairness-memory-relay")
