@@ -117,7 +117,8 @@ class ClaimedMessage:
 
 # The claim shares the broker fairly between clients. The outbox is the backlog; the broker
 # holds at most `:window` messages per client and lane (tasks `queued`: published, not yet
-# claimed by a worker), refilled as workers claim them. Within a batch, rows go out
+# claimed by a worker), refilled as workers claim them, once half the window is free (a
+# refill per few messages would keep a relay busy with tiny batches). Within a batch, rows go out
 # interactive lane first, then taking turns across clients (ties in random order, so no
 # client is always first), each client's rows oldest first. `backlog` is a skip scan of
 # ix_outbox_backlog: one index probe per client and lane, however long the backlog. Each
@@ -147,13 +148,16 @@ _CLAIM_BATCH_SQL = text(
     ), windows AS (
         SELECT backlog.user_id, backlog.lane,
                CASE WHEN backlog.user_id = 0 THEN :limit
-                    ELSE :window - (SELECT count(*) FROM (
-                        SELECT 1 FROM tasks t
-                        WHERE t.user_id = backlog.user_id AND t.status = {predicates.QUEUED}
-                          AND {TASK_LANE_SQL} = backlog.lane
-                        LIMIT :window) in_broker)
+                    WHEN (:window - in_broker.n) * 2 >= :window THEN :window - in_broker.n
+                    ELSE 0
                END AS room
-        FROM backlog
+        FROM backlog, LATERAL (
+            SELECT count(*) AS n FROM (
+                SELECT 1 FROM tasks t
+                WHERE t.user_id = backlog.user_id AND t.status = {predicates.QUEUED}
+                  AND {TASK_LANE_SQL} = backlog.lane
+                LIMIT :window) held
+        ) in_broker
     ), candidates AS MATERIALIZED (
         SELECT due.id, windows.lane,
                row_number() OVER (PARTITION BY windows.user_id, windows.lane
