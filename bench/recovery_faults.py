@@ -56,6 +56,7 @@ _LEADER_LINE = re.compile(rf"^{metrics.PREFIX}_relay_leader (\S+)$", re.MULTILIN
 _UNFINISHED_SQL = text(
     "SELECT count(*) FROM tasks WHERE status NOT IN ('succeeded', 'failed', 'cancelled')"
 )
+_QUEUED_SQL = text("SELECT count(*) FROM tasks WHERE status = 'queued'")
 _PROGRESS_SQL = text(
     """
     SELECT count(*) FILTER (WHERE status = 'pending'),
@@ -355,18 +356,20 @@ class BacklogRun:
 
 
 async def old_backlog(ctx: BenchContext, count: int, stale_s: float, queued_s: float) -> BacklogRun:
-    """`count` tasks queued with no worker for `queued_s` (several `stale_s`, the relay's
-    SCAN_QUEUED_STALE_S), then drained by one worker."""
+    """`count` tasks of one client with no worker for `queued_s` (several `stale_s`, the
+    relay's SCAN_QUEUED_STALE_S): its window's worth queued in the broker, the rest waiting
+    in the outbox; then drained by one worker."""
     await ctx.reset()
     async with ctx.sessionmaker() as session, session.begin():
         await fill_tasks(session, count, ctx.settings.queue_name)
     processes = [start_relay(ctx, "recovery-backlog-relay", SCAN_QUEUED_STALE_S=str(stale_s))]
     try:
 
-        async def all_queued() -> bool:
-            return bool((await _row(ctx, _PROGRESS_SQL))[0] == 0)
+        async def window_queued() -> bool:
+            queued = (await _row(ctx, _QUEUED_SQL))[0]
+            return bool(queued >= min(count, ctx.settings.relay_client_window))
 
-        await _until(all_queued, processes, "the backlog to be queued")
+        await _until(window_queued, processes, "the client's window to be queued")
         await asyncio.sleep(queued_s)
         processes.append(start_worker(ctx, "recovery-backlog-worker"))
         await _until(lambda: _all_terminal(ctx), processes, "the backlog to drain")
