@@ -10,6 +10,9 @@ from shared.settings import Settings
 
 # The span the publish rate is measured over.
 RATE_SPAN_S = 1.0
+# Looks at full windows in a row that may find no room before the relay looks less often:
+# half a window of SCAN_RELAY_WINDOW_S / 2 seconds' work, at 20 ms a look.
+PATIENT_LOOKS = 8
 
 
 class PublishRate:
@@ -41,11 +44,12 @@ def window_size(rate_per_s: float, client_lanes: int, settings: Settings) -> int
 
 
 def recheck_s(window_full: bool, fruitless_looks: int, settings: Settings) -> float | None:
-    """When to look again for room in full windows (None: only when woken). Each look in a
-    row that found none doubles the wait, up to the poll interval: workers that stopped
-    taking messages cost a look a second, not fifty."""
+    """When to look again for room in full windows (None: only when woken). After
+    `PATIENT_LOOKS` looks in a row that found none (half a window takes a while to empty),
+    each doubles the wait, up to the poll interval: workers that stopped taking messages
+    cost a look a second, not fifty."""
     if not window_full:
         return None
     base_s = settings.relay_window_poll_s
-    wait_s = base_s * 2.0 ** min(fruitless_looks, 16)
+    wait_s = base_s * 2.0 ** min(max(fruitless_looks - PATIENT_LOOKS, 0), 16)
     return min(wait_s, max(base_s, settings.relay_poll_interval_s))

@@ -42,5 +42,6 @@ def test_the_window_never_passes_its_cap() -> None:
 def test_full_windows_are_looked_at_again_soon_then_less_often_while_nothing_moves() -> None:
     assert recheck_s(False, 0, SETTINGS) is None
     assert recheck_s(True, 0, SETTINGS) == 0.02
-    assert recheck_s(True, 3, SETTINGS) == 0.16
+    assert recheck_s(True, 8, SETTINGS) == 0.02
+    assert recheck_s(True, 11, SETTINGS) == 0.16
     assert recheck_s(True, 40, SETTINGS) == 1.0
