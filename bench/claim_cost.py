@@ -1,7 +1,7 @@
 """claim_cost: the relay's claim query beside many published rows, before and after vacuum.
 
 Publishing a row is a non-HOT update (published_at is in the partial index's
-predicate), so each published row leaves a dead entry in ix_outbox_unpublished
+predicate), so each published row leaves a dead entry in ix_outbox_backlog
 until VACUUM removes it, and every claim walks those entries first. This scenario
 measures the claim (`outbox.claim_batch`, a batch of 500, rolled back) in each
 state, and how soon the outbox's autovacuum settings (revision 0002) clean up.
