@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.metadata import version
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from api_service import waiting
 from api_service.errors import install_error_handlers
@@ -57,7 +59,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.redis.aclose()
             await engine.dispose()
 
-    app = FastAPI(title="scan-outbox", version="0.1.0", lifespan=lifespan)
+    app = FastAPIOffline(
+        title="scan-outbox",
+        version=version("scan-outbox"),
+        lifespan=lifespan,
+        # The token stays filled in across reloads of /docs.
+        swagger_ui_parameters={"persistAuthorization": True},
+    )
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(tasks.router)

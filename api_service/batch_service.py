@@ -13,13 +13,13 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api_service import ratelimit, services
+from api_service import idempotency, ratelimit, services
 from api_service.domains import normalise_domain
 from api_service.schemas import BatchCreate
-from shared import keys, metrics, safeguards
-from shared.db import batches
+from shared import metrics, safeguards
+from shared.db import batches, tasks
 from shared.db.models import TERMINAL_STATUSES, Batch, Task, User
-from shared.errors import Conflict, InvalidEntries, InvalidInput, NotFound
+from shared.errors import IdempotencyKeyInFlight, InvalidEntries, InvalidInput, NotFound
 from shared.logging import get_logger
 from shared.messages import scan_entry
 from shared.settings import Settings
@@ -77,14 +77,14 @@ def validate_batch(body: BatchCreate, settings: Settings, user: User) -> BatchRe
     return BatchRequest(unique, config, fingerprint, callback_url)
 
 
-def _replayed(existing: Batch | None, request: BatchRequest) -> Batch | None:
-    """The earlier batch for a repeated request; Conflict when the key meant another."""
-    if existing is not None and existing.request_hash != request.fingerprint:
-        raise Conflict(
-            "this Idempotency-Key was already used for a different request",
-            field="Idempotency-Key",
-        )
-    return existing
+@dataclass(frozen=True)
+class CreatedBatch:
+    """A batch create's answer: the batch id, whether it is an earlier create replayed, and
+    the rate limit left to the user (None when no limit applied)."""
+
+    id: uuid.UUID
+    replayed: bool
+    quota: ratelimit.Quota | None
 
 
 async def create_batch(
@@ -96,27 +96,43 @@ async def create_batch(
     *,
     idempotency_key: str | None,
     request_id: str | None,
-) -> tuple[uuid.UUID, bool]:
-    """Commit the batch, its tasks and their outbox rows together; returns (id, created).
+) -> CreatedBatch:
+    """Commit the batch, its tasks and their outbox rows together, charged one create per task.
 
-    A repeated request with the same idempotency key returns the first batch, uncharged.
-    The callback host is resolved only once the rate limit has charged the request.
+    A repeated request with the same idempotency key returns the first batch, uncharged; one
+    with another body is IdempotencyKeyReused, one while the first is in flight
+    IdempotencyKeyInFlight. The callback host is resolved only once the request is charged.
     """
     if idempotency_key is None:
-        await ratelimit.take(redis, settings, user.id, cost=len(request.domains))
-        await services.check_callback_host(session, request.callback_url, settings)
-        return await _insert(session, redis, settings, user, request, None, request_id)
-    lock = keys.create_lock(user.id, f"batch:{idempotency_key}")
-    if settings.redis_safeguards and session.in_transaction():
-        await session.rollback()  # no connection held while waiting for the lock
-    async with safeguards.optional_lock(redis, lock, settings):
+        return await _charge_and_insert(session, redis, settings, user, request, None, request_id)
+    await services.release_connection(session)  # none held while Redis answers
+    async with idempotency.processing(redis, settings, user.id, "batch", idempotency_key):
         async with services.transaction(session):
             earlier = await batches.get_batch_by_idempotency_key(session, user.id, idempotency_key)
-        if (replay := _replayed(earlier, request)) is not None:
-            return replay.id, False
-        await ratelimit.take(redis, settings, user.id, cost=len(request.domains))
-        await services.check_callback_host(session, request.callback_url, settings)
-        return await _insert(session, redis, settings, user, request, idempotency_key, request_id)
+        if earlier is not None:
+            idempotency.check_same_request(earlier.request_hash, request.fingerprint)
+            quota = await ratelimit.take(redis, settings, user.id, cost=0)
+            return CreatedBatch(earlier.id, True, quota)
+        return await _charge_and_insert(
+            session, redis, settings, user, request, idempotency_key, request_id
+        )
+
+
+async def _charge_and_insert(
+    session: AsyncSession,
+    redis: aioredis.Redis,
+    settings: Settings,
+    user: User,
+    request: BatchRequest,
+    idempotency_key: str | None,
+    request_id: str | None,
+) -> CreatedBatch:
+    quota = await ratelimit.take(redis, settings, user.id, cost=len(request.domains))
+    await services.check_callback_host(session, request.callback_url, settings)
+    batch_id, created = await _insert(
+        session, redis, settings, user, request, idempotency_key, request_id
+    )
+    return CreatedBatch(batch_id, not created, quota)
 
 
 async def _insert(
@@ -145,12 +161,13 @@ async def _insert(
     async with services.transaction(session):
         inserted = await batches.insert_batch(session, new)
         if not inserted and idempotency_key is not None:
+            # The unique index made this insert wait for a concurrent one with the same key.
             earlier = await batches.get_batch_by_idempotency_key(session, user.id, idempotency_key)
     if not inserted:
-        replay = _replayed(earlier, request)
-        if replay is None:
-            raise Conflict("this Idempotency-Key is being used", field="Idempotency-Key")
-        return replay.id, False
+        if earlier is None:
+            raise IdempotencyKeyInFlight()
+        idempotency.check_same_request(earlier.request_hash, request.fingerprint)
+        return earlier.id, False
     metrics.TASKS_CREATED.inc(len(new.entries))
     task_ids = [entry.task_id for entry in new.entries if entry.task_id is not None]
     marked = settings.redis_safeguards and await safeguards.set_created_markers(
@@ -204,3 +221,45 @@ async def read_batch(
     last = page[-1].batch_position if page else None
     next_cursor = encode_position(last) if len(rows) > limit and last is not None else None
     return BatchView(batch, progress, page, next_cursor)
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    batch: Batch
+    progress: batches.BatchProgress
+
+
+async def list_batches(
+    session: AsyncSession, user: User, *, limit: int, cursor: str | None
+) -> tuple[list[BatchSummary], str | None]:
+    """One page of the user's batches, newest first, with their counts; and the next cursor."""
+    before = services.decode_cursor(cursor) if cursor else None
+    async with services.transaction(session):
+        rows = await batches.list_user_batches(session, user.id, limit=limit + 1, before=before)
+        page = rows[:limit]
+        progress = await batches.get_batches_progress(
+            session, [batch.id for batch in page], TERMINAL
+        )
+    next_cursor = services.encode_cursor(page[-1]) if len(rows) > limit else None
+    return [BatchSummary(batch, progress[batch.id]) for batch in page], next_cursor
+
+
+async def cancel_batch(session: AsyncSession, user: User, batch_id: uuid.UUID) -> int:
+    """Cancel every task of the user's batch that has not ended; returns how many were.
+    Another user's batch is 404; a batch already over cancels nothing."""
+    async with services.transaction(session):
+        batch = await batches.get_user_batch(session, user.id, batch_id)
+        if batch is None:
+            raise NotFound("no such batch", field="batch_id")
+        cancelled = await tasks.cancel_batch_tasks(session, user.id, batch_id)
+    log.info("batch_cancelled", batch_id=str(batch_id), tasks=cancelled, actor=f"user:{user.id}")
+    return cancelled
+
+
+async def get_user_batch(session: AsyncSession, user: User, batch_id: uuid.UUID) -> Batch:
+    """The user's batch; another user's is 404 like a missing one."""
+    async with services.transaction(session):
+        batch = await batches.get_user_batch(session, user.id, batch_id)
+    if batch is None:
+        raise NotFound("no such batch", field="batch_id")
+    return batch

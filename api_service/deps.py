@@ -11,6 +11,7 @@ from typing import Annotated
 
 import redis.asyncio as aioredis
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api_service.waiting import FinishWaiters
@@ -62,7 +63,17 @@ SessionDep = Annotated[AsyncSession, Depends(get_session)]
 RequestIdDep = Annotated[str | None, Depends(get_request_id)]
 
 
-async def get_current_user(request: Request, session: SessionDep) -> User:
+# Declared in OpenAPI as the `bearerAuth` HTTP bearer scheme, so /docs can sign in; a missing
+# or malformed header is refused below with the API's own 401 body.
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearerAuth",
+    description="The API token `scanctl users create` printed.",
+)
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+
+
+async def get_current_user(credentials: BearerCredentials, session: SessionDep) -> User:
     """The active user whose bearer token the request carries.
 
     Looked up on the route's own session, so a request checks out one pooled connection.
@@ -70,11 +81,11 @@ async def get_current_user(request: Request, session: SessionDep) -> User:
     SELECT, each service's write) is one statement, atomic by itself, so it needs no
     BEGIN or COMMIT round trip, and no transaction stays open between them.
     """
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = credentials.credentials.strip() if credentials is not None else ""
+    if not token:
         raise NotAuthenticated("a bearer token is required", field="Authorization")
     await autocommit(session)
-    user = await users.get_active_user_by_token_hash(session, hash_token(token.strip()))
+    user = await users.get_active_user_by_token_hash(session, hash_token(token))
     if user is None:
         raise NotAuthenticated("the token is invalid or revoked", field="Authorization")
     # Detached, as from a session of its own: a rollback of the route's work cannot expire it.

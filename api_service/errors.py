@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.db import outage
-from shared.errors import RateLimited, ScanOutboxError
+from shared.errors import ScanOutboxError, Unavailable
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -56,9 +56,9 @@ def _field_of(loc: tuple[Any, ...]) -> str:
 
 async def _on_project_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ScanOutboxError)
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-    if isinstance(exc, RateLimited):
-        headers = {"Retry-After": str(exc.retry_after_s)}
+    headers = exc.headers()
+    if exc.status_code == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     return error_response(
         exc.status_code, exc.code, exc.message, exc.field, headers, **exc.details()
     )
@@ -97,14 +97,22 @@ async def _on_http_error(_: Request, exc: Exception) -> JSONResponse:
         # (bytes that are not UTF-8, nesting too deep): malformed all the same, so 422.
         return error_response(422, "invalid_input", "the body is not valid JSON", "body")
     code = _HTTP_CODES.get(exc.status_code, "http_error")
+    headers = dict(exc.headers or {})
+    if exc.status_code in (429, 503):
+        headers.setdefault("Retry-After", str(Unavailable.retry_after_s))
     # A body found too large while it streams in is refused from inside the app: name it too.
     field = "body" if exc.status_code == 413 else None
-    return error_response(exc.status_code, code, str(exc.detail), field, exc.headers)
+    return error_response(exc.status_code, code, str(exc.detail), field, headers or None)
 
 
 async def _on_database_down(_: Request, exc: Exception) -> JSONResponse:
     log.error("database_unavailable", error=type(exc).__name__)
-    return error_response(503, "unavailable", "the database is unavailable; try again shortly")
+    return error_response(
+        503,
+        Unavailable.code,
+        "the database is unavailable; try again shortly",
+        headers={"Retry-After": str(Unavailable.retry_after_s)},
+    )
 
 
 async def _on_unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -6,6 +6,9 @@ than the burst goes through only when the bucket is full, and leaves the token i
 the difference, so the sustained rate holds whatever the batch size. The bucket is the
 generic cell rate algorithm: one key per user holding the time its next create is due, read
 against Redis's own clock so every API replica shares one bucket.
+Every answer of a limited route carries the IETF RateLimit fields: `RateLimit-Policy` (the
+burst `q` and the seconds `w` an empty bucket takes to fill) and `RateLimit` (tasks `r` that
+may be created now, seconds `t` until the bucket is full again); a 429 also `Retry-After`.
 Like the other safeguards it fails open: with Redis down or slow the create goes on (logged,
 counted as `safeguard="rate_limit"`), since refusing every create would be worse than none.
 """
@@ -14,12 +17,12 @@ from __future__ import annotations
 
 import math
 import weakref
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from api_service.deps import CurrentUser, RedisDep, SettingsDep
 from shared import keys, metrics
 from shared.errors import RateLimited
 from shared.logging import get_logger
@@ -27,8 +30,8 @@ from shared.settings import Settings
 
 log = get_logger(__name__)
 
-# KEYS[1]: the bucket; ARGV: the interval between creates (µs), the burst and the cost.
-# Returns {1, 0} when allowed, {0, ms to wait} when not. TIME before a write is fine:
+# KEYS[1]: the bucket; ARGV: the interval between creates (µs), the burst and the cost (0: only
+# look). Returns {allowed, ms to wait, tasks left, ms until full}. TIME before a write is fine:
 # Redis replicates a script's effects, not the script.
 _GCRA_SCRIPT = """
 local interval_us = tonumber(ARGV[1])
@@ -38,18 +41,40 @@ local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local due = tonumber(redis.call('GET', KEYS[1])) or now
 if due < now then due = now end
-local wait_us = due + math.min(cost, burst) * interval_us - burst * interval_us - now
+local capacity_us = burst * interval_us
+local wait_us = due + math.min(cost, burst) * interval_us - capacity_us - now
 if wait_us > 0 then
-    return {0, math.ceil(wait_us / 1000)}
+    return {0, math.ceil(wait_us / 1000), math.floor((now + capacity_us - due) / interval_us),
+            math.ceil((due - now) / 1000)}
 end
 local next_due = due + cost * interval_us
-local ttl_ms = math.ceil((next_due - now) / 1000)
-redis.call('SET', KEYS[1], string.format('%d', next_due), 'PX', ttl_ms)
-return {1, 0}
+if cost > 0 then
+    redis.call('SET', KEYS[1], string.format('%d', next_due), 'PX',
+               math.ceil((next_due - now) / 1000))
+end
+return {1, 0, math.floor((now + capacity_us - next_due) / interval_us),
+        math.ceil((next_due - now) / 1000)}
 """
 MICROSECONDS_PER_MINUTE = 60_000_000
+POLICY_NAME = "creates"
 # One registered script per client, not one per request (registering hashes the script).
 _scripts: weakref.WeakKeyDictionary[aioredis.Redis, AsyncScript] = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class Quota:
+    """A token's bucket as the IETF RateLimit fields describe it."""
+
+    burst: int
+    fill_s: int  # an empty bucket is full again after this long
+    remaining: int
+    reset_s: int  # this bucket is full again after this long
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "RateLimit-Policy": f'"{POLICY_NAME}";q={self.burst};w={self.fill_s}',
+            "RateLimit": f'"{POLICY_NAME}";r={self.remaining};t={self.reset_s}',
+        }
 
 
 def _gcra_script(redis: aioredis.Redis) -> AsyncScript:
@@ -59,33 +84,41 @@ def _gcra_script(redis: aioredis.Redis) -> AsyncScript:
     return script
 
 
-async def limit_creates(user: CurrentUser, redis: RedisDep, settings: SettingsDep) -> None:
-    """Let one create through, or raise RateLimited saying when the token may try again."""
-    await take(redis, settings, user.id, cost=1)
-
-
-async def take(redis: aioredis.Redis, settings: Settings, user_id: int, *, cost: int) -> None:
-    """Charge `cost` tasks to the user's bucket, or raise RateLimited (nothing charged)."""
+async def take(
+    redis: aioredis.Redis, settings: Settings, user_id: int, *, cost: int
+) -> Quota | None:
+    """Charge `cost` tasks to the user's bucket (0: only look) and return what is left, or
+    raise RateLimited (nothing charged). None when there is no limit or Redis cannot say."""
     per_minute = settings.rate_limit_per_minute
     if per_minute == 0 or not settings.redis_safeguards:
-        return
+        return None
     interval_us = MICROSECONDS_PER_MINUTE // per_minute
-    script = _gcra_script(redis)
+    burst = settings.rate_limit_burst
     try:
-        allowed, wait_ms = await script(
-            keys=[keys.create_rate(user_id)],
-            args=[interval_us, settings.rate_limit_burst, cost],
+        allowed, wait_ms, remaining, full_ms = await _gcra_script(redis)(
+            keys=[keys.create_rate(user_id)], args=[interval_us, burst, cost]
         )
     except (RedisError, OSError) as exc:
         metrics.SAFEGUARD_FAILURES.labels(safeguard="rate_limit").inc()
         log.warning("safeguard_rate_limit_failed", error=type(exc).__name__)
-        return
+        return None
+    quota = Quota(
+        burst=burst,
+        fill_s=math.ceil(burst * interval_us / 1_000_000),
+        remaining=max(0, int(remaining)),
+        reset_s=max(0, math.ceil(int(full_ms) / 1000)),
+    )
     if allowed:
-        return
+        return quota
     retry_after_s = max(1, math.ceil(int(wait_ms) / 1000))
     log.info("create_rate_limited", user_id=user_id, cost=cost, retry_after_s=retry_after_s)
     raise RateLimited(
-        f"too many creates: at most {per_minute} tasks a minute, bursts of "
-        f"{settings.rate_limit_burst}",
+        f"too many creates: at most {per_minute} tasks a minute, bursts of {burst}",
         retry_after_s=retry_after_s,
+        headers=quota.headers(),
     )
+
+
+def headers(quota: Quota | None) -> dict[str, str]:
+    """The RateLimit fields for a response, none when no limit applied."""
+    return quota.headers() if quota is not None else {}

@@ -99,6 +99,24 @@ class TaskOut(BaseModel):
     finished_at: datetime | None
     callback_url: str | None = None
 
+    @classmethod
+    def as_created(cls, task: Any) -> TaskOut:
+        """The task as its create answered: pending, never run (an idempotent replay)."""
+        created: TaskOut = cls.model_validate(task)
+        return created.model_copy(
+            update={
+                "status": "pending",
+                "attempts": 0,
+                "redispatches": 0,
+                "result": None,
+                "error": None,
+                "updated_at": created.created_at,
+                "queued_at": None,
+                "started_at": None,
+                "finished_at": None,
+            }
+        )
+
 
 class TaskPage(BaseModel):
     items: list[TaskOut]
@@ -162,6 +180,12 @@ class BatchTaskOut(BaseModel):
     finished_at: datetime | None
 
 
+class BatchTaskResultOut(BatchTaskOut):
+    """A batch's task with its report (`include=result`)."""
+
+    result: dict[str, Any] | None = Field(description="The scan's report once it succeeded.")
+
+
 _BATCH_EXAMPLE: dict[str, Any] = {
     "id": "0f8b7c9e-4a51-4d7e-9a4b-2f4c1e6a9b10",
     "task_count": 2,
@@ -186,8 +210,8 @@ _BATCH_EXAMPLE: dict[str, Any] = {
 }
 
 
-class BatchOut(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [dict(_BATCH_EXAMPLE)]})
+class BatchSummaryOut(BaseModel):
+    """A batch and its progress, without its tasks."""
 
     id: uuid.UUID
     task_count: int = Field(description="Tasks in the batch (duplicates counted once).")
@@ -198,9 +222,24 @@ class BatchOut(BaseModel):
     updated_at: datetime = Field(description="The latest change to any of its tasks.")
     finished_at: datetime | None = Field(description="When the last task ended, once all have.")
     callback_url: str | None = None
-    tasks: list[BatchTaskOut] = Field(description="One page of its tasks, in submission order.")
+
+
+class BatchOut(BatchSummaryOut):
+    model_config = ConfigDict(json_schema_extra={"examples": [dict(_BATCH_EXAMPLE)]})
+
+    tasks: list[BatchTaskResultOut | BatchTaskOut] = Field(
+        description="One page of its tasks, in submission order; each with its `result` "
+        "when asked for with `include=result`."
+    )
     next_cursor: str | None = Field(
         description="Pass as `cursor` for the next page of tasks; null on the last page."
+    )
+
+
+class BatchPage(BaseModel):
+    items: list[BatchSummaryOut]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` to get the next (older) page; null on the last page."
     )
 
 

@@ -15,13 +15,19 @@ from datetime import datetime
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api_service import callback_urls
+from api_service import callback_urls, idempotency, ratelimit
 from api_service.domains import normalise_domain
 from api_service.schemas import TaskCreate
 from shared import keys, metrics, safeguards
 from shared.db import tasks
-from shared.db.models import Task, TaskStatus, User
-from shared.errors import Conflict, InvalidInput, InvalidState, NotFound, ScanOutboxError
+from shared.db.models import Batch, Task, TaskStatus, User
+from shared.errors import (
+    IdempotencyKeyInFlight,
+    InvalidInput,
+    InvalidState,
+    NotFound,
+    ScanOutboxError,
+)
 from shared.logging import get_logger
 from shared.messages import scan_entry
 from shared.settings import Settings
@@ -104,6 +110,16 @@ async def check_callback_host(session: AsyncSession, url: str | None, settings: 
     await callback_urls.check_resolves_publicly(url, settings)
 
 
+@dataclass(frozen=True)
+class Created:
+    """A create's answer: the task, whether it is an earlier create replayed, and the rate
+    limit left to the user (None when no limit applied)."""
+
+    task: Task
+    replayed: bool
+    quota: ratelimit.Quota | None
+
+
 async def create_task(
     session: AsyncSession,
     redis: aioredis.Redis,
@@ -113,11 +129,11 @@ async def create_task(
     *,
     idempotency_key: str | None,
     request_id: str | None,
-) -> tuple[Task, bool]:
-    """Commit a pending task with its outbox row; returns (task, created).
+) -> Created:
+    """Commit a pending task with its outbox row, charged one create.
 
-    With an idempotency key already used for the same request, returns the
-    original task and created=False; for a different request, raises Conflict.
+    With an idempotency key already used for the same request, the original task, uncharged;
+    for a different request IdempotencyKeyReused, while it is in flight IdempotencyKeyInFlight.
     """
     domain = normalise_domain(body.target_domain)
     config = body.config.model_dump()
@@ -126,7 +142,6 @@ async def create_task(
             f"must be at most {settings.max_config_bytes} bytes as JSON", field="config"
         )
     callback_url = checked_callback(user, body.callback_url, settings)
-    await check_callback_host(session, callback_url, settings)
     fingerprint = request_fingerprint(domain, config, callback_url)
     new = tasks.NewTask(
         user_id=user.id,
@@ -138,12 +153,29 @@ async def create_task(
         callback_url=callback_url,
     )
     if idempotency_key is None:
-        return await _insert_task(session, redis, settings, new, request_id)
-    # Narrows the race between two retries of one request; the unique index decides it anyway.
-    lock = keys.create_lock(user.id, idempotency_key)
-    await _end_read(session, settings)
-    async with safeguards.optional_lock(redis, lock, settings):
-        return await _insert_task(session, redis, settings, new, request_id)
+        return await _charge_and_insert(session, redis, settings, new, request_id)
+    # No pooled connection held while Redis answers.
+    await release_connection(session)
+    async with idempotency.processing(redis, settings, user.id, "task", idempotency_key):
+        async with transaction(session):
+            earlier = await tasks.get_task_by_idempotency_key(session, user.id, idempotency_key)
+        if earlier is not None:
+            idempotency.check_same_request(earlier.request_hash, fingerprint)
+            return Created(earlier, True, await ratelimit.take(redis, settings, user.id, cost=0))
+        return await _charge_and_insert(session, redis, settings, new, request_id)
+
+
+async def _charge_and_insert(
+    session: AsyncSession,
+    redis: aioredis.Redis,
+    settings: Settings,
+    new: tasks.NewTask,
+    request_id: str | None,
+) -> Created:
+    quota = await ratelimit.take(redis, settings, new.user_id, cost=1)
+    await check_callback_host(session, new.callback_url, settings)
+    task, created = await _insert_task(session, redis, settings, new, request_id)
+    return Created(task, not created, quota)
 
 
 async def _insert_task(
@@ -159,15 +191,14 @@ async def _insert_task(
     async with transaction(session):
         task = await tasks.insert_task_with_message(session, task_id, new, entry)
         if task is None and new.idempotency_key is not None:
+            # The unique index made this insert wait for a concurrent one with the same key.
             existing = await tasks.get_task_by_idempotency_key(
                 session, new.user_id, new.idempotency_key
             )
     if task is None:
-        if existing is None or existing.request_hash != new.request_hash:
-            raise Conflict(
-                "this Idempotency-Key was already used for a different request",
-                field="Idempotency-Key",
-            )
+        if existing is None:
+            raise IdempotencyKeyInFlight()
+        idempotency.check_same_request(existing.request_hash, new.request_hash or "")
         return existing, False
     metrics.TASKS_CREATED.inc()
     marked = await _mark_created(redis, settings, task.id)
@@ -271,8 +302,9 @@ async def get_task(session: AsyncSession, user: User, task_id: uuid.UUID) -> Tas
     return task
 
 
-def encode_cursor(task: Task) -> str:
-    raw = f"{task.created_at.isoformat()}|{task.id}"
+def encode_cursor(row: Task | Batch) -> str:
+    """The keyset position (created_at, id) of a row of a newest-first list."""
+    raw = f"{row.created_at.isoformat()}|{row.id}"
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
@@ -292,6 +324,7 @@ async def list_tasks(
     limit: int,
     status: TaskStatus | None,
     cursor: str | None,
+    batch_id: uuid.UUID | None = None,
 ) -> tuple[Sequence[Task], str | None]:
     """One page, newest first, and the cursor of the next page if there is one."""
     before = decode_cursor(cursor) if cursor else None
@@ -300,6 +333,7 @@ async def list_tasks(
         user.id,
         limit=limit + 1,
         status=status.value if status else None,
+        batch_id=batch_id,
         before=before,
     )
     page = rows[:limit]

@@ -10,6 +10,8 @@ class ScanOutboxError(Exception):
 
     code = "internal_error"
     status_code = 500
+    # Seconds a client should wait before trying again (`Retry-After`); None: not a wait.
+    retry_after_s: int | None = None
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
@@ -19,6 +21,12 @@ class ScanOutboxError(Exception):
     def details(self) -> dict[str, Any]:
         """Extra members of the API error body, beyond code, message and field."""
         return {}
+
+    def headers(self) -> dict[str, str]:
+        """HTTP header fields the error response carries."""
+        if self.retry_after_s is None:
+            return {}
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 class InvalidInput(ScanOutboxError):
@@ -57,6 +65,31 @@ class Conflict(ScanOutboxError):
     status_code = 409
 
 
+class IdempotencyKeyInFlight(Conflict):
+    """A request with this Idempotency-Key is still being processed (IETF draft: 409)."""
+
+    code = "idempotency_key_in_flight"
+    retry_after_s = 1
+
+    def __init__(self) -> None:
+        super().__init__(
+            "a request with this Idempotency-Key is still being processed; retry it shortly",
+            field="Idempotency-Key",
+        )
+
+
+class IdempotencyKeyReused(InvalidInput):
+    """The Idempotency-Key was used before for a request with another body (IETF draft: 422)."""
+
+    code = "idempotency_key_reused"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this Idempotency-Key was already used for a different request",
+            field="Idempotency-Key",
+        )
+
+
 class InvalidState(Conflict):
     """The task's current state does not allow the transition; the body says which state."""
 
@@ -76,12 +109,18 @@ class RateLimited(ScanOutboxError):
     code = "rate_limited"
     status_code = 429
 
-    def __init__(self, message: str, *, retry_after_s: int) -> None:
+    def __init__(
+        self, message: str, *, retry_after_s: int, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self._headers = headers or {}
 
     def details(self) -> dict[str, Any]:
         return {"retry_after_s": self.retry_after_s}
+
+    def headers(self) -> dict[str, str]:
+        return {**self._headers, **super().headers()}
 
 
 class PayloadTooLarge(ScanOutboxError):
@@ -94,6 +133,9 @@ class Unavailable(ScanOutboxError):
 
     code = "unavailable"
     status_code = 503
+    # An outage of the database or a full waiting room passes in about this long; clients back
+    # off further on their own after repeated 503s.
+    retry_after_s = 1
 
 
 class TooManyWaiters(Unavailable):

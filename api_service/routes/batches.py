@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import enum
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
 
-from api_service import batch_service, waiting
+from api_service import batch_export, batch_service, idempotency, ratelimit, responses, waiting
 from api_service.deps import (
     CurrentUser,
     RedisDep,
@@ -17,32 +19,69 @@ from api_service.deps import (
     WaitersDep,
     checked_wait_s,
 )
-from api_service.routes.tasks import WaitQuery, checked_idempotency_key
-from api_service.schemas import BatchCreate, BatchOut, BatchTaskOut, ErrorResponse
+from api_service.routes.tasks import IdempotencyKey, WaitQuery
+from api_service.schemas import (
+    BatchCreate,
+    BatchOut,
+    BatchPage,
+    BatchSummaryOut,
+    BatchTaskOut,
+    BatchTaskResultOut,
+)
 
 router = APIRouter(prefix="/api/v1/batches", tags=["batches"])
 
-_ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorResponse} for code in (401, 404, 409, 413, 422, 503)
-}
 PAGE_SIZE_DEFAULT = 100
 # A batch's tasks often end in bursts: one read per burst, not one per task.
 SETTLE_S = 0.05
 
 
-def batch_out(view: batch_service.BatchView) -> BatchOut:
+class Include(enum.StrEnum):
+    RESULT = "result"
+
+
+def summary_out(summary: batch_service.BatchSummary) -> BatchSummaryOut:
+    batch, progress = summary.batch, summary.progress
+    return BatchSummaryOut(
+        id=batch.id,
+        task_count=batch.task_count,
+        config=batch.config,
+        counts=progress.counts,
+        done=progress.finished_at is not None,
+        created_at=batch.created_at,
+        updated_at=progress.updated_at or batch.created_at,
+        finished_at=progress.finished_at,
+        callback_url=batch.callback_url,
+    )
+
+
+def batch_out(view: batch_service.BatchView, include: Include | None = None) -> BatchOut:
+    task_out: type[BatchTaskOut] = BatchTaskResultOut if include is Include.RESULT else BatchTaskOut
+    summary = summary_out(batch_service.BatchSummary(view.batch, view.progress))
     return BatchOut(
-        id=view.batch.id,
-        task_count=view.batch.task_count,
-        config=view.batch.config,
-        counts=view.progress.counts,
-        done=view.done,
-        created_at=view.batch.created_at,
-        updated_at=view.progress.updated_at or view.batch.created_at,
-        finished_at=view.progress.finished_at,
-        tasks=[BatchTaskOut.model_validate(task) for task in view.tasks],
+        **summary.model_dump(),
+        tasks=[task_out.model_validate(task) for task in view.tasks],
         next_cursor=view.next_cursor,
-        callback_url=view.batch.callback_url,
+    )
+
+
+def batch_as_created(view: batch_service.BatchView) -> BatchOut:
+    """The batch as its create answered: every task pending (an idempotent replay)."""
+    answer = batch_out(view)
+    pending = [
+        task.model_copy(
+            update={"status": "pending", "attempts": 0, "error": None, "finished_at": None}
+        )
+        for task in answer.tasks
+    ]
+    return answer.model_copy(
+        update={
+            "counts": {"pending": view.batch.task_count},
+            "done": False,
+            "updated_at": view.batch.created_at,
+            "finished_at": None,
+            "tasks": pending,
+        }
     )
 
 
@@ -51,14 +90,13 @@ def batch_out(view: batch_service.BatchView) -> BatchOut:
     status_code=status.HTTP_201_CREATED,
     response_model=BatchOut,
     responses={
-        200: {"model": BatchOut, "description": "Replay of an idempotent batch"},
-        **_ERRORS,
-        429: {
-            "model": ErrorResponse,
-            "description": "The batch's tasks exceed this token's rate limit; "
-            "`Retry-After` says when to retry",
-            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+        201: {
+            "description": "Created, or the replay of a create with the same Idempotency-Key",
+            "headers": {**responses.RATE_LIMIT, **responses.REPLAYED},
         },
+        **responses.rate_limited_create(
+            "The batch's tasks exceed this token's rate limit; `Retry-After` says when to retry"
+        ),
     },
 )
 async def create_batch(
@@ -69,23 +107,57 @@ async def create_batch(
     redis: RedisDep,
     settings: SettingsDep,
     request_id: RequestIdDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> BatchOut:
     """Accept up to `SCAN_BATCH_MAX_TASKS` domains: every task and its message are committed
     in one transaction, or, if any entry is invalid, nothing is (422 naming each entry)."""
     request = batch_service.validate_batch(body, settings, user)
-    batch_id, created = await batch_service.create_batch(
+    created = await batch_service.create_batch(
         session,
         redis,
         settings,
         user,
         request,
-        idempotency_key=checked_idempotency_key(idempotency_key),
+        idempotency_key=idempotency.checked_key(idempotency_key),
         request_id=request_id,
     )
-    if not created:
-        response.status_code = status.HTTP_200_OK
-    response.headers["Location"] = f"/api/v1/batches/{batch_id}"
+    response.headers.update(ratelimit.headers(created.quota))
+    response.headers["Location"] = f"/api/v1/batches/{created.id}"
+    view = await batch_service.read_batch(
+        session, user, created.id, limit=PAGE_SIZE_DEFAULT, cursor=None
+    )
+    if created.replayed:
+        response.headers[idempotency.REPLAYED_HEADER] = "true"
+        return batch_as_created(view)
+    return batch_out(view)
+
+
+@router.get("", response_model=BatchPage, responses=responses.errors(401, 422, 503))
+async def list_batches(
+    user: CurrentUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> BatchPage:
+    """The caller's batches with their counts, newest first, one keyset page at a time."""
+    page, next_cursor = await batch_service.list_batches(
+        session, user, limit=min(limit, settings.page_size_max), cursor=cursor
+    )
+    return BatchPage(items=[summary_out(summary) for summary in page], next_cursor=next_cursor)
+
+
+@router.post(
+    "/{batch_id}/cancel",
+    response_model=BatchOut,
+    responses=responses.errors(401, 404, 422, 503),
+)
+async def cancel_batch(
+    batch_id: uuid.UUID, user: CurrentUser, session: SessionDep, settings: SettingsDep
+) -> BatchOut:
+    """Cancel every task of the batch that has not ended (running scans stop without a
+    result); tasks already over keep their outcome. The batch as it is now."""
+    await batch_service.cancel_batch(session, user, batch_id)
     view = await batch_service.read_batch(
         session, user, batch_id, limit=PAGE_SIZE_DEFAULT, cursor=None
     )
@@ -93,9 +165,48 @@ async def create_batch(
 
 
 @router.get(
+    "/{batch_id}/results",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "Every task of the batch in submission order, with its report: one "
+            "JSON object per line (NDJSON), or CSV with the report's main facts in columns "
+            "and the whole report in `result`.",
+            "content": {"application/x-ndjson": {}, "text/csv": {}},
+        },
+        **responses.errors(401, 404, 422, 503),
+    },
+)
+async def export_results(
+    batch_id: uuid.UUID,
+    request: Request,
+    user: CurrentUser,
+    session: SessionDep,
+    export_format: Annotated[
+        batch_export.ExportFormat | None,
+        Query(alias="format", description="ndjson (default) or csv; or `Accept: text/csv`."),
+    ] = None,
+) -> StreamingResponse:
+    """A whole batch's results in one streamed response, at flat memory whatever its size."""
+    await batch_service.get_user_batch(session, user, batch_id)
+    await session.close()  # the stream reads on connections of its own, chunk by chunk
+    if export_format is None:
+        accepts_csv = "text/csv" in request.headers.get("accept", "")
+        export_format = (
+            batch_export.ExportFormat.CSV if accepts_csv else batch_export.ExportFormat.NDJSON
+        )
+    filename = f"batch-{batch_id}.{export_format.value}"
+    return StreamingResponse(
+        batch_export.stream(request.app.state.sessionmaker, batch_id, export_format),
+        media_type=export_format.media_type,
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+@router.get(
     "/{batch_id}",
     response_model=BatchOut,
-    responses={**_ERRORS, **waiting.CLIENT_SHARE_RESPONSES},
+    responses={**responses.errors(401, 404, 422, 503), **waiting.CLIENT_SHARE_RESPONSES},
 )
 async def get_batch(
     batch_id: uuid.UUID,
@@ -105,6 +216,9 @@ async def get_batch(
     waiters: WaitersDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = PAGE_SIZE_DEFAULT,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
+    include: Annotated[
+        Include | None, Query(description="`result`: each task with its report.")
+    ] = None,
     wait: WaitQuery = 0,
 ) -> BatchOut:
     """The caller's batch: tasks by status, timestamps and one page of its tasks; with
@@ -124,4 +238,4 @@ async def get_batch(
     view = await waiting.wait_until(
         waiters, batch_id, wait_s, read, lambda view: view.done, settle_s=SETTLE_S, client=user.id
     )
-    return batch_out(view)
+    return batch_out(view, include)

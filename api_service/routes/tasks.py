@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Response, status
+from fastapi import APIRouter, Header, Query, Response, status
 
-from api_service import ratelimit, services, waiting
+from api_service import idempotency, ratelimit, responses, services, waiting
 from api_service.deps import (
     CurrentUser,
     RedisDep,
@@ -18,22 +17,20 @@ from api_service.deps import (
     WaitersDep,
     checked_wait_s,
 )
-from api_service.schemas import ErrorResponse, TaskCreate, TaskOut, TaskPage
+from api_service.schemas import TaskCreate, TaskOut, TaskPage
 from shared.db.models import TERMINAL_STATUSES, Task, TaskStatus
-from shared.errors import InvalidInput
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
 
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
-_ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorResponse} for code in (401, 404, 409, 413, 422, 503)
-}
-
-
-def checked_idempotency_key(value: str | None) -> str | None:
-    if value is not None and not _IDEMPOTENCY_KEY.match(value):
-        raise InvalidInput("must be 1 to 255 visible ASCII characters", field="Idempotency-Key")
-    return value
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias=idempotency.HEADER,
+        description="Makes the create safe to retry (IETF draft): a repeat with the same body "
+        "gets the first answer again, uncharged; another body is 422; a repeat while the first "
+        "is still being processed is 409. Kept `SCAN_IDEMPOTENCY_RETENTION_S` (a day).",
+    ),
+]
 
 
 @router.post(
@@ -41,15 +38,14 @@ def checked_idempotency_key(value: str | None) -> str | None:
     status_code=status.HTTP_201_CREATED,
     response_model=TaskOut,
     responses={
-        200: {"model": TaskOut, "description": "Replay of an idempotent create"},
-        **_ERRORS,
-        429: {
-            "model": ErrorResponse,
-            "description": "Too many creates from this token; `Retry-After` says when to retry",
-            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+        201: {
+            "description": "Created, or the replay of a create with the same Idempotency-Key",
+            "headers": {**responses.RATE_LIMIT, **responses.REPLAYED},
         },
+        **responses.rate_limited_create(
+            "Too many creates from this token; `Retry-After` says when to retry"
+        ),
     },
-    dependencies=[Depends(ratelimit.limit_creates)],
 )
 async def create_task(
     body: TaskCreate,
@@ -59,22 +55,24 @@ async def create_task(
     redis: RedisDep,
     settings: SettingsDep,
     request_id: RequestIdDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> TaskOut:
     """Accept a scan: the task and the message that starts it are committed together."""
-    task, created = await services.create_task(
+    created = await services.create_task(
         session,
         redis,
         settings,
         user,
         body,
-        idempotency_key=checked_idempotency_key(idempotency_key),
+        idempotency_key=idempotency.checked_key(idempotency_key),
         request_id=request_id,
     )
-    if not created:
-        response.status_code = status.HTTP_200_OK
-    response.headers["Location"] = f"/api/v1/tasks/{task.id}"
-    return TaskOut.model_validate(task)
+    response.headers.update(ratelimit.headers(created.quota))
+    response.headers["Location"] = f"/api/v1/tasks/{created.task.id}"
+    if created.replayed:
+        response.headers[idempotency.REPLAYED_HEADER] = "true"
+        return TaskOut.as_created(created.task)
+    return TaskOut.model_validate(created.task)
 
 
 WaitQuery = Annotated[
@@ -90,7 +88,7 @@ WaitQuery = Annotated[
 @router.get(
     "/{task_id}",
     response_model=TaskOut,
-    responses={**_ERRORS, **waiting.CLIENT_SHARE_RESPONSES},
+    responses={**responses.errors(401, 404, 422, 503), **waiting.CLIENT_SHARE_RESPONSES},
 )
 async def get_task(
     task_id: uuid.UUID,
@@ -118,27 +116,33 @@ def _ended(task: Task) -> bool:
     return task.status in TERMINAL_STATUSES
 
 
-@router.get("", response_model=TaskPage, responses=_ERRORS)
+@router.get("", response_model=TaskPage, responses=responses.errors(401, 422, 503))
 async def list_tasks(
     user: CurrentUser,
     session: SessionDep,
     settings: SettingsDep,
     status_filter: Annotated[TaskStatus | None, Query(alias="status")] = None,
+    batch_id: Annotated[
+        uuid.UUID | None, Query(description="Only the tasks of this batch of the caller's.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> TaskPage:
-    """The caller's tasks, newest first, one keyset page at a time."""
+    """The caller's tasks with their results, newest first, one keyset page at a time."""
     page, next_cursor = await services.list_tasks(
         session,
         user,
         limit=min(limit, settings.page_size_max),
         status=status_filter,
         cursor=cursor,
+        batch_id=batch_id,
     )
     return TaskPage(items=[TaskOut.model_validate(t) for t in page], next_cursor=next_cursor)
 
 
-@router.post("/{task_id}/retry", response_model=TaskOut, responses=_ERRORS)
+@router.post(
+    "/{task_id}/retry", response_model=TaskOut, responses=responses.errors(401, 404, 409, 422, 503)
+)
 async def retry_task(
     task_id: uuid.UUID,
     user: CurrentUser,
@@ -154,7 +158,9 @@ async def retry_task(
     return TaskOut.model_validate(task)
 
 
-@router.post("/{task_id}/cancel", response_model=TaskOut, responses=_ERRORS)
+@router.post(
+    "/{task_id}/cancel", response_model=TaskOut, responses=responses.errors(401, 404, 409, 422, 503)
+)
 async def cancel_task(task_id: uuid.UUID, user: CurrentUser, session: SessionDep) -> TaskOut:
     """Cancel a pending, queued or running task; a running scan stops without a result."""
     return TaskOut.model_validate(

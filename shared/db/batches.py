@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Float, bindparam, select, text
+from sqlalchemy import Float, bindparam, select, text, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import Text
@@ -118,23 +118,52 @@ class BatchProgress:
 
 _PROGRESS_SQL = text(
     """
-    SELECT status, count(*) AS n, max(updated_at) AS updated_at, max(finished_at) AS finished_at
-    FROM tasks WHERE batch_id = :batch_id GROUP BY status
+    SELECT batch_id, status, count(*) AS n, max(updated_at) AS updated_at,
+           max(finished_at) AS finished_at
+    FROM tasks WHERE batch_id = ANY(:batch_ids) GROUP BY batch_id, status
     """
-).bindparams(bindparam("batch_id", type_=UUID(as_uuid=True)))
+).bindparams(bindparam("batch_ids", type_=ARRAY(UUID(as_uuid=True))))
 
 
-async def get_batch_progress(
-    session: AsyncSession, batch_id: uuid.UUID, terminal: frozenset[str]
-) -> BatchProgress:
-    """Tasks by status (one index range scan), the latest change and, when every task is
-    in `terminal`, the latest end."""
-    rows = (await session.execute(_PROGRESS_SQL, {"batch_id": batch_id})).all()
+async def get_batches_progress(
+    session: AsyncSession, batch_ids: Sequence[uuid.UUID], terminal: frozenset[str]
+) -> dict[uuid.UUID, BatchProgress]:
+    """For each batch: its tasks by status (one index range scan each), the latest change
+    and, when every task is in `terminal`, the latest end."""
+    rows = (await session.execute(_PROGRESS_SQL, {"batch_ids": list(batch_ids)})).all()
+    by_batch: dict[uuid.UUID, list[Any]] = {batch_id: [] for batch_id in batch_ids}
+    for row in rows:
+        by_batch[row.batch_id].append(row)
+    return {batch_id: _progress(found, terminal) for batch_id, found in by_batch.items()}
+
+
+def _progress(rows: Sequence[Any], terminal: frozenset[str]) -> BatchProgress:
     counts = {row.status: int(row.n) for row in rows}
     updated = max((row.updated_at for row in rows), default=None)
     done = bool(rows) and all(row.status in terminal for row in rows)
     finished = max((row.finished_at for row in rows if row.finished_at), default=None)
     return BatchProgress(counts, updated, finished if done else None)
+
+
+async def get_batch_progress(
+    session: AsyncSession, batch_id: uuid.UUID, terminal: frozenset[str]
+) -> BatchProgress:
+    return (await get_batches_progress(session, [batch_id], terminal))[batch_id]
+
+
+async def list_user_batches(
+    session: AsyncSession,
+    user_id: int,
+    *,
+    limit: int,
+    before: tuple[datetime, uuid.UUID] | None = None,
+) -> Sequence[Batch]:
+    """The user's batches newest first; `before` is the (created_at, id) of the last seen."""
+    stmt = select(Batch).where(Batch.user_id == user_id)
+    if before is not None:
+        stmt = stmt.where(tuple_(Batch.created_at, Batch.id) < tuple_(*before))
+    stmt = stmt.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit)
+    return (await session.execute(stmt)).scalars().all()
 
 
 async def list_batch_tasks(
@@ -150,6 +179,57 @@ async def list_batch_tasks(
         .execution_options(populate_existing=True)
     )
     return (await session.execute(stmt)).scalars().all()
+
+
+# --- results, for export ---------------------------------------------------------
+
+# Each row as one NDJSON line, built by PostgreSQL: the report is never decoded and encoded
+# again in Python, and timestamps come out in ISO 8601.
+_RESULT_LINES_SQL = text(
+    """
+    SELECT batch_position,
+           json_build_object('id', id, 'target_domain', target_domain, 'status', status,
+                             'attempts', attempts, 'error', error, 'created_at', created_at,
+                             'finished_at', finished_at, 'result', result)::text AS line
+    FROM tasks
+    WHERE batch_id = :batch_id AND batch_position > :after
+    ORDER BY batch_position LIMIT :limit
+    """
+).bindparams(bindparam("batch_id", type_=UUID(as_uuid=True)))
+
+# The facts a spreadsheet wants in columns, taken from the report where the worker put them:
+# the HTTPS page first, as the worker prefers it, then plain HTTP.
+_RESULT_ROWS_SQL = text(
+    """
+    SELECT batch_position, id, target_domain, status, attempts, error, created_at, finished_at,
+           coalesce(result->'https'->>'status', result->'http'->>'status') AS http_status,
+           coalesce(result->'https'->>'title', result->'http'->>'title') AS title,
+           coalesce(result->'https'->>'url', result->'http'->>'url') AS final_url,
+           result->'https'->'tls'->>'not_after' AS tls_not_after,
+           CASE WHEN jsonb_typeof(result->'findings') = 'array'
+                THEN jsonb_array_length(result->'findings') END AS findings,
+           result::text AS result
+    FROM tasks
+    WHERE batch_id = :batch_id AND batch_position > :after
+    ORDER BY batch_position LIMIT :limit
+    """
+).bindparams(bindparam("batch_id", type_=UUID(as_uuid=True)))
+
+
+async def read_result_lines(
+    session: AsyncSession, batch_id: uuid.UUID, *, after_position: int, limit: int
+) -> Sequence[Any]:
+    """Up to `limit` tasks after `after_position` as (batch_position, line) rows."""
+    params = {"batch_id": batch_id, "after": after_position, "limit": limit}
+    return (await session.execute(_RESULT_LINES_SQL, params)).all()
+
+
+async def read_result_rows(
+    session: AsyncSession, batch_id: uuid.UUID, *, after_position: int, limit: int
+) -> Sequence[Any]:
+    """Up to `limit` tasks after `after_position` with their report's facts in columns."""
+    params = {"batch_id": batch_id, "after": after_position, "limit": limit}
+    return (await session.execute(_RESULT_ROWS_SQL, params)).all()
 
 
 # Small batches, rows another session holds skipped, as for tasks' keys.

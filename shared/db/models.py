@@ -143,6 +143,8 @@ class Batch(Base):
             unique=True,
             postgresql_where=text("idempotency_key IS NOT NULL"),
         ),
+        # A user's batches newest first (keyset pages of GET /api/v1/batches).
+        Index("ix_batches_user_created", "user_id", text("created_at DESC"), text("id DESC")),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)

@@ -119,12 +119,15 @@ async def list_user_tasks(
     *,
     limit: int,
     status: str | None = None,
+    batch_id: uuid.UUID | None = None,
     before: tuple[datetime, uuid.UUID] | None = None,
 ) -> Sequence[Task]:
     """Newest first; `before` is the (created_at, id) of the last row already seen."""
     stmt = select(Task).where(Task.user_id == user_id)
     if status is not None:
         stmt = stmt.where(Task.status == status)
+    if batch_id is not None:
+        stmt = stmt.where(Task.batch_id == batch_id)
     if before is not None:
         stmt = stmt.where(tuple_(Task.created_at, Task.id) < tuple_(*before))
     stmt = stmt.order_by(Task.created_at.desc(), Task.id.desc()).limit(limit)
@@ -163,11 +166,14 @@ async def retry_task(
     return (await session.execute(_RETRY_TASK, params)).scalar_one_or_none()
 
 
+_CANCELLED = (
+    f"status = {predicates.CANCELLED}, finished_at = now(), updated_at = now(), "
+    f"{predicates.LEASE_CLEARED}"
+)
 _CANCEL_TASK = select(Task).from_statement(
     text(
         f"""
-        UPDATE tasks SET status = {predicates.CANCELLED}, finished_at = now(), updated_at = now(),
-                         {predicates.LEASE_CLEARED}
+        UPDATE tasks SET {_CANCELLED}
         WHERE id = :task_id AND (CAST(:owner_id AS bigint) IS NULL OR user_id = :owner_id)
           AND {predicates.NOT_ENDED}
         RETURNING *
@@ -183,3 +189,22 @@ async def cancel_task(
     `owner_id` None: whoever owns the task (an administrator acting)."""
     params = {"task_id": task_id, "owner_id": owner_id}
     return (await session.execute(_CANCEL_TASK, params)).scalar_one_or_none()
+
+
+# Every task of the batch that has not ended, in one statement; the owner is the batch's.
+_CANCEL_BATCH = text(
+    f"""
+    UPDATE tasks SET {_CANCELLED}
+    WHERE batch_id = :batch_id AND (CAST(:owner_id AS bigint) IS NULL OR user_id = :owner_id)
+      AND {predicates.NOT_ENDED}
+    """
+).bindparams(bindparam("batch_id", type_=UUID(as_uuid=True)))
+
+
+async def cancel_batch_tasks(
+    session: AsyncSession, owner_id: int | None, batch_id: uuid.UUID
+) -> int:
+    """Cancel the batch's tasks that have not ended; returns how many. Running workers find
+    out at their next renewal. `owner_id` None: whoever owns the batch (an administrator)."""
+    result = await session.execute(_CANCEL_BATCH, {"batch_id": batch_id, "owner_id": owner_id})
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -167,8 +167,10 @@ async def test_an_idempotency_key_replays_the_same_batch_and_refuses_another_bod
     )
     other = await client.post("/api/v1/batches", json=body("a.example.com"), headers=headers)
 
-    assert (first.status_code, again.status_code, other.status_code) == (201, 200, 409)
-    assert again.json()["id"] == first.json()["id"]
+    assert (first.status_code, again.status_code, other.status_code) == (201, 201, 422)
+    assert again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
     assert other.json()["error"]["field"] == "Idempotency-Key"
     assert await count_rows(sessionmaker) == (2, 2)
 
@@ -183,8 +185,18 @@ async def test_concurrent_retries_of_one_keyed_batch_create_it_once(
         *(client.post("/api/v1/batches", json=payload, headers=headers) for _ in range(5))
     )
 
-    assert sorted(a.status_code for a in answers) == [200, 200, 200, 200, 201]
-    assert len({a.json()["id"] for a in answers}) == 1
+    # One creates; each other one is either told the first is still in flight (409) or,
+    # arriving after it, gets its answer again.
+    codes = sorted(a.status_code for a in answers)
+    assert set(codes) <= {201, 409}, codes
+    created = [a for a in answers if a.status_code == 201]
+    assert sum("idempotent-replayed" not in a.headers for a in created) == 1
+    assert len({a.json()["id"] for a in created}) == 1
+    assert all(
+        a.json()["error"]["code"] == "idempotency_key_in_flight"
+        for a in answers
+        if a.status_code == 409
+    )
     assert await count_rows(sessionmaker) == (50, 50)
 
 

@@ -70,6 +70,34 @@ async def test_a_burst_goes_through_then_429_with_retry_after_and_nothing_writte
     assert 0 < ttl_ms <= (BURST + 1) * 1000
 
 
+async def test_every_create_answer_carries_the_ietf_ratelimit_fields(
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    headers = await token_of(sessionmaker, "alice")
+
+    answers = [await create(client, headers, n) for n in range(BURST + 1)]
+
+    # A bucket of 3 refilled at one a second: full again 3 s after it was empty.
+    assert {a.headers["ratelimit-policy"] for a in answers} == {'"creates";q=3;w=3'}
+    left = [a.headers["ratelimit"] for a in answers]
+    assert left[:BURST] == ['"creates";r=2;t=1', '"creates";r=1;t=2', '"creates";r=0;t=3']
+    assert left[BURST] == '"creates";r=0;t=3'
+    assert answers[BURST].status_code == 429
+
+
+async def test_a_replayed_create_is_not_charged(
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    headers = {**(await token_of(sessionmaker, "alice")), "Idempotency-Key": "once"}
+    body = {"target_domain": "once.example.com"}
+
+    answers = [await client.post("/api/v1/tasks", json=body, headers=headers) for _ in range(5)]
+
+    assert [a.status_code for a in answers] == [201] * 5
+    assert [a.headers["ratelimit"] for a in answers] == ['"creates";r=2;t=1'] * 5
+    assert await count_rows(sessionmaker) == (1, 1)
+
+
 async def test_each_token_has_its_own_bucket(
     client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:

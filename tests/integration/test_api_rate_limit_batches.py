@@ -113,5 +113,6 @@ async def test_an_idempotent_replay_is_not_charged(
     first = await client.post("/api/v1/batches", json=batch("k", BURST), headers=keyed)
     replay = await client.post("/api/v1/batches", json=batch("k", BURST), headers=keyed)
 
-    assert (first.status_code, replay.status_code) == (201, 200)
+    assert (first.status_code, replay.status_code) == (201, 201)
     assert replay.json()["id"] == first.json()["id"]
+    assert replay.headers["idempotent-replayed"] == "true"

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api_service.app import create_app
 from shared import keys
-from shared.db.models import OutboxMessage, Task
+from shared.db.models import OutboxMessage, Task, User
 from shared.embedded import free_port
 from shared.settings import Settings
 from tests.helpers import count_rows, make_user
@@ -141,22 +141,59 @@ async def test_list_is_newest_first_keyset_paginated_and_filtered(
     assert bad_cursor.json()["error"]["field"] == "cursor"
 
 
-async def test_idempotency_key_returns_the_same_task_or_409_for_another_body(
+async def test_an_idempotency_key_replays_the_original_201_and_refuses_another_body_with_422(
     client: httpx.AsyncClient, token: str, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     headers = {**auth(token), "Idempotency-Key": "order-42"}
     first = await client.post(
         "/api/v1/tasks", json={"target_domain": "example.com"}, headers=headers
     )
+    # The task moves on meanwhile; the replay still answers what the create answered.
+    async with sessionmaker() as session, session.begin():
+        task = await session.get(Task, uuid.UUID(first.json()["id"]))
+        assert task is not None
+        task.status, task.attempts = "running", 1
     again = await client.post(
         "/api/v1/tasks", json={"target_domain": "EXAMPLE.com"}, headers=headers
     )
-    assert (first.status_code, again.status_code) == (201, 200)
-    assert first.json()["id"] == again.json()["id"]
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    assert again.headers["location"] == first.headers["location"]
     other = await client.post("/api/v1/tasks", json={"target_domain": "other.com"}, headers=headers)
-    assert other.status_code == 409
+    assert other.status_code == 422
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
     assert other.json()["error"]["field"] == "Idempotency-Key"
     assert await count_rows(sessionmaker) == (1, 1)
+
+
+async def test_a_repeat_while_the_first_request_is_in_flight_is_a_409_with_retry_after(
+    client: httpx.AsyncClient,
+    token: str,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis_client: redis.Redis,
+) -> None:
+    async with sessionmaker() as session:
+        alice = (await session.execute(select(User).where(User.name == "alice"))).scalar_one()
+    # The first request's mark, as a create still running in another API process holds it.
+    redis_client.set(keys.create_lock(alice.id, "task:slow-1"), "other-process", px=5000)
+    headers = {**auth(token), "Idempotency-Key": "slow-1"}
+
+    busy = await client.post(
+        "/api/v1/tasks", json={"target_domain": "example.com"}, headers=headers
+    )
+
+    assert busy.status_code == 409, busy.text
+    assert busy.json()["error"]["code"] == "idempotency_key_in_flight"
+    assert busy.json()["error"]["field"] == "Idempotency-Key"
+    assert busy.headers["retry-after"] == "1"
+    assert await count_rows(sessionmaker) == (0, 0)
+    redis_client.delete(keys.create_lock(alice.id, "task:slow-1"))
+    done = await client.post(
+        "/api/v1/tasks", json={"target_domain": "example.com"}, headers=headers
+    )
+    assert done.status_code == 201
 
 
 @pytest.mark.parametrize(
