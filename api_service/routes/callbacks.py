@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from api_service import services
+from api_service import responses, services
 from api_service.deps import CurrentUser, SessionDep
-from api_service.schemas import ErrorResponse, SecretOut, SecretRotate
+from api_service.schemas import SecretOut, SecretRotate
 from shared import signing
 from shared.db import callbacks
 from shared.logging import get_logger
@@ -19,7 +19,7 @@ router = APIRouter(prefix="/api/v1/callbacks", tags=["callbacks"])
     "/secret",
     status_code=status.HTTP_201_CREATED,
     response_model=SecretOut,
-    responses={code: {"model": ErrorResponse} for code in (401, 413, 422, 503)},
+    responses=responses.errors(401, 413, 422, 503),
 )
 async def rotate_secret(
     user: CurrentUser, session: SessionDep, body: SecretRotate | None = None

@@ -7,8 +7,8 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from api_service import responses
 from api_service.deps import AdminUser, RedisDep, SettingsDep
-from api_service.schemas import ErrorResponse
 from shared import health
 
 router = APIRouter(prefix="/api/v1/ops", tags=["ops"])
@@ -18,8 +18,12 @@ metrics_router = APIRouter(tags=["ops"])
 @router.get(
     "/health",
     responses={
-        503: {"description": "Unhealthy: the same report, with its reasons"},
-        **{code: {"model": ErrorResponse} for code in (401, 403)},
+        **responses.errors(401, 403),
+        503: {
+            "description": "Unhealthy: the same report, with its reasons",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+            "headers": responses.RETRY_AFTER,
+        },
     },
 )
 async def ops_health(
@@ -28,7 +32,10 @@ async def ops_health(
     """The facts `scanctl status` shows, as JSON; 503 with the reasons when unhealthy."""
     sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
     report = await health.gather_health(sessionmaker, redis, settings)
-    return JSONResponse(report.to_json(), status_code=200 if report.healthy else 503)
+    if report.healthy:
+        return JSONResponse(report.to_json())
+    # Health is gathered afresh on each call: asking again after a second may see it mended.
+    return JSONResponse(report.to_json(), status_code=503, headers={"Retry-After": "1"})
 
 
 @metrics_router.get("/metrics", include_in_schema=False)
