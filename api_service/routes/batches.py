@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from api_service import batch_export, batch_service, idempotency, ratelimit, responses, waiting
+from api_service import batch_service, idempotency, ratelimit, responses, waiting
 from api_service.deps import (
     CurrentUser,
     RedisDep,
@@ -28,6 +28,7 @@ from api_service.schemas import (
     BatchTaskOut,
     BatchTaskResultOut,
 )
+from shared import batch_export
 
 router = APIRouter(prefix="/api/v1/batches", tags=["batches"])
 

@@ -5,19 +5,21 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from shared import devenv
-from shared.cli import callbacks, ops, outbox, scan, tasks, users
+from shared.cli import batches, callbacks, ops, outbox, scan, tasks, users
 from shared.cli.common import console, fail, load_settings
 from shared.cli.processes import THREADS_REFUSED, api_command, relay_command, worker_command
 
 app = typer.Typer(
     name="scanctl",
-    help="Operate scan-outbox: health, cleanups, outbox, tasks, users, scans and the services.",
+    help="Operate scan-outbox: health, cleanups, outbox, tasks, batches, users, scans and the "
+    "services.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     # Plain click output: usage errors are one "Error: ..." line (scripts and logs read them).
@@ -25,12 +27,32 @@ app = typer.Typer(
 )
 app.add_typer(users.app, name="users")
 app.add_typer(tasks.app, name="tasks")
+app.add_typer(batches.app, name="batches")
 app.add_typer(outbox.app, name="outbox")
 app.add_typer(callbacks.app, name="callbacks")
 app.command("status")(ops.status)
 app.command("cleanup-orphaned")(ops.cleanup_orphaned)
 app.command("full-cleanup")(ops.full_cleanup)
 app.command("scan")(scan.scan)
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"scanctl {package_version('scan-outbox')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Operate scan-outbox: health, cleanups, outbox, tasks, batches, users, scans and the
+    services."""
 
 
 def _exec(command: list[str]) -> None:

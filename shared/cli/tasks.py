@@ -1,4 +1,4 @@
-"""`scanctl tasks`: list tasks across users and show one with its report."""
+"""`scanctl tasks`: list tasks across users, show one with its report, retry or cancel one."""
 
 from __future__ import annotations
 
@@ -9,12 +9,29 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from shared.cli.common import JsonOption, console, db_session, fail, print_json, run_async
+from shared.cli.common import (
+    JsonOption,
+    console,
+    db_session,
+    fail,
+    load_settings,
+    print_json,
+    run_async,
+)
 from shared.cli.render import short_time, task_json, task_view
-from shared.db import inspection
+from shared.db import inspection, tasks
 from shared.db.models import Task, TaskStatus
+from shared.messages import scan_entry
 
-app = typer.Typer(help="Inspect tasks.", no_args_is_help=True)
+app = typer.Typer(help="Inspect, retry and cancel tasks.", no_args_is_help=True)
+TaskIdArgument = Annotated[str, typer.Argument(metavar="ID", help="The task id.")]
+
+
+def parsed_task_id(task_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(task_id)
+    except ValueError:
+        fail(f"{task_id!r} is not a task id (a UUID)")
 
 
 @app.command("list")
@@ -52,15 +69,9 @@ def list_tasks(
 
 
 @app.command("show")
-def show(
-    task_id: Annotated[str, typer.Argument(metavar="ID", help="The task id.")],
-    json_output: JsonOption = False,
-) -> None:
+def show(task_id: TaskIdArgument, json_output: JsonOption = False) -> None:
     """One task with its report."""
-    try:
-        parsed = uuid.UUID(task_id)
-    except ValueError:
-        fail(f"{task_id!r} is not a task id (a UUID)")
+    parsed = parsed_task_id(task_id)
 
     async def load() -> tuple[Task, str] | None:
         async with db_session() as session:
@@ -74,3 +85,58 @@ def show(
         print_json(data)
     else:
         console.print(task_view(data), highlight=False)
+
+
+def _transition_refused(
+    found: tuple[Task, str] | None, task_id: str, action: str, allowed: str
+) -> None:
+    if found is None:
+        fail(f"no task {task_id}")
+    fail(f"a {found[0].status} task cannot be {action}; only {allowed} tasks can")
+
+
+@app.command("retry")
+def retry(task_id: TaskIdArgument, json_output: JsonOption = False) -> None:
+    """Run a failed or cancelled task again from a fresh start (attempts reset), whoever owns
+    it; its new message is committed with it."""
+    parsed = parsed_task_id(task_id)
+    settings = load_settings()
+
+    async def do_retry() -> tuple[Task | None, tuple[Task, str] | None]:
+        async with db_session(settings) as session, session.begin():
+            entry = scan_entry(parsed, settings.queue_name)
+            task = await tasks.retry_task(session, None, parsed, entry)
+            current = None if task else await inspection.get_task_with_owner(session, parsed)
+            return task, current
+
+    task, current = run_async(do_retry)
+    if task is None:
+        _transition_refused(current, task_id, "retried", "failed or cancelled")
+        return
+    _print_transition(task, "pending again", json_output)
+
+
+@app.command("cancel")
+def cancel(task_id: TaskIdArgument, json_output: JsonOption = False) -> None:
+    """Cancel a pending, queued or running task, whoever owns it (a running scan stops at its
+    next lease renewal)."""
+    parsed = parsed_task_id(task_id)
+
+    async def do_cancel() -> tuple[Task | None, tuple[Task, str] | None]:
+        async with db_session() as session, session.begin():
+            task = await tasks.cancel_task(session, None, parsed)
+            current = None if task else await inspection.get_task_with_owner(session, parsed)
+            return task, current
+
+    task, current = run_async(do_cancel)
+    if task is None:
+        _transition_refused(current, task_id, "cancelled", "pending, queued or running")
+        return
+    _print_transition(task, "cancelled", json_output)
+
+
+def _print_transition(task: Task, what: str, json_output: bool) -> None:
+    if json_output:
+        print_json({"id": str(task.id), "status": task.status, "attempts": task.attempts})
+    else:
+        console.print(f"task {task.id} {what}")

@@ -1,4 +1,4 @@
-"""`scanctl users`: create (token shown once), list, revoke."""
+"""`scanctl users`: create and rotate-token (the token shown once), list, revoke."""
 
 from __future__ import annotations
 
@@ -69,6 +69,22 @@ def list_users(json_output: JsonOption = False) -> None:
             user["revoked_at"] or "",
         )
     console.print(table)
+
+
+@app.command("rotate-token")
+def rotate_token(
+    name: Annotated[str, typer.Argument(help="The user whose token to replace.")],
+) -> None:
+    """Give a user a new API token (printed once); the old one stops working at once."""
+    token = new_token()
+
+    async def rotate() -> bool:
+        async with db_session() as session, session.begin():
+            return await users.rotate_token(session, name, hash_token(token))
+
+    if not run_async(rotate):
+        fail(f"no active user named {name!r}")
+    console.print(token, highlight=False, soft_wrap=True)
 
 
 @app.command("revoke")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db.models import TASK_LANE_SQL, Lane, OutboxMessage, Task, User
+from shared.db.models import TASK_LANE_SQL, Batch, Lane, OutboxMessage, Task, User
 
 _BY_STATUS = select(Task.status, func.count()).group_by(Task.status)
 
@@ -140,3 +140,24 @@ async def list_outbox(
 
 async def get_outbox_message(session: AsyncSession, outbox_id: int) -> OutboxMessage | None:
     return await session.get(OutboxMessage, outbox_id)
+
+
+_BATCH_WITH_OWNER = select(Batch, User.name).join(User, User.id == Batch.user_id)
+
+
+async def list_batches_with_owner(
+    session: AsyncSession, *, limit: int, user_name: str | None = None
+) -> Sequence[tuple[Batch, str]]:
+    """Batches newest first, across users, each with its owner's name."""
+    stmt = _BATCH_WITH_OWNER
+    if user_name is not None:
+        stmt = stmt.where(User.name == user_name)
+    stmt = stmt.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit)
+    return [(batch, name) for batch, name in (await session.execute(stmt)).all()]
+
+
+async def get_batch_with_owner(
+    session: AsyncSession, batch_id: uuid.UUID
+) -> tuple[Batch, str] | None:
+    row = (await session.execute(_BATCH_WITH_OWNER.where(Batch.id == batch_id))).one_or_none()
+    return (row[0], row[1]) if row else None

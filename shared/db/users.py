@@ -58,6 +58,21 @@ async def revoke_user(session: AsyncSession, name: str) -> bool:
     return (await session.execute(_REVOKE, {"user_name": name})).first() is not None
 
 
+_ROTATE = (
+    update(User)
+    .where(User.name == bindparam("user_name"), User.revoked_at.is_(None))
+    .values(token_hash=bindparam("new_hash"))
+    .returning(User.id)
+)
+
+
+async def rotate_token(session: AsyncSession, name: str, token_hash: str) -> bool:
+    """Give an active user a new token hash (the old token stops working at commit); False
+    when there is no active user by that name."""
+    params = {"user_name": name, "new_hash": token_hash}
+    return (await session.execute(_ROTATE, params)).first() is not None
+
+
 # On the table, not the model: the ORM would read an INSERT with parameters as a bulk insert.
 _NEW = insert(cast(Table, User.__table__)).values(
     name=bindparam("user_name"),
