@@ -48,6 +48,7 @@ SCENARIOS = {
     "recovery": "bench.recovery",
     "io_bound": "bench.io_bound",
     "fairness": "bench.fairness",
+    "batch_export": "bench.batch_export",
 }
 RESULTS_DIR = Path(__file__).parent / "results"
 

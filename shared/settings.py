@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     max_config_bytes: int = Field(default=16 * 1024, ge=16)
     page_size_max: int = Field(default=100, ge=1)
+    export_chunk_rows: int = Field(
+        default=500,
+        ge=10,
+        le=10_000,
+        description="Tasks per read of a batch export (each chunk is in memory while written).",
+    )
     rate_limit_per_minute: int = Field(
         default=600, ge=0, description="Creates per token per minute, sustained; 0: no limit."
     )

@@ -183,6 +183,7 @@ async def export_results(
     request: Request,
     user: CurrentUser,
     session: SessionDep,
+    settings: SettingsDep,
     export_format: Annotated[
         batch_export.ExportFormat | None,
         Query(alias="format", description="ndjson (default) or csv; or `Accept: text/csv`."),
@@ -198,7 +199,9 @@ async def export_results(
         )
     filename = f"batch-{batch_id}.{export_format.value}"
     return StreamingResponse(
-        batch_export.stream(request.app.state.sessionmaker, batch_id, export_format),
+        batch_export.stream(
+            request.app.state.sessionmaker, batch_id, export_format, settings.export_chunk_rows
+        ),
         media_type=export_format.media_type,
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )

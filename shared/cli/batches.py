@@ -166,7 +166,10 @@ def results(
     async def export(sink: BinaryIO) -> None:
         engine = create_engine(settings)
         try:
-            async for chunk in stream(create_sessionmaker(engine), parsed, export_format):
+            chunks = stream(
+                create_sessionmaker(engine), parsed, export_format, settings.export_chunk_rows
+            )
+            async for chunk in chunks:
                 sink.write(chunk)
         finally:
             await engine.dispose()

@@ -197,18 +197,53 @@ _RESULT_LINES_SQL = text(
     """
 ).bindparams(bindparam("batch_id", type_=UUID(as_uuid=True)))
 
-# The facts a spreadsheet wants in columns, taken from the report where the worker put them:
-# the HTTPS page first, as the worker prefers it, then plain HTTP.
-_RESULT_ROWS_SQL = text(
-    """
-    SELECT batch_position, id, target_domain, status, attempts, error, created_at, finished_at,
-           coalesce(result->'https'->>'status', result->'http'->>'status') AS http_status,
-           coalesce(result->'https'->>'title', result->'http'->>'title') AS title,
-           coalesce(result->'https'->>'url', result->'http'->>'url') AS final_url,
-           result->'https'->'tls'->>'not_after' AS tls_not_after,
-           CASE WHEN jsonb_typeof(result->'findings') = 'array'
-                THEN jsonb_array_length(result->'findings') END AS findings,
-           result::text AS result
+# A cell that starts like a formula is shown as text by a spreadsheet, never run: titles, URLs
+# and errors come from the scanned sites (OWASP "CSV injection").
+_FORMULA_START = "('=', '+', '-', '@', chr(9), chr(13))"
+
+
+def _csv_cell(expression: str, *, from_outside: bool = False) -> str:
+    """SQL for one RFC 4180 cell: always quoted, quotes doubled, NULL an empty cell."""
+    value = f"({expression})::text"
+    if from_outside:
+        quoted = f"chr(39) || {value}"  # a leading apostrophe
+        value = f"CASE WHEN left({value}, 1) IN {_FORMULA_START} THEN {quoted} ELSE {value} END"
+    return f"coalesce(chr(34) || replace({value}, chr(34), chr(34) || chr(34)) || chr(34), '')"
+
+
+def _iso(column: str) -> str:
+    return f"to_json({column}) #>> '{{}}'"
+
+
+# The report's main facts, the HTTPS page first (as the worker prefers it), then plain HTTP;
+# and the whole report in `result`.
+CSV_COLUMNS = {
+    "task_id": _csv_cell("id"),
+    "target_domain": _csv_cell("target_domain", from_outside=True),
+    "status": _csv_cell("status"),
+    "attempts": _csv_cell("attempts"),
+    "error": _csv_cell("error", from_outside=True),
+    "created_at": _csv_cell(_iso("created_at")),
+    "finished_at": _csv_cell(_iso("finished_at")),
+    "http_status": _csv_cell("coalesce(result->'https'->>'status', result->'http'->>'status')"),
+    "title": _csv_cell(
+        "coalesce(result->'https'->>'title', result->'http'->>'title')", from_outside=True
+    ),
+    "final_url": _csv_cell(
+        "coalesce(result->'https'->>'url', result->'http'->>'url')", from_outside=True
+    ),
+    "tls_not_after": _csv_cell("result->'https'->'tls'->>'not_after'", from_outside=True),
+    "findings": _csv_cell(
+        "CASE WHEN jsonb_typeof(result->'findings') = 'array' "
+        "THEN jsonb_array_length(result->'findings') END"
+    ),
+    "result": _csv_cell("result"),
+}
+
+# Each row as one CSV record, built by PostgreSQL like the NDJSON lines.
+_RESULT_CSV_SQL = text(
+    f"""
+    SELECT batch_position, concat_ws(',', {", ".join(CSV_COLUMNS.values())}) AS line
     FROM tasks
     WHERE batch_id = :batch_id AND batch_position > :after
     ORDER BY batch_position LIMIT :limit
@@ -224,12 +259,13 @@ async def read_result_lines(
     return (await session.execute(_RESULT_LINES_SQL, params)).all()
 
 
-async def read_result_rows(
+async def read_result_records(
     session: AsyncSession, batch_id: uuid.UUID, *, after_position: int, limit: int
 ) -> Sequence[Any]:
-    """Up to `limit` tasks after `after_position` with their report's facts in columns."""
+    """Up to `limit` tasks after `after_position` as (batch_position, line) rows, each line
+    one CSV record of `CSV_COLUMNS`."""
     params = {"batch_id": batch_id, "after": after_position, "limit": limit}
-    return (await session.execute(_RESULT_ROWS_SQL, params)).all()
+    return (await session.execute(_RESULT_CSV_SQL, params)).all()
 
 
 # Small batches, rows another session holds skipped, as for tasks' keys.
