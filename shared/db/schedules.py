@@ -20,7 +20,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import BigInteger, Integer, Text
 
-from shared.db.models import Schedule, ScheduleRun, Task
+from shared.db.models import Schedule, ScheduleRun, Task, User
 from shared.db.predicates import NOT_ENDED
 
 
@@ -319,3 +319,30 @@ async def insert_change_delivery(
     }
     await session.execute(_INSERT_CHANGE_DELIVERY_SQL, params)
     return delivery_id
+
+
+@dataclass(frozen=True)
+class UpcomingSchedule:
+    schedule: Schedule
+    owner: str
+    runs: int
+    last_run: ScheduleRun | None
+
+
+async def list_upcoming(session: AsyncSession, limit: int) -> list[UpcomingSchedule]:
+    """Every user's schedules, next to fire first (paused last), with the owner's name, the
+    number of runs and the latest run (operations' view)."""
+    stmt = (
+        select(Schedule, User.name)
+        .join(User, User.id == Schedule.user_id)
+        .order_by(Schedule.next_fire_at.asc().nulls_last(), Schedule.created_at)
+        .limit(limit)
+    )
+    rows = (await session.execute(stmt)).all()
+    found: list[UpcomingSchedule] = []
+    for schedule, owner in rows:
+        count_stmt = select(func.count()).where(ScheduleRun.schedule_id == schedule.id)
+        runs = int((await session.execute(count_stmt)).scalar_one())
+        latest = await list_runs(session, schedule.id, 1)
+        found.append(UpcomingSchedule(schedule, owner, runs, latest[0] if latest else None))
+    return found
