@@ -107,10 +107,13 @@ async def _plan_one(
     counts: FireCounts,
 ) -> tuple[schedules.NewRun | None, schedules.Advance]:
     try:
+        if not due.domains:
+            raise schedule_times.InvalidSpec("domains", "a schedule needs a domain")
         spec = schedule_times.Spec(due.cron, due.timezone, due.interval_s, due.anchor_at)
         trigger = spec.trigger()
     except schedule_times.InvalidSpec as exc:
-        # Validated at create; a row written by hand must not stop the others firing.
+        # Validated at create; a row written by hand must not stop the others firing. It
+        # stops (no next fire time) until fixed, rather than failing every claim.
         log.error("schedule_invalid", schedule_id=str(due.id), field=exc.field)
         counts.skip(SKIPPED_INVALID)
         return None, schedules.Advance(due.id, None, None)

@@ -252,3 +252,26 @@ async def test_an_ended_run_is_compared_with_the_last_and_a_changes_callback_has
     assert delivery.payload["event"] == "schedule.run.changed"
     assert delivery.payload["changes"] == second.changes
     assert delivery.payload["run"]["batch_id"] == str(second.batch_id)
+
+
+async def test_a_schedule_row_that_cannot_fire_is_stopped_and_the_others_fire(
+    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, redis: aioredis.Redis
+) -> None:
+    user, _ = await make_user(sessionmaker)
+    bad_cron = await add_schedule(
+        sessionmaker, user.id, cron="not a cron", anchor_at=T0, next_fire_at=T0
+    )
+    no_domain = await add_schedule(
+        sessionmaker, user.id, interval_s=60, anchor_at=T0, next_fire_at=T0, domains=()
+    )
+    good = await add_schedule(sessionmaker, user.id, interval_s=60, anchor_at=T0, next_fire_at=T0)
+
+    counts = await fire_due(sessionmaker, redis, settings, now=T0)
+
+    assert counts.fired == 1
+    assert counts.skipped == {"invalid_schedule": 2}
+    assert [run.tick_at for run in await runs_of(sessionmaker, good)] == [T0]
+    for stopped in (bad_cron, no_domain):
+        assert (await schedule_row(sessionmaker, stopped)).next_fire_at is None
+    later = await fire_due(sessionmaker, redis, settings, now=T0 + timedelta(minutes=5))
+    assert (later.fired, later.skipped) == (1, {})
