@@ -36,6 +36,7 @@ log = get_logger(__name__)
 SKIPPED_MISSED = "missed"
 SKIPPED_RATE_LIMITED = "rate_limited"
 SKIPPED_INVALID = "invalid_schedule"
+SKIPPED_REVOKED = "client_revoked"
 
 
 @dataclass
@@ -106,6 +107,12 @@ async def _plan_one(
     due: schedules.DueSchedule,
     counts: FireCounts,
 ) -> tuple[schedules.NewRun | None, schedules.Advance]:
+    if due.revoked:
+        # A revoked client's schedules stop, as its token does; left due, they would fill
+        # every claim ahead of the others.
+        log.info("schedule_stopped", schedule_id=str(due.id), reason=SKIPPED_REVOKED)
+        counts.skip(SKIPPED_REVOKED)
+        return None, schedules.Advance(due.id, None, None)
     try:
         if not due.domains:
             raise schedule_times.InvalidSpec("domains", "a schedule needs a domain")

@@ -100,7 +100,9 @@ _CLAIM_DUE_SQL = text(
     """
     WITH clock AS (SELECT coalesce(CAST(:now AS timestamptz), statement_timestamp()) AS now)
     SELECT s.id, s.user_id, s.cron, s.timezone, s.interval_s, s.anchor_at, s.domains, s.config,
-           s.callback_url, s.callback_changes_only, s.missed, s.next_fire_at, clock.now
+           s.callback_url, s.callback_changes_only, s.missed, s.next_fire_at, clock.now,
+           EXISTS (SELECT 1 FROM users u WHERE u.id = s.user_id AND u.revoked_at IS NOT NULL)
+               AS revoked
     FROM schedules s, clock
     WHERE s.next_fire_at <= clock.now
     ORDER BY s.next_fire_at
@@ -125,6 +127,7 @@ class DueSchedule:
     missed: str
     next_fire_at: datetime
     now: datetime
+    revoked: bool  # the owner's token was revoked
 
 
 async def claim_due(

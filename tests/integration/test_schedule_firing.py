@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from relay_service.firing import SKIPPED_MISSED, SKIPPED_RATE_LIMITED, fire_due
 from relay_service.run_reports import report_ended
 from shared import safeguards
+from shared.db import users
 from shared.db.models import Delivery, Lane, OutboxMessage, Task, TaskStatus
 from shared.settings import Settings
 from tests.helpers import make_user
@@ -275,3 +276,20 @@ async def test_a_schedule_row_that_cannot_fire_is_stopped_and_the_others_fire(
         assert (await schedule_row(sessionmaker, stopped)).next_fire_at is None
     later = await fire_due(sessionmaker, redis, settings, now=T0 + timedelta(minutes=5))
     assert (later.fired, later.skipped) == (1, {})
+
+
+async def test_a_revoked_clients_schedules_stop(
+    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, redis: aioredis.Redis
+) -> None:
+    user, _ = await make_user(sessionmaker)
+    schedule_id = await add_schedule(
+        sessionmaker, user.id, interval_s=60, anchor_at=T0, next_fire_at=T0
+    )
+    async with sessionmaker() as session, session.begin():
+        assert await users.revoke_user(session, user.name)
+
+    counts = await fire_due(sessionmaker, redis, settings, now=T0)
+
+    assert (counts.fired, counts.skipped) == (0, {"client_revoked": 1})
+    assert await runs_of(sessionmaker, schedule_id) == []
+    assert (await schedule_row(sessionmaker, schedule_id)).next_fire_at is None
