@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared import create_rate, schedule_times
+from shared import create_rate, metrics, schedule_times
 from shared.db import batches, schedules
 from shared.logging import get_logger
 from shared.messages import scan_entry
@@ -91,6 +91,7 @@ class Firing:
         try:
             while not self.stop.is_set():
                 counts = await fire_due(self.sessionmaker, self.redis, self.settings)
+                _count(counts)
                 handled = counts.fired + sum(counts.skipped.values())
                 if counts.fired or counts.skipped:
                     log.info("schedules_fired", fired=counts.fired, skipped=counts.skipped)
@@ -98,6 +99,15 @@ class Firing:
                     return
         except (SQLAlchemyError, OSError) as exc:
             log.warning("schedule_firing_failed", error=type(exc).__name__)
+
+
+def _count(counts: FireCounts) -> None:
+    """Metrics of one committed claim."""
+    metrics.SCHEDULE_TICKS.labels(outcome="fired").inc(counts.fired)
+    for reason, number in counts.skipped.items():
+        metrics.SCHEDULE_TICKS.labels(outcome=reason).inc(number)
+    for late_s in counts.lateness_s:
+        metrics.SCHEDULE_LATENESS.observe(late_s)
 
 
 async def _plan_one(

@@ -204,6 +204,8 @@ def test_a_relay_killed_mid_fire_leaves_the_tick_due_and_the_other_fires_it_once
     assert run.tick_at == tick
     assert written(db) == (1, 2, 2)
     assert "schedules_fired" in survivor.service.log()
+    assert survivor.metric("scan_outbox_schedule_ticks_total") == 1
+    assert survivor.metric("scan_outbox_schedule_lateness_seconds_count") == 1
 
 
 def test_relays_down_for_five_ticks_make_one_run_under_run_once_and_none_under_skip(
