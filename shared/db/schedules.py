@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, select, text, update
+from sqlalchemy import bindparam, delete, func, select, text, true, update
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 from sqlalchemy.types import BigInteger, Integer, Text
 
 from shared.db.models import Schedule, ScheduleRun, Task, User
@@ -328,24 +329,26 @@ async def insert_change_delivery(
 class UpcomingSchedule:
     schedule: Schedule
     owner: str
-    runs: int
     last_run: ScheduleRun | None
 
 
 async def list_upcoming(session: AsyncSession, limit: int) -> list[UpcomingSchedule]:
-    """Every user's schedules, next to fire first (paused last), with the owner's name, the
-    number of runs and the latest run (operations' view)."""
+    """Every user's schedules, next to fire first (paused last), each with its owner's name
+    and latest run (one statement: the latest run is one probe of uq_schedule_runs_tick)."""
+    latest = (
+        select(ScheduleRun)
+        .where(ScheduleRun.schedule_id == Schedule.id)
+        .order_by(ScheduleRun.tick_at.desc())
+        .limit(1)
+        .lateral()
+    )
+    last_run = aliased(ScheduleRun, latest)
     stmt = (
-        select(Schedule, User.name)
+        select(Schedule, User.name, last_run)
         .join(User, User.id == Schedule.user_id)
+        .outerjoin(last_run, true())
         .order_by(Schedule.next_fire_at.asc().nulls_last(), Schedule.created_at)
         .limit(limit)
     )
     rows = (await session.execute(stmt)).all()
-    found: list[UpcomingSchedule] = []
-    for schedule, owner in rows:
-        count_stmt = select(func.count()).where(ScheduleRun.schedule_id == schedule.id)
-        runs = int((await session.execute(count_stmt)).scalar_one())
-        latest = await list_runs(session, schedule.id, 1)
-        found.append(UpcomingSchedule(schedule, owner, runs, latest[0] if latest else None))
-    return found
+    return [UpcomingSchedule(schedule, owner, run) for schedule, owner, run in rows]

@@ -17,7 +17,8 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 # New tables take no lock anyone waits on; the short wait only guards the foreign keys'
-# brief lock on users and batches.
+# brief lock on users and batches. Their indexes are built in the same transaction, on empty
+# tables, so CONCURRENTLY (which cannot run inside it) would buy nothing.
 LOCK_TIMEOUT = "SET LOCAL lock_timeout = '5s'"
 
 
