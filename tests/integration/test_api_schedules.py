@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relay_service.firing import fire_due
@@ -62,30 +63,51 @@ async def test_a_schedule_is_created_with_its_next_fire_time_and_listed_paused_a
     assert gone.status_code == 404
 
 
-async def test_each_bad_field_is_named(client: httpx.AsyncClient, token: str) -> None:
-    cases = [
+ONE = ["example.com"]
+NO_SUCH_BATCH = "8d1b3f3e-7b0e-4d8e-9a59-5c8b1f0f4a11"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
         (hourly(cron="every day"), "cron"),
+        (hourly(cron="61 * * * *"), "cron"),
         (hourly(timezone="Mars/Olympus"), "timezone"),
-        (hourly(cron="* * * * *"), "cron"),  # every minute: exactly the minimum, accepted
-        ({"interval_s": 10, "domains": ["example.com"]}, "interval_s"),
-        ({"interval_s": 3600, "cron": "0 * * * *", "domains": ["example.com"]}, "cron"),
+        ({"interval_s": 10, "domains": ONE}, "interval_s"),
+        ({"interval_s": 3600, "cron": "0 * * * *", "domains": ONE}, "cron"),
         ({"interval_s": 3600}, "domains"),
+        ({"interval_s": 3600, "domains": ONE, "batch_template": NO_SUCH_BATCH}, "domains"),
         ({"interval_s": 3600, "domains": ["example.com", "not a domain"]}, "domains"),
-        ({"interval_s": 3600, "domains": ["example.com"], "callback": "changes"}, "callback"),
-        (
-            {"interval_s": 3600, "batch_template": "8d1b3f3e-7b0e-4d8e-9a59-5c8b1f0f4a11"},
-            "batch_template",
-        ),
-    ]
-    for body, field in cases[:2] + cases[3:]:
+        ({"interval_s": 3600, "domains": ONE, "callback": "changes"}, "callback"),
+        ({"interval_s": 3600, "batch_template": NO_SUCH_BATCH}, "batch_template"),
+    ],
+)
+async def test_each_bad_field_is_named(
+    client: httpx.AsyncClient, token: str, body: dict[str, Any], field: str
+) -> None:
+    response = await client.post("/api/v1/schedules", json=body, headers=auth(token))
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["field"] == field
+
+
+async def test_a_cron_expression_firing_more_often_than_the_minimum_is_refused(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    _, token = await make_user(sessionmaker)
+    hourly_minimum = settings.model_copy(update={"schedule_min_interval_s": 3600})
+    async with api_client(hourly_minimum) as client:
+        body = hourly(cron="*/30 * * * *")
         response = await client.post("/api/v1/schedules", json=body, headers=auth(token))
-        assert response.status_code == 422, (body, response.text)
-        assert response.json()["error"]["field"] == field, (body, response.json())
-    bad_domain = await client.post("/api/v1/schedules", json=cases[6][0], headers=auth(token))
-    (entry,) = bad_domain.json()["error"]["errors"]
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "cron"
+    assert "1800 s apart" in response.json()["error"]["message"]
+
+
+async def test_each_bad_domain_is_named_by_index(client: httpx.AsyncClient, token: str) -> None:
+    body = {"interval_s": 3600, "domains": ["example.com", "not a domain", "x.example.org"]}
+    response = await client.post("/api/v1/schedules", json=body, headers=auth(token))
+    (entry,) = response.json()["error"]["errors"]
     assert (entry["index"], entry["field"]) == (1, "domains")
-    every_minute = await client.post("/api/v1/schedules", json=cases[2][0], headers=auth(token))
-    assert every_minute.status_code == 201
 
 
 async def test_limits_schedules_per_client_and_domains_per_schedule(
