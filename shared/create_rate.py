@@ -1,5 +1,6 @@
-"""The per-client create budget in Redis (GCRA), charged by the API's creates and by the relay
-when it fires a schedule, so a schedule's runs count against its client's rate like any batch.
+"""The per-client create budget in Redis (GCRA) as the relay charges it when it fires a
+schedule: the same key and algorithm as the API's creates (`api_service/ratelimit.py`), so a
+schedule's runs and the client's own creates draw on one bucket.
 
 A client may create `rate_limit_burst` tasks at once, then one every 60/`rate_limit_per_minute`
 seconds. The bucket counts tasks: a batch of n domains costs n. A batch larger than the burst

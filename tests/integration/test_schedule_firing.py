@@ -19,7 +19,7 @@ from shared import safeguards
 from shared.db import users
 from shared.db.models import Delivery, Lane, OutboxMessage, Task, TaskStatus
 from shared.settings import Settings
-from tests.helpers import make_user
+from tests.helpers import api_client, make_user
 from tests.integration.schedule_support import add_schedule, runs_of, schedule_row
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -293,3 +293,25 @@ async def test_a_revoked_clients_schedules_stop(
     assert (counts.fired, counts.skipped) == (0, {"client_revoked": 1})
     assert await runs_of(sessionmaker, schedule_id) == []
     assert (await schedule_row(sessionmaker, schedule_id)).next_fire_at is None
+
+
+async def test_the_clients_own_creates_and_its_schedule_runs_draw_on_one_bucket(
+    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, redis: aioredis.Redis
+) -> None:
+    user, token = await make_user(sessionmaker)
+    tight = settings.model_copy(update={"rate_limit_per_minute": 1, "rate_limit_burst": 3})
+    schedule_id = await add_schedule(
+        sessionmaker, user.id, interval_s=60, anchor_at=T0, next_fire_at=T0
+    )
+    async with api_client(tight) as client:
+        body = {"tasks": [{"target_domain": f"d{n}.example.com"} for n in range(3)]}
+        created = await client.post(
+            "/api/v1/batches", json=body, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert created.status_code == 201, created.text
+
+    counts = await fire_due(sessionmaker, redis, tight, now=T0)
+
+    assert counts.skipped == {SKIPPED_RATE_LIMITED: 1}
+    (run,) = await runs_of(sessionmaker, schedule_id)
+    assert run.batch_id is None
