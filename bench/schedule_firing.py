@@ -6,7 +6,9 @@ then measures:
 - lateness: N schedules (one domain each) all due at the same whole minute; each run's
   `fired_at - tick_at`, p50/p99/max, and when the last of them committed;
 - the cost of an idle schedule: with N schedules not due for an hour, the statements and rows
-  the relays spend on the `schedules` table per minute (pg_stat_user_tables), against none.
+  the relays spend on the `schedules` table per minute (pg_stat_user_tables), against none;
+- one claim's transaction (in this process, relays stopped): `SCAN_SCHEDULE_FIRE_BATCH_SIZE`
+  schedules of `--domains` domains each, the time each claim takes.
 
 Prints one JSON object. The machine is whatever runs it: quote figures with the command.
 """
@@ -29,9 +31,11 @@ from typing import Any
 
 from sqlalchemy import text
 
+from relay_service import firing
+from shared import safeguards
 from shared.cli.processes import relay_command
 from shared.db import migrate
-from shared.db.engine import create_engine
+from shared.db.engine import create_engine, create_sessionmaker
 from shared.embedded import embedded_servers
 from shared.settings import Settings
 
@@ -42,6 +46,13 @@ SCHEDULES_SQL = """
 INSERT INTO schedules (id, user_id, cron, timezone, anchor_at, domains, config, next_fire_at)
 SELECT gen_random_uuid(), 1, '* * * * *', 'UTC', now(), ARRAY['d' || n || '.example.com'],
        '{"keywords": [], "regexes": []}'::jsonb, CAST(:due AS timestamptz)
+FROM generate_series(1, :n) AS n
+"""
+WIDE_SCHEDULES_SQL = """
+INSERT INTO schedules (id, user_id, cron, timezone, anchor_at, domains, config, next_fire_at)
+SELECT gen_random_uuid(), 1, '* * * * *', 'UTC', now(),
+       ARRAY(SELECT 'd' || n || '-' || k || '.example.com' FROM generate_series(1, :domains) k),
+       '{"keywords": [], "regexes": []}'::jsonb, statement_timestamp()
 FROM generate_series(1, :n) AS n
 """
 STATS_SQL = """
@@ -155,12 +166,40 @@ async def idle_cost(settings: Settings, idle: int, window_s: float) -> dict[str,
     }
 
 
+async def claim_cost(settings: Settings, domains: int, claims: int) -> dict[str, Any]:
+    engine = create_engine(settings)
+    size = settings.schedule_fire_batch_size
+    redis = safeguards.create_redis(settings)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("DELETE FROM schedules"))
+            params = {"n": size * claims, "domains": domains}
+            await connection.execute(text(WIDE_SCHEDULES_SQL), params)
+        sessionmaker = create_sessionmaker(engine)
+        took: list[float] = []
+        for _ in range(claims):
+            started = time.perf_counter()
+            await firing.fire_due(sessionmaker, redis, settings)
+            took.append(time.perf_counter() - started)
+    finally:
+        await redis.aclose()
+        await engine.dispose()
+    return {
+        "claim_schedules": size,
+        "claim_domains_each": domains,
+        "claim_s_median": round(statistics.median(took), 2),
+        "claim_s_max": round(max(took), 2),
+    }
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.schedule_firing")
     parser.add_argument("--schedules", type=int, default=1000)
     parser.add_argument("--relays", type=int, default=2)
     parser.add_argument("--idle", type=int, default=10_000)
     parser.add_argument("--window-s", type=float, default=60.0)
+    parser.add_argument("--domains", type=int, default=100, help="domains of each claimed schedule")
+    parser.add_argument("--claims", type=int, default=4)
     args = parser.parse_args(argv)
     with (
         tempfile.TemporaryDirectory(prefix="bench-schedules-") as tmp,
@@ -182,6 +221,8 @@ def main(argv: list[str]) -> None:
                 process.terminate()
             for process in relays:
                 process.wait(timeout=30)
+        no_limit = settings.model_copy(update={"rate_limit_per_minute": 0})
+        report |= asyncio.run(claim_cost(no_limit, args.domains, args.claims))
     print(json.dumps(report, indent=2))
 
 
