@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api_service import idempotency, ratelimit, services
+from api_service import idempotency, services
 from api_service.domains import normalise_domain
 from api_service.schemas import BatchCreate
-from shared import metrics, safeguards
+from shared import create_rate, metrics, safeguards
 from shared.db import batches, tasks
 from shared.db.models import TERMINAL_STATUSES, Batch, Task, User
 from shared.errors import IdempotencyKeyInFlight, InvalidEntries, InvalidInput, NotFound
@@ -84,7 +84,7 @@ class CreatedBatch:
 
     id: uuid.UUID
     replayed: bool
-    quota: ratelimit.Quota | None
+    quota: create_rate.Quota | None
 
 
 async def create_batch(
@@ -111,7 +111,7 @@ async def create_batch(
             earlier = await batches.get_batch_by_idempotency_key(session, user.id, idempotency_key)
         if earlier is not None:
             idempotency.check_same_request(earlier.request_hash, request.fingerprint)
-            quota = await ratelimit.take(redis, settings, user.id, cost=0)
+            quota = await create_rate.take(redis, settings, user.id, cost=0)
             return CreatedBatch(earlier.id, True, quota)
         return await _charge_and_insert(
             session, redis, settings, user, request, idempotency_key, request_id
@@ -127,7 +127,7 @@ async def _charge_and_insert(
     idempotency_key: str | None,
     request_id: str | None,
 ) -> CreatedBatch:
-    quota = await ratelimit.take(redis, settings, user.id, cost=len(request.domains))
+    quota = await create_rate.take(redis, settings, user.id, cost=len(request.domains))
     await services.check_callback_host(session, request.callback_url, settings)
     batch_id, created = await _insert(
         session, redis, settings, user, request, idempotency_key, request_id

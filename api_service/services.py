@@ -15,10 +15,10 @@ from datetime import datetime
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api_service import callback_urls, idempotency, ratelimit
+from api_service import callback_urls, idempotency
 from api_service.domains import normalise_domain
 from api_service.schemas import TaskCreate
-from shared import keys, metrics, safeguards
+from shared import create_rate, keys, metrics, safeguards
 from shared.db import tasks
 from shared.db.models import Batch, Task, TaskStatus, User
 from shared.errors import (
@@ -117,7 +117,7 @@ class Created:
 
     task: Task
     replayed: bool
-    quota: ratelimit.Quota | None
+    quota: create_rate.Quota | None
 
 
 async def create_task(
@@ -161,7 +161,7 @@ async def create_task(
             earlier = await tasks.get_task_by_idempotency_key(session, user.id, idempotency_key)
         if earlier is not None:
             idempotency.check_same_request(earlier.request_hash, fingerprint)
-            return Created(earlier, True, await ratelimit.take(redis, settings, user.id, cost=0))
+            return Created(earlier, True, await create_rate.take(redis, settings, user.id, cost=0))
         return await _charge_and_insert(session, redis, settings, new, request_id)
 
 
@@ -172,7 +172,7 @@ async def _charge_and_insert(
     new: tasks.NewTask,
     request_id: str | None,
 ) -> Created:
-    quota = await ratelimit.take(redis, settings, new.user_id, cost=1)
+    quota = await create_rate.take(redis, settings, new.user_id, cost=1)
     await check_callback_host(session, new.callback_url, settings)
     task, created = await _insert_task(session, redis, settings, new, request_id)
     return Created(task, not created, quota)

@@ -8,19 +8,22 @@ import signal
 import sys
 from dataclasses import dataclass
 
+import redis.asyncio as aioredis
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relay_service.deliverer import Deliverer
+from relay_service.firing import Firing
 from relay_service.health import HealthServer, Readiness
 from relay_service.listener import NotifyListener
 from relay_service.maintenance import LeaderElection, MaintenanceJobs
 from relay_service.publisher import DramatiqPublisher
 from relay_service.relay import Relay
+from relay_service.run_reports import RunReports
 from relay_service.scheduler import build_scheduler
 from relay_service.whereabouts import BrokerWatch
-from shared import gc_pauses, keys
+from shared import gc_pauses, keys, safeguards
 from shared.broker import create_broker
 from shared.db.engine import create_engine, create_sessionmaker, server_limits
 from shared.logging import configure_logging, get_logger
@@ -59,6 +62,7 @@ class Parts:
     scheduler: AsyncIOScheduler
     health: HealthServer
     deliverer: Deliverer
+    redis: aioredis.Redis
 
 
 def build(settings: Settings, stop: asyncio.Event) -> Parts:
@@ -72,9 +76,11 @@ def build(settings: Settings, stop: asyncio.Event) -> Parts:
     watch = BrokerWatch(sessionmaker, broker, settings)
     jobs = MaintenanceJobs(sessionmaker, settings, election, stop, watch)
     health = HealthServer(settings, relay, Readiness(engine, broker))
-    scheduler = build_scheduler(relay, settings, jobs)
+    redis = safeguards.create_redis(settings)
+    firing = Firing(sessionmaker, redis, settings, stop)
+    scheduler = build_scheduler(relay, settings, jobs, firing, RunReports(sessionmaker, stop))
     deliverer = Deliverer(sessionmaker, settings)
-    return Parts(engine, broker, relay, election, scheduler, health, deliverer)
+    return Parts(engine, broker, relay, election, scheduler, health, deliverer, redis)
 
 
 def _loops(settings: Settings, parts: Parts, stop: asyncio.Event) -> list[asyncio.Task[None]]:
@@ -102,6 +108,7 @@ async def _close(parts: Parts) -> None:
     await parts.election.release()
     await parts.health.close()
     parts.broker.client.connection_pool.disconnect()
+    await parts.redis.aclose()
     await parts.engine.dispose()
 
 

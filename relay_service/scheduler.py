@@ -1,4 +1,5 @@
-"""APScheduler jobs of the relay: the fallback poll, leader election and maintenance."""
+"""APScheduler jobs of the relay: the fallback poll, leader election and maintenance, and on
+every relay the firing of due schedules and the reports of their ended runs."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from datetime import UTC, datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from relay_service.firing import Firing
 from relay_service.maintenance import MaintenanceJobs
 from relay_service.relay import Relay
+from relay_service.run_reports import RunReports
 from shared.settings import Settings
 
 
@@ -35,7 +38,11 @@ def _every(
 
 
 def build_scheduler(
-    relay: Relay, settings: Settings, jobs: MaintenanceJobs | None = None
+    relay: Relay,
+    settings: Settings,
+    jobs: MaintenanceJobs | None = None,
+    firing: Firing | None = None,
+    reports: RunReports | None = None,
 ) -> AsyncIOScheduler:
     """Must be started inside the running event loop."""
     scheduler = AsyncIOScheduler()
@@ -50,4 +57,9 @@ def build_scheduler(
         _every(scheduler, jobs.check_broker, settings.relay_broker_check_interval_s, "broker")
         _every(scheduler, jobs.prune, settings.relay_prune_interval_s, "prune")
         _every(scheduler, jobs.refresh_gauges, settings.relay_gauges_interval_s, "gauges")
+    # Every relay, not only the leader: the claims skip each other's rows (firing.py).
+    if firing is not None:
+        _every(scheduler, firing.run_once, settings.schedule_poll_interval_s, "schedules")
+    if reports is not None:
+        _every(scheduler, reports.run_once, settings.schedule_report_interval_s, "run_reports")
     return scheduler

@@ -127,3 +127,14 @@ WORKER_METRICS = (
     TASKS_DEFERRED,
     SAFEGUARD_FAILURES,
 )
+# Recurring schedules: every relay fires, so sum over relays.
+SCHEDULE_TICKS = Counter(
+    f"{PREFIX}_schedule_ticks_total",
+    "Schedule claims by outcome (fired, or the reason no run was made)",
+    ["outcome"],
+)
+SCHEDULE_LATENESS = Histogram(
+    f"{PREFIX}_schedule_lateness_seconds",
+    "From a tick to the firing transaction that made its run",
+    buckets=LATENCY_BUCKETS_S,
+)

@@ -286,6 +286,38 @@ class Settings(BaseSettings):
         "one of its consumers has not moved for this long (the loop ticks every second).",
     )
 
+    # Recurring schedules.
+    schedule_max_per_client: int = Field(
+        default=100, ge=0, description="Schedules one user may hold (409 beyond)."
+    )
+    schedule_max_domains: int = Field(
+        default=100, ge=1, description="Domains one schedule may scan at each run."
+    )
+    schedule_min_interval_s: int = Field(
+        default=60,
+        ge=1,
+        description="Shortest time between two ticks of a schedule (an interval, or the "
+        "closest two of a cron expression's next ten ticks).",
+    )
+    schedule_poll_interval_s: float = Field(
+        default=1.0, gt=0, description="How often each relay looks for due schedules."
+    )
+    schedule_fire_batch_size: int = Field(
+        default=50, ge=1, description="Due schedules one firing transaction claims."
+    )
+    schedule_misfire_grace_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="A tick fired later than this was missed: its schedule's policy "
+        "(run_once or skip) decides.",
+    )
+    schedule_report_interval_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often each relay compares the runs whose batch ended with the "
+        "previous run (the changes, and changes-only callbacks).",
+    )
+
     # Operations: orphan detection, retention and the health verdict.
     queued_stale_s: float = Field(
         default=600.0,

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from api_service import batch_service, idempotency, ratelimit, responses, waiting
+from api_service import batch_service, idempotency, responses, waiting
 from api_service.deps import (
     CurrentUser,
     RedisDep,
@@ -28,7 +28,7 @@ from api_service.schemas import (
     BatchTaskOut,
     BatchTaskResultOut,
 )
-from shared import batch_export
+from shared import batch_export, create_rate
 
 router = APIRouter(prefix="/api/v1/batches", tags=["batches"])
 
@@ -122,7 +122,7 @@ async def create_batch(
         idempotency_key=idempotency.checked_key(idempotency_key),
         request_id=request_id,
     )
-    response.headers.update(ratelimit.headers(created.quota))
+    response.headers.update(create_rate.headers(created.quota))
     response.headers["Location"] = f"/api/v1/batches/{created.id}"
     view = await batch_service.read_batch(
         session, user, created.id, limit=PAGE_SIZE_DEFAULT, cursor=None

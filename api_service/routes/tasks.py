@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 
-from api_service import idempotency, ratelimit, responses, services, waiting
+from api_service import idempotency, responses, services, waiting
 from api_service.deps import (
     CurrentUser,
     RedisDep,
@@ -18,6 +18,7 @@ from api_service.deps import (
     checked_wait_s,
 )
 from api_service.schemas import TaskCreate, TaskOut, TaskPage
+from shared import create_rate
 from shared.db.models import TERMINAL_STATUSES, Task, TaskStatus
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
@@ -67,7 +68,7 @@ async def create_task(
         idempotency_key=idempotency.checked_key(idempotency_key),
         request_id=request_id,
     )
-    response.headers.update(ratelimit.headers(created.quota))
+    response.headers.update(create_rate.headers(created.quota))
     response.headers["Location"] = f"/api/v1/tasks/{created.task.id}"
     if created.replayed:
         response.headers[idempotency.REPLAYED_HEADER] = "true"

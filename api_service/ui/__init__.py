@@ -22,7 +22,7 @@ from api_service.ui.render import (
     page,
     redirect,
 )
-from api_service.ui.routes import callbacks, outbox, overview, sign_in, tasks
+from api_service.ui.routes import callbacks, outbox, overview, schedules, sign_in, tasks
 from api_service.ui.session import SessionCodec, secret_key
 from shared.settings import Settings
 
@@ -53,7 +53,7 @@ def install_ui(app: FastAPI, settings: Settings) -> None:
         login_csrf=LoginCsrf(key),
         flash=URLSafeTimedSerializer(key, salt=_FLASH_SALT),
     )
-    for module in (sign_in, overview, tasks, outbox, callbacks):
+    for module in (sign_in, overview, tasks, outbox, callbacks, schedules):
         app.include_router(module.router, include_in_schema=False)
     app.mount(f"{HOME}/static", StaticFiles(directory=STATIC_DIR), name="ui-static")
     app.add_exception_handler(SignInRequired, _on_sign_in_required)

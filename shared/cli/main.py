@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from shared import devenv
-from shared.cli import batches, callbacks, ops, outbox, scan, tasks, users
+from shared.cli import batches, callbacks, ops, outbox, scan, schedules, tasks, users
 from shared.cli.common import console, fail, load_settings
 from shared.cli.processes import THREADS_REFUSED, api_command, relay_command, worker_command
 
@@ -30,6 +30,7 @@ app.add_typer(tasks.app, name="tasks")
 app.add_typer(batches.app, name="batches")
 app.add_typer(outbox.app, name="outbox")
 app.add_typer(callbacks.app, name="callbacks")
+app.add_typer(schedules.app, name="schedules")
 app.command("status")(ops.status)
 app.command("cleanup-orphaned")(ops.cleanup_orphaned)
 app.command("full-cleanup")(ops.full_cleanup)

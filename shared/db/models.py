@@ -21,7 +21,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.db.base import Base
@@ -156,6 +156,76 @@ class Batch(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     # Where to POST once every task has ended (revision 0005).
     callback_url: Mapped[str | None] = mapped_column(Text)
+
+
+class Schedule(Base):
+    """A recurring scan (revision 0009): its timing, what it scans, and when it fires next.
+    Each run is a batch (`ScheduleRun`)."""
+
+    __tablename__ = "schedules"
+    __table_args__ = (
+        CheckConstraint("(cron IS NULL) <> (interval_s IS NULL)", name="cron_or_interval"),
+        CheckConstraint("missed IN ('run_once', 'skip')", name="missed_known"),
+        Index(
+            "ix_schedules_due", "next_fire_at", postgresql_where=text("next_fire_at IS NOT NULL")
+        ),
+        Index("ix_schedules_user", "user_id", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str | None] = mapped_column(Text)
+    cron: Mapped[str | None] = mapped_column(Text)
+    timezone: Mapped[str] = mapped_column(Text, server_default=text("'UTC'"))
+    interval_s: Mapped[int | None] = mapped_column(Integer)
+    # Interval ticks fall at anchor_at + k * interval_s.
+    anchor_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    domains: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    config: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    # True: no batch callback; one `schedule.run.changed` callback when a domain changed.
+    callback_changes_only: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    missed: Mapped[str] = mapped_column(Text, server_default=text("'run_once'"))
+    # NULL while paused: a paused schedule is not in ix_schedules_due at all.
+    next_fire_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    paused_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_fired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ScheduleRun(Base):
+    """One tick of a schedule: its batch, or why none was made (`skipped_reason`)."""
+
+    __tablename__ = "schedule_runs"
+    __table_args__ = (
+        Index("uq_schedule_runs_tick", "schedule_id", "tick_at", unique=True),
+        Index(
+            "ix_schedule_runs_unreported",
+            "id",
+            postgresql_where=text("reported_at IS NULL AND batch_id IS NOT NULL"),
+        ),
+        Index("ix_schedule_runs_batch", "batch_id", postgresql_where=text("batch_id IS NOT NULL")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    schedule_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("schedules.id", ondelete="CASCADE")
+    )
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    tick_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    fired_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=text("clock_timestamp()")
+    )
+    # Ticks merged into this run (run_once) or skipped with it (skip) after a downtime.
+    missed_ticks: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("batches.id", ondelete="SET NULL")
+    )
+    skipped_reason: Mapped[str | None] = mapped_column(Text)
+    # Set once the run's batch has ended and was compared with the previous run.
+    reported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    changes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
 
 
 OUTBOX_STORAGE = {

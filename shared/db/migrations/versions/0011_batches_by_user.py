@@ -1,7 +1,7 @@
 """batches listed by user, newest first
 
 Revision ID: 0011
-Revises: 0006
+Revises: 0009
 Create Date: 2026-12-07 21:10:00.000000
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = '0011'
-down_revision: str | None = '0006'
+down_revision: str | None = '0009'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,11 +1,11 @@
-"""Per-token rate limit on creates: a token bucket kept in Redis, one round trip per request.
+"""The per-client create budget in Redis (GCRA): one bucket per user, charged by the API's
+creates and by the relay when it fires a schedule, so both draw on the same budget.
 
-A token may create `rate_limit_burst` tasks at once, then one every 60/`rate_limit_per_minute`
-seconds. The bucket counts tasks, not requests: a batch of n domains costs n. A batch larger
-than the burst goes through only when the bucket is full, and leaves the token in debt for
-the difference, so the sustained rate holds whatever the batch size. The bucket is the
-generic cell rate algorithm: one key per user holding the time its next create is due, read
-against Redis's own clock so every API replica shares one bucket.
+A client may create `rate_limit_burst` tasks at once, then one every 60/`rate_limit_per_minute`
+seconds. The bucket counts tasks: a batch of n domains costs n. A batch larger than the burst
+goes through only when the bucket is full, and leaves the client in debt for the difference,
+so the sustained rate holds whatever the batch size. One key per user holds the time its next
+create is due, read against Redis's own clock so every process shares one bucket.
 Every answer of a limited route carries the IETF RateLimit fields: `RateLimit-Policy` (the
 burst `q` and the seconds `w` an empty bucket takes to fill) and `RateLimit` (tasks `r` that
 may be created now, seconds `t` until the bucket is full again); a 429 also `Retry-After`.
@@ -122,3 +122,14 @@ async def take(
 def headers(quota: Quota | None) -> dict[str, str]:
     """The RateLimit fields for a response, none when no limit applied."""
     return quota.headers() if quota is not None else {}
+
+
+async def charge(redis: aioredis.Redis, settings: Settings, user_id: int, *, cost: int) -> int:
+    """Charge `cost` tasks to the user's bucket: 0 when charged (or no limit applies, or Redis
+    failed: fail open), else the seconds to wait before the charge would pass (nothing
+    charged)."""
+    try:
+        await take(redis, settings, user_id, cost=cost)
+    except RateLimited as refused:
+        return refused.retry_after_s or 1
+    return 0

@@ -1,0 +1,107 @@
+"""/api/v1/schedules: recurring scans, their pause and resume, and the runs they made (each run
+is a batch: GET /api/v1/batches/{batch_id} follows it)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+
+from api_service import responses, schedule_service
+from api_service.deps import CurrentUser, SessionDep, SettingsDep
+from api_service.schedule_schemas import (
+    ScheduleCreate,
+    ScheduleOut,
+    SchedulePage,
+    ScheduleRunOut,
+    ScheduleRunPage,
+)
+
+router = APIRouter(prefix="/api/v1/schedules", tags=["schedules"])
+
+_ERRORS = responses.errors(401, 404, 409, 422, 503)
+PAGE_SIZE_DEFAULT = 100
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ScheduleOut, responses=_ERRORS)
+async def create_schedule(
+    body: ScheduleCreate,
+    response: Response,
+    user: CurrentUser,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> ScheduleOut:
+    """A recurring scan; the first run comes at its first tick after now. 409 once the client
+    holds `SCAN_SCHEDULE_MAX_PER_CLIENT` schedules."""
+    schedule = await schedule_service.create_schedule(session, settings, user, body)
+    response.headers["Location"] = f"/api/v1/schedules/{schedule.id}"
+    return schedule_service.schedule_out(schedule)
+
+
+@router.get("", response_model=SchedulePage, responses=_ERRORS)
+async def list_schedules(
+    user: CurrentUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = PAGE_SIZE_DEFAULT,
+) -> SchedulePage:
+    """The caller's schedules, oldest first, with their next fire times."""
+    rows = await schedule_service.list_schedules(session, user, min(limit, settings.page_size_max))
+    return SchedulePage(items=[schedule_service.schedule_out(row) for row in rows])
+
+
+@router.get("/{schedule_id}", response_model=ScheduleOut, responses=_ERRORS)
+async def get_schedule(
+    schedule_id: uuid.UUID, user: CurrentUser, session: SessionDep
+) -> ScheduleOut:
+    schedule = await schedule_service.read_schedule(session, user, schedule_id)
+    return schedule_service.schedule_out(schedule)
+
+
+@router.post("/{schedule_id}/pause", response_model=ScheduleOut, responses=_ERRORS)
+async def pause_schedule(
+    schedule_id: uuid.UUID, user: CurrentUser, session: SessionDep
+) -> ScheduleOut:
+    """No more runs until resumed (pausing a paused schedule changes nothing)."""
+    schedule = await schedule_service.pause_schedule(session, user, schedule_id)
+    return schedule_service.schedule_out(schedule)
+
+
+@router.post("/{schedule_id}/resume", response_model=ScheduleOut, responses=_ERRORS)
+async def resume_schedule(
+    schedule_id: uuid.UUID, user: CurrentUser, session: SessionDep
+) -> ScheduleOut:
+    """Runs again from its next tick after now; the ticks while paused never run."""
+    schedule = await schedule_service.resume_schedule(session, user, schedule_id)
+    return schedule_service.schedule_out(schedule)
+
+
+@router.delete("/{schedule_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_ERRORS)
+async def delete_schedule(schedule_id: uuid.UUID, user: CurrentUser, session: SessionDep) -> None:
+    """The schedule and its run records; the runs' batches stay."""
+    await schedule_service.delete_schedule(session, user, schedule_id)
+
+
+@router.get("/{schedule_id}/runs", response_model=ScheduleRunPage, responses=_ERRORS)
+async def list_runs(
+    schedule_id: uuid.UUID,
+    user: CurrentUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = PAGE_SIZE_DEFAULT,
+) -> ScheduleRunPage:
+    """The schedule's runs, latest tick first: each run's batch, or why it was skipped."""
+    runs = await schedule_service.list_runs(
+        session, user, schedule_id, min(limit, settings.page_size_max)
+    )
+    return ScheduleRunPage(items=[ScheduleRunOut.model_validate(run) for run in runs])
+
+
+@router.get("/{schedule_id}/runs/{run_id}", response_model=ScheduleRunOut, responses=_ERRORS)
+async def get_run(
+    schedule_id: uuid.UUID, run_id: int, user: CurrentUser, session: SessionDep
+) -> ScheduleRunOut:
+    """One run, with its changes since the previous run once its batch has ended."""
+    run = await schedule_service.read_run(session, user, schedule_id, run_id)
+    return ScheduleRunOut.model_validate(run)
