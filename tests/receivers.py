@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -99,7 +100,10 @@ class Receiver:
 
 
 @contextmanager
-def receiving(port: int = 0, statuses: list[int] | None = None) -> Iterator[Receiver]:
+def receiving(
+    port: int = 0, statuses: list[int] | None = None, bind: str = "127.0.0.1"
+) -> Iterator[Receiver]:
+    """A receiver on `bind` (127.0.0.1, or ::1 for an IPv6 one)."""
     receiver = Receiver(port=port, statuses=list(statuses or [200]))
     lock = threading.Lock()
 
@@ -129,7 +133,14 @@ def receiving(port: int = 0, statuses: list[int] | None = None) -> Iterator[Rece
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server_class = ThreadingHTTPServer
+    if ":" in bind:
+
+        class IPv6Server(ThreadingHTTPServer):
+            address_family = socket.AF_INET6
+
+        server_class = IPv6Server
+    server = server_class((bind, port), Handler)
     server.daemon_threads = True
     receiver.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
