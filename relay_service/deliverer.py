@@ -13,6 +13,7 @@ default executor; a response is read raw, at most MAX_RESPONSE_BYTES, never deco
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 import time
@@ -192,7 +193,10 @@ class Deliverer:
             dict(self._users),
             dict(self._hosts),
         )
-        async with self.sessionmaker() as session, session.begin():
+        async with self.sessionmaker() as session:
+            # One statement, atomic by itself: no BEGIN and COMMIT round trips on the way
+            # from a NOTIFY to its POST.
+            await autocommit(session)
             claimed = await callbacks.claim_due(
                 session, limit, lease_s, settings.callback_max_attempts, in_flight
             )
@@ -319,38 +323,70 @@ class Deliverer:
             return 0
         return free
 
+    def _limited(self, free: int, claimed: int) -> bool:
+        """Whether free slots or a user's or host's bound, not the lack of due rows, kept
+        the last claim from taking more: only then can an ended POST make room for more."""
+        settings = self.settings
+        return (
+            claimed >= free
+            or any(n >= settings.callback_per_user_in_flight for n in self._users.values())
+            or any(n >= settings.callback_per_host_in_flight for n in self._hosts.values())
+        )
+
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop`, keeping up to `callback_batch_size` POSTs in flight: a
         free slot is filled as soon as one ends, so a slow receiver holds one slot, not a
-        batch. Claims again at once after a claim that found rows, on a NOTIFY, a finished
-        POST or the poll interval; any error is logged and retried with backoff."""
+        batch. Claims on a NOTIFY (`wake`), at the poll interval, and, when slots or bounds
+        held the last claim back, as a POST ends or at once; housekeeping runs beside it,
+        never between a NOTIFY and its claim. Any error is logged and retried with backoff."""
         in_flight: set[asyncio.Task[None]] = set()
         failures = 0
+        housekeeper = asyncio.create_task(self._housekeep(stop))
         async with self._client() as client:
             while not stop.is_set():
                 self._woken.clear()
-                claimed = 0
+                free = claimed = 0
                 try:
                     free = self._free_slots(len(in_flight))
                     for item in await self._claim(free) if free > 0 else []:
                         in_flight.add(asyncio.create_task(self._deliver(client, item)))
                         claimed += 1
-                    await self._housekeeping()
                     failures = 0
                 except Exception as exc:  # the loop outlives any error
                     failures += 1
                     log.warning("callbacks_cycle_failed", error=type(exc).__name__)
                 pause_s = self.settings.callback_poll_interval_s
+                limited = self._limited(free, claimed)
                 if failures:
                     pause_s = backoff.backoff_s(failures, pause_s, DB_RETRY_MAX_S)
-                elif claimed and self._free_slots(len(in_flight)):
+                elif claimed and limited and self._free_slots(len(in_flight)):
                     # Users and hosts that reached their bound in that claim are skipped
                     # by the next one, which may find other clients' rows behind theirs.
                     pause_s = 0.0
-                await _first_of(stop, self._woken, in_flight, pause_s)
+                # An ended POST wakes the loop only if room was what it lacked: otherwise
+                # each POST would cost a claim that finds nothing, and at a few hundred
+                # callbacks a second those claims delay the ones that matter.
+                await _first_of(stop, self._woken, in_flight if limited else set(), pause_s)
                 in_flight = {task for task in in_flight if not task.done()}
             # Each POST ends within callback_timeout_s; the relay's shutdown grace is longer.
             await asyncio.gather(*in_flight, return_exceptions=True)
+        await housekeeper
+
+    async def _housekeep(self, stop: asyncio.Event) -> None:
+        """Bury, gauges and pruning when due, until `stop`; errors are logged and retried."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                await self._housekeeping()
+                failures = 0
+            except Exception as exc:  # the loop outlives any error
+                failures += 1
+                log.warning("callbacks_housekeeping_failed", error=type(exc).__name__)
+            pause_s = GAUGES_INTERVAL_S
+            if failures:
+                pause_s = backoff.backoff_s(failures, 1.0, DB_RETRY_MAX_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), pause_s)
 
 
 async def _skim(response: httpx.Response) -> None:
