@@ -217,7 +217,9 @@ class SecretRotate(BaseModel):
 class SecretOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"secret": "whsec_3q2-7wXg…", "previous_still_signs": True}]
+            "examples": [
+                {"secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZI…", "previous_still_signs": True}
+            ]
         }
     )
 
