@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relay_service.deliverer import Deliverer
+from shared.db.models import Delivery
 from shared.settings import Settings
 from tests.callbacks import callback_settings, end_tasks, make_due, new_secret, submit
 from tests.helpers import api_client, make_user
@@ -200,3 +202,24 @@ async def test_a_test_event_is_signed_and_sent_like_any_callback(
         await client.get(f"/api/v1/callbacks/deliveries/{sent.json()['id']}", headers=alice)
     ).json()
     assert shown["state"] == "delivered"
+
+
+async def test_a_test_event_to_a_private_address_is_refused_by_the_ssrf_guard(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    guarded = callback_settings(settings).model_copy(update={"allow_private": False})
+    alice = await bearer(sessionmaker, "alice")
+    async with api_client(guarded) as http:
+        await new_secret(http, alice)
+        for url in ("http://127.0.0.1:8080/t", "http://[::1]/t", "http://10.0.0.5/t"):
+            refused = await http.post(
+                "/api/v1/callbacks/test", json={"callback_url": url}, headers=alice
+            )
+            assert refused.status_code == 422, url
+            assert refused.json()["error"]["field"] == "callback_url"
+    async with sessionmaker() as session:
+        assert await deliveries_api_rows(session) == 0
+
+
+async def deliveries_api_rows(session: AsyncSession) -> int:
+    return int((await session.execute(select(func.count()).select_from(Delivery))).scalar_one())
