@@ -13,7 +13,15 @@ from fastapi_offline import FastAPIOffline
 from api_service import waiting
 from api_service.errors import install_error_handlers
 from api_service.middleware import BodySizeLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
-from api_service.routes import batches, callbacks, health, ops, schedules, tasks
+from api_service.routes import (
+    batches,
+    callbacks,
+    deliveries,
+    health,
+    ops,
+    schedules,
+    tasks,
+)
 from api_service.ui import install_ui
 from shared import safeguards
 from shared.db.engine import create_engine, create_sessionmaker, server_limits
@@ -72,6 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(batches.router)
     app.include_router(schedules.router)
     app.include_router(callbacks.router)
+    app.include_router(deliveries.router)
+    app.include_router(deliveries.ops_router)
     app.include_router(ops.router)
     app.include_router(ops.metrics_router)
     install_ui(app, settings)

@@ -256,7 +256,9 @@ class SecretRotate(BaseModel):
 class SecretOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"secret": "whsec_3q2-7wXg…", "previous_still_signs": True}]
+            "examples": [
+                {"secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZI…", "previous_still_signs": True}
+            ]
         }
     )
 
@@ -281,3 +283,49 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+class DeliveryAttemptOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    attempted_at: datetime = Field(description="When the POST started.")
+    duration_ms: int
+    status: int | None = Field(description="The receiver's HTTP status; null: no answer.")
+    error: str | None = Field(description="Why the try failed (timeout, connection, HTTP …).")
+    outcome: str = Field(description="delivered, failed (tried again), gone (410) or dead.")
+
+
+class DeliveryOut(BaseModel):
+    id: uuid.UUID = Field(description="The `webhook-id` header (and `id` in the body).")
+    event: str
+    state: str = Field(description="pending, delivered, dead, or gone (the receiver said 410).")
+    task_id: uuid.UUID | None
+    batch_id: uuid.UUID | None
+    url: str
+    attempts: int = Field(description="Tries so far (reset by a replay).")
+    last_status: int | None
+    last_error: str | None
+    created_at: datetime
+    next_try_at: datetime | None = Field(description="When a pending delivery is tried next.")
+    delivered_at: datetime | None
+    dead_at: datetime | None
+
+
+class DeliveryDetail(DeliveryOut):
+    user_id: int | None = Field(default=None, description="The owner (administrators only).")
+    attempt_log: list[DeliveryAttemptOut] = Field(description="Every recorded try, oldest first.")
+
+
+class DeliveryPage(BaseModel):
+    items: list[DeliveryOut]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` to get the next (older) page; null on the last page."
+    )
+
+
+class CallbackTest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    callback_url: str = Field(
+        max_length=4096, description="Where to send a `callback.test` event, signed."
+    )

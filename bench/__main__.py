@@ -40,6 +40,7 @@ SCENARIOS = {
     "batch_create": "bench.batch_create",
     "wait_wakeup": "bench.wait_wakeup",
     "callback_delivery": "bench.callback_delivery",
+    "callback_latency": "bench.callback_latency",
     "dispatch_latency": "bench.dispatch_latency",
     "e2e_drain": "bench.e2e_drain",
     "relay_drain": "bench.relay_drain",

@@ -13,19 +13,22 @@ default executor; a response is read raw, at most MAX_RESPONSE_BYTES, never deco
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from relay_service import callback_retries
 from shared import backoff, callback_urls, host_lookup, metrics, signing, ssrf
-from shared.db import callbacks
+from shared.db import callbacks, deliveries
 from shared.db.engine import autocommit
 from shared.logging import get_logger
 from shared.settings import Settings
@@ -48,6 +51,7 @@ class Outcome:
     status: int | None
     error: str | None
     permanent: bool = False
+    retry_after_s: float | None = None  # what the receiver's Retry-After asked for
 
     @property
     def ok(self) -> bool:
@@ -72,11 +76,9 @@ async def resolve(host: str, settings: Settings) -> list[str]:
         raise Refused(exc.message) from exc
 
 
-def _pinned_url(url: str, ip: str) -> tuple[httpx.URL, str]:
-    """The URL aimed at `ip`, and the host name for Host and SNI."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    return httpx.URL(url).copy_with(host=ip), host
+def _pinned_url(url: str, ip: str) -> httpx.URL:
+    """The URL aimed at `ip` (the name travels in Host and SNI only)."""
+    return httpx.URL(url).copy_with(host=ip)
 
 
 class Deliverer:
@@ -89,6 +91,7 @@ class Deliverer:
         self.sessionmaker = sessionmaker
         self.settings = settings
         self.transport = transport
+        self._retries = callback_retries.RetryPolicy.of(settings)
         self._woken = asyncio.Event()
         self._gauges_due = 0.0
         self._prune_due = 0.0
@@ -124,27 +127,34 @@ class Deliverer:
 
     async def _post(self, client: httpx.AsyncClient, claimed: callbacks.ClaimedDelivery) -> Outcome:
         self._check(claimed)
-        url, host = _pinned_url(claimed.url, (await resolve(_host(claimed.url), self.settings))[0])
+        host = callback_urls.ascii_host(_host(claimed.url))
+        url = _pinned_url(claimed.url, (await resolve(host, self.settings))[0])
         body = json.dumps(claimed.payload, sort_keys=True, separators=(",", ":")).encode()
         event = str(claimed.payload.get("event", ""))
         headers = signing.headers(
             str(claimed.delivery_id), event, claimed.secrets, int(time.time()), body
         )
-        headers["Host"] = f"{host}:{url.port}" if url.port else host
+        headers["Host"] = callback_urls.host_header(host, url.port)
         headers["Accept-Encoding"] = "identity"
-        request = client.build_request(
-            "POST", url, content=body, headers=headers, extensions={"sni_hostname": host}
-        )
+        # An IP literal is never sent as SNI (RFC 6066); the certificate names the address.
+        sni = {} if callback_urls.is_ip_literal(host) else {"sni_hostname": host}
+        request = client.build_request("POST", url, content=body, headers=headers, extensions=sni)
         response = await client.send(request, stream=True)
         try:
             await _skim(response)
         finally:
             await response.aclose()
-        if 300 <= response.status_code < 400:
-            return Outcome(response.status_code, f"HTTP {response.status_code}: not followed")
-        if not 200 <= response.status_code < 300:
-            return Outcome(response.status_code, f"HTTP {response.status_code}")
-        return Outcome(response.status_code, None)
+        status = response.status_code
+        if 200 <= status < 300:
+            return Outcome(status, None)
+        asked = callback_retries.parse_retry_after(
+            response.headers.get("retry-after"), datetime.now(UTC)
+        )
+        if status == callback_retries.GONE:
+            return Outcome(status, f"HTTP {status}: the receiver is gone, not tried again")
+        if 300 <= status < 400:
+            return Outcome(status, f"HTTP {status}: not followed", retry_after_s=asked)
+        return Outcome(status, f"HTTP {status}", retry_after_s=asked)
 
     async def send(self, client: httpx.AsyncClient, claimed: callbacks.ClaimedDelivery) -> Outcome:
         """One try; never raises for what the receiver or the network did."""
@@ -168,10 +178,9 @@ class Deliverer:
             return Outcome(None, f"error: {type(exc).__name__}")
 
     def _retry_in_s(self, claimed: callbacks.ClaimedDelivery, outcome: Outcome) -> float | None:
-        if outcome.permanent or claimed.attempts >= self.settings.callback_max_attempts:
+        if outcome.permanent:
             return None
-        base_s, max_s = self.settings.callback_backoff_base_s, self.settings.callback_backoff_max_s
-        return backoff.backoff_s(claimed.attempts, base_s, max_s)
+        return self._retries.retry_in_s(claimed.attempts, outcome.status, outcome.retry_after_s)
 
     async def _claim(self, limit: int) -> list[callbacks.ClaimedDelivery]:
         """Lease up to `limit` deliveries within the per-user and per-host bounds, counting
@@ -184,7 +193,10 @@ class Deliverer:
             dict(self._users),
             dict(self._hosts),
         )
-        async with self.sessionmaker() as session, session.begin():
+        async with self.sessionmaker() as session:
+            # One statement, atomic by itself: no BEGIN and COMMIT round trips on the way
+            # from a NOTIFY to its POST.
+            await autocommit(session)
             claimed = await callbacks.claim_due(
                 session, limit, lease_s, settings.callback_max_attempts, in_flight
             )
@@ -213,26 +225,41 @@ class Deliverer:
     async def _deliver_once(
         self, client: httpx.AsyncClient, item: callbacks.ClaimedDelivery
     ) -> None:
+        started_at, started = datetime.now(UTC), time.perf_counter()
         outcome = await self.send(client, item)
+        attempt = deliveries.Attempt(
+            row_id=item.id,
+            started_at=started_at,
+            duration_ms=round((time.perf_counter() - started) * 1000),
+            status=outcome.status,
+            error=None if outcome.ok else (outcome.error or "failed")[:MAX_ERROR_CHARS],
+            retry_in_s=None if outcome.ok else self._retry_in_s(item, outcome),
+        )
         try:
             async with self.sessionmaker() as session:
-                # One UPDATE, atomic by itself: no BEGIN and COMMIT round trips.
+                # One statement, atomic by itself: no BEGIN and COMMIT round trips.
                 await autocommit(session)
-                if outcome.ok:
-                    await callbacks.mark_delivered(session, [(item.id, outcome.status or 0)])
-                else:
-                    await self._record_failure(session, item, outcome)
+                await deliveries.record_attempt(session, attempt)
         except (DBAPIError, OSError) as exc:
             log.warning("callback_record_failed", error=type(exc).__name__)
             return
+        self._report(item, outcome, attempt)
+
+    def _report(
+        self, item: callbacks.ClaimedDelivery, outcome: Outcome, attempt: deliveries.Attempt
+    ) -> None:
+        ids = {"delivery_id": str(item.delivery_id), "attempt": item.attempts}
         if outcome.ok:
             metrics.CALLBACKS_DELIVERED.inc()
-            log.info(
-                "callback_delivered",
-                status=outcome.status,
-                delivery_id=str(item.delivery_id),
-                attempt=item.attempts,
-            )
+            log.info("callback_delivered", status=outcome.status, **ids)
+            return
+        metrics.CALLBACK_FAILURES.labels(status=outcome.label).inc()
+        event = {"failed": "callback_failed", "gone": "callback_gone"}.get(
+            attempt.outcome, "callback_dead"
+        )
+        log.warning(
+            event, status=outcome.status, error=attempt.error, retry_in_s=attempt.retry_in_s, **ids
+        )
 
     async def _housekeeping(self) -> None:
         if time.monotonic() >= self._bury_due:
@@ -288,22 +315,6 @@ class Deliverer:
         metrics.CALLBACKS_DEAD.set(summary.dead)
         self._gauges_due = time.monotonic() + GAUGES_INTERVAL_S
 
-    async def _record_failure(
-        self, session: AsyncSession, item: callbacks.ClaimedDelivery, outcome: Outcome
-    ) -> None:
-        retry_in_s = self._retry_in_s(item, outcome)
-        error = (outcome.error or "failed")[:MAX_ERROR_CHARS]
-        await callbacks.record_failure(session, item.id, outcome.status, error, retry_in_s)
-        metrics.CALLBACK_FAILURES.labels(status=outcome.label).inc()
-        log.warning(
-            "callback_dead" if retry_in_s is None else "callback_failed",
-            status=outcome.status,
-            error=error,
-            retry_in_s=retry_in_s,
-            delivery_id=str(item.delivery_id),
-            attempt=item.attempts,
-        )
-
     def _free_slots(self, in_flight: int) -> int:
         free = self.settings.callback_batch_size - in_flight
         # Slots are refilled a few at a time: one claim per ended POST would cost a
@@ -312,38 +323,70 @@ class Deliverer:
             return 0
         return free
 
+    def _limited(self, free: int, claimed: int) -> bool:
+        """Whether free slots or a user's or host's bound, not the lack of due rows, kept
+        the last claim from taking more: only then can an ended POST make room for more."""
+        settings = self.settings
+        return (
+            claimed >= free
+            or any(n >= settings.callback_per_user_in_flight for n in self._users.values())
+            or any(n >= settings.callback_per_host_in_flight for n in self._hosts.values())
+        )
+
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop`, keeping up to `callback_batch_size` POSTs in flight: a
         free slot is filled as soon as one ends, so a slow receiver holds one slot, not a
-        batch. Claims again at once after a claim that found rows, on a NOTIFY, a finished
-        POST or the poll interval; any error is logged and retried with backoff."""
+        batch. Claims on a NOTIFY (`wake`), at the poll interval, and, when slots or bounds
+        held the last claim back, as a POST ends or at once; housekeeping runs beside it,
+        never between a NOTIFY and its claim. Any error is logged and retried with backoff."""
         in_flight: set[asyncio.Task[None]] = set()
         failures = 0
+        housekeeper = asyncio.create_task(self._housekeep(stop))
         async with self._client() as client:
             while not stop.is_set():
                 self._woken.clear()
-                claimed = 0
+                free = claimed = 0
                 try:
                     free = self._free_slots(len(in_flight))
                     for item in await self._claim(free) if free > 0 else []:
                         in_flight.add(asyncio.create_task(self._deliver(client, item)))
                         claimed += 1
-                    await self._housekeeping()
                     failures = 0
                 except Exception as exc:  # the loop outlives any error
                     failures += 1
                     log.warning("callbacks_cycle_failed", error=type(exc).__name__)
                 pause_s = self.settings.callback_poll_interval_s
+                limited = self._limited(free, claimed)
                 if failures:
                     pause_s = backoff.backoff_s(failures, pause_s, DB_RETRY_MAX_S)
-                elif claimed and self._free_slots(len(in_flight)):
+                elif claimed and limited and self._free_slots(len(in_flight)):
                     # Users and hosts that reached their bound in that claim are skipped
                     # by the next one, which may find other clients' rows behind theirs.
                     pause_s = 0.0
-                await _first_of(stop, self._woken, in_flight, pause_s)
+                # An ended POST wakes the loop only if room was what it lacked: otherwise
+                # each POST would cost a claim that finds nothing, and at a few hundred
+                # callbacks a second those claims delay the ones that matter.
+                await _first_of(stop, self._woken, in_flight if limited else set(), pause_s)
                 in_flight = {task for task in in_flight if not task.done()}
             # Each POST ends within callback_timeout_s; the relay's shutdown grace is longer.
             await asyncio.gather(*in_flight, return_exceptions=True)
+        await housekeeper
+
+    async def _housekeep(self, stop: asyncio.Event) -> None:
+        """Bury, gauges and pruning when due, until `stop`; errors are logged and retried."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                await self._housekeeping()
+                failures = 0
+            except Exception as exc:  # the loop outlives any error
+                failures += 1
+                log.warning("callbacks_housekeeping_failed", error=type(exc).__name__)
+            pause_s = GAUGES_INTERVAL_S
+            if failures:
+                pause_s = backoff.backoff_s(failures, 1.0, DB_RETRY_MAX_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), pause_s)
 
 
 async def _skim(response: httpx.Response) -> None:

@@ -1,4 +1,5 @@
-"""Operator actions on callback deliveries, shared by `scanctl callbacks` and the dashboard."""
+"""Actions on callback deliveries shared by the client API (its own deliveries), the admin
+API, `scanctl callbacks` and the dashboard (every client's): one set of statements."""
 
 from __future__ import annotations
 
@@ -7,34 +8,38 @@ from collections.abc import Sequence
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared import keys
-from shared.db import callbacks
+from shared.db import callbacks, deliveries
 from shared.db.models import Delivery
 
 
 def delivery_state(row: Delivery) -> str:
-    """pending, delivered or dead."""
-    if row.delivered_at is not None:
-        return "delivered"
-    return "dead" if row.dead_at is not None else "pending"
+    """pending, delivered, gone (ended by a 410) or dead."""
+    return deliveries.state_of(row)
+
+
+async def replay(session: AsyncSession, owner: int | None, ids: Sequence[int] | None) -> int:
+    """Make `owner`'s ended deliveries (`ids`, or every one if None; every client's when
+    `owner` is None) due now with their tries reset, keeping their delivery id, and wake
+    the relays at commit; the number replayed. Runs in the caller's transaction."""
+    count = await deliveries.replay(session, owner, ids)
+    if count:
+        await callbacks.notify_deliveries(session, keys.CALLBACK_CHANNEL)
+    return count
 
 
 async def replay_dead(session: AsyncSession, ids: Sequence[int] | None) -> int:
-    """Make dead deliveries (`ids`, or every one if None) due now with their tries reset,
-    keeping their delivery id, in one transaction that wakes the relays when it commits;
-    the number replayed.
+    """`replay` for an operator, across clients, in one transaction of its own.
 
     `session` must have no transaction open.
     """
     async with session.begin():
-        count = await callbacks.replay(session, ids)
-        if count:
-            await callbacks.notify_deliveries(session, keys.CALLBACK_CHANNEL)
-    return count
+        return await replay(session, None, ids)
 
 
-async def why_not_replayed(session: AsyncSession, row_id: int) -> str:
-    """Why replaying delivery `row_id` changed nothing: it is missing, or not dead."""
-    row = await callbacks.get_delivery(session, row_id)
+async def why_not_replayed(session: AsyncSession, owner: int | None, row_id: int) -> str:
+    """Why replaying delivery `row_id` changed nothing: it is missing (or `owner`'s
+    neighbour's), or not ended."""
+    row = await deliveries.get(session, owner, row_id)
     if row is None:
         return f"no delivery {row_id}"
     return f"delivery {row_id} is {delivery_state(row)}, not dead: nothing to replay"

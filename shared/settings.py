@@ -9,6 +9,8 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# Standard Webhooks' example schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h.
+CALLBACK_RETRY_SCHEDULE_S = (5, 300, 1_800, 7_200, 18_000, 36_000, 50_400, 72_000, 86_400)
 # A shorter dashboard signing key could be guessed offline from one signed cookie.
 UI_SECRET_KEY_MIN_CHARS = 32
 
@@ -111,10 +113,24 @@ class Settings(BaseSettings):
     callback_max_attempts: int = Field(
         default=10,
         ge=1,
-        description="Tries before a delivery is dead; 9 waits of 5 s doubling to 600 s: ~30 min.",
+        description="Tries before a delivery is dead: the first and one after each wait of "
+        "SCAN_CALLBACK_RETRY_SCHEDULE_S.",
     )
-    callback_backoff_base_s: float = Field(default=5.0, gt=0)
-    callback_backoff_max_s: float = Field(default=600.0, gt=0)
+    callback_retry_schedule_s: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [float(wait) for wait in CALLBACK_RETRY_SCHEDULE_S],
+        description="Waits after the first, second, … failed try (the last repeats), less up "
+        "to a quarter of jitter: Standard Webhooks' example, 75.6 hours in all.",
+    )
+    callback_retry_after_min_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="A receiver's Retry-After shorter than this waits this long instead.",
+    )
+    callback_retry_after_max_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="A receiver's Retry-After longer than this waits this long instead.",
+    )
     callback_batch_size: int = Field(
         default=50, ge=1, description="Callback POSTs a relay keeps in flight at once."
     )
@@ -386,6 +402,20 @@ class Settings(BaseSettings):
         unknown = [scheme for scheme in value if scheme not in ("http", "https")]
         if unknown or not value:
             raise ValueError("schemes must be a non-empty list of 'http' and 'https'")
+        return value
+
+    @field_validator("callback_retry_schedule_s", mode="before")
+    @classmethod
+    def _split_schedule(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [float(part) for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("callback_retry_schedule_s")
+    @classmethod
+    def _positive_waits(cls, value: list[float]) -> list[float]:
+        if not value or any(wait <= 0 for wait in value):
+            raise ValueError("must be a non-empty list of positive waits in seconds")
         return value
 
     @field_validator("dns_nameservers", mode="before")

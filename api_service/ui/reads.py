@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import Text
 
 from shared import keys
-from shared.db import callbacks
+from shared.db import deliveries
 from shared.db.models import Delivery, OutboxMessage, Task, TaskStatus, User
 
 ALL_STATUSES = [status.value for status in TaskStatus]
@@ -234,12 +234,12 @@ async def list_unpublished(session: AsyncSession, limit: int) -> Sequence[Outbox
 async def search_deliveries(
     session: AsyncSession, state: str, *, limit: int, before_id: int | None = None
 ) -> list[tuple[Delivery, str]]:
-    """Callback deliveries in one of `callbacks.STATES`, newest first across users, each
+    """Callback deliveries in one of `deliveries.STATES`, newest first across users, each
     with its owner's name; `before_id` is the id of the last row already shown."""
     stmt = (
         select(Delivery, User.name)
         .join(User, User.id == Delivery.user_id)
-        .where(*callbacks.in_state(state))
+        .where(*deliveries.in_state(state))
     )
     if before_id is not None:
         stmt = stmt.where(Delivery.id < before_id)

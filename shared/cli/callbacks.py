@@ -12,7 +12,7 @@ from rich.table import Table
 from shared import callback_admin
 from shared.cli.common import JsonOption, console, db_session, fail, print_json, run_async
 from shared.cli.render import iso, short_time
-from shared.db import callbacks
+from shared.db import deliveries
 from shared.db.models import Delivery
 
 app = typer.Typer(help="Inspect callback deliveries and replay dead ones.", no_args_is_help=True)
@@ -56,7 +56,7 @@ def list_rows(
 
     async def load() -> list[Delivery]:
         async with db_session() as session:
-            return list(await callbacks.list_deliveries(session, state.value, limit))
+            return list(await deliveries.list_page(session, None, state.value, limit))
 
     rows = run_async(load)
     if json_output:

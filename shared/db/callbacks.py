@@ -5,14 +5,14 @@ them commits."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db.models import Delivery, User
+from shared.db.models import User
 
 # --- secrets -----------------------------------------------------------------
 
@@ -171,40 +171,6 @@ async def bury_exhausted(session: AsyncSession, max_attempts: int) -> list[tuple
     return [(row.delivery_id, row.attempts) for row in rows]
 
 
-_DELIVERED_SQL = text(
-    """
-    UPDATE deliveries d
-    SET delivered_at = now(), last_status = done.status, last_error = NULL
-    FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS integer[])) AS done(id, status)
-    WHERE d.id = done.id
-    """
-)
-
-
-async def mark_delivered(session: AsyncSession, delivered: Sequence[tuple[int, int]]) -> None:
-    """Record (id, HTTP status) of every delivery answered 2xx, in one statement."""
-    if not delivered:
-        return
-    params = {"ids": [row_id for row_id, _ in delivered], "statuses": [s for _, s in delivered]}
-    await session.execute(_DELIVERED_SQL, params)
-
-
-async def record_failure(
-    session: AsyncSession,
-    delivery_id: int,
-    status: int | None,
-    error: str,
-    retry_in_s: float | None,
-) -> None:
-    """A failed try: due again after `retry_in_s`, or dead when that is None."""
-    values: dict[str, Any] = {"last_status": status, "last_error": error}
-    if retry_in_s is None:
-        values["dead_at"] = func.now()
-    else:
-        values["available_at"] = func.now() + func.make_interval(0, 0, 0, 0, 0, 0, retry_in_s)
-    await session.execute(update(Delivery).where(Delivery.id == delivery_id).values(**values))
-
-
 @dataclass(frozen=True)
 class DeliverySummary:
     pending: int
@@ -227,39 +193,6 @@ async def summarize(session: AsyncSession) -> DeliverySummary:
     """Pending deliveries, the age of the oldest, and dead ones (partial indexes only)."""
     pending, age_s, dead = (await session.execute(_SUMMARY_SQL)).one()
     return DeliverySummary(int(pending), float(age_s), int(dead))
-
-
-STATES = ("pending", "dead", "delivered", "all")
-
-
-def in_state(state: str) -> list[ColumnElement[bool]]:
-    """The conditions of deliveries in one of `STATES` (none for "all")."""
-    if state == "pending":
-        return [Delivery.delivered_at.is_(None), Delivery.dead_at.is_(None)]
-    if state == "dead":
-        return [Delivery.dead_at.is_not(None)]
-    if state == "delivered":
-        return [Delivery.delivered_at.is_not(None)]
-    return []
-
-
-async def list_deliveries(session: AsyncSession, state: str, limit: int) -> Sequence[Delivery]:
-    """Newest first, in one of `STATES`."""
-    stmt = select(Delivery).where(*in_state(state))
-    return (await session.execute(stmt.order_by(Delivery.id.desc()).limit(limit))).scalars().all()
-
-
-async def get_delivery(session: AsyncSession, row_id: int) -> Delivery | None:
-    return await session.get(Delivery, row_id)
-
-
-async def replay(session: AsyncSession, delivery_ids: Sequence[int] | None) -> int:
-    """Make dead deliveries (these, or all when None) due now with their tries reset."""
-    stmt = update(Delivery).where(Delivery.dead_at.is_not(None))
-    if delivery_ids is not None:
-        stmt = stmt.where(Delivery.id.in_(delivery_ids))
-    stmt = stmt.values(dead_at=None, available_at=func.now(), attempts=0).returning(Delivery.id)
-    return len((await session.execute(stmt)).all())
 
 
 _PRUNE_SQL = text(

@@ -310,6 +310,7 @@ class Delivery(Base):
         ),
         Index("ix_deliveries_dead", "id", postgresql_where=text("dead_at IS NOT NULL")),
         Index("ix_deliveries_task_id", "task_id"),
+        Index("ix_deliveries_user_id", "user_id", "id"),
         Index(
             "uq_deliveries_batch",
             "batch_id",
@@ -338,3 +339,19 @@ class Delivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     dead_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class DeliveryAttempt(Base):
+    """One try of a delivery: when, how long, and what came of it (revision 0007)."""
+
+    __tablename__ = "delivery_attempts"
+    __table_args__ = (Index("ix_delivery_attempts_delivery", "delivery_row_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    delivery_row_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"))
+    attempted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    status: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    # delivered, failed (tried again), gone (410: ended), dead (no tries left or refused)
+    outcome: Mapped[str] = mapped_column(Text)

@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relay_service.deliverer import Deliverer
+from shared import signing
 from shared.embedded import free_port
 from shared.settings import Settings
 from tests.callbacks import (
@@ -28,7 +29,13 @@ from tests.callbacks import (
     submit,
 )
 from tests.helpers import api_client, eventually, make_user
-from tests.receivers import documented_verify, receiving
+from tests.receivers import (
+    documented_receiver,
+    documented_verify,
+    legacy_verify,
+    receiving,
+    verifies,
+)
 
 
 @pytest.fixture
@@ -75,13 +82,18 @@ async def test_a_task_callback_is_delivered_signed_after_success_and_failure(
         task["id"],
         status,
     )
+    assert got.headers["webhook-id"] == body["id"]
     assert got.headers["Scan-Delivery-Id"] == body["id"]
     assert got.headers["Scan-Event"] == "task.finished"
     assert got.headers["Host"] == f"hooks.example.com:{receiver.port}"
-    verify = documented_verify()
-    assert verify(secret, got.headers, got.body)
-    assert not verify(secret, got.headers, got.body + b" ")
-    assert not verify("whsec_other", got.headers, got.body)
+    assert verifies(secret, got)
+    other = signing.new_secret()
+    for check in (documented_verify(), documented_receiver(), legacy_verify):
+        assert not check(secret, got.headers, got.body + b" ")
+        assert not check(other, got.headers, got.body)
+    tampered = {**got.headers, "webhook-id": "another-id"}
+    assert not documented_verify()(secret, tampered, got.body)
+    assert not documented_receiver()(secret, tampered, got.body)
     [row] = await deliveries(sessionmaker)
     assert (row.delivered_at is not None, row.last_status, row.attempts) == (True, 200, 1)
 
@@ -106,6 +118,7 @@ async def test_500_then_200_is_delivered_on_the_second_try_with_backoff(
         await deliverer.cycle()
 
     first, second = receiver.received
+    assert first.headers["webhook-id"] == second.headers["webhook-id"]
     assert first.headers["Scan-Delivery-Id"] == second.headers["Scan-Delivery-Id"]
     assert first.body == second.body
     assert (failed.last_status, failed.last_error, failed.delivered_at) == (500, "HTTP 500", None)
@@ -191,7 +204,7 @@ async def test_a_delivery_is_dead_after_the_last_try_and_replay_sends_it_again(
     cb_settings: Settings,
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> None:
-    from shared.db import callbacks
+    from shared.db import deliveries as delivery_rows
 
     await new_secret(client, headers)
     deliverer = Deliverer(sessionmaker, cb_settings)
@@ -205,7 +218,7 @@ async def test_a_delivery_is_dead_after_the_last_try_and_replay_sends_it_again(
         await make_due(sessionmaker)
         assert await deliverer.cycle() == 0
         async with sessionmaker() as session, session.begin():
-            assert await callbacks.replay(session, [dead.id]) == 1
+            assert await delivery_rows.replay(session, None, [dead.id]) == 1
         await deliverer.cycle()
 
     assert (dead.dead_at is not None, dead.attempts, dead.last_status) == (True, 3, 503)
@@ -240,7 +253,7 @@ async def test_a_batch_sends_one_callback_when_its_last_task_ends(
     assert payload["batch"]["id"] == batch["id"]
     assert payload["batch"]["task_count"] == 3
     assert payload["batch"]["counts"] == {"succeeded": 1, "failed": 1, "cancelled": 1}
-    assert documented_verify()(secret, got.headers, got.body)
+    assert verifies(secret, got)
 
 
 async def test_two_last_tasks_ending_at_once_write_exactly_one_batch_delivery(

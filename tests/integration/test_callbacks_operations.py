@@ -22,7 +22,13 @@ from tests.callbacks import (
     submit,
 )
 from tests.helpers import api_client, make_user
-from tests.receivers import documented_verify, receiving
+from tests.receivers import (
+    documented_receiver,
+    documented_verify,
+    legacy_verify,
+    receiving,
+    verifies,
+)
 
 
 @pytest.fixture
@@ -67,10 +73,14 @@ async def test_during_a_rotation_both_secrets_sign_until_the_old_one_is_retired(
         await Deliverer(sessionmaker, cb_settings).cycle()
 
     during, after = receiver.received
-    assert verify(old, during.headers, during.body)
-    assert verify(new, during.headers, during.body)
-    assert verify(newest, after.headers, after.body)
+    assert during.headers["webhook-signature"].count("v1,") == 2
+    for secret in (old, new):
+        assert verifies(secret, during)
+    assert verifies(newest, after)
+    receive = documented_receiver()
+    assert not receive(new, after.headers, after.body)
     assert not verify(new, after.headers, after.body)
+    assert not legacy_verify(new, after.headers, after.body)
 
 
 async def test_delivered_rows_past_retention_are_pruned_dead_and_pending_kept(

@@ -116,7 +116,14 @@ async def test_the_page_lists_deliveries_by_state_showing_only_the_receivers_hos
     assert shown_ids(html) == [done, dead, waiting]
     assert 'href="/ui/callbacks" aria-current="page"' in html
     assert html.count("hooks.example.com:8443") >= 3
-    for hidden in ("path-token", "query-token", "/hooks/", SECRET, "Scan-Signature"):
+    for hidden in (
+        "path-token",
+        "query-token",
+        "/hooks/",
+        SECRET,
+        "Scan-Signature",
+        "webhook-signature",
+    ):
         assert hidden not in html, hidden
     assert "<script>" not in html
     assert "HTTP 500 &lt;script&gt;" in html

@@ -14,7 +14,7 @@ from api_service.ui import reads
 from api_service.ui.auth import UiActor, UiAdmin
 from api_service.ui.render import page, redirect, safe_next
 from shared import callback_admin
-from shared.db import callbacks
+from shared.db import callbacks, deliveries
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -38,7 +38,7 @@ def _read_filter(state: str, before: str) -> tuple[str, int | None, list[str]]:
     """(state, the cursor, what was wrong with the query): bad values fall back to the
     newest deliveries in every state."""
     problems = []
-    if state not in callbacks.STATES:
+    if state not in deliveries.STATES:
         problems.append(f"unknown state {state[:40]!r}: showing every state")
         state = DEFAULT_STATE
     before_id = None
@@ -72,7 +72,7 @@ async def callbacks_page(
         "nav": "callbacks",
         "summary": summary,
         "state": state,
-        "states": callbacks.STATES,
+        "states": deliveries.STATES,
         "problems": problems,
         "rows": rows,
         "newest": page_url(state) if before_id is not None else None,
@@ -95,7 +95,7 @@ async def replay_one(
     if not 0 < row_id <= MAX_ROW_ID:
         return redirect(request, target, notice=f"no delivery {row_id}", error=True)
     if not await callback_admin.replay_dead(session, [row_id]):
-        why = await callback_admin.why_not_replayed(session, row_id)
+        why = await callback_admin.why_not_replayed(session, None, row_id)
         return redirect(request, target, notice=why, error=True)
     log.info("ui_callbacks_replayed", delivery_rows=[row_id], admin_id=admin.user.id)
     return redirect(request, target, notice=_replayed_notice(1))
