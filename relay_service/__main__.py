@@ -23,6 +23,7 @@ from relay_service.whereabouts import BrokerWatch
 from shared import gc_pauses, keys
 from shared.broker import create_broker
 from shared.db.engine import create_engine, create_sessionmaker, server_limits
+from shared.dramatiq_private import client_of
 from shared.logging import configure_logging, get_logger
 from shared.settings import Settings, get_settings
 
@@ -101,7 +102,7 @@ async def _close(parts: Parts) -> None:
         parts.scheduler.shutdown(wait=False)
     await parts.election.release()
     await parts.health.close()
-    parts.broker.client.connection_pool.disconnect()
+    client_of(parts.broker).connection_pool.disconnect()
     await parts.engine.dispose()
 
 
