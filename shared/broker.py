@@ -6,9 +6,9 @@ import uuid
 from typing import Any
 
 import dramatiq
-import redis
 from dramatiq.brokers.redis import RedisBroker
 
+from shared import redis_clients
 from shared.settings import Settings
 
 
@@ -18,24 +18,16 @@ def create_broker(
     middleware: list[Any] | None = None,
     socket_timeout_s: float | None = None,
 ) -> RedisBroker:
-    """A Redis broker for the configured URL; pass `middleware` to replace Dramatiq's defaults.
+    """A Redis broker on the configured broker Redis (a URL, or the primary its Sentinels
+    name); pass `middleware` to replace Dramatiq's defaults.
 
     `socket_timeout_s` bounds every Redis call (by default a hung Redis blocks forever).
     """
-    if socket_timeout_s is None:
-        broker: RedisBroker = RedisBroker(  # type: ignore[no-untyped-call]
-            url=settings.effective_broker_url, middleware=middleware
-        )
-        return broker
-    client = redis.Redis.from_url(
-        settings.effective_broker_url,
-        socket_timeout=socket_timeout_s,
-        socket_connect_timeout=socket_timeout_s,
-    )
-    timed: RedisBroker = RedisBroker(  # type: ignore[no-untyped-call]
+    client = redis_clients.sync_client(settings, broker=True, timeout_s=socket_timeout_s)
+    broker: RedisBroker = RedisBroker(  # type: ignore[no-untyped-call]
         client=client, middleware=middleware
     )
-    return timed
+    return broker
 
 
 def build_message(
