@@ -13,7 +13,7 @@ from api_service.errors import install_error_handlers
 from api_service.middleware import BodySizeLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
 from api_service.routes import batches, callbacks, health, ops, tasks
 from api_service.ui import install_ui
-from shared import safeguards
+from shared import redis_clients, safeguards
 from shared.db.engine import create_engine, create_sessionmaker, server_limits
 from shared.logging import configure_logging
 from shared.settings import Settings, get_settings
@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             async with _listening(app.state.waiters):
                 yield
         finally:
-            await app.state.redis.aclose()
+            await redis_clients.aclose(app.state.redis)
             await engine.dispose()
 
     app = FastAPI(title="scan-outbox", version="0.1.0", lifespan=lifespan)

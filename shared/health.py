@@ -77,7 +77,7 @@ async def _broker_reachable(redis_ok: bool, settings: Settings) -> bool:
     try:
         return await _ping(client)
     finally:
-        await client.aclose()
+        await redis_clients.aclose(client)
 
 
 async def _database_facts(

@@ -14,7 +14,7 @@ Redis error).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -36,10 +36,11 @@ SENTINEL_TIMEOUT_S = 2.0
 class RedisTarget:
     """Where a client connects: `url` alone, or the primary `master` found via `sentinels`."""
 
-    url: str
+    # Kept out of repr: both may carry a password.
+    url: str = field(repr=False)
     sentinels: tuple[tuple[str, int], ...]
     master: str
-    sentinel_password: str | None
+    sentinel_password: str | None = field(repr=False)
 
 
 def target(settings: Settings, *, broker: bool = False) -> RedisTarget:
@@ -111,6 +112,16 @@ def async_client(
     )
     client: aioredis.Redis = sentinel.master_for(found.master, **primary, **options)
     return client
+
+
+async def aclose(client: aioredis.Redis) -> None:
+    """Close an asyncio client and, through Sentinel, its connections to the Sentinels too
+    (closing the client alone leaves those open)."""
+    manager = getattr(client.connection_pool, "sentinel_manager", None)
+    await client.aclose()
+    if manager is not None:
+        for sentinel in manager.sentinels:
+            await sentinel.aclose()
 
 
 def separate_broker(settings: Settings) -> bool:

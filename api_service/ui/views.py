@@ -81,7 +81,7 @@ async def _broker_presence(redis: aioredis.Redis, settings: Settings) -> presenc
     try:
         return await presence.broker_presence(client, now_ms)
     finally:
-        await client.aclose()
+        await redis_clients.aclose(client)
 
 
 async def load_overview(

@@ -76,3 +76,10 @@ def test_the_broker_is_separate_only_when_broker_url_names_another_redis() -> No
         settings(BROKER_URL="redis://:data-secret@cache:6380/2")
     )
     assert redis_clients.separate_broker(settings(BROKER_URL="redis://:data-secret@cache:6380/3"))
+
+
+def test_a_target_never_shows_its_passwords() -> None:
+    found = redis_clients.target(
+        settings(REDIS_SENTINELS="s1:26379", REDIS_SENTINEL_PASSWORD="sentinel-secret")
+    )
+    assert "secret" not in repr(found)
