@@ -23,7 +23,7 @@ from api_service.routes import (
     tasks,
 )
 from api_service.ui import install_ui
-from shared import safeguards
+from shared import redis_clients, safeguards
 from shared.db.engine import create_engine, create_sessionmaker, server_limits
 from shared.logging import configure_logging
 from shared.settings import Settings, get_settings
@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             async with _listening(app.state.waiters):
                 yield
         finally:
-            await app.state.redis.aclose()
+            await redis_clients.aclose(app.state.redis)
             await engine.dispose()
 
     app = FastAPIOffline(

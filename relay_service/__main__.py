@@ -23,9 +23,10 @@ from relay_service.relay import Relay
 from relay_service.run_reports import RunReports
 from relay_service.scheduler import build_scheduler
 from relay_service.whereabouts import BrokerWatch
-from shared import gc_pauses, keys, safeguards
+from shared import gc_pauses, keys, redis_clients, safeguards
 from shared.broker import create_broker
 from shared.db.engine import create_engine, create_sessionmaker, server_limits
+from shared.dramatiq_private import client_of
 from shared.logging import configure_logging, get_logger
 from shared.settings import Settings, get_settings
 
@@ -107,8 +108,8 @@ async def _close(parts: Parts) -> None:
         parts.scheduler.shutdown(wait=False)
     await parts.election.release()
     await parts.health.close()
-    parts.broker.client.connection_pool.disconnect()
-    await parts.redis.aclose()
+    client_of(parts.broker).connection_pool.disconnect()
+    await redis_clients.aclose(parts.redis)
     await parts.engine.dispose()
 
 

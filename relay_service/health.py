@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from shared.db import housekeeping
+from shared.dramatiq_private import client_of
 from shared.logging import get_logger
 from shared.settings import Settings
 
@@ -53,7 +54,7 @@ class Readiness:
             await housekeeping.ping(connection)
 
     async def _broker(self) -> None:
-        await asyncio.to_thread(self.broker.client.ping)
+        await asyncio.to_thread(client_of(self.broker).ping)
 
     async def check(self) -> dict[str, str]:
         checks = {"database": self._database, "broker": self._broker}

@@ -2,11 +2,10 @@
 
 Dramatiq has no batch enqueue: `RedisBroker.enqueue` runs the broker's `dispatch`
 Lua script once per message, one round trip each. This module runs the same
-script for a whole batch in one pipeline (`shared.broker.run_dispatches`).
-It is the only place that relies on Dramatiq's private API, so pyproject pins
-Dramatiq to the series checked here, `SUPPORTED` turns it off for any other,
-and tests/integration/test_relay_pipelined.py has a real Dramatiq worker
-consume what it writes.
+script for a whole batch in one pipeline (`shared.dramatiq_private.run_dispatches`,
+Dramatiq's private API, whose one version check turns the pipeline off for any other
+series), and tests/integration/test_relay_pipelined.py has a real Dramatiq worker consume
+what it writes.
 """
 
 from __future__ import annotations
@@ -18,15 +17,13 @@ from typing import Any
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
-from shared.broker import Dispatch, run_dispatches
-
-SUPPORTED_SERIES = "2.2."
-SUPPORTED = dramatiq.__version__.startswith(SUPPORTED_SERIES)
+from shared import dramatiq_private
+from shared.dramatiq_private import Dispatch, run_dispatches
 
 
 def usable(broker: RedisBroker) -> bool:
     """True when this Dramatiq is the series the pipeline was written and tested for."""
-    return SUPPORTED and "dispatch" in broker.scripts
+    return dramatiq_private.can_pipeline(broker)
 
 
 def enqueue_many(

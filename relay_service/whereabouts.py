@@ -25,10 +25,9 @@ from datetime import datetime
 
 import redis
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.common import current_millis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared import keys, maintenance
+from shared import dramatiq_private, keys, maintenance
 from shared.db import recovery
 from shared.logging import get_logger
 from shared.settings import Settings
@@ -75,7 +74,7 @@ class BrokerWatch:
     # --- epoch ------------------------------------------------------------------
 
     def _read_broker(self) -> tuple[str | None, str | None]:
-        client = self.broker.client
+        client = dramatiq_private.client_of(self.broker)
         epoch = client.get(keys.BROKER_EPOCH_KEY)
         run_id = client.info("server").get("run_id")
         return (epoch.decode() if isinstance(epoch, bytes) else epoch), run_id
@@ -97,7 +96,8 @@ class BrokerWatch:
         if epoch is None:
             epoch = uuid.uuid4().hex
             # NX: two leaders for a moment (an old one not yet fenced) agree on one epoch.
-            await asyncio.to_thread(self.broker.client.set, keys.BROKER_EPOCH_KEY, epoch, nx=True)
+            client = dramatiq_private.client_of(self.broker)
+            await asyncio.to_thread(client.set, keys.BROKER_EPOCH_KEY, epoch, nx=True)
             epoch, run_id = await asyncio.to_thread(self._read_broker)
         if known is not None:
             log.warning("broker_data_lost", previous_epoch=known.epoch, epoch=epoch)
@@ -127,18 +127,11 @@ class BrokerWatch:
     def requeue_dead_consumers(self) -> None:
         """The broker's maintenance, run now: messages fetched by workers silent for the
         heartbeat timeout go back to the queue (still acked only after a run)."""
-        broker = self.broker
-        args = [
-            "requeue",  # with no message ids: only the maintenance below runs
-            current_millis(),
+        dramatiq_private.run_maintenance(
+            self.broker,
             self.settings.queue_name,
-            broker.broker_id,
             int(self.settings.broker_heartbeat_timeout_s * 1000),
-            broker.dead_message_ttl,
-            1,  # do_maintenance
-            broker._max_unpack_size(),  # type: ignore[no-untyped-call]
-        ]
-        broker.scripts["dispatch"](keys=[broker.namespace], args=args)
+        )
 
     # --- the walk ---------------------------------------------------------------
 
@@ -162,7 +155,7 @@ class BrokerWatch:
 
     def _missing(self, page: list[recovery.QueuedMessage]) -> list[recovery.QueuedMessage]:
         located = [m for m in page if m.broker_message_id is not None and m.queue is not None]
-        pipe = self.broker.client.pipeline(transaction=False)
+        pipe = dramatiq_private.client_of(self.broker).pipeline(transaction=False)
         for message in located:
             pipe.hexists(
                 keys.broker_messages_key(str(message.queue)), str(message.broker_message_id)

@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from shared import redis_clients
 from shared.db import inspection, recovery
 from shared.db.models import TaskStatus
 from shared.settings import Settings
@@ -69,23 +70,14 @@ async def _ping(redis: aioredis.Redis) -> bool:
         return False
 
 
-def _separate_broker(settings: Settings) -> bool:
-    """The broker is the safeguard Redis unless BROKER_URL names another one."""
-    return settings.effective_broker_url != settings.redis_url.get_secret_value()
-
-
 async def _broker_reachable(redis_ok: bool, settings: Settings) -> bool:
-    if not _separate_broker(settings):
+    if not redis_clients.separate_broker(settings):
         return redis_ok
-    client = aioredis.Redis.from_url(
-        settings.effective_broker_url,
-        socket_timeout=settings.redis_timeout_s,
-        socket_connect_timeout=settings.redis_timeout_s,
-    )
+    client = redis_clients.async_client(settings, broker=True, timeout_s=settings.redis_timeout_s)
     try:
         return await _ping(client)
     finally:
-        await client.aclose()
+        await redis_clients.aclose(client)
 
 
 async def _database_facts(
@@ -143,7 +135,7 @@ async def gather_health(
         reasons.append(f"the database is unreachable ({facts})")
     if not redis_ok:
         reasons.append("Redis is unreachable")
-    if not broker_ok and _separate_broker(settings):
+    if not broker_ok and redis_clients.separate_broker(settings):
         reasons.append("the broker's Redis is unreachable")
     if isinstance(facts, DatabaseFacts):
         reasons.extend(_reasons(facts, settings))

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from shared import keys, metrics
+from shared import keys, metrics, redis_clients
 from shared.logging import get_logger
 from shared.settings import Settings
 
@@ -23,11 +23,8 @@ log = get_logger(__name__)
 
 def create_redis(settings: Settings) -> aioredis.Redis:
     """A client whose calls give up after `redis_timeout_s`, so Redis can never stall a request."""
-    return aioredis.Redis.from_url(
-        settings.redis_url.get_secret_value(),
-        socket_timeout=settings.redis_timeout_s,
-        socket_connect_timeout=settings.redis_timeout_s,
-        retry_on_timeout=False,
+    return redis_clients.async_client(
+        settings, timeout_s=settings.redis_timeout_s, retry_on_timeout=False
     )
 
 

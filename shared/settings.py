@@ -11,6 +11,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Standard Webhooks' example schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h.
 CALLBACK_RETRY_SCHEDULE_S = (5, 300, 1_800, 7_200, 18_000, 36_000, 50_400, 72_000, 86_400)
+# Sentinel's own port, the one every chart and image uses.
+SENTINEL_PORT = 26379
 # A shorter dashboard signing key could be guessed offline from one signed cookie.
 UI_SECRET_KEY_MIN_CHARS = 32
 
@@ -34,6 +36,24 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("BROKER_URL", "SCAN_BROKER_URL"),
         description="Redis URL of the Dramatiq broker; defaults to REDIS_URL.",
+    )
+    # Redis through Sentinel: the primary of `redis_sentinel_master` as the Sentinels say.
+    redis_sentinels: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=AliasChoices("REDIS_SENTINELS", "SCAN_REDIS_SENTINELS"),
+        description="Sentinels as host:port,host:port; set, every Redis client finds the primary "
+        "through them, and REDIS_URL/BROKER_URL give only credentials, db and TLS.",
+    )
+    redis_sentinel_master: str = Field(
+        default="mymaster",
+        min_length=1,
+        validation_alias=AliasChoices("REDIS_SENTINEL_MASTER", "SCAN_REDIS_SENTINEL_MASTER"),
+        description="The master set the Sentinels monitor (the Bitnami chart's default name).",
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("REDIS_SENTINEL_PASSWORD", "SCAN_REDIS_SENTINEL_PASSWORD"),
+        description="The Sentinels' own password (requirepass in sentinel.conf), if any.",
     )
     log_level: str = "INFO"
     log_json: bool | None = None
@@ -418,6 +438,19 @@ class Settings(BaseSettings):
             raise ValueError("must be a non-empty list of positive waits in seconds")
         return value
 
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _split_sentinels(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinel_addresses(cls, value: list[str]) -> list[str]:
+        parse_sentinels(value)
+        return value
+
     @field_validator("dns_nameservers", mode="before")
     @classmethod
     def _split_nameservers(cls, value: object) -> object:
@@ -485,6 +518,23 @@ def split_host_port(entry: str, default_port: int) -> tuple[str, int]:
     if not 0 < port < 65536:
         raise ValueError(f"port out of range in {entry!r}")
     return host, port
+
+
+def parse_sentinels(entries: list[str]) -> tuple[tuple[str, int], ...]:
+    """`host`, `host:port` or `[ipv6]:port` entries as (host, port); ValueError otherwise."""
+    parsed = []
+    for entry in entries:
+        host, port = entry.strip(), SENTINEL_PORT
+        if host.startswith("["):
+            host, _, rest = host[1:].partition("]")
+            port = int(rest.removeprefix(":")) if rest else SENTINEL_PORT
+        elif host.count(":") == 1:
+            host, _, raw_port = host.partition(":")
+            port = int(raw_port)
+        if not host or not 0 < port < 65536:
+            raise ValueError(f"expected host:port, got {entry!r}")
+        parsed.append((host, port))
+    return tuple(parsed)
 
 
 def to_asyncpg_dsn(url: str) -> str:

@@ -2,7 +2,7 @@
 
 Dramatiq's Redis consumer acks (or nacks) one message per call, each one run of the broker's
 `dispatch` script and one round trip. Runs end in bursts, so the worker runs the same script
-for a whole burst in one pipeline (`shared.broker.run_dispatches`). Like the
+for a whole burst in one pipeline (`shared.dramatiq_private.run_dispatches`). Like the
 relay's batched enqueue (`relay_service.pipelined`), this relies on Dramatiq's private API, of
 the series pyproject pins; tests/integration/test_async_worker.py has real messages acked,
 dead-lettered and handed back through it.
@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dramatiq.broker import MessageProxy
-from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.brokers.redis import RedisBroker
 from redis.exceptions import ResponseError
 
-from shared.broker import Dispatch, run_dispatches
+from shared.dramatiq_private import Dispatch, RedisConsumer, forget_outstanding, run_dispatches
 
 
 def command_for(message: MessageProxy) -> str:
@@ -24,7 +24,7 @@ def command_for(message: MessageProxy) -> str:
     return "nack" if message.failed else "ack"
 
 
-def settle_many(consumer: _RedisConsumer, messages: Sequence[MessageProxy]) -> None:
+def settle_many(consumer: RedisConsumer, messages: Sequence[MessageProxy]) -> None:
     """Ack or nack every one of `messages` as `consumer` (which fetched them) would, in one
     pipeline. A connection failure raises (redis.ConnectionError) and may have settled any
     prefix of them: settling a message twice changes nothing."""
@@ -38,5 +38,4 @@ def settle_many(consumer: _RedisConsumer, messages: Sequence[MessageProxy]) -> N
     for reply in run_dispatches(broker, dispatches):
         if isinstance(reply, ResponseError):
             raise reply
-    for message in messages:
-        consumer.queued_message_ids.discard(message.message_id)
+    forget_outstanding(consumer, [message.message_id for message in messages])

@@ -33,7 +33,7 @@ from dramatiq.middleware import ShutdownNotifications, SkipMessage, TimeLimit
 from dramatiq.worker import DELAY_QUEUE_PREFETCH, WORKER_TIMEOUT, Worker
 from redis import exceptions as redis_errors
 
-from shared import gc_pauses
+from shared import dramatiq_private, gc_pauses
 from worker_service import acks
 
 # Middleware that raises into worker threads: here one thread carries every scan.
@@ -86,10 +86,11 @@ class AsyncWorker(Worker):
         super().__init__(broker, queues=queues, worker_timeout=worker_timeout, worker_threads=0)
         self.concurrency = concurrency
         # Dramatiq's Redis consumer counts fetched-but-unacked messages against its prefetch.
-        self.queue_prefetch = concurrency + prefetch
         # Dramatiq sizes the delay queue's prefetch from the thread count, which is 0 here: a
         # prefetch of 0 would fetch no delayed message ever. Its default for 8 threads.
-        self.delay_prefetch = DELAY_QUEUE_PREFETCH or DELAY_PREFETCH
+        dramatiq_private.set_prefetch(
+            self, concurrency + prefetch, DELAY_QUEUE_PREFETCH or DELAY_PREFETCH
+        )
         self.slots = threading.BoundedSemaphore(concurrency)
         # Tasks of the runs on the loop (touched there only), and how many messages were
         # handed to the loop and have not ended (`settled` guards it and signals zero).
@@ -133,11 +134,11 @@ class AsyncWorker(Worker):
                 self.slots.release()
                 return
             try:
-                item = self.work_queue.get(timeout=DISPATCH_POLL_S)
+                message = dramatiq_private.next_message(self, DISPATCH_POLL_S)
             except queue.Empty:
                 self.slots.release()
                 continue
-            self._launch(item.message)
+            self._launch(message)
 
     def _launch(self, message: MessageProxy) -> None:
         """Start `message` on the loop; one the middleware skips goes straight to the acker."""
@@ -201,21 +202,22 @@ class AsyncWorker(Worker):
         """Hooks, then acks; an unexpected error costs this batch its acks (its messages run
         again once this worker stops, as with Dramatiq's own worker), never the acker."""
         try:
+            threads = dramatiq_private.consumer_threads(self)
             by_consumer: dict[str, list[MessageProxy]] = {}
             for message, exc in batch:
                 if message.message_id in self.handed_back:
                     self.handed_back.discard(message.message_id)
-                    self._hand_back(self.consumers[message.queue_name], message)
+                    self._hand_back(threads[message.queue_name], message)
                 else:
                     self._after_run(message, exc)
                     by_consumer.setdefault(message.queue_name, []).append(message)
             for queue_name, messages in by_consumer.items():
-                self._ack_all(self.consumers[queue_name].consumer, messages)
+                self._ack_all(dramatiq_private.broker_consumer(threads[queue_name]), messages)
         except Exception:
             self.logger.exception("Failed to settle %d messages.", len(batch))
         finally:
             for message, _exc in batch:
-                self.work_queue.task_done()
+                dramatiq_private.work_done(self)
                 message.clear_exception()
 
     def _after_run(self, message: MessageProxy, exc: BaseException | None) -> None:
@@ -255,13 +257,13 @@ class AsyncWorker(Worker):
     def _hand_back(self, consumer: Any, message: MessageProxy) -> None:
         """Return a message cut short by the stop to its queue, unacked, for another worker."""
         try:
-            consumer.requeue_messages([message])
+            dramatiq_private.requeue(consumer, [message])
         except BrokerConnectionError:
             self.logger.warning("Failed to hand back message %s.", message, exc_info=True)
         # The Redis consumer counts it as outstanding until acked or nacked.
-        outstanding = getattr(consumer.consumer, "queued_message_ids", None)
-        if outstanding is not None:
-            outstanding.discard(message.message_id)
+        dramatiq_private.forget_outstanding(
+            dramatiq_private.broker_consumer(consumer), [message.message_id]
+        )
 
     def stop(self, timeout: int = 600_000) -> None:
         """Start and fetch nothing more, let running messages finish within `timeout` ms less
@@ -274,14 +276,14 @@ class AsyncWorker(Worker):
         # Fetch nothing more: a message handed back below would otherwise be fetched again by
         # this worker and left in its ack set. Running messages are still acked through the
         # consumers, which Dramatiq's own stop closes at the end.
-        for consumer in self.consumers.values():
+        for consumer in dramatiq_private.consumer_threads(self).values():
             consumer.stop()
         running = self.running_count()
         self.logger.info("Finishing %d running messages before shutdown...", running)
         wait_s = max(0.0, timeout / 1000 - HAND_BACK_RESERVE_S)
         all_ended = self._wait_settled(wait_s)
         consumers_deadline = time.monotonic() + CONSUMER_STOP_S
-        for consumer in self.consumers.values():
+        for consumer in dramatiq_private.consumer_threads(self).values():
             consumer.join(max(0.0, consumers_deadline - time.monotonic()))
         if not all_ended:
             self.logger.warning("Handing back %d messages still running.", self.running_count())

@@ -10,7 +10,7 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import AsyncIO, CurrentMessage
 
-from shared import keys
+from shared import keys, redis_clients
 from shared.settings import get_settings
 from worker_service.heartbeat import Heartbeat
 from worker_service.idle_poll import IdlePollCap
@@ -22,7 +22,7 @@ def install_broker() -> RedisBroker:
     """Build the Redis broker with asyncio support and make it Dramatiq's global broker."""
     settings = get_settings()
     # Idle consumers block on their queue (woken by the message) rather than poll it blind.
-    broker = WakingRedisBroker(url=settings.effective_broker_url)
+    broker = WakingRedisBroker(client=redis_clients.sync_client(settings, broker=True))
     # Dramatiq's heartbeat ZSET lists broker ids; a named one tells operators (and the
     # dashboard) which host and process a worker is. Set before the first command.
     nonce = uuid.uuid4().hex[:8]

@@ -96,7 +96,7 @@ def serve_metrics() -> int:
         make_wsgi_app(registry),
         Path(os.environ[MULTIPROC_DIR_ENV]),
         settings.worker_progress_max_age_s,
-        probes.broker_check(settings.effective_broker_url),
+        probes.broker_check(settings),
     )
     host, port = settings.worker_metrics_host, settings.worker_metrics_port
     try:

@@ -21,6 +21,7 @@ from dramatiq.middleware import Middleware
 from dramatiq.worker import Worker
 
 from shared import keys
+from shared.dramatiq_private import client_of
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -40,7 +41,7 @@ class Heartbeat(Middleware):
     def beat(self, broker: RedisBroker) -> None:
         """One heartbeat; a Redis error is logged and the next beat tries again."""
         try:
-            broker.client.zadd(keys.BROKER_HEARTBEATS_KEY, {broker.broker_id: current_millis()})
+            client_of(broker).zadd(keys.BROKER_HEARTBEATS_KEY, {broker.broker_id: current_millis()})
         except redis.RedisError as exc:
             log.warning("worker_heartbeat_failed", error=type(exc).__name__)
 

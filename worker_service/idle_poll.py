@@ -13,6 +13,8 @@ from dramatiq.broker import Broker
 from dramatiq.middleware import Middleware
 from dramatiq.worker import Worker
 
+from shared import dramatiq_private
+
 # Dramatiq's default worker timeout: how often an idle worker thread wakes to check for shutdown.
 WORKER_THREAD_TIMEOUT_S = 1.0
 
@@ -27,9 +29,8 @@ class IdlePollCap(Middleware):
 
     def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
         # Consumer threads are created after this hook and read the cap once, at creation.
-        worker.worker_timeout = self.poll_ms
+        dramatiq_private.set_consumer_poll_ms(worker, self.poll_ms)
 
     def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
         # Worker threads read their timeout on every loop: the next turn uses Dramatiq's default.
-        for thread in worker.workers:
-            thread.timeout = WORKER_THREAD_TIMEOUT_S
+        dramatiq_private.set_worker_thread_timeout(worker, WORKER_THREAD_TIMEOUT_S)

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from shared import redis_clients
+from shared.settings import Settings
 from worker_service import progress
 
 if TYPE_CHECKING:
@@ -25,11 +27,9 @@ if TYPE_CHECKING:
 BROKER_CHECK_TIMEOUT_S = 2.0
 
 
-def broker_check(url: str) -> Callable[[], bool]:
+def broker_check(settings: Settings) -> Callable[[], bool]:
     """A PING of the broker, False on any Redis or socket error or after the timeout."""
-    client = redis.Redis.from_url(
-        url, socket_timeout=BROKER_CHECK_TIMEOUT_S, socket_connect_timeout=BROKER_CHECK_TIMEOUT_S
-    )
+    client = redis_clients.sync_client(settings, broker=True, timeout_s=BROKER_CHECK_TIMEOUT_S)
 
     def check() -> bool:
         try:

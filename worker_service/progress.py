@@ -27,6 +27,7 @@ from dramatiq.broker import Broker
 from dramatiq.middleware import Middleware
 from dramatiq.worker import Worker
 
+from shared import dramatiq_private
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -199,7 +200,7 @@ class Progress(Middleware):
         loop_thread = get_event_loop_thread()
         if self.directory is None or loop_thread is None:
             return
-        self.turns.expect(worker.consumers)
+        self.turns.expect(dramatiq_private.consumer_threads(worker))
         # Written before the boot completes, so the probe server (started after every worker
         # process has booted) never finds a process missing.
         self.write()

@@ -19,9 +19,10 @@ from __future__ import annotations
 from typing import Any
 
 from dramatiq.broker import Consumer, MessageProxy
-from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name, q_name
 
+from shared.dramatiq_private import RedisConsumer, client_of, dispatcher
 from worker_service.progress import ConsumerTurns
 
 # Dramatiq's own idle wake-up: heartbeats and maintenance still run at least this often.
@@ -34,9 +35,9 @@ def is_delay_queue(queue_name: str) -> bool:
     return dq_name(q_name(queue_name)) == queue_name
 
 
-# `_RedisConsumer` is private to Dramatiq; `consumer_class` is how its broker lets a subclass
-# choose the consumer. Both are checked by the probe tests on the pinned Dramatiq (<2.3).
-class TurningConsumer(_RedisConsumer):
+# Dramatiq's Redis consumer is private (`shared.dramatiq_private`); `consumer_class` is how its
+# broker lets a subclass choose the consumer.
+class TurningConsumer(RedisConsumer):
     """Dramatiq's Redis consumer, recording when each turn (one fetch or idle wait) starts and
     ends; a turn that raises still ends."""
 
@@ -64,12 +65,12 @@ class WakingRedisBroker(RedisBroker):
         return TurningConsumer
 
     def do_fetch(self, queue_name: str, count: int) -> list[bytes]:
-        fetch = self._dispatch("fetch")  # type: ignore[no-untyped-call]
+        fetch = dispatcher(self, "fetch")
         messages: list[bytes] = fetch(queue_name, count)
         if messages or is_delay_queue(queue_name):
             return messages
         key = f"{self.namespace}:{queue_name}"
-        if self.client.blmove(key, key, self.wait_s, "RIGHT", "RIGHT") is None:
+        if client_of(self).blmove(key, key, self.wait_s, "RIGHT", "RIGHT") is None:
             return []
         woken: list[bytes] = fetch(queue_name, count)
         return woken

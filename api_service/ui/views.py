@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api_service.ui import charts, presence, reads
-from shared import health, keys
+from shared import health, keys, redis_clients
 from shared.db import callbacks, inspection
 from shared.db.models import TERMINAL_STATUSES, Delivery, OutboxMessage, Task, TaskStatus
 from shared.settings import Settings
@@ -75,17 +75,13 @@ def latency_chart(minutes: Sequence[datetime], per_minute: Sequence[reads.StartL
 
 async def _broker_presence(redis: aioredis.Redis, settings: Settings) -> presence.BrokerPresence:
     now_ms = int(time.time() * 1000)
-    if settings.effective_broker_url == settings.redis_url.get_secret_value():
+    if not redis_clients.separate_broker(settings):
         return await presence.broker_presence(redis, now_ms)
-    client = aioredis.Redis.from_url(
-        settings.effective_broker_url,
-        socket_timeout=settings.redis_timeout_s,
-        socket_connect_timeout=settings.redis_timeout_s,
-    )
+    client = redis_clients.async_client(settings, broker=True, timeout_s=settings.redis_timeout_s)
     try:
         return await presence.broker_presence(client, now_ms)
     finally:
-        await client.aclose()
+        await redis_clients.aclose(client)
 
 
 async def load_overview(

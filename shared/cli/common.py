@@ -19,7 +19,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared import devenv, safeguards
+from shared import devenv, redis_clients, safeguards
 from shared.db.engine import create_engine, create_sessionmaker
 from shared.errors import ScanOutboxError
 from shared.settings import Settings, get_settings
@@ -103,7 +103,7 @@ async def db_and_redis(
     try:
         yield create_sessionmaker(engine), redis
     finally:
-        await redis.aclose()
+        await redis_clients.aclose(redis)
         await engine.dispose()
 
 

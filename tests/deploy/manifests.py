@@ -11,13 +11,25 @@ from typing import Any
 import yaml
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-OVERLAYS = ("dev", "prod")
-# The setting each process reads its probe port from.
+OVERLAYS = ("dev", "prod", "prod-sentinel")
+# The setting each process reads its probe port from, and the one its listening host.
 PORT_SETTINGS = {
     "api": "SCAN_API_PORT",
     "relay": "SCAN_RELAY_HEALTH_PORT",
     "worker": "SCAN_WORKER_METRICS_PORT",
 }
+HOST_SETTINGS = {
+    "api": "SCAN_API_HOST",
+    "relay": "SCAN_RELAY_HEALTH_HOST",
+    "worker": "SCAN_WORKER_METRICS_HOST",
+}
+SECRET_NAME = "scan-outbox-secrets"
+# Keys of the Secret every pod reads, whatever the Redis: the database, the Redis URL (with
+# Sentinel, its password, db and TLS) and the dashboard's signing key, which must be one for
+# every API replica or a session signed by one pod is refused by the next.
+POD_SECRET_KEYS = frozenset({"DATABASE_URL", "REDIS_URL", "SCAN_UI_SECRET_KEY"})
+# Keys only the KEDA scaler reads (not settings of the services).
+SCALER_ONLY_KEYS = frozenset({"REDIS_ADDRESS", "REDIS_PASSWORD", "REDIS_TLS"})
 
 Doc = dict[str, Any]
 
@@ -51,6 +63,21 @@ def named(docs: tuple[Doc, ...], kind: str, name: str) -> Doc:
     matches = [doc for doc in of_kind(docs, kind) if doc["metadata"]["name"] == name]
     assert len(matches) == 1, f"expected one {kind} {name}, found {len(matches)}"
     return matches[0]
+
+
+def secret_keys_referenced(docs: tuple[Doc, ...]) -> set[str]:
+    """Every key of the Secret some object of the overlay reads by name (KEDA's parameters)."""
+    keys = set()
+    for auth in of_kind(docs, "TriggerAuthentication"):
+        for target in auth["spec"]["secretTargetRef"]:
+            assert target["name"] == SECRET_NAME, target
+            keys.add(target["key"])
+    return keys
+
+
+def required_secret_keys(docs: tuple[Doc, ...]) -> set[str]:
+    """What the Secret must hold for this overlay: the pods' keys and the scaler's."""
+    return set(POD_SECRET_KEYS) | secret_keys_referenced(docs)
 
 
 def config_data(docs: tuple[Doc, ...]) -> dict[str, str]:

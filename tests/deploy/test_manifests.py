@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import base64
 import configparser
+import ipaddress
 import re
+from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
+from pydantic import AliasChoices
 from typer.main import get_command
 
 from shared import keys
 from shared.cli.main import app
+from shared.settings import Settings
 from tests.deploy.manifests import (
     DEPLOY,
+    HOST_SETTINGS,
     OVERLAYS,
     PORT_SETTINGS,
+    SCALER_ONLY_KEYS,
+    SECRET_NAME,
     Doc,
     component,
     config_data,
@@ -25,6 +33,7 @@ from tests.deploy.manifests import (
     of_kind,
     probe_targets,
     render,
+    required_secret_keys,
 )
 
 KUBERNETES_VERSION = "1.33"
@@ -32,6 +41,17 @@ CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication"}
 # Seconds each process may take to stop after SIGTERM (see shared/cli/processes.py).
 STOP_BUDGET_S = {"api": 20, "relay": 30, "worker": 25}
 SCANCTL_COMMANDS = set(get_command(app).commands)  # type: ignore[attr-defined]
+DEPLOY_GUIDE = Path(__file__).resolve().parents[2] / "docs" / "deploy.md"
+# The overlays whose Secret is created out of band, and the heading of the guide's section
+# that creates it.
+GUIDE_SECTIONS = {
+    "prod": "### Kubernetes, step by step",
+    "prod-sentinel": "### Redis with Sentinel",
+}
+PRIVATE_RANGES = [
+    ipaddress.ip_network(cidr)
+    for cidr in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "127.0.0.0/8")
+]
 
 
 @pytest.fixture(params=OVERLAYS)
@@ -43,7 +63,7 @@ def all_pod_specs(docs: tuple[Doc, ...]) -> list[tuple[str, Doc]]:
     return [
         (doc["metadata"]["name"], doc["spec"]["template"]["spec"])
         for doc in docs
-        if doc["kind"] in ("Deployment", "Job")
+        if doc["kind"] in ("Deployment", "StatefulSet", "Job")
     ]
 
 
@@ -90,10 +110,16 @@ def test_services_wait_for_the_schema_and_a_migration_job_applies_it(
         assert [c["args"][:2] for c in init] == [["migrate", "--check"]]
 
 
+def is_ours(container: Doc) -> bool:
+    """A container of the scan-outbox image (not the dev overlay's PostgreSQL or Redis)."""
+    return str(container["image"]).rsplit(":", 1)[0].endswith("scan-outbox")
+
+
 def test_containers_run_scanctl_commands_that_exist(docs: tuple[Doc, ...]) -> None:
     for _name, pod in all_pod_specs(docs):
         for container in pod.get("initContainers", []) + pod["containers"]:
-            assert container["args"][0] in SCANCTL_COMMANDS
+            if is_ours(container):
+                assert container["args"][0] in SCANCTL_COMMANDS
 
 
 def test_grace_periods_cover_each_process_shutdown(docs: tuple[Doc, ...]) -> None:
@@ -119,16 +145,35 @@ def test_worker_autoscaling_reads_the_list_the_broker_really_uses(docs: tuple[Do
     scaled = named(docs, "ScaledObject", "scan-outbox-worker")
     assert scaled["spec"]["scaleTargetRef"]["name"] == "scan-outbox-worker"
     (trigger,) = scaled["spec"]["triggers"]
-    assert trigger["type"] == "redis"
     queue = config_data(docs)["SCAN_QUEUE_NAME"]
     assert trigger["metadata"]["listName"] == keys.broker_queue_key(queue)
     auth = named(docs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
-    (target,) = auth["spec"]["secretTargetRef"]
-    assert (target["parameter"], target["name"]) == ("address", "scan-outbox-secrets")
+    parameters = {target["parameter"]: target["key"] for target in auth["spec"]["secretTargetRef"]}
+    # A Redis with a password or TLS must not break autoscaling: both always reach the scaler.
+    assert parameters["password"] == "REDIS_PASSWORD"
+    assert parameters["tls"] == "REDIS_TLS"
+    if trigger["type"] == "redis":
+        assert parameters["address"] == "REDIS_ADDRESS"
+    else:
+        assert trigger["type"] == "redis-sentinel"
+        # The very keys the pods read their Sentinel settings from.
+        assert parameters["addresses"] == "REDIS_SENTINELS"
+        assert parameters["sentinelMaster"] == "REDIS_SENTINEL_MASTER"
+        assert parameters["sentinelPassword"] == "REDIS_SENTINEL_PASSWORD"
 
 
-def test_secrets_are_referenced_never_inlined_in_prod() -> None:
-    docs = render("prod")
+def test_the_sentinel_overlay_scales_through_the_sentinels() -> None:
+    (trigger,) = named(render("prod-sentinel"), "ScaledObject", "scan-outbox-worker")["spec"][
+        "triggers"
+    ]
+    assert trigger["type"] == "redis-sentinel"
+    assert "REDIS_SENTINELS" in required_secret_keys(render("prod-sentinel"))
+    assert "REDIS_SENTINELS" not in required_secret_keys(render("prod"))
+
+
+@pytest.mark.parametrize("overlay", ["prod", "prod-sentinel"])
+def test_secrets_are_referenced_never_inlined_in_prod(overlay: str) -> None:
+    docs = render(overlay)
     assert of_kind(docs, "Secret") == []
     for _name, pod in all_pod_specs(docs):
         for container in pod["containers"]:
@@ -168,3 +213,114 @@ def test_compose_and_systemd_run_the_same_scanctl_commands() -> None:
         service = exec_start[1]
         assert int(unit["Service"]["TimeoutStopSec"]) >= STOP_BUDGET_S[service] + 5
         assert unit["Service"]["Restart"] == "on-failure"
+
+
+def env_name(name: str) -> str:
+    alias = Settings.model_fields[name].validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return f"SCAN_{name.upper()}"
+
+
+SETTING_NAMES = {env_name(name) for name in Settings.model_fields}
+
+
+def test_each_overlay_creates_the_namespace_its_objects_live_in(docs: tuple[Doc, ...]) -> None:
+    (namespace,) = of_kind(docs, "Namespace")
+    name = namespace["metadata"]["name"]
+    others = [doc for doc in docs if doc["kind"] != "Namespace"]
+    assert {doc["metadata"].get("namespace") for doc in others} == {name}
+
+
+def test_every_setting_a_manifest_sets_is_a_real_setting(docs: tuple[Doc, ...]) -> None:
+    config = config_data(docs)
+    unknown = set(config) - SETTING_NAMES
+    assert not unknown, f"ConfigMap keys no process reads: {unknown}"
+    for _name, pod in all_pod_specs(docs):
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            if is_ours(container):
+                names = {entry["name"] for entry in container.get("env", [])}
+                assert names <= SETTING_NAMES, names - SETTING_NAMES
+    for secret in of_kind(docs, "Secret"):
+        unknown = set(secret.get("data", {})) - SETTING_NAMES - SCALER_ONLY_KEYS
+        assert not unknown, f"Secret keys no process or scaler reads: {unknown}"
+
+
+def test_each_process_listens_where_its_probes_and_service_reach_it(
+    docs: tuple[Doc, ...],
+) -> None:
+    config = config_data(docs)
+    for deployment in of_kind(docs, "Deployment"):
+        assert config[HOST_SETTINGS[component(deployment)]] == "0.0.0.0"
+
+
+def test_the_dev_secret_holds_every_required_key_and_valid_settings() -> None:
+    docs = render("dev")
+    secret = named(docs, "Secret", SECRET_NAME)
+    data = {k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()}
+    missing = required_secret_keys(docs) - set(data)
+    assert not missing, f"the dev Secret lacks {missing}"
+    given = {**config_data(docs), **data}
+    values = {
+        name: given[env_name(name)] for name in Settings.model_fields if env_name(name) in given
+    }
+    settings = Settings.model_validate(values)
+    assert settings.ui_secret_key is not None
+
+
+@pytest.mark.parametrize("overlay", sorted(GUIDE_SECTIONS))
+def test_the_deploy_guide_creates_every_secret_key_its_overlay_needs(overlay: str) -> None:
+    guide = DEPLOY_GUIDE.read_text()
+    heading = GUIDE_SECTIONS[overlay]
+    assert heading in guide, heading
+    section = guide.split(heading, 1)[1].split("\n### ", 1)[0]
+    missing = {key for key in required_secret_keys(render(overlay)) if f"{key}=" not in section}
+    assert not missing, f"{heading!r} never creates {missing}"
+
+
+def egress_policies_of(docs: tuple[Doc, ...], labels: dict[str, str]) -> list[Doc]:
+    """The egress policies whose pod selector matches `labels`."""
+
+    def selects(policy: Doc) -> bool:
+        selector = policy["spec"]["podSelector"]
+        if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+            return False
+        for expression in selector.get("matchExpressions", []):
+            assert expression["operator"] == "In"
+            if labels.get(expression["key"]) not in expression["values"]:
+                return False
+        return True
+
+    policies = of_kind(docs, "NetworkPolicy")
+    return [p for p in policies if "Egress" in p["spec"]["policyTypes"] and selects(p)]
+
+
+def web_rules(policy: Doc) -> list[Doc]:
+    """The egress rules towards addresses (ipBlock), where scans and callbacks go."""
+    return [rule for rule in policy["spec"]["egress"] if rule.get("to")]
+
+
+def test_every_pod_of_the_service_has_its_egress_restricted(docs: tuple[Doc, ...]) -> None:
+    for doc in docs:
+        if doc["kind"] not in ("Deployment", "Job") or not doc["metadata"]["name"].startswith(
+            "scan-outbox"
+        ):
+            continue
+        labels = doc["spec"]["template"]["metadata"]["labels"]
+        policies = egress_policies_of(docs, labels)
+        assert policies, f"no egress policy selects {doc['metadata']['name']}"
+        rules = [rule for policy in policies for rule in policy["spec"]["egress"]]
+        ports = {(port["protocol"], port["port"]) for rule in rules for port in rule["ports"]}
+        assert {("UDP", 53), ("TCP", 5432), ("TCP", 6379), ("TCP", 26379)} <= ports
+        reach = [rule for policy in policies for rule in web_rules(policy)]
+        name = component(doc)
+        if name in ("worker", "relay"):
+            (web,) = reach
+            assert {p["port"] for p in web["ports"]} >= {443}
+            for peer in web["to"]:
+                block = peer["ipBlock"]
+                if block["cidr"] == "0.0.0.0/0":
+                    excepted = [ipaddress.ip_network(c) for c in block["except"]]
+                    assert all(net in excepted for net in PRIVATE_RANGES), block
+        else:
+            assert not reach, f"{name} may reach arbitrary addresses"
