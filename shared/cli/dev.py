@@ -148,7 +148,7 @@ def _run_stack(data_dir: Path, request: StopRequest) -> int:
         settings = get_settings()
         if request.stop.is_set():
             return 0
-        migrate.upgrade(settings.database_url.get_secret_value())
+        migrate.upgrade(settings.direct_url)
         _print_welcome(settings, _rotate_demo_token(settings), data_dir if urls else None)
         services: list[ProcessTree] = []
         try:
