@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared import backoff, callback_urls, host_lookup, metrics, signing, ssrf
 from shared.db import callbacks
-from shared.db.engine import autocommit
+from shared.db.engine import single_statement
 from shared.logging import get_logger
 from shared.settings import Settings
 
@@ -215,9 +215,8 @@ class Deliverer:
     ) -> None:
         outcome = await self.send(client, item)
         try:
-            async with self.sessionmaker() as session:
-                # One UPDATE, atomic by itself: no BEGIN and COMMIT round trips.
-                await autocommit(session)
+            # One UPDATE, atomic by itself: no BEGIN and COMMIT round trips.
+            async with self.sessionmaker() as session, single_statement(session):
                 if outcome.ok:
                     await callbacks.mark_delivered(session, [(item.id, outcome.status or 0)])
                 else:

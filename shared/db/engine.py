@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event, text
@@ -88,16 +90,18 @@ _SET_LIMITS_SQL = (
 )
 
 
+# An engine execution option marking engines whose connections go through a transaction pooler.
+TRANSACTION_POOLED = "scan_transaction_pooled"
+
+
 def _limit_each_transaction(engine: AsyncEngine, limits: dict[str, str]) -> None:
     """Set `limits` at the start of every transaction (`set_config(..., true)`: they end with
-    it, so the pooler's next client on that server connection gets its own). A statement run
-    in autocommit has only asyncpg's client-side limit."""
+    it, so the pooler's next client on that server connection gets its own)."""
     statement = text(_SET_LIMITS_SQL).bindparams(**limits)
 
     @event.listens_for(engine.sync_engine, "begin")
     def _set_limits(connection: Connection) -> None:
-        if connection.get_isolation_level() != "AUTOCOMMIT":
-            connection.execute(statement)
+        connection.execute(statement)
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -123,6 +127,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         max_overflow=settings.db_max_overflow,
         pool_pre_ping=settings.db_pool_pre_ping,
         connect_args=pooled_connect_args(settings),
+        execution_options={TRANSACTION_POOLED: True},
     )
     _limit_each_transaction(engine, transaction_limits(settings))
     return engine
@@ -132,8 +137,33 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-async def autocommit(session: AsyncSession) -> None:
+def is_transaction_pooled(session: AsyncSession) -> bool:
+    bind = session.bind
+    if bind is None:
+        return False
+    return bool(bind.sync_engine.get_execution_options().get(TRANSACTION_POOLED))
+
+
+async def autocommit(session: AsyncSession) -> bool:
     """Run `session`'s statements in autocommit: each one-statement write is atomic by itself
     in PostgreSQL, so it needs no BEGIN and COMMIT round trips. SQLAlchemy puts the
-    connection's isolation level back when it returns to the pool."""
+    connection's isolation level back when it returns to the pool.
+
+    False, changing nothing, behind a transaction pooler: a statement SQLAlchemy prepares
+    outside a transaction may run on another server connection than the one that prepared
+    it, so there the statements run in a transaction the caller ends."""
+    if is_transaction_pooled(session):
+        return False
     await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    return True
+
+
+@asynccontextmanager
+async def single_statement(session: AsyncSession) -> AsyncIterator[None]:
+    """The block's one statement committed when the block ends without error: in autocommit,
+    or in a transaction behind a transaction pooler (see `autocommit`)."""
+    if await autocommit(session):
+        yield
+        return
+    async with session.begin():
+        yield
