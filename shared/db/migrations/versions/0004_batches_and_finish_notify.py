@@ -36,6 +36,12 @@ WHEN (NEW.status IN ('succeeded', 'failed', 'cancelled')
 EXECUTE FUNCTION task_finished_notify()
 """
 
+ADD_BATCH_FK = """
+ALTER TABLE tasks ADD CONSTRAINT fk_tasks_batch_id_batches FOREIGN KEY (batch_id)
+REFERENCES batches (id) ON DELETE CASCADE NOT VALID
+"""
+VALIDATE_BATCH_FK = "ALTER TABLE tasks VALIDATE CONSTRAINT fk_tasks_batch_id_batches"
+
 
 def upgrade() -> None:
     op.create_table(
@@ -59,23 +65,28 @@ def upgrade() -> None:
     # Nullable columns without a default: adding them rewrites nothing.
     op.add_column('tasks', sa.Column('batch_id', sa.UUID(), nullable=True))
     op.add_column('tasks', sa.Column('batch_position', sa.Integer(), nullable=True))
-    op.create_foreign_key(
-        op.f('fk_tasks_batch_id_batches'), 'tasks', 'batches', ['batch_id'], ['id'],
-        ondelete='CASCADE',
-    )
-    # A batch's tasks in submission order (keyset pages) and its counts by status.
-    op.create_index(
-        'ix_tasks_batch', 'tasks', ['batch_id', 'batch_position'], unique=False,
-        postgresql_where=sa.text('batch_id IS NOT NULL'),
-    )
+    # NOT VALID: checked for new rows at once, without scanning the existing ones here.
+    op.execute(ADD_BATCH_FK)
     op.execute(FINISH_NOTIFY_FUNCTION)
     op.execute(FINISH_NOTIFY_TRIGGER)
+    with op.get_context().autocommit_block():
+        # The scan of existing rows, in a transaction of its own: VALIDATE holds a lock that
+        # lets every read and write of `tasks` go on meanwhile.
+        op.execute(VALIDATE_BATCH_FK)
+        # A batch's tasks in submission order (keyset pages) and its counts by status.
+        op.create_index(
+            'ix_tasks_batch', 'tasks', ['batch_id', 'batch_position'], unique=False,
+            postgresql_where=sa.text('batch_id IS NOT NULL'),
+            postgresql_concurrently=True, if_not_exists=True,
+        )
 
 
 def downgrade() -> None:
     op.execute("DROP TRIGGER task_finished_notify ON tasks")
     op.execute("DROP FUNCTION task_finished_notify()")
-    op.drop_index('ix_tasks_batch', table_name='tasks')
+    with op.get_context().autocommit_block():
+        op.drop_index('ix_tasks_batch', table_name='tasks', postgresql_concurrently=True,
+                      if_exists=True)
     op.drop_constraint(op.f('fk_tasks_batch_id_batches'), 'tasks', type_='foreignkey')
     op.drop_column('tasks', 'batch_position')
     op.drop_column('tasks', 'batch_id')
