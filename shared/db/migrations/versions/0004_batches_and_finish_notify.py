@@ -20,7 +20,7 @@ depends_on: str | Sequence[str] | None = None
 # changes `status`; a trigger catches them all, in the transaction of the write, so a
 # waiter is woken at commit and never for an uncommitted state. Payload: "task,batch".
 FINISH_NOTIFY_FUNCTION = """
-CREATE FUNCTION task_finished_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION task_finished_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('scan_task_finished',
                       NEW.id::text || ',' || coalesce(NEW.batch_id::text, ''));
@@ -29,16 +29,22 @@ END;
 $$
 """
 FINISH_NOTIFY_TRIGGER = """
-CREATE TRIGGER task_finished_notify AFTER UPDATE OF status ON tasks
+CREATE OR REPLACE TRIGGER task_finished_notify AFTER UPDATE OF status ON tasks
 FOR EACH ROW
 WHEN (NEW.status IN ('succeeded', 'failed', 'cancelled')
       AND OLD.status IS DISTINCT FROM NEW.status)
 EXECUTE FUNCTION task_finished_notify()
 """
 
+# Every statement before the autocommit block may run again (a lock timeout inside the block
+# re-runs the revision): hence IF NOT EXISTS, OR REPLACE, and this guarded constraint.
 ADD_BATCH_FK = """
-ALTER TABLE tasks ADD CONSTRAINT fk_tasks_batch_id_batches FOREIGN KEY (batch_id)
-REFERENCES batches (id) ON DELETE CASCADE NOT VALID
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'fk_tasks_batch_id_batches') THEN
+        ALTER TABLE tasks ADD CONSTRAINT fk_tasks_batch_id_batches FOREIGN KEY (batch_id)
+        REFERENCES batches (id) ON DELETE CASCADE NOT VALID;
+    END IF;
+END $$
 """
 VALIDATE_BATCH_FK = "ALTER TABLE tasks VALIDATE CONSTRAINT fk_tasks_batch_id_batches"
 
@@ -57,14 +63,16 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_batches_user_id_users'),
                                 ondelete='CASCADE'),
         sa.PrimaryKeyConstraint('id', name=op.f('pk_batches')),
+        if_not_exists=True,
     )
     op.create_index(
         'uq_batches_user_idempotency_key', 'batches', ['user_id', 'idempotency_key'],
-        unique=True, postgresql_where=sa.text('idempotency_key IS NOT NULL'),
+        unique=True, postgresql_where=sa.text('idempotency_key IS NOT NULL'), if_not_exists=True,
     )
     # Nullable columns without a default: adding them rewrites nothing.
-    op.add_column('tasks', sa.Column('batch_id', sa.UUID(), nullable=True))
-    op.add_column('tasks', sa.Column('batch_position', sa.Integer(), nullable=True))
+    op.add_column('tasks', sa.Column('batch_id', sa.UUID(), nullable=True), if_not_exists=True)
+    op.add_column('tasks', sa.Column('batch_position', sa.Integer(), nullable=True),
+                  if_not_exists=True)
     # NOT VALID: checked for new rows at once, without scanning the existing ones here.
     op.execute(ADD_BATCH_FK)
     op.execute(FINISH_NOTIFY_FUNCTION)
