@@ -29,7 +29,7 @@ END;
 $$
 """
 FINISH_NOTIFY_TRIGGER = """
-CREATE OR REPLACE TRIGGER task_finished_notify AFTER UPDATE OF status ON tasks
+CREATE TRIGGER task_finished_notify AFTER UPDATE OF status ON tasks
 FOR EACH ROW
 WHEN (NEW.status IN ('succeeded', 'failed', 'cancelled')
       AND OLD.status IS DISTINCT FROM NEW.status)
@@ -37,7 +37,8 @@ EXECUTE FUNCTION task_finished_notify()
 """
 
 # Every statement before the autocommit block may run again (a lock timeout inside the block
-# re-runs the revision): hence IF NOT EXISTS, OR REPLACE, and this guarded constraint.
+# re-runs the revision): hence IF NOT EXISTS, OR REPLACE, DROP IF EXISTS and this guarded
+# constraint.
 ADD_BATCH_FK = """
 DO $$ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'fk_tasks_batch_id_batches') THEN
@@ -76,6 +77,8 @@ def upgrade() -> None:
     # NOT VALID: checked for new rows at once, without scanning the existing ones here.
     op.execute(ADD_BATCH_FK)
     op.execute(FINISH_NOTIFY_FUNCTION)
+    # No CREATE OR REPLACE TRIGGER before PostgreSQL 14.
+    op.execute("DROP TRIGGER IF EXISTS task_finished_notify ON tasks")
     op.execute(FINISH_NOTIFY_TRIGGER)
     with op.get_context().autocommit_block():
         # The scan of existing rows, in a transaction of its own: VALIDATE holds a lock that
