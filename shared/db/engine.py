@@ -50,11 +50,6 @@ def client_timeout_s(settings: Settings) -> float | None:
     return settings.db_statement_timeout_s + CLIENT_TIMEOUT_MARGIN_S
 
 
-# Session settings a transaction pooler accepts at connection start (PgBouncer tracks these
-# few and replays them on whichever server connection it lends); any other is refused.
-POOLER_STARTUP_SETTINGS = frozenset({"application_name"})
-
-
 def transaction_limits(settings: Settings) -> dict[str, str]:
     """The `server_limits` that a transaction pooler's clients set per transaction instead:
     the server ends a statement or an idle transaction; keepalives are the pooler's own."""
