@@ -194,7 +194,7 @@ class Settings(BaseSettings):
     relay_backoff_max_s: float = Field(default=300.0, gt=0)
     relay_listen_reconnect_max_s: float = Field(default=10.0, gt=0)
     relay_listen_enabled: bool = Field(
-        default=True, description="false: poll only (e.g. behind a pooler that drops LISTEN)."
+        default=True, description="LISTEN on DATABASE_DIRECT_URL; false: poll only."
     )
     relay_broker_timeout_s: float = Field(default=5.0, gt=0)
     relay_shutdown_timeout_s: float = Field(default=20.0, gt=0)
