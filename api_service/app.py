@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessionmaker = create_sessionmaker(engine)
         app.state.redis = safeguards.create_redis(settings)
         app.state.waiters = waiting.FinishWaiters(
-            settings.asyncpg_dsn,
+            settings.direct_asyncpg_dsn if settings.has_session_url else None,
             settings.wait_max_waiters,
             waiting.RECONNECT_MAX_S,
             server_limits(settings),

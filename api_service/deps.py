@@ -84,8 +84,11 @@ async def get_current_user(credentials: BearerCredentials, session: SessionDep) 
     token = credentials.credentials.strip() if credentials is not None else ""
     if not token:
         raise NotAuthenticated("a bearer token is required", field="Authorization")
-    await autocommit(session)
+    in_autocommit = await autocommit(session)
     user = await users.get_active_user_by_token_hash(session, hash_token(token))
+    if not in_autocommit:
+        # Behind a transaction pooler: no transaction (and server connection) held meanwhile.
+        await session.commit()
     if user is None:
         raise NotAuthenticated("the token is invalid or revoked", field="Authorization")
     # Detached, as from a session of its own: a rollback of the route's work cannot expire it.

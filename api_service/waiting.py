@@ -43,6 +43,9 @@ RECONNECT_MIN_S = 0.1
 RECONNECT_MAX_S = 10.0
 # How the connection shows in pg_stat_activity.
 APPLICATION_NAME = "scan-outbox-api-waiters"
+# Without a session to LISTEN on (only a transaction pooler), every waiter reads again this
+# often: a wait then ends up to this late, at one read per waiter per period.
+POLL_INTERVAL_S = 1.0
 
 
 class FinishWaiters:
@@ -50,7 +53,7 @@ class FinishWaiters:
 
     def __init__(
         self,
-        dsn: str,
+        dsn: str | None,
         max_waiters: int,
         reconnect_max_s: float,
         server_settings: dict[str, str] | None = None,
@@ -141,9 +144,9 @@ class FinishWaiters:
             with contextlib.suppress(ValueError):
                 self._wake(uuid.UUID(raw))
 
-    async def _listen_until_lost(self, stop: asyncio.Event) -> None:
+    async def _listen_until_lost(self, dsn: str, stop: asyncio.Event) -> None:
         connection = await asyncpg.connect(
-            self.dsn, server_settings={**self.server_settings, "application_name": APPLICATION_NAME}
+            dsn, server_settings={**self.server_settings, "application_name": APPLICATION_NAME}
         )
         try:
             await connection.add_listener(keys.TASK_FINISHED_CHANNEL, self._notified)
@@ -161,13 +164,25 @@ class FinishWaiters:
             if not connection.is_closed():
                 await connection.close(timeout=2)
 
+    async def _poll(self, stop: asyncio.Event) -> None:
+        log.info("waiters_listen_off", reason="no session URL", poll_interval_s=POLL_INTERVAL_S)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), POLL_INTERVAL_S)
+            self._wake_all()
+
     async def run(self, stop: asyncio.Event) -> None:
         """LISTEN until `stop`, reconnecting with backoff; waiters still end at their
-        deadline while the connection is down."""
+        deadline while the connection is down. Without a `dsn`, wake every waiter each
+        `POLL_INTERVAL_S` instead."""
+        dsn = self.dsn
+        if dsn is None:
+            await self._poll(stop)
+            return
         failures = 0
         while not stop.is_set():
             try:
-                await self._listen_until_lost(stop)
+                await self._listen_until_lost(dsn, stop)
                 failures, error = 0, "connection closed"
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 error = type(exc).__name__

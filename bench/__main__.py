@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import json
 import os
@@ -33,6 +34,7 @@ from shared.db.engine import create_engine, create_sessionmaker
 from shared.embedded import embedded_servers
 from shared.logging import configure_logging
 from shared.settings import Settings
+from tests.pgbouncer import pgbouncer, pooled_env
 
 # name -> module; each module has `async def run(ctx: BenchContext) -> ScenarioResult`.
 SCENARIOS = {
@@ -65,6 +67,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
     parser.add_argument(
+        "--pgbouncer",
+        action="store_true",
+        help="the services reach PostgreSQL through PgBouncer in transaction mode (Debian's "
+        "pgbouncer on PATH), their sessions directly",
+    )
+    parser.add_argument(
         "--render",
         metavar="JSON",
         type=Path,
@@ -92,12 +100,19 @@ async def run_scenarios(
     args: argparse.Namespace,
     work_dir: Path,
     on_result: Callable[[str, ScenarioResult], None],
+    service_env: dict[str, str],
 ) -> list[str]:
     """Run each scenario, handing each result to `on_result` as it ends; the names of those
     that failed (the others still run: one broken scenario must not cost a long run)."""
     engine = create_engine(settings)
     ctx = BenchContext(
-        settings, engine, create_sessionmaker(engine), args.scale, work_dir, reps=args.reps
+        settings,
+        engine,
+        create_sessionmaker(engine),
+        args.scale,
+        work_dir,
+        reps=args.reps,
+        service_env=service_env,
     )
     failed: list[str] = []
     try:
@@ -209,7 +224,15 @@ def main(argv: list[str] | None = None) -> int:
             versions = asyncio.run(server_versions(settings))
             print("environment:", json.dumps(environment(versions)), flush=True)
             on_result = _keep_writing(args, versions)
-            failed = asyncio.run(run_scenarios(names, settings, args, work_dir, on_result))
+            with contextlib.ExitStack() as stack:
+                service_env = {}
+                if args.pgbouncer:
+                    bouncer = stack.enter_context(pgbouncer(urls.database_url, work_dir / "pgb"))
+                    service_env = pooled_env(bouncer, urls.database_url)
+                    print(f"services through PgBouncer (transaction mode) at {bouncer.url}")
+                failed = asyncio.run(
+                    run_scenarios(names, settings, args, work_dir, on_result, service_env)
+                )
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -109,6 +109,8 @@ class BenchContext:
     scale: float
     work_dir: Path
     reps: int = 3
+    # Overrides for the service processes' environment (`--pgbouncer`: their database URLs).
+    service_env: dict[str, str] = field(default_factory=dict)
 
     def scaled(self, count: int, minimum: int = 1000) -> int:
         return max(minimum, int(count * self.scale))
@@ -149,6 +151,7 @@ class BenchContext:
             SCAN_LOG_JSON="true",
             SCAN_WORKER_METRICS_PORT="0",
         )
+        env.update(self.service_env)
         env.update(extra)
         return env
 

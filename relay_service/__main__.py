@@ -87,13 +87,15 @@ def build(settings: Settings, stop: asyncio.Event) -> Parts:
 def _loops(settings: Settings, parts: Parts, stop: asyncio.Event) -> list[asyncio.Task[None]]:
     relay, deliverer = parts.relay, parts.deliverer
     tasks = [asyncio.create_task(relay.run(stop)), asyncio.create_task(deliverer.run(stop))]
-    if settings.relay_listen_enabled:
+    if not settings.relay_listen_enabled:
+        log.info("relay_listen_off", reason="SCAN_RELAY_LISTEN_ENABLED=false", polling=True)
+    else:
         for channel, wake in (
             (keys.OUTBOX_CHANNEL, relay.wake),
             (keys.CALLBACK_CHANNEL, deliverer.wake),
         ):
             listener = NotifyListener(
-                settings.asyncpg_dsn,
+                settings.direct_asyncpg_dsn,
                 channel,
                 wake,
                 settings.relay_listen_reconnect_max_s,
@@ -137,9 +139,18 @@ async def serve(settings: Settings) -> int:
         log.info("relay_stopped")
 
 
+SESSION_URL_MISSING = (
+    "relay: DATABASE_POOL_MODE=transaction needs DATABASE_DIRECT_URL: the leader's advisory "
+    "lock and LISTEN live in a server session, which a transaction pooler does not keep"
+)
+
+
 def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
+    if not settings.has_session_url:
+        print(SESSION_URL_MISSING, file=sys.stderr)
+        sys.exit(2)
     sys.exit(asyncio.run(serve(settings)))
 
 

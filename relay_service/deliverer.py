@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from relay_service import callback_retries
 from shared import backoff, callback_urls, host_lookup, metrics, signing, ssrf
 from shared.db import callbacks, deliveries
-from shared.db.engine import autocommit
+from shared.db.engine import single_statement
 from shared.logging import get_logger
 from shared.settings import Settings
 
@@ -193,10 +193,9 @@ class Deliverer:
             dict(self._users),
             dict(self._hosts),
         )
-        async with self.sessionmaker() as session:
-            # One statement, atomic by itself: no BEGIN and COMMIT round trips on the way
-            # from a NOTIFY to its POST.
-            await autocommit(session)
+        # One statement, atomic by itself: no BEGIN and COMMIT round trips on the way from a
+        # wake-up to its POST (a short transaction behind a transaction pooler).
+        async with self.sessionmaker() as session, single_statement(session):
             claimed = await callbacks.claim_due(
                 session, limit, lease_s, settings.callback_max_attempts, in_flight
             )
@@ -236,9 +235,9 @@ class Deliverer:
             retry_in_s=None if outcome.ok else self._retry_in_s(item, outcome),
         )
         try:
-            async with self.sessionmaker() as session:
-                # One statement, atomic by itself: no BEGIN and COMMIT round trips.
-                await autocommit(session)
+            # One statement: no BEGIN and COMMIT round trips (a short transaction behind a
+            # transaction pooler).
+            async with self.sessionmaker() as session, single_statement(session):
                 await deliveries.record_attempt(session, attempt)
         except (DBAPIError, OSError) as exc:
             log.warning("callback_record_failed", error=type(exc).__name__)

@@ -48,14 +48,14 @@ class LeaderElection:
     PostgreSQL releases the lock; the next `check` by another relay takes it. A leader that
     is alive but stuck (frozen, partitioned) loses it too: the server ends a session idle
     for `LEADER_IDLE_CHECKS` check intervals, and TCP keepalives end one whose peer is gone.
-    The lock lives in the server session, so this connection must be direct or through a
-    session-pooled pooler (not transaction pooling).
+    The lock lives in the server session, so this connection goes to DATABASE_DIRECT_URL
+    (direct or session-pooled), never through a transaction pooler.
     """
 
     def __init__(self, settings: Settings, lock_key: int = keys.RELAY_LEADER_LOCK) -> None:
         self.lock_key = lock_key
         self.engine = create_async_engine(
-            settings.sqlalchemy_url,
+            settings.direct_sqlalchemy_url,
             poolclass=NullPool,
             connect_args={
                 "server_settings": server_limits(

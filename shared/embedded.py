@@ -167,3 +167,30 @@ def embedded_servers(
             # Also when the start failed half-way: a server that started and then did not
             # answer in time is stopped too.
             redis.stop()
+
+
+@contextlib.contextmanager
+def _embedded_postgres_unless(url: str | None, data_dir: Path) -> Iterator[str]:
+    if url:
+        yield url
+        return
+    with embedded_postgres(data_dir) as embedded_url:
+        yield embedded_url
+
+
+@contextlib.contextmanager
+def embedded_missing(
+    data_dir: Path, *, database_url: str | None, redis_url: str | None
+) -> Iterator[EmbeddedUrls]:
+    """The given servers as they are, and embedded ones (Redis keeping its data) under
+    `data_dir` for those not given; only the embedded ones stop on exit."""
+    with _embedded_postgres_unless(database_url, data_dir / "pg") as postgres_url:
+        if redis_url:
+            yield EmbeddedUrls(database_url=postgres_url, redis_url=redis_url)
+            return
+        redis = RedisProcess(data_dir / "redis", persistent=True)
+        try:
+            redis.start()
+            yield EmbeddedUrls(database_url=postgres_url, redis_url=redis.url)
+        finally:
+            redis.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -27,6 +27,18 @@ class Settings(BaseSettings):
     database_url: SecretStr = Field(
         default=SecretStr("postgresql://postgres@127.0.0.1:5432/scan_outbox"),
         validation_alias=AliasChoices("DATABASE_URL", "SCAN_DATABASE_URL"),
+    )
+    database_direct_url: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_DIRECT_URL", "SCAN_DATABASE_DIRECT_URL"),
+        description="A session connection to the same database, for what needs one: LISTEN, "
+        "the relay leader's advisory lock, migrations. Defaults to DATABASE_URL.",
+    )
+    database_pool_mode: Literal["session", "transaction"] = Field(
+        default="session",
+        validation_alias=AliasChoices("DATABASE_POOL_MODE", "SCAN_DATABASE_POOL_MODE"),
+        description="`transaction`: DATABASE_URL is a transaction-pooling pooler (PgBouncer's "
+        "`pool_mode = transaction`).",
     )
     redis_url: SecretStr = Field(
         default=SecretStr("redis://127.0.0.1:6379/0"),
@@ -224,7 +236,7 @@ class Settings(BaseSettings):
     relay_backoff_max_s: float = Field(default=300.0, gt=0)
     relay_listen_reconnect_max_s: float = Field(default=10.0, gt=0)
     relay_listen_enabled: bool = Field(
-        default=True, description="false: poll only (e.g. behind a pooler that drops LISTEN)."
+        default=True, description="LISTEN on DATABASE_DIRECT_URL; false: poll only."
     )
     relay_broker_timeout_s: float = Field(default=5.0, gt=0)
     relay_shutdown_timeout_s: float = Field(default=20.0, gt=0)
@@ -496,6 +508,32 @@ class Settings(BaseSettings):
     def asyncpg_dsn(self) -> str:
         """The database URL in the plain form asyncpg's `connect` takes."""
         return to_asyncpg_dsn(self.database_url.get_secret_value())
+
+    @property
+    def transaction_pooled(self) -> bool:
+        """DATABASE_URL leads to a transaction-pooling pooler: no session state survives a
+        transaction there (startup settings, LISTEN, session locks, named statements)."""
+        return self.database_pool_mode == "transaction"
+
+    @property
+    def has_session_url(self) -> bool:
+        """A URL whose connections are whole server sessions exists (direct, or pooled in
+        session mode): LISTEN and the leader's lock can work."""
+        return self.database_direct_url is not None or not self.transaction_pooled
+
+    @property
+    def direct_url(self) -> str:
+        """DATABASE_DIRECT_URL, else DATABASE_URL: the URL for sessions (`has_session_url`
+        says whether it gives real ones)."""
+        return (self.database_direct_url or self.database_url).get_secret_value()
+
+    @property
+    def direct_sqlalchemy_url(self) -> str:
+        return to_sqlalchemy_url(self.direct_url)
+
+    @property
+    def direct_asyncpg_dsn(self) -> str:
+        return to_asyncpg_dsn(self.direct_url)
 
 
 def to_sqlalchemy_url(url: str) -> str:

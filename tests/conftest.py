@@ -17,6 +17,7 @@ from shared.db import migrate
 from shared.db.engine import create_engine, create_sessionmaker
 from shared.embedded import EmbeddedUrls, embedded_servers
 from shared.settings import Settings, get_settings
+from tests.pgbouncer import PgBouncer, pgbouncer
 
 TABLES = "outbox, tasks, users, broker_state"
 
@@ -43,6 +44,13 @@ def servers() -> Iterator[EmbeddedUrls]:
             os.environ.pop("DATABASE_URL", None)
             os.environ.pop("REDIS_URL", None)
             get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def pooler(servers: EmbeddedUrls, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgBouncer]:
+    """A real PgBouncer in transaction mode in front of the session's PostgreSQL."""
+    with pgbouncer(servers.database_url, tmp_path_factory.mktemp("pgbouncer")) as running:
+        yield running
 
 
 @pytest.fixture

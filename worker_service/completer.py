@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db import completions
 from shared.db.completions import Completion
-from shared.db.engine import autocommit
+from shared.db.engine import single_statement
 from shared.logging import get_logger
 from worker_service.coalescing import Coalescer, settle
 
@@ -47,8 +47,7 @@ class Completer(Coalescer[Completion, bool]):
             await self._write_each(batch)
             return
         try:
-            async with self.sessionmaker() as session:
-                await autocommit(session)
+            async with self.sessionmaker() as session, single_statement(session):
                 written = await completions.finish_tasks(session, [c for c, _ in batch])
         except Exception as exc:
             log.warning("task_batch_write_failed", size=len(batch), error=type(exc).__name__)

@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db import leases
-from shared.db.engine import autocommit
+from shared.db.engine import single_statement
 from shared.logging import get_logger
 from shared.settings import Settings
 
@@ -111,8 +111,7 @@ class LeaseKeeper:
         write of a run is fenced by its token anyway."""
         snapshot = dict(self.held)
         try:
-            async with self.sessionmaker() as session:
-                await autocommit(session)
+            async with self.sessionmaker() as session, single_statement(session):
                 lost = await leases.renew_leases(
                     session,
                     {task_id: held.token for task_id, held in snapshot.items()},

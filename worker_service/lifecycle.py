@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared import backoff, metrics
 from shared.db import claims, outage, tasks
 from shared.db.completions import Completion
-from shared.db.engine import autocommit
+from shared.db.engine import single_statement
 from shared.db.models import TaskStatus
 from shared.logging import get_logger
 from shared.messages import scan_entry
@@ -345,8 +345,7 @@ async def _write(runtime: WorkerRuntime, write: Callable[[AsyncSession], Awaitab
     blips; a longer outage raises, and the expiring lease hands the task to another run."""
     for attempt in range(1, WRITE_ATTEMPTS + 1):
         try:
-            async with runtime.sessionmaker() as session:
-                await autocommit(session)
+            async with runtime.sessionmaker() as session, single_statement(session):
                 return await write(session)
         except Exception as exc:
             # A restarting database also fails with errors outside INFRASTRUCTURE_ERRORS

@@ -15,7 +15,7 @@ from shared import devenv
 from shared.cli.common import console, db_session, run_async
 from shared.cli.processes import api_command, relay_command, worker_command
 from shared.db import migrate, users
-from shared.embedded import EmbeddedUrls, embedded_servers
+from shared.embedded import EmbeddedUrls, embedded_missing
 from shared.process_tree import ProcessTree, stop_trees
 from shared.settings import Settings, get_settings
 from shared.tokens import hash_token, new_token
@@ -23,13 +23,23 @@ from shared.tokens import hash_token, new_token
 DEMO_USER = "demo"
 
 
+def _given(*names: str) -> str | None:
+    return next((value for name in names if (value := os.environ.get(name))), None)
+
+
 @contextlib.contextmanager
 def _servers(data_dir: Path) -> Iterator[EmbeddedUrls | None]:
-    """The embedded servers (Redis keeping its data) and their env file, for as long as they run."""
-    if os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"):
+    """The servers the environment names, embedded ones (Redis keeping its data) for those it
+    does not, and their env file, for as long as they run; None when it names both."""
+    database_url = _given("DATABASE_URL", "SCAN_DATABASE_URL")
+    redis_url = _given("REDIS_URL", "SCAN_REDIS_URL")
+    if database_url and redis_url:
         yield None
         return
-    with embedded_servers(data_dir, persistent_redis=True) as urls:
+    if database_url or redis_url:
+        given, embedded = ("DATABASE_URL", "Redis") if database_url else ("REDIS_URL", "PostgreSQL")
+        _say(f"using {given} from the environment; starting an embedded {embedded} for the other")
+    with embedded_missing(data_dir, database_url=database_url, redis_url=redis_url) as urls:
         env_file = devenv.write(data_dir, urls)
         try:
             yield urls
@@ -148,7 +158,7 @@ def _run_stack(data_dir: Path, request: StopRequest) -> int:
         settings = get_settings()
         if request.stop.is_set():
             return 0
-        migrate.upgrade(settings.database_url.get_secret_value())
+        migrate.upgrade(settings.direct_url)
         _print_welcome(settings, _rotate_demo_token(settings), data_dir if urls else None)
         services: list[ProcessTree] = []
         try:

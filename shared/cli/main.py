@@ -78,7 +78,8 @@ def migrate(
 
     from shared.db import migrate as migrations
 
-    url = load_settings().database_url.get_secret_value()
+    # DDL, the migration lock and CONCURRENTLY need a whole session: never a transaction pooler.
+    url = load_settings().direct_url
     if check:
         _check_schema(url, wait_s)
         return
@@ -90,7 +91,10 @@ def migrate(
     except CommandError as exc:
         fail(str(exc))
     except (OperationalError, InterfaceError, OSError) as exc:
-        fail(f"the database is unreachable ({type(exc).__name__}); check DATABASE_URL")
+        fail(
+            f"the database is unreachable ({type(exc).__name__}); "
+            "check DATABASE_DIRECT_URL (or DATABASE_URL)"
+        )
     console.print(f"database at {'revision ' + revision if down else revision}")
 
 

@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from shared import devenv
-from shared.embedded import free_port
+from shared.embedded import EmbeddedUrls, free_port
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -220,3 +220,22 @@ def test_scanctl_dev_ends_every_process_it_started_even_a_frozen_worker(
         if dev.process.poll() is None:
             os.killpg(dev.process.pid, signal.SIGKILL)
             dev.process.wait()
+
+
+@pytest.mark.timeout(300)
+def test_scanctl_dev_uses_the_given_database_and_embeds_only_redis(
+    folder: Path, servers: EmbeddedUrls
+) -> None:
+    dev = Dev(folder, DATABASE_URL=servers.database_url)
+    try:
+        ready = httpx.get(f"http://127.0.0.1:{dev.api_port}/readyz", timeout=5).json()
+        env_file = devenv.read(folder / ".data" / "dev.env")
+    finally:
+        code = dev.stop(signal.SIGTERM)
+    assert code == 0, dev.log()[-3000:]
+    assert "using DATABASE_URL from the environment" in dev.log()
+    assert ready == {"status": "ready", "database": "ok", "redis": "ok"}
+    assert env_file["DATABASE_URL"] == servers.database_url
+    # No embedded PostgreSQL was started; the embedded Redis was.
+    assert not (folder / ".data" / "pg").exists()
+    assert (folder / ".data" / "redis").exists()

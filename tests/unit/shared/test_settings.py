@@ -1,6 +1,7 @@
 import pytest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
+from shared.db.engine import pooled_connect_args, transaction_limits
 from shared.settings import Settings, to_asyncpg_dsn, to_sqlalchemy_url
 
 
@@ -50,3 +51,33 @@ def test_redis_safeguards_are_on_unless_switched_off(monkeypatch: pytest.MonkeyP
     assert Settings(_env_file=None).redis_safeguards is True  # type: ignore[call-arg]
     monkeypatch.setenv("SCAN_REDIS_SAFEGUARDS", "false")
     assert Settings(_env_file=None).redis_safeguards is False  # type: ignore[call-arg]
+
+
+def test_the_direct_url_defaults_to_the_database_url_and_says_when_it_is_no_session() -> None:
+    pooled = Settings(
+        database_url="postgresql://app@pgbouncer:6432/db",  # type: ignore[arg-type]
+        database_pool_mode="transaction",
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    assert pooled.direct_url == "postgresql://app@pgbouncer:6432/db"
+    assert not pooled.has_session_url
+    direct = pooled.model_copy(
+        update={"database_direct_url": SecretStr("postgresql://app@postgres:5432/db")}
+    )
+    assert direct.has_session_url
+    assert direct.direct_sqlalchemy_url == "postgresql+asyncpg://app@postgres:5432/db"
+    assert Settings(_env_file=None).has_session_url  # type: ignore[call-arg]
+
+
+def test_behind_a_transaction_pooler_nothing_is_set_at_connection_start() -> None:
+    settings = Settings(database_pool_mode="transaction", _env_file=None)  # type: ignore[call-arg]
+    args = pooled_connect_args(settings)
+    assert args["server_settings"] == {}
+    assert args["statement_cache_size"] == 0
+    assert args["prepared_statement_cache_size"] == 0
+    names = {args["prepared_statement_name_func"]() for _ in range(3)}
+    assert len(names) == 3
+    assert transaction_limits(settings) == {
+        "statement_timeout": "30000",
+        "idle_in_transaction_session_timeout": "15000",
+    }

@@ -31,9 +31,14 @@ STORAGE = {
 def upgrade() -> None:
     options = ', '.join(f'{name} = {value}' for name, value in STORAGE.items())
     op.execute(f'ALTER TABLE outbox SET ({options})')
-    op.create_index('ix_outbox_dead', 'outbox', ['id'], unique=False, postgresql_where=sa.text('dead_at IS NOT NULL'))
+    with op.get_context().autocommit_block():
+        op.create_index('ix_outbox_dead', 'outbox', ['id'], unique=False,
+                        postgresql_where=sa.text('dead_at IS NOT NULL'),
+                        postgresql_concurrently=True, if_not_exists=True)
 
 
 def downgrade() -> None:
-    op.drop_index('ix_outbox_dead', table_name='outbox')
+    with op.get_context().autocommit_block():
+        op.drop_index('ix_outbox_dead', table_name='outbox', postgresql_concurrently=True,
+                      if_exists=True)
     op.execute(f"ALTER TABLE outbox RESET ({', '.join(STORAGE)})")

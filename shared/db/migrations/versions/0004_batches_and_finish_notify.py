@@ -20,7 +20,7 @@ depends_on: str | Sequence[str] | None = None
 # changes `status`; a trigger catches them all, in the transaction of the write, so a
 # waiter is woken at commit and never for an uncommitted state. Payload: "task,batch".
 FINISH_NOTIFY_FUNCTION = """
-CREATE FUNCTION task_finished_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION task_finished_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('scan_task_finished',
                       NEW.id::text || ',' || coalesce(NEW.batch_id::text, ''));
@@ -35,6 +35,19 @@ WHEN (NEW.status IN ('succeeded', 'failed', 'cancelled')
       AND OLD.status IS DISTINCT FROM NEW.status)
 EXECUTE FUNCTION task_finished_notify()
 """
+
+# Every statement before the autocommit block may run again (a lock timeout inside the block
+# re-runs the revision): hence IF NOT EXISTS, OR REPLACE, DROP IF EXISTS and this guarded
+# constraint.
+ADD_BATCH_FK = """
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'fk_tasks_batch_id_batches') THEN
+        ALTER TABLE tasks ADD CONSTRAINT fk_tasks_batch_id_batches FOREIGN KEY (batch_id)
+        REFERENCES batches (id) ON DELETE CASCADE NOT VALID;
+    END IF;
+END $$
+"""
+VALIDATE_BATCH_FK = "ALTER TABLE tasks VALIDATE CONSTRAINT fk_tasks_batch_id_batches"
 
 
 def upgrade() -> None:
@@ -51,31 +64,40 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_batches_user_id_users'),
                                 ondelete='CASCADE'),
         sa.PrimaryKeyConstraint('id', name=op.f('pk_batches')),
+        if_not_exists=True,
     )
     op.create_index(
         'uq_batches_user_idempotency_key', 'batches', ['user_id', 'idempotency_key'],
-        unique=True, postgresql_where=sa.text('idempotency_key IS NOT NULL'),
+        unique=True, postgresql_where=sa.text('idempotency_key IS NOT NULL'), if_not_exists=True,
     )
     # Nullable columns without a default: adding them rewrites nothing.
-    op.add_column('tasks', sa.Column('batch_id', sa.UUID(), nullable=True))
-    op.add_column('tasks', sa.Column('batch_position', sa.Integer(), nullable=True))
-    op.create_foreign_key(
-        op.f('fk_tasks_batch_id_batches'), 'tasks', 'batches', ['batch_id'], ['id'],
-        ondelete='CASCADE',
-    )
-    # A batch's tasks in submission order (keyset pages) and its counts by status.
-    op.create_index(
-        'ix_tasks_batch', 'tasks', ['batch_id', 'batch_position'], unique=False,
-        postgresql_where=sa.text('batch_id IS NOT NULL'),
-    )
+    op.add_column('tasks', sa.Column('batch_id', sa.UUID(), nullable=True), if_not_exists=True)
+    op.add_column('tasks', sa.Column('batch_position', sa.Integer(), nullable=True),
+                  if_not_exists=True)
+    # NOT VALID: checked for new rows at once, without scanning the existing ones here.
+    op.execute(ADD_BATCH_FK)
     op.execute(FINISH_NOTIFY_FUNCTION)
+    # No CREATE OR REPLACE TRIGGER before PostgreSQL 14.
+    op.execute("DROP TRIGGER IF EXISTS task_finished_notify ON tasks")
     op.execute(FINISH_NOTIFY_TRIGGER)
+    with op.get_context().autocommit_block():
+        # The scan of existing rows, in a transaction of its own: VALIDATE holds a lock that
+        # lets every read and write of `tasks` go on meanwhile.
+        op.execute(VALIDATE_BATCH_FK)
+        # A batch's tasks in submission order (keyset pages) and its counts by status.
+        op.create_index(
+            'ix_tasks_batch', 'tasks', ['batch_id', 'batch_position'], unique=False,
+            postgresql_where=sa.text('batch_id IS NOT NULL'),
+            postgresql_concurrently=True, if_not_exists=True,
+        )
 
 
 def downgrade() -> None:
     op.execute("DROP TRIGGER task_finished_notify ON tasks")
     op.execute("DROP FUNCTION task_finished_notify()")
-    op.drop_index('ix_tasks_batch', table_name='tasks')
+    with op.get_context().autocommit_block():
+        op.drop_index('ix_tasks_batch', table_name='tasks', postgresql_concurrently=True,
+                      if_exists=True)
     op.drop_constraint(op.f('fk_tasks_batch_id_batches'), 'tasks', type_='foreignkey')
     op.drop_column('tasks', 'batch_position')
     op.drop_column('tasks', 'batch_id')

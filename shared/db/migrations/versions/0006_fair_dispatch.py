@@ -32,10 +32,11 @@ WHERE o.task_id = t.id AND o.published_at IS NULL AND o.dead_at IS NULL
 def upgrade() -> None:
     op.execute(LOCK_TIMEOUT)
     # A constant default on a NOT NULL column is stored in the catalog: no table rewrite.
+    # Both may run again: a lock timeout in the autocommit block re-runs the revision.
     op.add_column('outbox', sa.Column('user_id', sa.BigInteger(), nullable=False,
-                                      server_default=sa.text('0')))
+                                      server_default=sa.text('0')), if_not_exists=True)
     op.add_column('outbox', sa.Column('lane', sa.SmallInteger(), nullable=False,
-                                      server_default=sa.text('0')))
+                                      server_default=sa.text('0')), if_not_exists=True)
     op.execute(BACKFILL)
     with op.get_context().autocommit_block():
         # The relay walks the backlog client by client (a skip scan of this index).

@@ -36,10 +36,12 @@ def upgrade() -> None:
                                 name=op.f('fk_delivery_attempts_delivery_row_id_deliveries'),
                                 ondelete='CASCADE'),
         sa.PrimaryKeyConstraint('id', name=op.f('pk_delivery_attempts')),
+        # The revision runs again whole if its autocommit block below times out on a lock.
+        if_not_exists=True,
     )
     # A new, empty table: a plain index takes no lock anyone waits on.
     op.create_index('ix_delivery_attempts_delivery', 'delivery_attempts',
-                    ['delivery_row_id', 'id'])
+                    ['delivery_row_id', 'id'], if_not_exists=True)
     with op.get_context().autocommit_block():
         # A client's own deliveries, newest first, in keyset pages.
         op.create_index(
