@@ -14,15 +14,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relay_service.deliverer import Deliverer
 from relay_service.health import HealthServer, Readiness
-from relay_service.listener import NotifyListener
+from relay_service.listener import build_listener
 from relay_service.maintenance import LeaderElection, MaintenanceJobs
 from relay_service.publisher import DramatiqPublisher
 from relay_service.relay import Relay
 from relay_service.scheduler import build_scheduler
 from relay_service.whereabouts import BrokerWatch
-from shared import gc_pauses, keys
+from shared import gc_pauses
 from shared.broker import create_broker
-from shared.db.engine import create_engine, create_sessionmaker, server_limits
+from shared.db.engine import create_engine, create_sessionmaker
 from shared.logging import configure_logging, get_logger
 from shared.settings import Settings, get_settings
 
@@ -80,19 +80,9 @@ def build(settings: Settings, stop: asyncio.Event) -> Parts:
 def _loops(settings: Settings, parts: Parts, stop: asyncio.Event) -> list[asyncio.Task[None]]:
     relay, deliverer = parts.relay, parts.deliverer
     tasks = [asyncio.create_task(relay.run(stop)), asyncio.create_task(deliverer.run(stop))]
-    if settings.relay_listen_enabled:
-        for channel, wake in (
-            (keys.OUTBOX_CHANNEL, relay.wake),
-            (keys.CALLBACK_CHANNEL, deliverer.wake),
-        ):
-            listener = NotifyListener(
-                settings.asyncpg_dsn,
-                channel,
-                wake,
-                settings.relay_listen_reconnect_max_s,
-                server_limits(settings),
-            )
-            tasks.append(asyncio.create_task(listener.run(stop)))
+    if settings.wakeup_hints:
+        listener = build_listener(settings, relay.wake, deliverer.wake)
+        tasks.append(asyncio.create_task(listener.run(stop)))
     return tasks
 
 

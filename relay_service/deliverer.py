@@ -315,7 +315,7 @@ class Deliverer:
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop`, keeping up to `callback_batch_size` POSTs in flight: a
         free slot is filled as soon as one ends, so a slow receiver holds one slot, not a
-        batch. Claims again at once after a claim that found rows, on a NOTIFY, a finished
+        batch. Claims again at once after a claim that found rows, on a hint, a finished
         POST or the poll interval; any error is logged and retried with backoff."""
         in_flight: set[asyncio.Task[None]] = set()
         failures = 0

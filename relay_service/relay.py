@@ -74,7 +74,7 @@ class Relay:
         self.window = settings.relay_client_window
 
     def wake(self) -> None:
-        """Ask for a cycle soon (a NOTIFY arrived, or the poll interval passed)."""
+        """Ask for a cycle soon (a wake-up hint arrived, or the poll interval passed)."""
         self.wakeup.set()
 
     def beat(self) -> None:

@@ -88,6 +88,17 @@ class Settings(BaseSettings):
         ge=0,
         description="Requests one API process keeps waiting at once; over it, 503 at once.",
     )
+    wait_poll_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often an API process asks, in one statement, which waited tasks "
+        "and batches have ended (the bound on a lost finish hint).",
+    )
+    wakeup_hints: bool = Field(
+        default=True,
+        description="Send and take wake-up hints through the broker's Redis; false: every "
+        "loop is woken by its poll alone.",
+    )
     wait_max_waiters_per_client: int = Field(
         default=100,
         ge=0,
@@ -181,9 +192,6 @@ class Settings(BaseSettings):
     relay_backoff_base_s: float = Field(default=1.0, gt=0)
     relay_backoff_max_s: float = Field(default=300.0, gt=0)
     relay_listen_reconnect_max_s: float = Field(default=10.0, gt=0)
-    relay_listen_enabled: bool = Field(
-        default=True, description="false: poll only (e.g. behind a pooler that drops LISTEN)."
-    )
     relay_broker_timeout_s: float = Field(default=5.0, gt=0)
     relay_shutdown_timeout_s: float = Field(default=20.0, gt=0)
     relay_health_host: str = "127.0.0.1"

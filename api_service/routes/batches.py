@@ -10,6 +10,7 @@ from fastapi import APIRouter, Header, Query, Response, status
 from api_service import batch_service, waiting
 from api_service.deps import (
     CurrentUser,
+    HintsDep,
     RedisDep,
     RequestIdDep,
     SessionDep,
@@ -67,6 +68,7 @@ async def create_batch(
     user: CurrentUser,
     session: SessionDep,
     redis: RedisDep,
+    hints: HintsDep,
     settings: SettingsDep,
     request_id: RequestIdDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
@@ -83,7 +85,9 @@ async def create_batch(
         idempotency_key=checked_idempotency_key(idempotency_key),
         request_id=request_id,
     )
-    if not created:
+    if created:
+        await hints.outbox()
+    else:
         response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"/api/v1/batches/{batch_id}"
     view = await batch_service.read_batch(

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Header, Query, Response, status
 from api_service import ratelimit, services, waiting
 from api_service.deps import (
     CurrentUser,
+    HintsDep,
     RedisDep,
     RequestIdDep,
     SessionDep,
@@ -57,6 +58,7 @@ async def create_task(
     user: CurrentUser,
     session: SessionDep,
     redis: RedisDep,
+    hints: HintsDep,
     settings: SettingsDep,
     request_id: RequestIdDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
@@ -71,7 +73,9 @@ async def create_task(
         idempotency_key=checked_idempotency_key(idempotency_key),
         request_id=request_id,
     )
-    if not created:
+    if created:
+        await hints.outbox()
+    else:
         response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"/api/v1/tasks/{task.id}"
     return TaskOut.model_validate(task)
@@ -144,6 +148,7 @@ async def retry_task(
     user: CurrentUser,
     session: SessionDep,
     redis: RedisDep,
+    hints: HintsDep,
     settings: SettingsDep,
     request_id: RequestIdDep,
 ) -> TaskOut:
@@ -151,12 +156,15 @@ async def retry_task(
     task = await services.retry_task(
         session, redis, settings, services.Actor.owner(user), task_id, request_id=request_id
     )
+    await hints.outbox()
     return TaskOut.model_validate(task)
 
 
 @router.post("/{task_id}/cancel", response_model=TaskOut, responses=_ERRORS)
-async def cancel_task(task_id: uuid.UUID, user: CurrentUser, session: SessionDep) -> TaskOut:
+async def cancel_task(
+    task_id: uuid.UUID, user: CurrentUser, session: SessionDep, hints: HintsDep
+) -> TaskOut:
     """Cancel a pending, queued or running task; a running scan stops without a result."""
-    return TaskOut.model_validate(
-        await services.cancel_task(session, services.Actor.owner(user), task_id)
-    )
+    task = await services.cancel_task(session, services.Actor.owner(user), task_id)
+    await services.announce_end(hints, task)
+    return TaskOut.model_validate(task)

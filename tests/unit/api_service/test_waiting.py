@@ -25,7 +25,7 @@ async def test_a_notification_wakes_the_waiters_of_its_task_and_of_its_batch_onl
         waiters.watch(batch) as on_batch,
         waiters.watch(other) as on_other,
     ):
-        waiters._notified(None, 1, "scan_task_finished", f"{task},{batch}")
+        waiters.hinted(f"{task},{batch}")
         assert (on_task.is_set(), on_batch.is_set(), on_other.is_set()) == (True, True, False)
     assert waiters.count == 0
 
@@ -34,9 +34,9 @@ async def test_a_payload_without_a_batch_or_garbled_wakes_nobody_else() -> None:
     waiters = registry()
     task = uuid.uuid4()
     async with waiters.watch(task) as event:
-        waiters._notified(None, 1, "scan_task_finished", "not-a-uuid,")
+        waiters.hinted("not-a-uuid,")
         assert not event.is_set()
-        waiters._notified(None, 1, "scan_task_finished", f"{task},")
+        waiters.hinted(f"{task},")
         assert event.is_set()
 
 
@@ -96,7 +96,7 @@ async def test_wait_until_reads_again_on_each_wake_until_ended() -> None:
         await asyncio.sleep(0)
         if waiting.done():
             break
-        waiters._notified(None, 1, "", f"{key},")
+        waiters.hinted(f"{key},")
 
     assert await waiting == "succeeded"
     assert reads == ["pending", "pending", "running", "succeeded"]

@@ -1,0 +1,186 @@
+"""Wake-up hints: Redis PUBLISH after a commit, a subscriber that turns them into wakes.
+
+A hint only shortens a wait. Every loop it wakes (the relay, the deliverer, a waiting GET)
+also polls the database on its own interval, so a hint that is lost, late, or never sent
+costs at most that interval, never a task. Hints are sent after the commit, outside the
+transaction: a `pg_notify` inside it would take PostgreSQL's one notify lock through the
+commit's WAL flush and serialise every notifying commit on the server (docs/design.md).
+
+Channels (in the broker's Redis, where the relays and workers already are):
+- `scan-outbox:wake:outbox`: outbox rows were committed, due now; payload empty.
+- `scan-outbox:wake:finished`: a task ended; payload "task_id,batch_id" (batch may be empty).
+- `scan-outbox:wake:callbacks`: a delivery may have been written; payload empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from shared import backoff, metrics
+from shared.logging import get_logger
+from shared.settings import Settings
+
+log = get_logger(__name__)
+
+OUTBOX = "scan-outbox:wake:outbox"
+FINISHED = "scan-outbox:wake:finished"
+CALLBACKS = "scan-outbox:wake:callbacks"
+
+HEALTH_CHECK_INTERVAL_S = 1.0
+RECONNECT_MIN_S = 0.1
+
+# Called with a hint's payload, or with None after a (re)subscription: hints may have been
+# missed while unsubscribed, so everything waiting should look again.
+Handler = Callable[[str | None], None]
+
+
+def create_client(settings: Settings) -> aioredis.Redis:
+    """A client for the broker's Redis whose calls give up after `redis_timeout_s`: a hint
+    never holds up the request or run that sends it for longer."""
+    return aioredis.Redis.from_url(
+        settings.effective_broker_url,
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+        retry_on_timeout=False,
+    )
+
+
+def finished_payload(task_id: uuid.UUID, batch_id: uuid.UUID | None) -> str:
+    return f"{task_id},{batch_id or ''}"
+
+
+class Hints:
+    """Sends hints after commits; never raises (a failure is counted and logged)."""
+
+    def __init__(self, client: aioredis.Redis | None) -> None:
+        # None: hints are off, every wait ends by its poll.
+        self.client = client
+
+    async def aclose(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+
+    async def outbox(self) -> None:
+        """Outbox rows due now were committed."""
+        await self._publish([(OUTBOX, "")])
+
+    async def finished(
+        self, ended: Iterable[tuple[uuid.UUID, uuid.UUID | None]], callbacks: bool
+    ) -> None:
+        """Tasks `ended` (task id, batch id) were committed in a terminal state; `callbacks`:
+        one of them may have written a delivery."""
+        messages = [(FINISHED, finished_payload(task, batch)) for task, batch in ended]
+        if messages and callbacks:
+            messages.append((CALLBACKS, ""))
+        await self._publish(messages)
+
+    async def callbacks(self) -> None:
+        """Deliveries due now were committed."""
+        await self._publish([(CALLBACKS, "")])
+
+    async def _publish(self, messages: list[tuple[str, str]]) -> None:
+        if self.client is None or not messages:
+            return
+        try:
+            if len(messages) == 1:
+                await self.client.publish(*messages[0])
+                return
+            async with self.client.pipeline(transaction=False) as pipe:
+                for channel, payload in messages:
+                    pipe.publish(channel, payload)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            metrics.WAKEUP_HINTS_FAILED.inc(len(messages))
+            log.warning("wakeup_hint_failed", hints=len(messages), error=type(exc).__name__)
+
+
+class HintListener:
+    """Subscribes to the channels of `handlers` and calls each channel's handler with every
+    hint's payload, and with None after each (re)subscription; reconnects with backoff.
+
+    While unsubscribed no hint arrives; the woken loops' own polls cover the gap.
+    """
+
+    def __init__(
+        self, url: str, handlers: Mapping[str, Handler], reconnect_max_s: float, name: str
+    ) -> None:
+        self.url = url
+        self.handlers = dict(handlers)
+        self.reconnect_max_s = reconnect_max_s
+        self.name = name
+        self.connected = False
+        self.connections = 0
+
+    def _dispatch(self, message: Mapping[str, object]) -> None:
+        channel, data = message.get("channel"), message.get("data")
+        handler = self.handlers.get(channel.decode() if isinstance(channel, bytes) else "")
+        if handler is not None and isinstance(data, bytes):
+            handler(data.decode())
+
+    def _wake_all(self) -> None:
+        for handler in self.handlers.values():
+            handler(None)
+
+    async def _listen_until_lost(self, stop: asyncio.Event) -> None:
+        # No socket timeout: the read below waits for hints; the ping notices a dead link.
+        client = aioredis.Redis.from_url(
+            self.url, socket_connect_timeout=5.0, client_name=self.name
+        )
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(*self.handlers)
+            self.connected = True
+            self.connections += 1
+            log.info("wakeup_hints_subscribed", listener=self.name)
+            # Whatever was committed while nobody listened is looked at now.
+            self._wake_all()
+            await self._read(pubsub, stop)
+        finally:
+            self.connected = False
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose()
+
+    async def _read(self, pubsub: aioredis.client.PubSub, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        ping_due = loop.time() + HEALTH_CHECK_INTERVAL_S
+        pong_due: float | None = None
+        while not stop.is_set():
+            message = await pubsub.get_message(timeout=HEALTH_CHECK_INTERVAL_S / 2)
+            if message is not None:
+                if message.get("type") == "pong":
+                    pong_due = None
+                else:
+                    self._dispatch(message)
+            now = loop.time()
+            if pong_due is not None and now > pong_due:
+                raise TimeoutError("no answer to a ping")
+            if now >= ping_due:
+                await pubsub.ping()
+                ping_due, pong_due = now + HEALTH_CHECK_INTERVAL_S, now + HEALTH_CHECK_INTERVAL_S
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Listen until `stop`, reconnecting with backoff."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                await self._listen_until_lost(stop)
+                failures, error = 0, "connection closed"
+            except (RedisError, OSError, TimeoutError) as exc:
+                error = type(exc).__name__
+            if stop.is_set():
+                return
+            failures += 1
+            delay_s = backoff.backoff_s(failures, RECONNECT_MIN_S, self.reconnect_max_s)
+            log.warning(
+                "wakeup_hints_lost", listener=self.name, error=error, retry_in_s=round(delay_s, 3)
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay_s)
