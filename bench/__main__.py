@@ -48,6 +48,7 @@ SCENARIOS = {
     "recovery": "bench.recovery",
     "io_bound": "bench.io_bound",
     "fairness": "bench.fairness",
+    "commit_ceiling": "bench.commit_ceiling",
 }
 RESULTS_DIR = Path(__file__).parent / "results"
 
