@@ -97,3 +97,16 @@ async def api_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
             yield http
+
+
+def published(pubsub: Any, quiet_s: float = 0.5) -> list[tuple[str, str]]:
+    """(channel, payload) of every message `pubsub` receives until none came for `quiet_s`
+    (subscribe confirmations, which read as None, are skipped)."""
+    received: list[tuple[str, str]] = []
+    quiet_until = time.monotonic() + quiet_s
+    while time.monotonic() < quiet_until:
+        message = pubsub.get_message(timeout=0.05)
+        if message is not None and message["type"] == "message":
+            received.append((message["channel"].decode(), message["data"].decode()))
+            quiet_until = time.monotonic() + quiet_s
+    return received

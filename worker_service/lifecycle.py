@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared import backoff, metrics, wakeups
+from shared import backoff, metrics
 from shared.db import claims, outage, tasks
 from shared.db.completions import Completion
 from shared.db.engine import autocommit
@@ -298,9 +298,7 @@ async def _finish(
     error: str | None,
 ) -> Outcome:
     """The run's end, written with the ends of other runs finishing at the same moment."""
-    end = Completion(
-        task.id, lease_token, status, result, error, task.batch_id, task.may_call_back
-    )
+    end = Completion(task.id, lease_token, status, result, error, task.batch_id, task.may_call_back)
     if not await completer_of(runtime).finish(end):
         return await _lease_gone(runtime, task.id)
     # The one INFO line of a run that went to its end.
@@ -330,13 +328,10 @@ def completer_of(runtime: WorkerRuntime) -> Completer:
         async def write_one(end: Completion) -> bool:
             return await _write(runtime, lambda session: _finish_one(session, end))
 
-        hints = wakeups.Hints(
-            wakeups.create_client(runtime.settings) if runtime.settings.wakeup_hints else None
-        )
-
         async def announce(ended: list[Completion]) -> None:
             may_call_back = any(end.may_call_back for end in ended)
-            await hints.finished([(end.task_id, end.batch_id) for end in ended], may_call_back)
+            ids = [(end.task_id, end.batch_id) for end in ended]
+            await runtime.hints.finished(ids, may_call_back)
 
         runtime.completer = Completer(
             runtime.sessionmaker, write_one, runtime.settings.worker_completion_batch, announce
