@@ -153,15 +153,16 @@ class FinishWaiters:
                 event.set()
 
     def hinted(self, payload: str | None) -> None:
-        """A finish hint ("task_id,batch_id"): wake who waits on either; None (hints may
-        have been missed): wake every waiter."""
+        """A finish hint ("task_id,batch_id", several joined by ";"): wake who waits on
+        any of them; None (hints may have been missed): wake every waiter."""
         if payload is None:
             self._wake_all()
             return
-        task_id, _, batch_id = payload.partition(",")
-        for raw in (task_id, batch_id):
-            with contextlib.suppress(ValueError):
-                self._wake(uuid.UUID(raw))
+        for ended in payload.split(";"):
+            task_id, _, batch_id = ended.partition(",")
+            for raw in (task_id, batch_id):
+                with contextlib.suppress(ValueError):
+                    self._wake(uuid.UUID(raw))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll, and take finish hints, until `stop` (resubscribing with backoff); waiters

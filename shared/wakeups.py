@@ -8,7 +8,8 @@ commit's WAL flush and serialise every notifying commit on the server (docs/desi
 
 Channels (in the broker's Redis, where the relays and workers already are):
 - `scan-outbox:wake:outbox`: outbox rows were committed, due now; payload empty.
-- `scan-outbox:wake:finished`: a task ended; payload "task_id,batch_id" (batch may be empty).
+- `scan-outbox:wake:finished`: tasks ended; payload "task_id,batch_id" (batch may be empty),
+  several joined by ";".
 - `scan-outbox:wake:callbacks`: a delivery may have been written; payload empty.
 """
 
@@ -56,37 +57,64 @@ def finished_payload(task_id: uuid.UUID, batch_id: uuid.UUID | None) -> str:
 
 
 class Hints:
-    """Sends hints after commits; never raises (a failure is counted and logged)."""
+    """Sends hints after commits, in the background; never raises (a failure is counted
+    and logged).
+
+    At most one publish is in flight per process: hints asked for meanwhile wait for it and
+    go together in the next one (a finish hint's payloads joined by ";"). Every hint still
+    leaves after the commit it follows, and a burst of commits costs a few publishes, not
+    one round trip each on the path of the request or run that asked.
+    """
 
     def __init__(self, client: aioredis.Redis | None) -> None:
         # None: hints are off, every wait ends by its poll.
         self.client = client
-
-    async def aclose(self) -> None:
-        if self.client is not None:
-            await self.client.aclose()
+        self._pending: dict[str, set[str]] = {}
+        self._sender: asyncio.Task[None] | None = None
 
     async def outbox(self) -> None:
         """Outbox rows due now were committed."""
-        await self._publish([(OUTBOX, "")])
+        self._ask([(OUTBOX, "")])
 
     async def finished(
         self, ended: Iterable[tuple[uuid.UUID, uuid.UUID | None]], callbacks: bool
     ) -> None:
         """Tasks `ended` (task id, batch id) were committed in a terminal state; `callbacks`:
         one of them may have written a delivery."""
-        messages = [(FINISHED, finished_payload(task, batch)) for task, batch in ended]
-        if messages and callbacks:
-            messages.append((CALLBACKS, ""))
-        await self._publish(messages)
+        hints = [(FINISHED, finished_payload(task, batch)) for task, batch in ended]
+        if hints and callbacks:
+            hints.append((CALLBACKS, ""))
+        self._ask(hints)
 
     async def callbacks(self) -> None:
         """Deliveries due now were committed."""
-        await self._publish([(CALLBACKS, "")])
+        self._ask([(CALLBACKS, "")])
+
+    async def flush(self) -> None:
+        """Return once every hint asked for so far has been sent (or has failed)."""
+        while self._sender is not None and not self._sender.done():
+            await asyncio.shield(self._sender)
+
+    async def aclose(self) -> None:
+        await self.flush()
+        if self.client is not None:
+            await self.client.aclose()
+
+    def _ask(self, hints: list[tuple[str, str]]) -> None:
+        if self.client is None or not hints:
+            return
+        for channel, payload in hints:
+            self._pending.setdefault(channel, set()).add(payload)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_pending())
+
+    async def _send_pending(self) -> None:
+        while self._pending:
+            pending, self._pending = self._pending, {}
+            await self._publish([(channel, ";".join(p)) for channel, p in pending.items()])
 
     async def _publish(self, messages: list[tuple[str, str]]) -> None:
-        if self.client is None or not messages:
-            return
+        assert self.client is not None
         try:
             if len(messages) == 1:
                 await self.client.publish(*messages[0])

@@ -206,7 +206,7 @@ async def test_a_whole_batch_sends_one_hint_and_no_notify(
         assert response.status_code == 201
         # A round trip on the listening connection delivers whatever was sent before it.
         await connection.execute("SELECT 1")
-        hints = published(pubsub)
+        hints = await published(pubsub)
     finally:
         await connection.close()
         pubsub.close()

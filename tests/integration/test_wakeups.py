@@ -24,12 +24,12 @@ async def test_a_create_hints_the_relays_and_a_cancel_hints_the_waiters(
         async with api_client(settings) as http:
             body = {"target_domain": "hint.example.com"}
             created = await http.post("/api/v1/tasks", json=body, headers=headers)
-            after_create = published(pubsub)
+            after_create = await published(pubsub)
             task_id = created.json()["id"]
             cancelled = await http.post(f"/api/v1/tasks/{task_id}/cancel", headers=headers)
-            after_cancel = published(pubsub)
+            after_cancel = await published(pubsub)
             refused = await http.post(f"/api/v1/tasks/{task_id}/cancel", headers=headers)
-            after_refusal = published(pubsub)
+            after_refusal = await published(pubsub)
     finally:
         pubsub.close()
 

@@ -172,17 +172,19 @@ async def test_the_ends_written_are_hinted_after_commit_with_their_batch_and_cal
     try:
         written = await asyncio.gather(*(completer.finish(end) for end in ends))
         await completer.close()
-        received = published(pubsub)
+        await runtime.hints.flush()
+        received = await published(pubsub)
     finally:
         pubsub.close()
         await runtime.hints.aclose()
 
     assert written == [True, True, False]
+    finished = {
+        p
+        for channel, payload in received
+        if channel == wakeups.FINISHED
+        for p in payload.split(";")
+    }
     # The stale end was not written: no hint for it.
-    assert sorted(received) == sorted(
-        [
-            (wakeups.FINISHED, f"{ends[0].task_id},{batch}"),
-            (wakeups.FINISHED, f"{ends[1].task_id},"),
-            (wakeups.CALLBACKS, ""),
-        ]
-    )
+    assert finished == {f"{ends[0].task_id},{batch}", f"{ends[1].task_id},"}
+    assert (wakeups.CALLBACKS, "") in received
