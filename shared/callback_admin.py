@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared import keys
+from shared import wakeups
 from shared.db import callbacks
 from shared.db.models import Delivery
 
@@ -18,17 +18,19 @@ def delivery_state(row: Delivery) -> str:
     return "dead" if row.dead_at is not None else "pending"
 
 
-async def replay_dead(session: AsyncSession, ids: Sequence[int] | None) -> int:
+async def replay_dead(
+    session: AsyncSession, ids: Sequence[int] | None, hints: wakeups.Hints | None = None
+) -> int:
     """Make dead deliveries (`ids`, or every one if None) due now with their tries reset,
-    keeping their delivery id, in one transaction that wakes the relays when it commits;
-    the number replayed.
+    keeping their delivery id, in one transaction, then hint the relays (`hints`); the
+    number replayed.
 
     `session` must have no transaction open.
     """
     async with session.begin():
         count = await callbacks.replay(session, ids)
-        if count:
-            await callbacks.notify_deliveries(session, keys.CALLBACK_CHANNEL)
+    if count and hints is not None:
+        await hints.callbacks()
     return count
 
 

@@ -23,15 +23,15 @@ from collections.abc import Callable, Iterable, Mapping
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from shared import backoff, metrics
+from shared import backoff, keys, metrics
 from shared.logging import get_logger
 from shared.settings import Settings
 
 log = get_logger(__name__)
 
-OUTBOX = "scan-outbox:wake:outbox"
-FINISHED = "scan-outbox:wake:finished"
-CALLBACKS = "scan-outbox:wake:callbacks"
+OUTBOX = keys.WAKE_OUTBOX_CHANNEL
+FINISHED = keys.WAKE_FINISHED_CHANNEL
+CALLBACKS = keys.WAKE_CALLBACKS_CHANNEL
 
 HEALTH_CHECK_INTERVAL_S = 1.0
 RECONNECT_MIN_S = 0.1

@@ -197,7 +197,8 @@ async def test_a_whole_batch_sends_one_hint_and_no_notify(
     pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(wakeups.OUTBOX)
     try:
-        await connection.add_listener(keys.OUTBOX_CHANNEL, lambda *args: notified.append(args[2]))
+        # The channel the outbox trigger notified before revision 0008.
+        await connection.add_listener("scan_outbox", lambda *args: notified.append(args[2]))
         response = await client.post(
             "/api/v1/batches",
             json=body(*(f"n{n}.example.com" for n in range(200))),
