@@ -126,3 +126,25 @@ async def test_polling_publishes_while_nobody_listens_including_rows_due_later(
         scheduler.shutdown(wait=False)
     assert listener.connections == 0
     assert redis_client.llen(keys.broker_queue_key("scans")) == 2
+
+
+async def test_a_quiet_subscription_answers_its_pings_and_stays_up(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(wakeups, "HEALTH_CHECK_INTERVAL_S", 0.05)
+    woken: list[str | None] = []
+    listener = wakeups.HintListener(
+        settings.effective_broker_url, {wakeups.OUTBOX: woken.append}, 0.5, "quiet"
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(listener.run(stop))
+    try:
+        await eventually(lambda: listener.connected, "the listener to subscribe")
+        # Twenty ping intervals with no hint: each ping answered, no reconnect.
+        await asyncio.sleep(1.0)
+        assert (listener.connected, listener.connections) == (True, 1)
+    finally:
+        stop.set()
+        await task
+    # One wake-up for the subscription itself, nothing else.
+    assert woken == [None]
