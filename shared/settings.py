@@ -189,6 +189,12 @@ class Settings(BaseSettings):
         "looks again for room the workers made.",
     )
     relay_poll_interval_s: float = Field(default=1.0, gt=0)
+    relay_busy_gap_s: float = Field(
+        default=0.01,
+        ge=0,
+        description="After a cycle that found rows, the least time from its start to the "
+        "next one's: wake-up hints arriving meanwhile are gathered into one claim.",
+    )
     relay_backoff_base_s: float = Field(default=1.0, gt=0)
     relay_backoff_max_s: float = Field(default=300.0, gt=0)
     relay_listen_reconnect_max_s: float = Field(default=10.0, gt=0)
