@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
@@ -14,12 +14,13 @@ from sqlalchemy import func, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from relay_service.listener import CLIENT_NAME, build_listener
-from relay_service.publisher import DramatiqPublisher
+from relay_service.publisher import DramatiqPublisher, Outcomes
 from relay_service.relay import Relay
 from relay_service.scheduler import build_scheduler
 from shared import keys, wakeups
 from shared.broker import create_broker
 from shared.db.models import OutboxMessage
+from shared.db.outbox import ClaimedMessage
 from shared.embedded import free_port
 from shared.settings import Settings
 from tests.helpers import eventually
@@ -148,3 +149,41 @@ async def test_a_quiet_subscription_answers_its_pings_and_stays_up(
         await task
     # One wake-up for the subscription itself, nothing else.
     assert woken == [None]
+
+
+class CountingPublisher:
+    """The real publisher, remembering how many rows each batch carried."""
+
+    def __init__(self, inner: DramatiqPublisher) -> None:
+        self.inner = inner
+        self.batches: list[int] = []
+
+    async def publish(self, messages: Sequence[ClaimedMessage]) -> Outcomes:
+        self.batches.append(len(messages))
+        return await self.inner.publish(messages)
+
+
+async def test_while_rows_keep_coming_the_hints_of_the_busy_gap_make_one_claim(
+    engine: AsyncEngine,
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    broker: RedisBroker,
+) -> None:
+    gap = settings.model_copy(update={"relay_busy_gap_s": 1.0})
+    publisher = CountingPublisher(DramatiqPublisher(broker))
+    relay = Relay(engine, publisher, gap)
+    stop = asyncio.Event()
+    running_relay = asyncio.create_task(relay.run(stop))
+    try:
+        await create_tasks(sessionmaker, 1)
+        relay.wake()
+        await eventually(all_published(sessionmaker), "the first row", deadline_s=DEADLINE_S)
+        # Three commits, each hinted, inside the gap that follows the first cycle.
+        for _ in range(3):
+            await create_tasks(sessionmaker, 1)
+            relay.wake()
+        await eventually(all_published(sessionmaker), "the three rows", deadline_s=DEADLINE_S)
+    finally:
+        stop.set()
+        await running_relay
+    assert publisher.batches == [1, 3]
