@@ -208,7 +208,11 @@ async def run(ctx: BenchContext) -> ScenarioResult:
         params={"idle_s": IDLE_S, "poll_interval_s": POLL_INTERVAL_S},
     )
     token = await fresh_token(ctx)
-    api, port = start_api(ctx, "wait-api", SCAN_WAIT_MAX_WAITERS=str(WAITERS + 100))
+    # One user holds every waiter here: its share must be the process's whole limit.
+    room = str(WAITERS + 100)
+    api, port = start_api(
+        ctx, "wait-api", SCAN_WAIT_MAX_WAITERS=room, SCAN_WAIT_MAX_WAITERS_PER_CLIENT=room
+    )
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     headers = {"Authorization": f"Bearer {token}"}
     base_url = f"http://127.0.0.1:{port}"
