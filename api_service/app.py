@@ -23,15 +23,15 @@ from api_service.routes import (
     tasks,
 )
 from api_service.ui import install_ui
-from shared import redis_clients, safeguards
-from shared.db.engine import create_engine, create_sessionmaker, server_limits
+from shared import redis_clients, safeguards, wakeups
+from shared.db.engine import create_engine, create_sessionmaker
 from shared.logging import configure_logging
 from shared.settings import Settings, get_settings
 
 
 @asynccontextmanager
 async def _listening(waiters: waiting.FinishWaiters) -> AsyncIterator[None]:
-    """The waiters' LISTEN loop, running for the block."""
+    """The waiters' hint subscription, running for the block."""
     stop = asyncio.Event()
     task = asyncio.create_task(waiters.run(stop), name="finish-waiters")
     try:
@@ -52,18 +52,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
         app.state.redis = safeguards.create_redis(settings)
+        app.state.hints = wakeups.Hints(
+            wakeups.create_client(settings) if settings.wakeup_hints else None
+        )
         app.state.waiters = waiting.FinishWaiters(
-            settings.direct_asyncpg_dsn if settings.has_session_url else None,
+            settings if settings.wakeup_hints else None,
             settings.wait_max_waiters,
             waiting.RECONNECT_MAX_S,
-            server_limits(settings),
             read_slots=settings.db_pool_size,
             max_client_waiters=settings.wait_max_waiters_per_client,
+            poll_interval_s=settings.wait_poll_interval_s,
+            find_ended=waiting.ended_in(app.state.sessionmaker),
         )
         try:
             async with _listening(app.state.waiters):
                 yield
         finally:
+            await app.state.hints.aclose()
             await redis_clients.aclose(app.state.redis)
             await engine.dispose()
 

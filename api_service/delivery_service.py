@@ -11,8 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api_service import services
 from api_service.schemas import DeliveryAttemptOut, DeliveryDetail, DeliveryOut, DeliveryPage
-from shared import callback_admin, keys
-from shared.db import callbacks, deliveries
+from shared import callback_admin
+from shared.db import deliveries
 from shared.db.models import Delivery, User
 from shared.errors import InvalidInput, InvalidState, NotFound
 from shared.settings import Settings
@@ -101,5 +101,4 @@ async def send_test(session: AsyncSession, user: User, url: str, settings: Setti
     await services.check_callback_host(session, url, settings)
     async with services.transaction(session):
         row = await deliveries.insert_test(session, user.id, url)
-        await callbacks.notify_deliveries(session, keys.CALLBACK_CHANNEL)
     return delivery_out(row)

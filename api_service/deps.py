@@ -15,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api_service.waiting import FinishWaiters
+from shared import wakeups
 from shared.db import users
 from shared.db.engine import autocommit
 from shared.db.models import User
@@ -44,6 +45,11 @@ async def get_request_id(request: Request) -> str | None:
     return request_id
 
 
+async def get_hints(request: Request) -> wakeups.Hints:
+    hints: wakeups.Hints = request.app.state.hints
+    return hints
+
+
 async def get_waiters(request: Request) -> FinishWaiters:
     waiters: FinishWaiters = request.app.state.waiters
     return waiters
@@ -58,6 +64,7 @@ def checked_wait_s(wait_s: float, settings: Settings) -> float:
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 WaitersDep = Annotated[FinishWaiters, Depends(get_waiters)]
+HintsDep = Annotated[wakeups.Hints, Depends(get_hints)]
 RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 RequestIdDep = Annotated[str | None, Depends(get_request_id)]

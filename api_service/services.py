@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api_service import callback_urls, idempotency
 from api_service.domains import normalise_domain
 from api_service.schemas import TaskCreate
-from shared import create_rate, keys, metrics, safeguards
+from shared import create_rate, keys, metrics, safeguards, wakeups
 from shared.db import tasks
 from shared.db.models import Batch, Task, TaskStatus, User
 from shared.errors import (
@@ -281,6 +281,13 @@ async def retry_task(
         actor=actor.describe(),
     )
     return task
+
+
+async def announce_end(hints: wakeups.Hints, task: Task) -> None:
+    """The finish hint for `task`, ended by a committed write of this process (and the
+    callbacks hint when that write may have queued a delivery)."""
+    may_call_back = task.callback_url is not None or task.batch_id is not None
+    await hints.finished([(task.id, task.batch_id)], callbacks=may_call_back)
 
 
 async def cancel_task(session: AsyncSession, actor: Actor, task_id: uuid.UUID) -> Task:

@@ -1,10 +1,14 @@
-"""Answer a read as soon as its task (or every task of its batch) has ended, without polling.
+"""Answer a read as soon as its task (or every task of its batch) has ended.
 
-One LISTEN connection per API process receives the `scan_task_finished` NOTIFY that a
-trigger sends in the transaction of every terminal write; it wakes the requests waiting on
-that task or batch, which then read the database again. A waiting request holds no
-database connection, only an `asyncio.Event`. The number of waiting requests is bounded,
-per process and per client (a user), so that one client cannot take every place.
+One Redis subscription per API process receives the finish hints that the writers of
+terminal states (the worker's final write, a cancel) send after their commit; a hint wakes
+the requests waiting on that task or batch, which then read the database again. Every
+`wait_poll_interval_s` one statement also asks which of the waited tasks and batches have
+ended and wakes their waiters, so an end that sent no hint (a give-up by the relay's
+recovery) or whose hint was lost is answered at most that late. A
+waiting request holds no database connection, only an `asyncio.Event`. The number of
+waiting requests is bounded, per process and per client (a user), so that one client
+cannot take every place.
 """
 
 from __future__ import annotations
@@ -15,14 +19,16 @@ import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import asyncpg
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api_service.schemas import ErrorResponse
-from shared import backoff, keys, metrics
+from shared import metrics, wakeups
+from shared.db import tasks
 from shared.errors import TooManyClientWaiters, TooManyWaiters
 from shared.logging import get_logger
+from shared.settings import Settings
 
 log = get_logger(__name__)
 
@@ -37,30 +43,31 @@ CLIENT_SHARE_RESPONSES: dict[int | str, dict[str, object]] = {
 }
 
 T = TypeVar("T")
-HEALTH_CHECK_INTERVAL_S = 5.0
-RECONNECT_MIN_S = 0.1
+# The ids, among those given, of the tasks that have ended and the batches that have.
+FindEnded = Callable[[list[uuid.UUID]], Awaitable[set[uuid.UUID]]]
 # The relay's listener reconnects within the same bound (SCAN_RELAY_LISTEN_RECONNECT_MAX_S).
 RECONNECT_MAX_S = 10.0
-# How the connection shows in pg_stat_activity.
-APPLICATION_NAME = "scan-outbox-api-waiters"
-# Without a session to LISTEN on (only a transaction pooler), every waiter reads again this
-# often: a wait then ends up to this late, at one read per waiter per period.
-POLL_INTERVAL_S = 1.0
+# How the subscription shows in Redis's CLIENT LIST.
+CLIENT_NAME = "scan-outbox-api-waiters"
 
 
 class FinishWaiters:
-    """Waiters by task id and batch id, woken by the database's finish notifications."""
+    """Waiters by task id and batch id, woken by finish hints and by their own poll."""
 
     def __init__(
         self,
-        dsn: str | None,
+        hints_from: Settings | None,
         max_waiters: int,
         reconnect_max_s: float,
-        server_settings: dict[str, str] | None = None,
         read_slots: int = 10,
         max_client_waiters: int | None = None,
+        poll_interval_s: float = 1.0,
+        find_ended: FindEnded | None = None,
     ) -> None:
-        self.dsn = dsn
+        # None: no hints, the poll alone wakes the waiters.
+        self.hints_from = hints_from
+        self.poll_interval_s = poll_interval_s
+        self.find_ended = find_ended
         self.max_waiters = max_waiters
         self.max_client_waiters = max_waiters if max_client_waiters is None else max_client_waiters
         # Each client's waiting requests, with the monotonic time each one's wait is over.
@@ -69,10 +76,18 @@ class FinishWaiters:
         # wakes then reuses pooled connections instead of opening and closing overflow ones.
         self.read_slots = asyncio.Semaphore(read_slots)
         self.reconnect_max_s = reconnect_max_s
-        self.server_settings = server_settings or {}
         self._waiters: dict[uuid.UUID, set[asyncio.Event]] = {}
         self.count = 0
-        self.connected = False
+        self.listener: wakeups.HintListener | None = None
+        if hints_from is not None:
+            self.listener = wakeups.HintListener(
+                hints_from, {wakeups.FINISHED: self.hinted}, reconnect_max_s, CLIENT_NAME
+            )
+
+    @property
+    def connected(self) -> bool:
+        """Whether finish hints are arriving (else waits end by their poll)."""
+        return self.listener is not None and self.listener.connected
 
     @contextlib.asynccontextmanager
     async def watch(
@@ -138,61 +153,51 @@ class FinishWaiters:
             for event in events:
                 event.set()
 
-    def _notified(self, *args: Any) -> None:
-        task_id, _, batch_id = str(args[-1]).partition(",")
-        for raw in (task_id, batch_id):
-            with contextlib.suppress(ValueError):
-                self._wake(uuid.UUID(raw))
-
-    async def _listen_until_lost(self, dsn: str, stop: asyncio.Event) -> None:
-        connection = await asyncpg.connect(
-            dsn, server_settings={**self.server_settings, "application_name": APPLICATION_NAME}
-        )
-        try:
-            await connection.add_listener(keys.TASK_FINISHED_CHANNEL, self._notified)
-            self.connected = True
-            # Whatever ended while nobody listened: every waiter reads again.
+    def hinted(self, payload: str | None) -> None:
+        """A finish hint ("task_id,batch_id", several joined by ";"): wake who waits on
+        any of them; None (hints may have been missed): wake every waiter."""
+        if payload is None:
             self._wake_all()
-            while not stop.is_set() and not connection.is_closed():
-                try:
-                    await asyncio.wait_for(stop.wait(), HEALTH_CHECK_INTERVAL_S)
-                except TimeoutError:
-                    # A dead connection is only noticed when used.
-                    await connection.execute("SELECT 1", timeout=HEALTH_CHECK_INTERVAL_S)
-        finally:
-            self.connected = False
-            if not connection.is_closed():
-                await connection.close(timeout=2)
-
-    async def _poll(self, stop: asyncio.Event) -> None:
-        log.info("waiters_listen_off", reason="no session URL", poll_interval_s=POLL_INTERVAL_S)
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), POLL_INTERVAL_S)
-            self._wake_all()
+            return
+        for ended in payload.split(";"):
+            task_id, _, batch_id = ended.partition(",")
+            for raw in (task_id, batch_id):
+                with contextlib.suppress(ValueError):
+                    self._wake(uuid.UUID(raw))
 
     async def run(self, stop: asyncio.Event) -> None:
-        """LISTEN until `stop`, reconnecting with backoff; waiters still end at their
-        deadline while the connection is down. Without a `dsn`, wake every waiter each
-        `POLL_INTERVAL_S` instead."""
-        dsn = self.dsn
-        if dsn is None:
-            await self._poll(stop)
-            return
-        failures = 0
+        """Poll, and take finish hints, until `stop` (resubscribing with backoff); waiters
+        still end at their deadline while both are off."""
+        loops = [self._poll(stop)]
+        if self.listener is not None:
+            loops.append(self.listener.run(stop))
+        await asyncio.gather(*loops)
+
+    async def _poll(self, stop: asyncio.Event) -> None:
+        """Every `poll_interval_s`, wake the waiters whose task or batch has ended."""
         while not stop.is_set():
-            try:
-                await self._listen_until_lost(dsn, stop)
-                failures, error = 0, "connection closed"
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                error = type(exc).__name__
-            if stop.is_set():
-                return
-            failures += 1
-            delay_s = backoff.backoff_s(failures, RECONNECT_MIN_S, self.reconnect_max_s)
-            log.warning("waiters_listen_lost", error=error, retry_in_s=round(delay_s, 3))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay_s)
+                await asyncio.wait_for(stop.wait(), self.poll_interval_s)
+            if stop.is_set() or not self._waiters or self.find_ended is None:
+                continue
+            try:
+                async with self.read_slots:
+                    ended = await self.find_ended(list(self._waiters))
+            except Exception as exc:  # the poll outlives any error; waiters still time out
+                log.warning("waiters_poll_failed", error=type(exc).__name__)
+                continue
+            for key in ended:
+                self._wake(key)
+
+
+def ended_in(sessionmaker: async_sessionmaker[AsyncSession]) -> FindEnded:
+    """`FindEnded` over the database, one statement a call."""
+
+    async def find_ended(ids: list[uuid.UUID]) -> set[uuid.UUID]:
+        async with sessionmaker() as session:
+            return await tasks.ended_among(session, ids)
+
+    return find_ended
 
 
 async def wait_until(
@@ -204,16 +209,16 @@ async def wait_until(
     settle_s: float = 0.0,
     client: Hashable = None,
 ) -> T:
-    """`read()` again each time `key` is notified, until `ended` holds or `wait_s` passes;
-    the last value read. `settle_s` gathers a burst of notifications into one read. The
-    wait counts against `client`'s share of the waiters."""
+    """`read()` again each time `key` is woken (a hint, or the poll finding it ended), until
+    `ended` holds or `wait_s` passes; the last value read. `settle_s` gathers a burst of
+    hints into one read. The wait counts against `client`'s share."""
     deadline = time.monotonic() + wait_s
     value = await read()
     if wait_s <= 0 or ended(value):
         return value
     async with waiters.watch(key, client, deadline) as event:
         while True:
-            # Cleared before reading: a notification during the read is not lost.
+            # Cleared before reading: a hint during the read is not lost.
             event.clear()
             async with waiters.read_slots:
                 value = await read()

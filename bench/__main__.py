@@ -52,6 +52,7 @@ SCENARIOS = {
     "io_bound": "bench.io_bound",
     "fairness": "bench.fairness",
     "batch_export": "bench.batch_export",
+    "commit_ceiling": "bench.commit_ceiling",
 }
 RESULTS_DIR = Path(__file__).parent / "results"
 

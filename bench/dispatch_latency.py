@@ -3,7 +3,8 @@
 Five ways to dispatch, measured in turns (the order rotates each repetition) on the same
 servers, every process started once and kept for the whole scenario:
 
-- scan-outbox: the outbox row committed with the task, a real relay process woken by NOTIFY,
+- scan-outbox: the outbox row committed with the task, a real relay process woken by the
+  wake-up hint sent after the commit (as the API sends it),
   a real Dramatiq worker process polling at `SCAN_WORKER_IDLE_POLL_MS` (the default);
 - the same with a worker whose idle sleep is capped at Dramatiq's default (1000 ms), on a
   queue of its own;
@@ -51,6 +52,7 @@ from bench.dispatch_table import (
     SCAN_OUTBOX_DEFAULT_CAP,
     Run,
 )
+from shared import wakeups
 from shared.broker import build_message, create_broker
 from shared.db import tasks
 from shared.db.models import OutboxMessage, Task
@@ -81,6 +83,7 @@ class Rig:
     poll_ms: int
     broker: RedisBroker
     peer_app: procrastinate.App
+    hints: wakeups.Hints
     processes: dict[str, Process] = field(default_factory=dict)
 
 
@@ -89,7 +92,10 @@ async def _create_outbox(rig: Rig, index: int, queue: str) -> Created:
     new = tasks.NewTask(user_id=1, target_domain=f"l{index}.example.com", config={}, max_attempts=3)
     async with rig.ctx.sessionmaker() as session, session.begin():
         await tasks.insert_task_with_message(session, task_id, new, scan_entry(task_id, queue))
-    return task_id, time.time()
+    committed = time.time()
+    # What the API does after its commit: the relay's wake-up.
+    await rig.hints.outbox()
+    return task_id, committed
 
 
 async def _create_then_send(rig: Rig, index: int, delay_ms: int | None) -> Created:
@@ -200,7 +206,9 @@ async def _rig(ctx: BenchContext) -> AsyncIterator[Rig]:
             conninfo=peer.conninfo(ctx), min_size=1, max_size=max(CREATORS.values())
         )
         peer_app = await stack.enter_async_context(peer.build_app(connector).open_async())
-        rig = Rig(ctx, poll_ms, broker, peer_app)
+        hints = wakeups.Hints(wakeups.create_client(ctx.settings))
+        stack.push_async_callback(hints.aclose)
+        rig = Rig(ctx, poll_ms, broker, peer_app, hints)
         starters: dict[str, Callable[[], Process]] = {
             "relay": lambda: start_relay(ctx, "latency-relay"),
             "worker": lambda: start_worker(

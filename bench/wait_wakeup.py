@@ -29,6 +29,7 @@ from sqlalchemy import text
 from bench import idle_cpu
 from bench.common import BenchContext, DistributionChart, ScenarioResult, ms, percentile, verdict
 from bench.create_throughput import fresh_token, start_api
+from shared import wakeups
 
 WAITERS = 1000
 POLLERS = 100
@@ -71,16 +72,23 @@ async def _idle_rate(ctx: BenchContext, clients: int) -> float:
 
 
 async def _finish(ctx: BenchContext, task_id: str | None = None) -> float:
-    """One task (or every one left) succeeded in one transaction; the clock just before
-    its commit."""
+    """One task (or every one left) succeeded in one transaction, then its finish hints
+    sent as the worker sends them; the clock just before its commit."""
     where = "status <> 'succeeded'" if task_id is None else "id = CAST(:id AS uuid)"
     async with ctx.engine.connect() as connection:
-        await connection.execute(
-            text(f"UPDATE tasks SET status = 'succeeded', finished_at = now() WHERE {where}"),
+        ended = await connection.execute(
+            text(
+                f"UPDATE tasks SET status = 'succeeded', finished_at = now() WHERE {where} "
+                "RETURNING id, batch_id"
+            ),
             {"id": task_id},
         )
+        rows = [(row[0], row[1]) for row in ended]
         started = time.monotonic()
         await connection.commit()
+    hints = wakeups.Hints(wakeups.create_client(ctx.settings))
+    await hints.finished(rows, callbacks=False)
+    await hints.aclose()
     return started
 
 
@@ -200,7 +208,11 @@ async def run(ctx: BenchContext) -> ScenarioResult:
         params={"idle_s": IDLE_S, "poll_interval_s": POLL_INTERVAL_S},
     )
     token = await fresh_token(ctx)
-    api, port = start_api(ctx, "wait-api", SCAN_WAIT_MAX_WAITERS=str(WAITERS + 100))
+    # One user holds every waiter here: its share must be the process's whole limit.
+    room = str(WAITERS + 100)
+    api, port = start_api(
+        ctx, "wait-api", SCAN_WAIT_MAX_WAITERS=room, SCAN_WAIT_MAX_WAITERS_PER_CLIENT=room
+    )
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     headers = {"Authorization": f"Bearer {token}"}
     base_url = f"http://127.0.0.1:{port}"

@@ -16,16 +16,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from relay_service.deliverer import Deliverer
 from relay_service.firing import Firing
 from relay_service.health import HealthServer, Readiness
-from relay_service.listener import NotifyListener
+from relay_service.listener import build_listener
 from relay_service.maintenance import LeaderElection, MaintenanceJobs
 from relay_service.publisher import DramatiqPublisher
 from relay_service.relay import Relay
 from relay_service.run_reports import RunReports
 from relay_service.scheduler import build_scheduler
 from relay_service.whereabouts import BrokerWatch
-from shared import gc_pauses, keys, redis_clients, safeguards
+from shared import gc_pauses, redis_clients, safeguards
 from shared.broker import create_broker
-from shared.db.engine import create_engine, create_sessionmaker, server_limits
+from shared.db.engine import create_engine, create_sessionmaker
 from shared.dramatiq_private import client_of
 from shared.logging import configure_logging, get_logger
 from shared.settings import Settings, get_settings
@@ -78,30 +78,19 @@ def build(settings: Settings, stop: asyncio.Event) -> Parts:
     jobs = MaintenanceJobs(sessionmaker, settings, election, stop, watch)
     health = HealthServer(settings, relay, Readiness(engine, broker))
     redis = safeguards.create_redis(settings)
-    firing = Firing(sessionmaker, redis, settings, stop)
-    scheduler = build_scheduler(relay, settings, jobs, firing, RunReports(sessionmaker, stop))
     deliverer = Deliverer(sessionmaker, settings)
+    firing = Firing(sessionmaker, redis, settings, stop, relay.wake)
+    reports = RunReports(sessionmaker, stop, deliverer.wake)
+    scheduler = build_scheduler(relay, settings, jobs, firing, reports)
     return Parts(engine, broker, relay, election, scheduler, health, deliverer, redis)
 
 
 def _loops(settings: Settings, parts: Parts, stop: asyncio.Event) -> list[asyncio.Task[None]]:
     relay, deliverer = parts.relay, parts.deliverer
     tasks = [asyncio.create_task(relay.run(stop)), asyncio.create_task(deliverer.run(stop))]
-    if not settings.relay_listen_enabled:
-        log.info("relay_listen_off", reason="SCAN_RELAY_LISTEN_ENABLED=false", polling=True)
-    else:
-        for channel, wake in (
-            (keys.OUTBOX_CHANNEL, relay.wake),
-            (keys.CALLBACK_CHANNEL, deliverer.wake),
-        ):
-            listener = NotifyListener(
-                settings.direct_asyncpg_dsn,
-                channel,
-                wake,
-                settings.relay_listen_reconnect_max_s,
-                server_limits(settings),
-            )
-            tasks.append(asyncio.create_task(listener.run(stop)))
+    if settings.wakeup_hints:
+        listener = build_listener(settings, relay.wake, deliverer.wake)
+        tasks.append(asyncio.create_task(listener.run(stop)))
     return tasks
 
 

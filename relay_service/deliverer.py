@@ -335,9 +335,9 @@ class Deliverer:
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop`, keeping up to `callback_batch_size` POSTs in flight: a
         free slot is filled as soon as one ends, so a slow receiver holds one slot, not a
-        batch. Claims on a NOTIFY (`wake`), at the poll interval, and, when slots or bounds
+        batch. Claims on a hint (`wake`), at the poll interval, and, when slots or bounds
         held the last claim back, as a POST ends or at once; housekeeping runs beside it,
-        never between a NOTIFY and its claim. Any error is logged and retried with backoff."""
+        never between a hint and its claim. Any error is logged and retried with backoff."""
         in_flight: set[asyncio.Task[None]] = set()
         failures = 0
         housekeeper = asyncio.create_task(self._housekeep(stop))

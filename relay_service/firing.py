@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -80,11 +81,14 @@ class Firing:
         redis: aioredis.Redis,
         settings: Settings,
         stop: asyncio.Event,
+        wake_relay: Callable[[], None] | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.redis = redis
         self.settings = settings
         self.stop = stop
+        # The runs' outbox rows are committed: this relay publishes them at once.
+        self.wake_relay = wake_relay
 
     async def run_once(self) -> None:
         """Claim until a claim comes back short; never raises for a database error."""
@@ -93,6 +97,8 @@ class Firing:
                 counts = await fire_due(self.sessionmaker, self.redis, self.settings)
                 _count(counts)
                 handled = counts.fired + sum(counts.skipped.values())
+                if counts.fired and self.wake_relay is not None:
+                    self.wake_relay()
                 if counts.fired or counts.skipped:
                     log.info("schedules_fired", fired=counts.fired, skipped=counts.skipped)
                 if handled < self.settings.schedule_fire_batch_size:

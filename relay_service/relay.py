@@ -74,7 +74,7 @@ class Relay:
         self.window = settings.relay_client_window
 
     def wake(self) -> None:
-        """Ask for a cycle soon (a NOTIFY arrived, or the poll interval passed)."""
+        """Ask for a cycle soon (a wake-up hint arrived, or the poll interval passed)."""
         self.wakeup.set()
 
     def beat(self) -> None:
@@ -171,6 +171,15 @@ class Relay:
             if not more or (stop is not None and stop.is_set()):
                 return total
 
+    async def _pace(self, stop: asyncio.Event, cycle_started: float) -> None:
+        """After a cycle that found rows, start the next no sooner than `relay_busy_gap_s`
+        after it began: while creates keep coming, their hints (one per commit) are
+        gathered into one claim, not a transaction each. An idle relay's next hint comes
+        later than that and is not held back."""
+        rest_s = self.settings.relay_busy_gap_s - (time.monotonic() - cycle_started)
+        if rest_s > 0:
+            await wait_any(stop, None, rest_s)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Drain on every wake-up until `stop` is set; the batch in hand always completes.
 
@@ -185,6 +194,7 @@ class Relay:
             while not stop.is_set():
                 self.beat()
                 self.wakeup.clear()
+                cycle_started = time.monotonic()
                 try:
                     if connection is None:
                         connection = await self.engine.connect()
@@ -201,6 +211,8 @@ class Relay:
                 fruitless_looks = 0 if claimed or not self.window_full else fruitless_looks + 1
                 recheck_s = window.recheck_s(self.window_full, fruitless_looks, self.settings)
                 await wait_any(stop, self.wakeup, recheck_s)
+                if claimed:
+                    await self._pace(stop, cycle_started)
         finally:
             await _give_back(connection)
 

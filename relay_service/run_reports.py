@@ -9,6 +9,7 @@ something changed, a `schedule.run.changed` delivery is written to the deliverie
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -71,14 +72,24 @@ async def report_ended(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
 
 
 class RunReports:
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], stop: asyncio.Event) -> None:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        stop: asyncio.Event,
+        wake_deliverer: Callable[[], None] | None = None,
+    ) -> None:
         self.sessionmaker = sessionmaker
         self.stop = stop
+        # A report may have committed a changes-only delivery: this relay sends it at once.
+        self.wake_deliverer = wake_deliverer
 
     async def run_once(self) -> None:
         try:
             while not self.stop.is_set():
-                if await report_ended(self.sessionmaker) < CLAIM_LIMIT:
+                reported = await report_ended(self.sessionmaker)
+                if reported and self.wake_deliverer is not None:
+                    self.wake_deliverer()
+                if reported < CLAIM_LIMIT:
                     return
         except (SQLAlchemyError, OSError) as exc:
             log.warning("schedule_reports_failed", error=type(exc).__name__)

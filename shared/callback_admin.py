@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared import keys
-from shared.db import callbacks, deliveries
+from shared import wakeups
+from shared.db import deliveries
 from shared.db.models import Delivery
 
 
@@ -19,21 +19,25 @@ def delivery_state(row: Delivery) -> str:
 
 async def replay(session: AsyncSession, owner: int | None, ids: Sequence[int] | None) -> int:
     """Make `owner`'s ended deliveries (`ids`, or every one if None; every client's when
-    `owner` is None) due now with their tries reset, keeping their delivery id, and wake
-    the relays at commit; the number replayed. Runs in the caller's transaction."""
-    count = await deliveries.replay(session, owner, ids)
-    if count:
-        await callbacks.notify_deliveries(session, keys.CALLBACK_CHANNEL)
-    return count
+    `owner` is None) due now with their tries reset, keeping their delivery id; the number
+    replayed. Runs in the caller's transaction: the caller hints the relays after commit."""
+    return await deliveries.replay(session, owner, ids)
 
 
-async def replay_dead(session: AsyncSession, ids: Sequence[int] | None) -> int:
-    """`replay` for an operator, across clients, in one transaction of its own.
+async def replay_dead(
+    session: AsyncSession, ids: Sequence[int] | None, hints: wakeups.Hints | None = None
+) -> int:
+    """Make dead deliveries (`ids`, or every one if None) due now with their tries reset,
+    keeping their delivery id, in one transaction, then hint the relays (`hints`); the
+    number replayed.
 
     `session` must have no transaction open.
     """
     async with session.begin():
-        return await replay(session, None, ids)
+        count = await replay(session, None, ids)
+    if count and hints is not None:
+        await hints.callbacks()
+    return count
 
 
 async def why_not_replayed(session: AsyncSession, owner: int | None, row_id: int) -> str:

@@ -5,14 +5,11 @@ from __future__ import annotations
 SCAN_ACTOR = "scan_domain"
 KNOWN_ACTORS = frozenset({SCAN_ACTOR})
 
-# PostgreSQL channel the create transaction notifies and the relay listens on.
-OUTBOX_CHANNEL = "scan_outbox"
-# PostgreSQL channel a trigger notifies when a task reaches a terminal state (revision
-# 0004); payload "task_id,batch_id" (batch_id empty for a task outside a batch).
-TASK_FINISHED_CHANNEL = "scan_task_finished"
-# PostgreSQL channel the completion-callback trigger notifies when it writes a delivery
-# (revision 0005); the relays' deliverers listen on it.
-CALLBACK_CHANNEL = "scan_callbacks"
+# Redis pub/sub channels of the wake-up hints, published after a commit (shared/wakeups.py):
+# outbox rows due now; tasks that ended ("task_id,batch_id" joined by ";"); deliveries due.
+WAKE_OUTBOX_CHANNEL = "scan-outbox:wake:outbox"
+WAKE_FINISHED_CHANNEL = "scan-outbox:wake:finished"
+WAKE_CALLBACKS_CHANNEL = "scan-outbox:wake:callbacks"
 
 # Redis safeguards (secondary: they may vanish without harm).
 TASK_CREATED_MARKER = "task_created:{task_id}"

@@ -48,6 +48,10 @@ API_WAITERS_REFUSED = Counter(
     "Requests with `wait` refused: too many waiting in the process, or of the same user",
     ["limit"],
 )
+WAKEUP_HINTS_FAILED = Counter(
+    f"{PREFIX}_wakeup_hints_failed_total",
+    "Wake-up hints that could not be sent (each costs a poll interval at most, never a task)",
+)
 SAFEGUARD_FAILURES = Counter(
     f"{PREFIX}_safeguard_failures_total",
     "Redis safeguard operations that failed (the request went on without them)",

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared import keys
 from shared.db import inspection, outbox
 from shared.db.models import OutboxMessage
 
@@ -22,11 +21,9 @@ async def replay_dead(
     session: AsyncSession, ids: Sequence[int] | None
 ) -> list[outbox.ReplayedMessage]:
     """Make dead rows (`ids`, or every one if None) due again and put back to pending the
-    tasks they failed, in the caller's transaction; the relays wake when it commits."""
-    replayed = await outbox.replay_dead_messages(session, ids)
-    if replayed:
-        await outbox.notify_outbox(session, keys.OUTBOX_CHANNEL)
-    return replayed
+    tasks they failed, in the caller's transaction; the relays take them at their next
+    poll, or sooner on the outbox hint the caller sends after its commit."""
+    return await outbox.replay_dead_messages(session, ids)
 
 
 async def why_not_replayed(session: AsyncSession, outbox_id: int) -> str:

@@ -128,6 +128,17 @@ class Settings(BaseSettings):
         ge=0,
         description="Requests one API process keeps waiting at once; over it, 503 at once.",
     )
+    wait_poll_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often an API process asks, in one statement, which waited tasks "
+        "and batches have ended (the bound on a lost finish hint).",
+    )
+    wakeup_hints: bool = Field(
+        default=True,
+        description="Send and take wake-up hints through the broker's Redis; false: every "
+        "loop is woken by its poll alone.",
+    )
     wait_max_waiters_per_client: int = Field(
         default=100,
         ge=0,
@@ -232,12 +243,15 @@ class Settings(BaseSettings):
         "looks again for room the workers made.",
     )
     relay_poll_interval_s: float = Field(default=1.0, gt=0)
+    relay_busy_gap_s: float = Field(
+        default=0.01,
+        ge=0,
+        description="After a cycle that found rows, the least time from its start to the "
+        "next one's: wake-up hints arriving meanwhile are gathered into one claim.",
+    )
     relay_backoff_base_s: float = Field(default=1.0, gt=0)
     relay_backoff_max_s: float = Field(default=300.0, gt=0)
     relay_listen_reconnect_max_s: float = Field(default=10.0, gt=0)
-    relay_listen_enabled: bool = Field(
-        default=True, description="LISTEN on DATABASE_DIRECT_URL; false: poll only."
-    )
     relay_broker_timeout_s: float = Field(default=5.0, gt=0)
     relay_shutdown_timeout_s: float = Field(default=20.0, gt=0)
     relay_health_host: str = "127.0.0.1"

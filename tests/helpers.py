@@ -97,3 +97,19 @@ async def api_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
             yield http
+
+
+async def published(pubsub: Any, quiet_s: float = 0.5) -> list[tuple[str, str]]:
+    """(channel, payload) of every message the (blocking) `pubsub` receives until none came
+    for `quiet_s`, the event loop running between looks so that hints sent in the
+    background go out (subscribe confirmations, which read as None, are skipped)."""
+    received: list[tuple[str, str]] = []
+    quiet_until = time.monotonic() + quiet_s
+    while time.monotonic() < quiet_until:
+        message = pubsub.get_message(timeout=0.0)
+        if message is None:
+            await asyncio.sleep(0.01)
+        elif message["type"] == "message":
+            received.append((message["channel"].decode(), message["data"].decode()))
+            quiet_until = time.monotonic() + quiet_s
+    return received

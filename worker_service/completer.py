@@ -23,6 +23,12 @@ from worker_service.coalescing import Coalescer, settle
 log = get_logger(__name__)
 
 WriteOne = Callable[[Completion], Awaitable[bool]]
+# Told, after the commit, the ends that were written (the finish hints).
+Announce = Callable[[list[Completion]], Awaitable[None]]
+
+
+async def _announce_nothing(_ended: list[Completion]) -> None:
+    return None
 
 
 class Completer(Coalescer[Completion, bool]):
@@ -33,10 +39,12 @@ class Completer(Coalescer[Completion, bool]):
         sessionmaker: async_sessionmaker[AsyncSession],
         write_one: WriteOne,
         max_batch: int,
+        announce: Announce = _announce_nothing,
     ) -> None:
         super().__init__(max_batch)
         self.sessionmaker = sessionmaker
         self.write_one = write_one
+        self.announce = announce
 
     async def finish(self, completion: Completion) -> bool:
         """True once the end is committed; False if the token no longer holds the lease."""
@@ -55,6 +63,8 @@ class Completer(Coalescer[Completion, bool]):
             return
         for completion, future in batch:
             settle(future, completion.task_id in written)
+        # After the runs are told (their acks need not wait): one round trip a batch.
+        await self.announce([c for c, _ in batch if c.task_id in written])
 
     async def _write_each(self, batch: list[tuple[Completion, asyncio.Future[bool]]]) -> None:
         outcomes = await asyncio.gather(
@@ -66,3 +76,4 @@ class Completer(Coalescer[Completion, bool]):
                     future.set_exception(outcome)
             else:
                 settle(future, outcome)
+        await self.announce([c for (c, _), ok in zip(batch, outcomes, strict=True) if ok is True])

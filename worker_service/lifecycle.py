@@ -298,7 +298,7 @@ async def _finish(
     error: str | None,
 ) -> Outcome:
     """The run's end, written with the ends of other runs finishing at the same moment."""
-    end = Completion(task.id, lease_token, status, result, error)
+    end = Completion(task.id, lease_token, status, result, error, task.batch_id, task.may_call_back)
     if not await completer_of(runtime).finish(end):
         return await _lease_gone(runtime, task.id)
     # The one INFO line of a run that went to its end.
@@ -328,8 +328,13 @@ def completer_of(runtime: WorkerRuntime) -> Completer:
         async def write_one(end: Completion) -> bool:
             return await _write(runtime, lambda session: _finish_one(session, end))
 
+        async def announce(ended: list[Completion]) -> None:
+            may_call_back = any(end.may_call_back for end in ended)
+            ids = [(end.task_id, end.batch_id) for end in ended]
+            await runtime.hints.finished(ids, may_call_back)
+
         runtime.completer = Completer(
-            runtime.sessionmaker, write_one, runtime.settings.worker_completion_batch
+            runtime.sessionmaker, write_one, runtime.settings.worker_completion_batch, announce
         )
     return runtime.completer
 

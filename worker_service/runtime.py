@@ -12,7 +12,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from shared import safeguards
+from shared import safeguards, wakeups
 from shared.db.engine import create_engine, create_sessionmaker
 from shared.errors import ScanOutboxError
 from shared.settings import Settings, get_settings
@@ -61,6 +61,8 @@ class WorkerRuntime:
     # The safeguard Redis (the existence marker), never the broker's.
     redis: aioredis.Redis
     owner: str = field(default_factory=worker_identity)
+    # Finish hints after the final writes (shared/wakeups.py); none unless given.
+    hints: wakeups.Hints = field(default_factory=lambda: wakeups.Hints(None))
     # Made on first use by `lifecycle.claimer_of`, `keeper_of` and `completer_of`, inside the
     # worker's event loop.
     claimer: Claimer | None = None
@@ -83,5 +85,6 @@ def get_runtime() -> WorkerRuntime:
             create_sessionmaker(engine),
             load_scanner(settings.scanner),
             safeguards.create_redis(settings),
+            hints=wakeups.Hints(wakeups.create_client(settings) if settings.wakeup_hints else None),
         )
     return _runtime

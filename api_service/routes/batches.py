@@ -12,6 +12,7 @@ from fastapi.responses import StreamingResponse
 from api_service import batch_service, idempotency, responses, waiting
 from api_service.deps import (
     CurrentUser,
+    HintsDep,
     RedisDep,
     RequestIdDep,
     SessionDep,
@@ -106,6 +107,7 @@ async def create_batch(
     user: CurrentUser,
     session: SessionDep,
     redis: RedisDep,
+    hints: HintsDep,
     settings: SettingsDep,
     request_id: RequestIdDep,
     idempotency_key: IdempotencyKey = None,
@@ -130,6 +132,7 @@ async def create_batch(
     if created.replayed:
         response.headers[idempotency.REPLAYED_HEADER] = "true"
         return batch_as_created(view)
+    await hints.outbox()
     return batch_out(view)
 
 
@@ -154,11 +157,13 @@ async def list_batches(
     responses=responses.errors(401, 404, 422, 503),
 )
 async def cancel_batch(
-    batch_id: uuid.UUID, user: CurrentUser, session: SessionDep, settings: SettingsDep
+    batch_id: uuid.UUID, user: CurrentUser, session: SessionDep, hints: HintsDep
 ) -> BatchOut:
     """Cancel every task of the batch that has not ended (running scans stop without a
     result); tasks already over keep their outcome. The batch as it is now."""
-    await batch_service.cancel_batch(session, user, batch_id)
+    if await batch_service.cancel_batch(session, user, batch_id):
+        # Its waiters, and its callback once the last task ended.
+        await hints.finished([(batch_id, batch_id)], callbacks=True)
     view = await batch_service.read_batch(
         session, user, batch_id, limit=PAGE_SIZE_DEFAULT, cursor=None
     )

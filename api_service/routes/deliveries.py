@@ -11,7 +11,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response, status
 
 from api_service import delivery_service, responses
-from api_service.deps import AdminUser, CurrentUser, RedisDep, SessionDep, SettingsDep
+from api_service.deps import (
+    AdminUser,
+    CurrentUser,
+    HintsDep,
+    RedisDep,
+    SessionDep,
+    SettingsDep,
+)
 from api_service.schemas import CallbackTest, DeliveryDetail, DeliveryOut, DeliveryPage
 from shared import create_rate
 from shared.logging import get_logger
@@ -74,10 +81,13 @@ async def show_own(
     response_model=DeliveryOut,
     responses={**CLIENT_ERRORS, **_errors(409)},
 )
-async def replay_own(user: CurrentUser, session: SessionDep, delivery_id: uuid.UUID) -> DeliveryOut:
+async def replay_own(
+    user: CurrentUser, session: SessionDep, hints: HintsDep, delivery_id: uuid.UUID
+) -> DeliveryOut:
     """Send one of your dead (or gone) deliveries again, now, with its tries reset and the
     same `webhook-id`; 409 if it is pending or delivered."""
     replayed = await delivery_service.replay(session, user.id, delivery_id)
+    await hints.callbacks()
     log.info("callback_replayed", user_id=user.id, delivery_id=str(delivery_id))
     return replayed
 
@@ -94,12 +104,18 @@ async def replay_own(user: CurrentUser, session: SessionDep, delivery_id: uuid.U
     dependencies=[Depends(charge_one_create)],
 )
 async def send_test(
-    user: CurrentUser, session: SessionDep, settings: SettingsDep, body: CallbackTest
+    user: CurrentUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    hints: HintsDep,
+    body: CallbackTest,
 ) -> DeliveryOut:
     """Send a signed `callback.test` event to `callback_url`, vetted and delivered as any
     callback is (charged to the rate limit as a create); follow it with GET
     /deliveries/{id}."""
-    return await delivery_service.send_test(session, user, body.callback_url, settings)
+    sent = await delivery_service.send_test(session, user, body.callback_url, settings)
+    await hints.callbacks()
+    return sent
 
 
 @ops_router.get("/deliveries", response_model=DeliveryPage, responses=OPS_ERRORS)
@@ -128,8 +144,11 @@ async def show_any(_: AdminUser, session: SessionDep, delivery_id: uuid.UUID) ->
     response_model=DeliveryOut,
     responses={**OPS_ERRORS, **_errors(409)},
 )
-async def replay_any(admin: AdminUser, session: SessionDep, delivery_id: uuid.UUID) -> DeliveryOut:
+async def replay_any(
+    admin: AdminUser, session: SessionDep, hints: HintsDep, delivery_id: uuid.UUID
+) -> DeliveryOut:
     """Send any client's dead (or gone) delivery again, as `scanctl callbacks replay` does."""
     replayed = await delivery_service.replay(session, None, delivery_id)
+    await hints.callbacks()
     log.info("callback_replayed", admin_id=admin.id, delivery_id=str(delivery_id))
     return replayed

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Header, Query, Response, status
 from api_service import idempotency, responses, services, waiting
 from api_service.deps import (
     CurrentUser,
+    HintsDep,
     RedisDep,
     RequestIdDep,
     SessionDep,
@@ -54,6 +55,7 @@ async def create_task(
     user: CurrentUser,
     session: SessionDep,
     redis: RedisDep,
+    hints: HintsDep,
     settings: SettingsDep,
     request_id: RequestIdDep,
     idempotency_key: IdempotencyKey = None,
@@ -73,6 +75,7 @@ async def create_task(
     if created.replayed:
         response.headers[idempotency.REPLAYED_HEADER] = "true"
         return TaskOut.as_created(created.task)
+    await hints.outbox()
     return TaskOut.model_validate(created.task)
 
 
@@ -149,6 +152,7 @@ async def retry_task(
     user: CurrentUser,
     session: SessionDep,
     redis: RedisDep,
+    hints: HintsDep,
     settings: SettingsDep,
     request_id: RequestIdDep,
 ) -> TaskOut:
@@ -156,14 +160,17 @@ async def retry_task(
     task = await services.retry_task(
         session, redis, settings, services.Actor.owner(user), task_id, request_id=request_id
     )
+    await hints.outbox()
     return TaskOut.model_validate(task)
 
 
 @router.post(
     "/{task_id}/cancel", response_model=TaskOut, responses=responses.errors(401, 404, 409, 422, 503)
 )
-async def cancel_task(task_id: uuid.UUID, user: CurrentUser, session: SessionDep) -> TaskOut:
+async def cancel_task(
+    task_id: uuid.UUID, user: CurrentUser, session: SessionDep, hints: HintsDep
+) -> TaskOut:
     """Cancel a pending, queued or running task; a running scan stops without a result."""
-    return TaskOut.model_validate(
-        await services.cancel_task(session, services.Actor.owner(user), task_id)
-    )
+    task = await services.cancel_task(session, services.Actor.owner(user), task_id)
+    await services.announce_end(hints, task)
+    return TaskOut.model_validate(task)

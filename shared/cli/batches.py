@@ -21,6 +21,7 @@ from shared.cli.common import (
     load_settings,
     print_json,
     run_async,
+    send_hint,
 )
 from shared.cli.render import iso
 from shared.db import batches, inspection, tasks
@@ -140,6 +141,9 @@ def cancel(batch_id: BatchIdArgument, json_output: JsonOption = False) -> None:
     cancelled = run_async(do_cancel)
     if cancelled is None:
         fail(f"no batch {batch_id}")
+    if cancelled:
+        ended = [(parsed, parsed)]
+        run_async(lambda: send_hint(lambda hints: hints.finished(ended, callbacks=True)))
     data = _load_one(batch_id)
     if json_output:
         print_json({**data, "cancelled": cancelled})

@@ -10,7 +10,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from shared import callback_admin
-from shared.cli.common import JsonOption, console, db_session, fail, print_json, run_async
+from shared.cli.common import (
+    JsonOption,
+    console,
+    db_session,
+    fail,
+    print_json,
+    run_async,
+    send_hint,
+)
 from shared.cli.render import iso, short_time
 from shared.db import deliveries
 from shared.db.models import Delivery
@@ -91,7 +99,10 @@ def replay(
 
     async def do_replay() -> int:
         async with db_session() as session:
-            return await callback_admin.replay_dead(session, delivery_ids or None)
+            count = await callback_admin.replay_dead(session, delivery_ids or None)
+        if count:
+            await send_hint(lambda hints: hints.callbacks())
+        return count
 
     count = run_async(do_replay)
     if delivery_ids and count < len(delivery_ids):

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared import devenv, redis_clients, safeguards
+from shared import devenv, redis_clients, safeguards, wakeups
 from shared.db.engine import create_engine, create_sessionmaker
 from shared.errors import ScanOutboxError
 from shared.settings import Settings, get_settings
@@ -91,6 +91,15 @@ async def db_session(settings: Settings | None = None) -> AsyncIterator[AsyncSes
             yield session
     finally:
         await engine.dispose()
+
+
+async def send_hint(send: Callable[[wakeups.Hints], Awaitable[None]]) -> None:
+    """One wake-up hint from a command, after its commit; Redis away costs the relays'
+    next poll, nothing else."""
+    settings = load_settings()
+    hints = wakeups.Hints(wakeups.create_client(settings) if settings.wakeup_hints else None)
+    await send(hints)
+    await hints.aclose()
 
 
 @asynccontextmanager

@@ -11,7 +11,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from shared import outbox_admin
-from shared.cli.common import JsonOption, console, db_session, fail, print_json, run_async
+from shared.cli.common import (
+    JsonOption,
+    console,
+    db_session,
+    fail,
+    print_json,
+    run_async,
+    send_hint,
+)
 from shared.cli.render import outbox_json, short_time
 from shared.db import inspection, outbox
 from shared.db.models import OutboxMessage
@@ -115,6 +123,8 @@ def replay(
             return await outbox_admin.replay_dead(session, ids)
 
     replayed = run_async(do_replay)
+    if replayed:
+        run_async(lambda: send_hint(lambda hints: hints.outbox()))
     if outbox_id is not None and not replayed:
         fail(_why_not_dead(outbox_id))
     if json_output:

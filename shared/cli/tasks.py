@@ -17,6 +17,7 @@ from shared.cli.common import (
     load_settings,
     print_json,
     run_async,
+    send_hint,
 )
 from shared.cli.render import short_time, task_json, task_view
 from shared.db import inspection, tasks
@@ -113,6 +114,7 @@ def retry(task_id: TaskIdArgument, json_output: JsonOption = False) -> None:
     if task is None:
         _transition_refused(current, task_id, "retried", "failed or cancelled")
         return
+    run_async(lambda: send_hint(lambda hints: hints.outbox()))
     _print_transition(task, "pending again", json_output)
 
 
@@ -132,6 +134,8 @@ def cancel(task_id: TaskIdArgument, json_output: JsonOption = False) -> None:
     if task is None:
         _transition_refused(current, task_id, "cancelled", "pending, queued or running")
         return
+    ended = [(task.id, task.batch_id)]
+    run_async(lambda: send_hint(lambda hints: hints.finished(ended, callbacks=True)))
     _print_transition(task, "cancelled", json_output)
 
 

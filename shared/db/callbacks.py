@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.models import User
@@ -212,8 +212,3 @@ async def prune_delivered(session: AsyncSession, retention_s: float, limit: int)
     pending ones are kept."""
     result = await session.execute(_PRUNE_SQL, {"retention_s": retention_s, "limit": limit})
     return int(getattr(result, "rowcount", 0) or 0)
-
-
-async def notify_deliveries(session: AsyncSession, channel: str) -> None:
-    """Wake the relays' deliverers at commit."""
-    await session.execute(select(func.pg_notify(channel, "")))

@@ -77,7 +77,7 @@ _CLAIM_MANY = text(
     FROM wanted LEFT JOIN live ON live_domain = wanted_domain
     WHERE id = wanted_id AND nth + coalesce(scans, 0) <= :live_limit
     RETURNING id, target_domain, config, attempts, max_attempts, created_at, started_at,
-              lease_token
+              batch_id, callback_url IS NOT NULL OR batch_id IS NOT NULL, lease_token
     """
 )
 
@@ -106,4 +106,4 @@ async def claim_tasks(
     under `lock_targets`, in a later statement): each claimed task and its lease token, by id."""
     params = {"ids": list(task_ids), "owner": owner, "lease_s": lease_s, "live_limit": live_limit}
     rows = await session.execute(_CLAIM_MANY, params)
-    return {row[0]: (ClaimedTask(*row[:7]), row[7]) for row in rows}
+    return {row[0]: (ClaimedTask(*row[:9]), row[9]) for row in rows}

@@ -29,6 +29,7 @@ from sqlalchemy import (
     func,
     literal,
     literal_column,
+    or_,
     select,
     text,
     update,
@@ -141,6 +142,9 @@ class ClaimedTask:
     max_attempts: int
     created_at: datetime
     started_at: datetime
+    batch_id: uuid.UUID | None = None
+    # Its end may write a delivery (it has a callback URL, or its batch may have one).
+    may_call_back: bool = False
 
 
 _CLAIM = (
@@ -166,6 +170,8 @@ _CLAIM = (
         _tasks.max_attempts,
         _tasks.created_at,
         _tasks.started_at,
+        _tasks.batch_id,
+        or_(_tasks.callback_url.is_not(None), _tasks.batch_id.is_not(None)),
     )
 )
 _CLAIM_POLITE = _CLAIM.where(bindparam("live_limit") > _LIVE_SCANS)

@@ -30,6 +30,9 @@ class Completion:
     status: TaskStatus
     result: dict[str, Any] | None
     error: str | None
+    # For the finish hint sent once the end is committed (shared/wakeups.py).
+    batch_id: uuid.UUID | None = None
+    may_call_back: bool = False
 
 
 # text(): arrays unnested into rows join the tasks they end, which reads plainer than the

@@ -92,11 +92,6 @@ async def insert_messages(session: AsyncSession, entries: Sequence[OutboxEntry])
         await session.execute(_INSERT_MESSAGES_SQL, params)
 
 
-async def notify_outbox(session: AsyncSession, channel: str) -> None:
-    """Wake the relays on commit; the outbox trigger only fires on INSERT."""
-    await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": channel})
-
-
 # --- the relay ---------------------------------------------------------------
 
 # The relay runs its statements on a Core connection; tools and tests on a session.

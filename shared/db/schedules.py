@@ -295,15 +295,12 @@ async def mark_reported(session: AsyncSession, run_id: int, changes: list[dict[s
     await session.execute(stmt)
 
 
-# The changes-only callback, in the deliveries outbox the relays' deliverers POST from; the
-# NOTIFY wakes them at commit, as the completion trigger's does.
+# The changes-only callback, in the deliveries outbox the relays' deliverers POST from (the
+# relay that wrote it wakes its deliverer after commit; the others find it by their poll).
 _INSERT_CHANGE_DELIVERY_SQL = text(
     """
-    WITH new_delivery AS (
-        INSERT INTO deliveries (delivery_id, user_id, url, payload)
-        VALUES (:delivery_id, :user_id, :url, :payload)
-    )
-    SELECT pg_notify('scan_callbacks', '')
+    INSERT INTO deliveries (delivery_id, user_id, url, payload)
+    VALUES (:delivery_id, :user_id, :url, :payload)
     """
 ).bindparams(
     bindparam("delivery_id", type_=UUID(as_uuid=True)),

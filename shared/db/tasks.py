@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, select, text, tuple_
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db import outbox, predicates
@@ -28,8 +28,8 @@ from shared.messages import OutboxEntry
 
 # One statement, one round trip: the task and its outbox row are inserted
 # together, and the outbox row exists only if the task row was inserted (an
-# idempotency-key conflict inserts neither). The outbox trigger sends the NOTIFY,
-# which PostgreSQL delivers only on commit.
+# idempotency-key conflict inserts neither). The caller hints the relays after the
+# commit (shared/wakeups.py).
 _CREATE_TASK = select(Task).from_statement(
     text(
         f"""
@@ -208,3 +208,27 @@ async def cancel_batch_tasks(
     out at their next renewal. `owner_id` None: whoever owns the batch (an administrator)."""
     result = await session.execute(_CANCEL_BATCH, {"batch_id": batch_id, "owner_id": owner_id})
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+# --- waiting -----------------------------------------------------------------
+
+# Of the ids waited on (tasks and batches alike), those that have ended: a task in a
+# terminal state, or a batch none of whose tasks is still going. One statement for all the
+# waits of a process, so the poll that backs the finish hints costs one query an interval
+# however many requests wait.
+_ENDED_AMONG = text(
+    f"""
+    SELECT id FROM tasks WHERE id = ANY(:ids) AND NOT ({predicates.NOT_ENDED})
+    UNION ALL
+    SELECT batch_id FROM tasks WHERE batch_id = ANY(:ids)
+    GROUP BY batch_id HAVING NOT bool_or({predicates.NOT_ENDED})
+    """
+).bindparams(bindparam("ids", type_=ARRAY(UUID(as_uuid=True))))
+
+
+async def ended_among(session: AsyncSession, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """The ids among `ids` of tasks that have ended and of batches whose tasks all have."""
+    if not ids:
+        return set()
+    rows = await session.execute(_ENDED_AMONG, {"ids": list(ids)})
+    return {row[0] for row in rows}

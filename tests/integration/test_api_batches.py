@@ -9,13 +9,14 @@ from typing import Any
 
 import asyncpg
 import httpx
+import redis
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared import keys
+from shared import keys, wakeups
 from shared.db.models import Batch, OutboxMessage, Task
 from shared.settings import Settings
-from tests.helpers import api_client, count_rows, make_user
+from tests.helpers import api_client, count_rows, make_user, published
 
 
 def auth(token: str) -> dict[str, str]:
@@ -200,13 +201,16 @@ async def test_concurrent_retries_of_one_keyed_batch_create_it_once(
     assert await count_rows(sessionmaker) == (50, 50)
 
 
-async def test_a_whole_batch_sends_one_notify_at_commit(
-    client: httpx.AsyncClient, token: str, settings: Settings
+async def test_a_whole_batch_sends_one_hint_and_no_notify(
+    client: httpx.AsyncClient, token: str, settings: Settings, redis_client: redis.Redis
 ) -> None:
     connection = await asyncpg.connect(settings.asyncpg_dsn)
-    received: list[str] = []
+    notified: list[str] = []
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(wakeups.OUTBOX)
     try:
-        await connection.add_listener(keys.OUTBOX_CHANNEL, lambda *args: received.append(args[2]))
+        # The channel the outbox trigger notified before revision 0008.
+        await connection.add_listener("scan_outbox", lambda *args: notified.append(args[2]))
         response = await client.post(
             "/api/v1/batches",
             json=body(*(f"n{n}.example.com" for n in range(200))),
@@ -215,26 +219,28 @@ async def test_a_whole_batch_sends_one_notify_at_commit(
         assert response.status_code == 201
         # A round trip on the listening connection delivers whatever was sent before it.
         await connection.execute("SELECT 1")
-        await asyncio.sleep(0.2)
-        await connection.execute("SELECT 1")
+        hints = await published(pubsub)
     finally:
         await connection.close()
-    assert len(received) == 1
+        pubsub.close()
+    assert hints == [(wakeups.OUTBOX, "")]
+    # Nothing notifies inside the transaction: a NOTIFY would serialise every commit.
+    assert notified == []
 
 
-async def test_the_outbox_trigger_fires_once_per_statement_not_per_row(
+async def test_no_trigger_calls_pg_notify(
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> None:
     async with sessionmaker() as session:
-        level = (
+        notifying = (
             await session.execute(
                 text(
-                    "SELECT action_orientation FROM information_schema.triggers "
-                    "WHERE trigger_name = 'outbox_notify'"
+                    "SELECT count(*) FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
+                    "WHERE NOT t.tgisinternal AND p.prosrc ILIKE '%pg_notify%'"
                 )
             )
         ).scalar_one()
-    assert level == "STATEMENT"
+    assert notifying == 0
 
 
 async def test_get_pages_through_the_tasks_in_order_with_counts_by_status(

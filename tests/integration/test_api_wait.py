@@ -1,10 +1,11 @@
-"""GET with `wait`: answered when the task (or every task of the batch) ends, woken by the
-database's NOTIFY from the terminal write, holding no connection while it waits."""
+"""GET with `wait`: answered when the task (or every task of the batch) ends, woken by a
+finish hint or, without one, by the poll, holding no connection while it waits."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from api_service import batch_service
 from api_service.app import create_app
 from api_service.waiting import FinishWaiters
+from shared import wakeups
 from shared.settings import Settings
 from tests.helpers import eventually, make_user
 
@@ -67,7 +69,7 @@ async def test_a_task_waiter_is_woken_by_the_terminal_write(
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> None:
     app, http = api
-    await eventually(lambda: waiters_of(app).connected, "the API to LISTEN")
+    await eventually(lambda: waiters_of(app).connected, "the API to subscribe")
     task = (
         await http.post("/api/v1/tasks", json={"target_domain": "w.example.com"}, headers=headers)
     ).json()
@@ -112,7 +114,7 @@ async def test_a_batch_waiter_answers_only_when_every_task_has_ended(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     app, http = api
-    await eventually(lambda: waiters_of(app).connected, "the API to LISTEN")
+    await eventually(lambda: waiters_of(app).connected, "the API to subscribe")
     body = {"tasks": [{"target_domain": "one.example.com"}, {"target_domain": "two.example.com"}]}
     batch = (await http.post("/api/v1/batches", json=body, headers=headers)).json()
     reads: list[bool] = []
@@ -225,7 +227,7 @@ async def test_a_client_over_its_share_of_waiters_gets_429_and_others_still_wait
     _, bob = await make_user(sessionmaker, "bob")
     as_alice, as_bob = ({"Authorization": f"Bearer {t}"} for t in (alice, bob))
     async with serving(share) as (app, http):
-        await eventually(lambda: waiters_of(app).connected, "the API to LISTEN")
+        await eventually(lambda: waiters_of(app).connected, "the API to subscribe")
 
         async def create(domain: str, headers: dict[str, str]) -> str:
             body = {"target_domain": domain}
@@ -264,3 +266,49 @@ async def test_a_client_over_its_share_of_waiters_gets_429_and_others_still_wait
     assert (bob_answer.status_code, bob_answer.json()["status"]) == (200, "succeeded")
     assert (untouched.status_code, untouched.json()["status"]) == (200, "pending")
     assert [(a.status_code, a.json()["status"]) for a in alice_answers] == [(200, "succeeded")] * 2
+
+
+async def test_with_every_hint_dropped_a_waiter_is_answered_within_one_poll_interval(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], headers: dict[str, str]
+) -> None:
+    poll_s = 0.3
+    no_hints = settings.model_copy(
+        update={"wakeup_hints": False, "wait_poll_interval_s": poll_s, "wait_max_s": LONG_WAIT_S}
+    )
+    async with serving(no_hints) as (app, http):
+        assert not waiters_of(app).connected
+        body = {"target_domain": "quiet.example.com"}
+        task = (await http.post("/api/v1/tasks", json=body, headers=headers)).json()
+        waiting = asyncio.create_task(
+            http.get(f"/api/v1/tasks/{task['id']}", params={"wait": LONG_WAIT_S}, headers=headers)
+        )
+        await eventually(lambda: waiters_of(app).count == 1, "the request to wait")
+        await finish(sessionmaker, "id = CAST(:id AS uuid)", id=task["id"])
+        finished = asyncio.get_running_loop().time()
+        # One poll interval, and a read, with room for a shared machine.
+        answered = await asyncio.wait_for(waiting, poll_s + 1.0)
+        late_s = asyncio.get_running_loop().time() - finished
+
+    assert answered.json()["status"] == "succeeded"
+    assert late_s <= poll_s + 1.0
+
+
+async def test_a_finish_hint_answers_a_waiter_long_before_the_poll(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], headers: dict[str, str]
+) -> None:
+    never = settings.model_copy(update={"wait_poll_interval_s": 600, "wait_max_s": LONG_WAIT_S})
+    async with serving(never) as (app, http):
+        await eventually(lambda: waiters_of(app).connected, "the API to subscribe")
+        body = {"target_domain": "hinted.example.com"}
+        task = (await http.post("/api/v1/tasks", json=body, headers=headers)).json()
+        waiting = asyncio.create_task(
+            http.get(f"/api/v1/tasks/{task['id']}", params={"wait": LONG_WAIT_S}, headers=headers)
+        )
+        await eventually(lambda: waiters_of(app).count == 1, "the request to wait")
+        await finish(sessionmaker, "id = CAST(:id AS uuid)", id=task["id"])
+        hints = wakeups.Hints(wakeups.create_client(settings))
+        await hints.finished([(uuid.UUID(task["id"]), None)], callbacks=False)
+        await hints.aclose()
+        answered = await asyncio.wait_for(waiting, 10)
+
+    assert answered.json()["status"] == "succeeded"

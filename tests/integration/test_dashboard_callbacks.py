@@ -8,22 +8,22 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 
-import asyncpg
 import httpx
 import pytest
+import redis
 from pydantic import SecretStr
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api_service.ui.routes import callbacks as callbacks_page
-from shared import keys
+from shared import wakeups
 from shared.db import callbacks, tasks
 from shared.db.models import Delivery
 from shared.messages import scan_entry
 from shared.settings import Settings
 from tests.callbacks import end_tasks
 from tests.dashboard import execute, make_task, open_client, page_csrf, sign_in
-from tests.helpers import make_user
+from tests.helpers import make_user, published
 
 Sessions = async_sessionmaker[AsyncSession]
 KEY = "k" * 40
@@ -176,7 +176,7 @@ async def test_the_page_shows_the_newest_first_and_pages_to_older_ones(
 
 
 async def test_replaying_a_dead_delivery_makes_it_due_now_with_the_same_delivery_id(
-    signed_in: httpx.AsyncClient, sessionmaker: Sessions, owner_id: int, settings: Settings
+    signed_in: httpx.AsyncClient, sessionmaker: Sessions, owner_id: int, redis_client: redis.Redis
 ) -> None:
     _, first = await ended_task(sessionmaker, owner_id, "one.example.com")
     _, second = await ended_task(sessionmaker, owner_id, "two.example.com")
@@ -188,9 +188,8 @@ async def test_replaying_a_dead_delivery_makes_it_due_now_with_the_same_delivery
     token = await page_csrf(signed_in, "/ui/callbacks?state=dead")
 
     # The relays are woken as by `scanctl callbacks replay`.
-    listener = await asyncpg.connect(settings.asyncpg_dsn)
-    woken: list[str] = []
-    await listener.add_listener(keys.CALLBACK_CHANNEL, lambda *args: woken.append(args[2]))
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(wakeups.CALLBACKS)
     try:
         back = "/ui/callbacks?state=dead"
         one = await signed_in.post(
@@ -206,10 +205,9 @@ async def test_replaying_a_dead_delivery_makes_it_due_now_with_the_same_delivery
         shown = (await signed_in.get(back)).text
         assert "Replayed 1 dead delivery: due now, same delivery id." in shown
         assert shown_ids(shown) == [second]
-        await listener.execute("SELECT 1")
-        assert woken, "the replay's commit notified the relays"
+        assert await published(pubsub) == [(wakeups.CALLBACKS, "")], "the relays were hinted"
     finally:
-        await listener.close()
+        pubsub.close()
 
     twice = await signed_in.post(f"/ui/callbacks/{first}/replay", data={"csrf_token": token})
     assert twice.headers["location"] == "/ui/callbacks"

@@ -7,7 +7,6 @@ import json
 import uuid
 from collections.abc import Iterator
 
-import asyncpg
 import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
@@ -91,25 +90,6 @@ async def test_rolled_back_create_leaves_no_task_and_no_message(
     assert await count_rows(sessionmaker) == (0, 0)
     assert await relay.run_once() == 0
     assert queued_message_ids(redis_client) == []
-
-
-async def test_notify_reaches_listeners_only_on_commit(
-    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings
-) -> None:
-    user, _ = await make_user(sessionmaker)
-    received: asyncio.Queue[str] = asyncio.Queue()
-    listener = await asyncpg.connect(settings.asyncpg_dsn)
-    await listener.add_listener(keys.OUTBOX_CHANNEL, lambda *args: received.put_nowait(args[2]))
-    try:
-        async with sessionmaker() as session:
-            transaction = await session.begin()
-            await create_task(session, user.id)
-            await asyncio.sleep(0.2)
-            assert received.empty()
-            await transaction.commit()
-        assert await asyncio.wait_for(received.get(), 5) == keys.OUTBOX_CHANNEL
-    finally:
-        await listener.close()
 
 
 async def test_batches_drain_in_id_order_and_each_row_is_published_once(

@@ -4,19 +4,21 @@ by one when a batch fails, and all written at a stop; against a real PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+import redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from shared import safeguards
+from shared import safeguards, wakeups
 from shared.db import claims, completions
 from shared.db.completions import Completion
 from shared.db.models import TaskStatus
 from shared.settings import Settings
-from tests.helpers import eventually
+from tests.helpers import eventually, published
 from tests.workers import GatedScanner, committed_task, load, worker_settings
 from worker_service import lifecycle
 from worker_service.completer import Completer
@@ -152,3 +154,37 @@ async def test_close_writes_every_end_handed_over_even_if_its_run_was_cancelled(
     assert completer.pending == []
     for end in ends:
         assert (await load(sessionmaker, end.task_id)).status == TaskStatus.SUCCEEDED
+
+
+async def test_the_ends_written_are_hinted_after_commit_with_their_batch_and_callbacks(
+    runtime: WorkerRuntime,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis_client: redis.Redis,
+) -> None:
+    runtime.hints = wakeups.Hints(wakeups.create_client(runtime.settings))
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(wakeups.FINISHED, wakeups.CALLBACKS)
+    batch = uuid.uuid4()
+    ends = [await claimed(sessionmaker, f"h{index}.example.com") for index in range(3)]
+    ends[0] = dataclasses.replace(ends[0], batch_id=batch, may_call_back=True)
+    await take_over(sessionmaker, ends[2].task_id)
+    completer = lifecycle.completer_of(runtime)
+    try:
+        written = await asyncio.gather(*(completer.finish(end) for end in ends))
+        await completer.close()
+        await runtime.hints.flush()
+        received = await published(pubsub)
+    finally:
+        pubsub.close()
+        await runtime.hints.aclose()
+
+    assert written == [True, True, False]
+    finished = {
+        p
+        for channel, payload in received
+        if channel == wakeups.FINISHED
+        for p in payload.split(";")
+    }
+    # The stale end was not written: no hint for it.
+    assert finished == {f"{ends[0].task_id},{batch}", f"{ends[1].task_id},"}
+    assert (wakeups.CALLBACKS, "") in received

@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Form, Request
 from starlette.responses import Response
 
-from api_service.deps import SessionDep
+from api_service.deps import HintsDep, SessionDep
 from api_service.ui import reads
 from api_service.ui.auth import UiActor, UiAdmin
 from api_service.ui.render import page, redirect, safe_next
@@ -89,12 +89,17 @@ def _replayed_notice(count: int) -> str:
 
 @router.post("/{row_id}/replay")
 async def replay_one(
-    request: Request, row_id: int, admin: UiActor, session: SessionDep, back: BackField = ""
+    request: Request,
+    row_id: int,
+    admin: UiActor,
+    session: SessionDep,
+    hints: HintsDep,
+    back: BackField = "",
 ) -> Response:
     target = safe_next(back or HERE)
     if not 0 < row_id <= MAX_ROW_ID:
         return redirect(request, target, notice=f"no delivery {row_id}", error=True)
-    if not await callback_admin.replay_dead(session, [row_id]):
+    if not await callback_admin.replay_dead(session, [row_id], hints):
         why = await callback_admin.why_not_replayed(session, None, row_id)
         return redirect(request, target, notice=why, error=True)
     log.info("ui_callbacks_replayed", delivery_rows=[row_id], admin_id=admin.user.id)
@@ -103,8 +108,8 @@ async def replay_one(
 
 @router.post("/replay-dead")
 async def replay_all(
-    request: Request, admin: UiActor, session: SessionDep, back: BackField = ""
+    request: Request, admin: UiActor, session: SessionDep, hints: HintsDep, back: BackField = ""
 ) -> Response:
-    count = await callback_admin.replay_dead(session, None)
+    count = await callback_admin.replay_dead(session, None, hints)
     log.info("ui_callbacks_replayed", rows=count, admin_id=admin.user.id)
     return redirect(request, safe_next(back or HERE), notice=_replayed_notice(count))

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from starlette.responses import Response
 
-from api_service.deps import SessionDep
+from api_service.deps import HintsDep, SessionDep
 from api_service.ui import reads
 from api_service.ui.auth import UiActor, UiAdmin
 from api_service.ui.render import page, redirect, safe_next
@@ -48,12 +48,19 @@ def _replayed_notice(replayed: list[outbox.ReplayedMessage]) -> str:
 
 @router.post("/{outbox_id}/replay")
 async def replay_one(
-    request: Request, outbox_id: int, admin: UiActor, session: SessionDep, back: BackField = ""
+    request: Request,
+    outbox_id: int,
+    admin: UiActor,
+    session: SessionDep,
+    hints: HintsDep,
+    back: BackField = "",
 ) -> Response:
     target = safe_next(back or HERE)
     async with session.begin():
         replayed = await outbox_admin.replay_dead(session, [outbox_id])
-    if not replayed:
+    if replayed:
+        await hints.outbox()
+    else:
         why = await outbox_admin.why_not_replayed(session, outbox_id)
         return redirect(request, target, notice=why, error=True)
     log.info("ui_outbox_replayed", outbox_ids=[outbox_id], admin_id=admin.user.id)
@@ -61,8 +68,12 @@ async def replay_one(
 
 
 @router.post("/replay-dead")
-async def replay_all(request: Request, admin: UiActor, session: SessionDep) -> Response:
+async def replay_all(
+    request: Request, admin: UiActor, session: SessionDep, hints: HintsDep
+) -> Response:
     async with session.begin():
         replayed = await outbox_admin.replay_dead(session, None)
+    if replayed:
+        await hints.outbox()
     log.info("ui_outbox_replayed", rows=len(replayed), admin_id=admin.user.id)
     return redirect(request, HERE, notice=_replayed_notice(replayed))

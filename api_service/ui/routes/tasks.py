@@ -9,7 +9,7 @@ from fastapi import APIRouter, Form, Request
 from starlette.responses import Response
 
 from api_service import services
-from api_service.deps import RedisDep, RequestIdDep, SessionDep, SettingsDep
+from api_service.deps import HintsDep, RedisDep, RequestIdDep, SessionDep, SettingsDep
 from api_service.ui import reads, views
 from api_service.ui.auth import Admin, UiActor, UiAdmin
 from api_service.ui.filters import read_query
@@ -93,6 +93,7 @@ async def retry_task(
     admin: UiActor,
     session: SessionDep,
     redis: RedisDep,
+    hints: HintsDep,
     settings: SettingsDep,
     request_id: RequestIdDep,
     back: BackField = "",
@@ -106,21 +107,28 @@ async def retry_task(
         await services.retry_task(session, redis, settings, actor, parsed, request_id=request_id)
     except ScanOutboxError as exc:
         return redirect(request, target, notice=exc.message, error=True)
+    await hints.outbox()
     log.info("ui_task_retried", task_id=str(parsed), admin_id=admin.user.id)
     return redirect(request, target, notice="Task sent again: it is pending.")
 
 
 @router.post("/{task_id}/cancel")
 async def cancel_task(
-    request: Request, task_id: str, admin: UiActor, session: SessionDep, back: BackField = ""
+    request: Request,
+    task_id: str,
+    admin: UiActor,
+    session: SessionDep,
+    hints: HintsDep,
+    back: BackField = "",
 ) -> Response:
     parsed = _task_id(task_id)
     target = safe_next(back or f"/ui/tasks/{task_id}")
     if parsed is None:
         return redirect(request, target, notice="There is no such task.", error=True)
     try:
-        await services.cancel_task(session, services.Actor.admin(admin.user), parsed)
+        task = await services.cancel_task(session, services.Actor.admin(admin.user), parsed)
     except ScanOutboxError as exc:
         return redirect(request, target, notice=exc.message, error=True)
+    await services.announce_end(hints, task)
     log.info("ui_task_cancelled", task_id=str(parsed), admin_id=admin.user.id)
     return redirect(request, target, notice="Task cancelled.")

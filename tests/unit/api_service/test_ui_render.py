@@ -63,7 +63,7 @@ def test_worker_broker_ids_name_their_host_and_process() -> None:
 
 def test_the_dashboard_recognises_the_relays_connections_by_name() -> None:
     assert maintenance.APPLICATION_NAME == RELAY_ELECTION_APP
-    assert listener.APPLICATION_NAME.startswith(keys.RELAY_APPLICATION_NAME_PREFIX)
+    assert listener.CLIENT_NAME.startswith(keys.RELAY_APPLICATION_NAME_PREFIX)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from shared.errors import TooManyClientWaiters, TooManyWaiters
 
 
 def registry(max_waiters: int = 10) -> FinishWaiters:
-    return FinishWaiters("postgresql://unused", max_waiters, 1.0)
+    return FinishWaiters(None, max_waiters, 1.0)
 
 
 async def test_a_notification_wakes_the_waiters_of_its_task_and_of_its_batch_only() -> None:
@@ -25,7 +25,7 @@ async def test_a_notification_wakes_the_waiters_of_its_task_and_of_its_batch_onl
         waiters.watch(batch) as on_batch,
         waiters.watch(other) as on_other,
     ):
-        waiters._notified(None, 1, "scan_task_finished", f"{task},{batch}")
+        waiters.hinted(f"{task},{batch}")
         assert (on_task.is_set(), on_batch.is_set(), on_other.is_set()) == (True, True, False)
     assert waiters.count == 0
 
@@ -34,9 +34,9 @@ async def test_a_payload_without_a_batch_or_garbled_wakes_nobody_else() -> None:
     waiters = registry()
     task = uuid.uuid4()
     async with waiters.watch(task) as event:
-        waiters._notified(None, 1, "scan_task_finished", "not-a-uuid,")
+        waiters.hinted("not-a-uuid,")
         assert not event.is_set()
-        waiters._notified(None, 1, "scan_task_finished", f"{task},")
+        waiters.hinted(f"{task},")
         assert event.is_set()
 
 
@@ -53,7 +53,7 @@ async def test_over_the_bound_watching_raises_too_many_waiters_naming_wait() -> 
 
 
 async def test_a_client_over_its_share_gets_429_naming_its_soonest_wait_and_others_get_in() -> None:
-    waiters = FinishWaiters("postgresql://unused", 10, 1.0, max_client_waiters=2)
+    waiters = FinishWaiters(None, 10, 1.0, max_client_waiters=2)
     now = time.monotonic()
     async with (
         waiters.watch(uuid.uuid4(), "alice", now + 30),
@@ -72,7 +72,7 @@ async def test_a_client_over_its_share_gets_429_naming_its_soonest_wait_and_othe
 
 
 async def test_a_full_process_refuses_with_503_before_any_share_counts() -> None:
-    waiters = FinishWaiters("postgresql://unused", 1, 1.0, max_client_waiters=1)
+    waiters = FinishWaiters(None, 1, 1.0, max_client_waiters=1)
     async with waiters.watch(uuid.uuid4(), "alice"):
         with pytest.raises(TooManyWaiters) as refused:
             async with waiters.watch(uuid.uuid4(), "alice"):
@@ -96,7 +96,7 @@ async def test_wait_until_reads_again_on_each_wake_until_ended() -> None:
         await asyncio.sleep(0)
         if waiting.done():
             break
-        waiters._notified(None, 1, "", f"{key},")
+        waiters.hinted(f"{key},")
 
     assert await waiting == "succeeded"
     assert reads == ["pending", "pending", "running", "succeeded"]
