@@ -142,7 +142,7 @@ class HintListener:
         self.connected = False
         self.connections = 0
 
-    def _dispatch(self, message: Mapping[str, object]) -> None:
+    def _handle(self, message: Mapping[str, object]) -> None:
         channel, data = message.get("channel"), message.get("data")
         handler = self.handlers.get(channel.decode() if isinstance(channel, bytes) else "")
         if handler is not None and isinstance(data, bytes):
@@ -183,7 +183,7 @@ class HintListener:
                 if message.get("type") == "pong":
                     pong_due = None
                 else:
-                    self._dispatch(message)
+                    self._handle(message)
             now = loop.time()
             if pong_due is not None and now > pong_due:
                 raise TimeoutError("no answer to a ping")
