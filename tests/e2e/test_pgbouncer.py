@@ -86,7 +86,7 @@ def test_scans_created_through_pgbouncer_all_succeed_once(
         assert "relay_listen_lost" not in service.log()
 
 
-def test_a_wait_through_pgbouncer_ends_on_the_direct_connections_notify(
+def test_a_wait_through_pgbouncer_ends_on_the_workers_hint(
     stack: Stack, client: httpx.Client
 ) -> None:
     (task_id,) = submit(client, ["waited.example.com"])
@@ -94,7 +94,8 @@ def test_a_wait_through_pgbouncer_ends_on_the_direct_connections_notify(
 
     assert answer.status_code == 200, answer.text
     assert answer.json()["status"] == "succeeded"
-    assert '"waiters_listen_off"' not in stack.services["api"].log()
+    # Woken through Redis: nothing about waiting needs a server session.
+    assert '"wakeup_hints_subscribed"' in stack.services["api"].log()
 
 
 def test_a_relay_restarted_behind_pgbouncer_takes_the_lead_and_publishes_again(
@@ -109,7 +110,7 @@ def test_a_relay_restarted_behind_pgbouncer_takes_the_lead_and_publishes_again(
     wait_until(lambda: "relay_leader_gained" in relay.log(), 30, "the new relay to lead")
 
 
-def test_without_a_direct_url_waits_poll_and_the_relay_refuses_to_start(
+def test_without_a_direct_url_the_api_serves_waits_and_the_relay_refuses_to_start(
     servers: EmbeddedUrls, pooler: PgBouncer, site: Site, tmp_path: Path
 ) -> None:
     stack = pooled_stack(servers, pooler, site, tmp_path, direct=False)
@@ -131,6 +132,6 @@ def test_without_a_direct_url_waits_poll_and_the_relay_refuses_to_start(
             (task_id,) = submit(http, ["polled.example.com"])
             answer = http.get(f"/api/v1/tasks/{task_id}", params={"wait": 20})
         assert answer.json()["status"] == "succeeded", answer.text
-        assert '"waiters_listen_off"' in stack.services["api"].log()
+        assert '"wakeup_hints_subscribed"' in stack.services["api"].log()
     finally:
         stack.assert_stopped_cleanly(stack.stop_all())
