@@ -58,7 +58,8 @@ async def test_an_idempotent_replay_still_returns_the_same_task_without_a_lock(
     body = {"target_domain": "once.example.com"}
     first = await client.post("/api/v1/tasks", json=body, headers=headers)
     again = await client.post("/api/v1/tasks", json=body, headers=headers)
-    assert (first.status_code, again.status_code) == (201, 200)
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.headers["idempotent-replayed"] == "true"
     assert first.json()["id"] == again.json()["id"]
     assert await count_rows(sessionmaker) == (1, 1)
     assert redis_client.keys("*") == []

@@ -15,9 +15,6 @@ down_revision: str | None = '0005'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# Short lock waits: a DDL statement queued behind a long transaction would otherwise
-# block every write to the table behind it.
-LOCK_TIMEOUT = "SET LOCAL lock_timeout = '5s'"
 
 # Rows still waiting to be published get their task's client and lane; published rows
 # keep 0/0, which nothing reads.
@@ -30,7 +27,6 @@ WHERE o.task_id = t.id AND o.published_at IS NULL AND o.dead_at IS NULL
 
 
 def upgrade() -> None:
-    op.execute(LOCK_TIMEOUT)
     # A constant default on a NOT NULL column is stored in the catalog: no table rewrite.
     # Both may run again: a lock timeout in the autocommit block re-runs the revision.
     op.add_column('outbox', sa.Column('user_id', sa.BigInteger(), nullable=False,
@@ -69,6 +65,5 @@ def downgrade() -> None:
                       if_exists=True)
         op.drop_index('ix_outbox_backlog', table_name='outbox', postgresql_concurrently=True,
                       if_exists=True)
-    op.execute(LOCK_TIMEOUT)
     op.drop_column('outbox', 'lane')
     op.drop_column('outbox', 'user_id')

@@ -15,13 +15,9 @@ down_revision: str | None = '0006'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# Short lock waits: a DDL statement queued behind a long transaction would otherwise
-# block every write to the table behind it.
-LOCK_TIMEOUT = "SET LOCAL lock_timeout = '5s'"
 
 
 def upgrade() -> None:
-    op.execute(LOCK_TIMEOUT)
     # One row per try, written with the try's outcome; pruned with its delivery.
     op.create_table(
         'delivery_attempts',
@@ -54,6 +50,5 @@ def downgrade() -> None:
     with op.get_context().autocommit_block():
         op.drop_index('ix_deliveries_user_id', table_name='deliveries',
                       postgresql_concurrently=True, if_exists=True)
-    op.execute(LOCK_TIMEOUT)
     op.drop_index('ix_delivery_attempts_delivery', table_name='delivery_attempts')
     op.drop_table('delivery_attempts')

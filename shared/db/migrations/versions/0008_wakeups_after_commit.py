@@ -14,9 +14,6 @@ down_revision: str | None = '0007'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# Short lock waits: DROP TRIGGER queued behind a long transaction would otherwise block
-# every write to the table behind it.
-LOCK_TIMEOUT = "SET LOCAL lock_timeout = '5s'"
 
 # A transaction that called pg_notify commits under PostgreSQL's one notify lock, held
 # through its WAL flush: every such commit on the server waits for the one before it, and
@@ -143,7 +140,6 @@ EXECUTE FUNCTION task_finished_notify()
 
 
 def upgrade() -> None:
-    op.execute(LOCK_TIMEOUT)
     op.execute("DROP TRIGGER IF EXISTS outbox_notify ON outbox")
     op.execute("DROP FUNCTION IF EXISTS outbox_notify()")
     op.execute("DROP TRIGGER IF EXISTS task_finished_notify ON tasks")
@@ -153,7 +149,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute(LOCK_TIMEOUT)
     op.execute(CALLBACKS_FUNCTION_NOTIFYING)
     op.execute(FINISH_NOTIFY_FUNCTION)
     op.execute(FINISH_NOTIFY_TRIGGER)

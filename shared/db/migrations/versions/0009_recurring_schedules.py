@@ -16,14 +16,9 @@ down_revision: str | None = '0008'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# New tables take no lock anyone waits on; the short wait only guards the foreign keys'
-# brief lock on users and batches. Their indexes are built in the same transaction, on empty
-# tables, so CONCURRENTLY (which cannot run inside it) would buy nothing.
-LOCK_TIMEOUT = "SET LOCAL lock_timeout = '5s'"
 
 
 def upgrade() -> None:
-    op.execute(LOCK_TIMEOUT)
     op.create_table(
         'schedules',
         sa.Column('id', sa.UUID(), nullable=False),
@@ -90,6 +85,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute(LOCK_TIMEOUT)
     op.drop_table('schedule_runs')
     op.drop_table('schedules')
