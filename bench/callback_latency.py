@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import time
+import uuid
 
 import psutil
 from sqlalchemy import text
@@ -27,6 +28,7 @@ from bench.common import (
     start_relay,
     verdict,
 )
+from shared import wakeups
 
 TASKS = 550
 RATES_PER_S = (20.0, 100.0)
@@ -87,12 +89,16 @@ async def _measure(ctx: BenchContext, url: str, arrivals: Arrivals, rate: float)
         ]
     ended: dict[str, float] = {}
     start = time.monotonic()
+    # Standing in for the worker, it sends the worker's hint after each end it commits.
+    hints = wakeups.Hints(wakeups.create_client(ctx.settings))
     async with ctx.engine.connect() as connection:
         for n, task_id in enumerate(ids):
             await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
             async with connection.begin():
                 await connection.execute(_END_SQL, {"id": task_id})
             ended[task_id] = time.time()
+            await hints.finished([(uuid.UUID(task_id), None)], callbacks=True)
+    await hints.aclose()
     deadline = time.monotonic() + DEADLINE_S
     while len(arrivals.at.keys() & ended.keys()) < len(ended) and time.monotonic() < deadline:
         arrivals.changed.clear()
