@@ -18,8 +18,8 @@ from shared.cli.processes import THREADS_REFUSED, api_command, relay_command, wo
 
 app = typer.Typer(
     name="scanctl",
-    help="Operate scan-outbox: health, cleanups, outbox, tasks, batches, users, scans and the "
-    "services.",
+    help="Operate scan-outbox: health, cleanups, outbox, tasks, batches, schedules, callbacks, "
+    "users, scans and the services.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     # Plain click output: usage errors are one "Error: ..." line (scripts and logs read them).
@@ -52,8 +52,8 @@ def main(
         ),
     ] = False,
 ) -> None:
-    """Operate scan-outbox: health, cleanups, outbox, tasks, batches, users, scans and the
-    services."""
+    """Operate scan-outbox: health, cleanups, outbox, tasks, batches, schedules, callbacks,
+    users, scans and the services."""
 
 
 def _exec(command: list[str]) -> None:
