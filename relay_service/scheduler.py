@@ -22,9 +22,12 @@ def _every(
     job_id: str,
     *,
     now: bool = False,
+    jitter_s: float | None = None,
 ) -> None:
     # One instance at a time, missed runs merged into one: a slow job never piles up.
-    extra = {"next_run_time": datetime.now(UTC)} if now else {}
+    extra: dict[str, object] = {"next_run_time": datetime.now(UTC)} if now else {}
+    if jitter_s:
+        extra["jitter"] = jitter_s
     scheduler.add_job(
         job,
         "interval",
@@ -57,9 +60,12 @@ def build_scheduler(
         _every(scheduler, jobs.check_broker, settings.relay_broker_check_interval_s, "broker")
         _every(scheduler, jobs.prune, settings.relay_prune_interval_s, "prune")
         _every(scheduler, jobs.refresh_gauges, settings.relay_gauges_interval_s, "gauges")
-    # Every relay, not only the leader: the claims skip each other's rows (firing.py).
+    # Every relay, not only the leader: the claims skip each other's rows (firing.py). The
+    # jitter changes which relay looks first from one look to the next: without it the relay
+    # whose timer runs a little ahead takes every tick, and the others only ever stand by.
     if firing is not None:
-        _every(scheduler, firing.run_once, settings.schedule_poll_interval_s, "schedules")
+        poll_s = settings.schedule_poll_interval_s
+        _every(scheduler, firing.run_once, poll_s, "schedules", jitter_s=poll_s / 4)
     if reports is not None:
         _every(scheduler, reports.run_once, settings.schedule_report_interval_s, "run_reports")
     return scheduler
