@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from api_service import waiting
-from api_service.errors import install_error_handlers
+from api_service.exception_handlers import install_error_handlers
 from api_service.middleware import BodySizeLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
 from api_service.routes import (
     batches,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api_service import idempotency, services
+from api_service import idempotency, task_service
 from api_service.domains import normalise_domain
 from api_service.schemas import BatchCreate
 from shared import create_rate, metrics, safeguards
@@ -67,7 +67,7 @@ def validate_batch(body: BatchCreate, settings: Settings, user: User) -> BatchRe
         raise InvalidInput(
             f"must be at most {settings.max_config_bytes} bytes as JSON", field="config"
         )
-    callback_url = services.checked_callback(user, body.callback_url, settings)
+    callback_url = task_service.checked_callback(user, body.callback_url, settings)
     unique = list(dict.fromkeys(domains))
     meaning: dict[str, object] = {"domains": unique, "config": config}
     if callback_url is not None:
@@ -105,9 +105,9 @@ async def create_batch(
     """
     if idempotency_key is None:
         return await _charge_and_insert(session, redis, settings, user, request, None, request_id)
-    await services.release_connection(session)  # none held while Redis answers
+    await task_service.release_connection(session)  # none held while Redis answers
     async with idempotency.processing(redis, settings, user.id, "batch", idempotency_key):
-        async with services.transaction(session):
+        async with task_service.transaction(session):
             earlier = await batches.get_batch_by_idempotency_key(session, user.id, idempotency_key)
         if earlier is not None:
             idempotency.check_same_request(earlier.request_hash, request.fingerprint)
@@ -128,7 +128,7 @@ async def _charge_and_insert(
     request_id: str | None,
 ) -> CreatedBatch:
     quota = await create_rate.take(redis, settings, user.id, cost=len(request.domains))
-    await services.check_callback_host(session, request.callback_url, settings)
+    await task_service.check_callback_host(session, request.callback_url, settings)
     batch_id, created = await _insert(
         session, redis, settings, user, request, idempotency_key, request_id
     )
@@ -158,7 +158,7 @@ async def _insert(
         ],
     )
     earlier: Batch | None = None
-    async with services.transaction(session):
+    async with task_service.transaction(session):
         inserted = await batches.insert_batch(session, new)
         if not inserted and idempotency_key is not None:
             # The unique index made this insert wait for a concurrent one with the same key.
@@ -209,7 +209,7 @@ async def read_batch(
 ) -> BatchView:
     """The user's batch with its counts and one page of tasks; another user's is 404."""
     after = decode_position(cursor) if cursor else -1
-    async with services.transaction(session):
+    async with task_service.transaction(session):
         batch = await batches.get_user_batch(session, user.id, batch_id)
         if batch is None:
             raise NotFound("no such batch", field="batch_id")
@@ -233,21 +233,21 @@ async def list_batches(
     session: AsyncSession, user: User, *, limit: int, cursor: str | None
 ) -> tuple[list[BatchSummary], str | None]:
     """One page of the user's batches, newest first, with their counts; and the next cursor."""
-    before = services.decode_cursor(cursor) if cursor else None
-    async with services.transaction(session):
+    before = task_service.decode_cursor(cursor) if cursor else None
+    async with task_service.transaction(session):
         rows = await batches.list_user_batches(session, user.id, limit=limit + 1, before=before)
         page = rows[:limit]
         progress = await batches.get_batches_progress(
             session, [batch.id for batch in page], TERMINAL
         )
-    next_cursor = services.encode_cursor(page[-1]) if len(rows) > limit else None
+    next_cursor = task_service.encode_cursor(page[-1]) if len(rows) > limit else None
     return [BatchSummary(batch, progress[batch.id]) for batch in page], next_cursor
 
 
 async def cancel_batch(session: AsyncSession, user: User, batch_id: uuid.UUID) -> int:
     """Cancel every task of the user's batch that has not ended; returns how many were.
     Another user's batch is 404; a batch already over cancels nothing."""
-    async with services.transaction(session):
+    async with task_service.transaction(session):
         batch = await batches.get_user_batch(session, user.id, batch_id)
         if batch is None:
             raise NotFound("no such batch", field="batch_id")
@@ -258,7 +258,7 @@ async def cancel_batch(session: AsyncSession, user: User, batch_id: uuid.UUID) -
 
 async def get_user_batch(session: AsyncSession, user: User, batch_id: uuid.UUID) -> Batch:
     """The user's batch; another user's is 404 like a missing one."""
-    async with services.transaction(session):
+    async with task_service.transaction(session):
         batch = await batches.get_user_batch(session, user.id, batch_id)
     if batch is None:
         raise NotFound("no such batch", field="batch_id")

@@ -9,7 +9,7 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api_service import services
+from api_service import task_service
 from api_service.schemas import DeliveryAttemptOut, DeliveryDetail, DeliveryOut, DeliveryPage
 from shared import callback_admin
 from shared.db import deliveries
@@ -83,7 +83,7 @@ async def show(session: AsyncSession, owner: int | None, delivery_id: uuid.UUID)
 async def replay(session: AsyncSession, owner: int | None, delivery_id: uuid.UUID) -> DeliveryOut:
     """Send an ended (dead or gone) delivery again, its tries reset; 409 for any other."""
     row = await _find(session, owner, delivery_id)
-    async with services.transaction(session):
+    async with task_service.transaction(session):
         replayed = await callback_admin.replay(session, owner, [row.id])
     if not replayed:
         state = deliveries.state_of(row)
@@ -97,8 +97,8 @@ async def replay(session: AsyncSession, owner: int | None, delivery_id: uuid.UUI
 async def send_test(session: AsyncSession, user: User, url: str, settings: Settings) -> DeliveryOut:
     """A `callback.test` delivery to `url`, vetted as a task's callback URL is, sent by the
     relays as every delivery is (the same guard at each try, the same per-client bounds)."""
-    services.checked_callback(user, url, settings)
-    await services.check_callback_host(session, url, settings)
-    async with services.transaction(session):
+    task_service.checked_callback(user, url, settings)
+    await task_service.check_callback_host(session, url, settings)
+    async with task_service.transaction(session):
         row = await deliveries.insert_test(session, user.id, url)
     return delivery_out(row)

@@ -12,7 +12,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api_service.errors import error_response
+from api_service.exception_handlers import error_response
 from shared import metrics
 
 REQUEST_ID_HEADER = "x-request-id"

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api_service import services
+from api_service import task_service
 from api_service.domains import normalise_domain
 from api_service.schedule_schemas import ScheduleCreate, ScheduleOut
 from shared import schedule_times
@@ -82,7 +82,7 @@ def _spec(body: ScheduleCreate, settings: Settings, now: datetime) -> schedule_t
 async def _template(
     session: AsyncSession, user: User, batch_id: uuid.UUID, settings: Settings
 ) -> tuple[list[str], dict[str, Any]]:
-    async with services.transaction(session):
+    async with task_service.transaction(session):
         batch = await batches.get_user_batch(session, user.id, batch_id)
         if batch is None:
             raise InvalidInput("is not one of your batches", field="batch_template")
@@ -113,7 +113,7 @@ async def validate(
         raise InvalidInput(
             f"must be at most {settings.max_config_bytes} bytes as JSON", field="config"
         )
-    callback_url = services.checked_callback(user, body.callback_url, settings)
+    callback_url = task_service.checked_callback(user, body.callback_url, settings)
     if body.callback == "changes" and callback_url is None:
         raise InvalidInput("a changes callback needs a callback_url", field="callback")
     return ScheduleRequest(domains, config, spec, callback_url)
@@ -125,7 +125,7 @@ async def create_schedule(
     """Commit the schedule with its first fire time; 409 once the user holds the maximum."""
     now = datetime.now(UTC)
     request = await validate(session, body, settings, user, now)
-    await services.check_callback_host(session, request.callback_url, settings)
+    await task_service.check_callback_host(session, request.callback_url, settings)
     schedule = Schedule(
         id=uuid.uuid4(),
         user_id=user.id,
@@ -141,7 +141,7 @@ async def create_schedule(
         missed=body.missed,
         next_fire_at=schedule_times.first_after(request.spec.trigger(), now),
     )
-    async with services.transaction(session):
+    async with task_service.transaction(session):
         held = await schedules.count_user_schedules(session, user.id)
         if held >= settings.schedule_max_per_client:
             raise Conflict(
@@ -176,7 +176,7 @@ def schedule_out(schedule: Schedule) -> ScheduleOut:
 
 async def read_schedule(session: AsyncSession, user: User, schedule_id: uuid.UUID) -> Schedule:
     """The user's schedule; another user's is 404 as a missing one."""
-    async with services.transaction(session):
+    async with task_service.transaction(session):
         schedule = await schedules.get_user_schedule(session, user.id, schedule_id)
     if schedule is None:
         raise NotFound("no such schedule", field="schedule_id")
@@ -184,13 +184,13 @@ async def read_schedule(session: AsyncSession, user: User, schedule_id: uuid.UUI
 
 
 async def list_schedules(session: AsyncSession, user: User, limit: int) -> Sequence[Schedule]:
-    async with services.transaction(session):
+    async with task_service.transaction(session):
         return await schedules.list_user_schedules(session, user.id, limit)
 
 
 async def pause_schedule(session: AsyncSession, user: User, schedule_id: uuid.UUID) -> Schedule:
     """Paused (idempotent): it fires no more until resumed."""
-    async with services.transaction(session):
+    async with task_service.transaction(session):
         await schedules.pause(session, user.id, schedule_id)
     return await read_schedule(session, user, schedule_id)
 
@@ -205,13 +205,13 @@ async def resume_schedule(session: AsyncSession, user: User, schedule_id: uuid.U
         schedule.cron, schedule.timezone, schedule.interval_s, schedule.anchor_at
     )
     next_fire_at = schedule_times.first_after(spec.trigger(), datetime.now(UTC))
-    async with services.transaction(session):
+    async with task_service.transaction(session):
         await schedules.resume(session, user.id, schedule_id, next_fire_at)
     return await read_schedule(session, user, schedule_id)
 
 
 async def delete_schedule(session: AsyncSession, user: User, schedule_id: uuid.UUID) -> None:
-    async with services.transaction(session):
+    async with task_service.transaction(session):
         deleted = await schedules.delete_schedule(session, user.id, schedule_id)
     if not deleted:
         raise NotFound("no such schedule", field="schedule_id")
@@ -221,7 +221,7 @@ async def list_runs(
     session: AsyncSession, user: User, schedule_id: uuid.UUID, limit: int
 ) -> Sequence[ScheduleRun]:
     schedule = await read_schedule(session, user, schedule_id)
-    async with services.transaction(session):
+    async with task_service.transaction(session):
         return await schedules.list_runs(session, schedule.id, limit)
 
 
@@ -229,7 +229,7 @@ async def read_run(
     session: AsyncSession, user: User, schedule_id: uuid.UUID, run_id: int
 ) -> ScheduleRun:
     schedule = await read_schedule(session, user, schedule_id)
-    async with services.transaction(session):
+    async with task_service.transaction(session):
         run = await schedules.get_run(session, schedule.id, run_id)
     if run is None:
         raise NotFound("no such run", field="run_id")

@@ -30,7 +30,7 @@ from bench.common import (
     wait_live,
 )
 from bench.finished_batch import seed_finished_batch
-from shared.cli.processes import api_command
+from scanctl.processes import api_command
 from shared.db import users
 from shared.embedded import free_port
 from shared.tokens import hash_token, new_token

@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bench import stub_scanner
-from shared.cli.processes import relay_command, worker_command
+from scanctl.processes import relay_command, worker_command
 from shared.embedded import free_port
 from shared.settings import Settings
 

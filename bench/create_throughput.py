@@ -39,7 +39,7 @@ from bench.common import (
     wait_live,
 )
 from bench.direct_app import DIRECT_PATH
-from shared.cli.processes import api_command
+from scanctl.processes import api_command
 from shared.db import users
 from shared.db.models import Task
 from shared.embedded import free_port

@@ -53,9 +53,9 @@ from bench.dispatch_table import (
     Run,
 )
 from shared import wakeups
-from shared.broker import build_message, create_broker
 from shared.db import tasks
 from shared.db.models import OutboxMessage, Task
+from shared.dramatiq_broker import build_message, create_broker
 from shared.messages import scan_entry
 
 DURATION_S = {5.0: 10.0, 200.0: 5.0}

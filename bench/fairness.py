@@ -41,7 +41,7 @@ from bench.common import (
     verdict,
 )
 from bench.io_bound import scan_env
-from shared.cli.processes import worker_command
+from scanctl.processes import worker_command
 from shared.db import batches, tasks, users
 from shared.embedded import free_port
 from shared.messages import scan_entry

@@ -37,7 +37,7 @@ from bench.common import (
     verdict,
 )
 from bench.idle_cpu import tree_cpu_s, tree_pids
-from shared.cli.processes import worker_command
+from scanctl.processes import worker_command
 from shared.embedded import free_port
 from shared.settings import Settings
 

@@ -18,7 +18,7 @@ import redis
 
 from bench.race import FOUND_KEY, MISSING_IDS_KEY, MISSING_KEY, QUEUE, SEEN_IDS_KEY
 from shared import keys
-from shared.broker import create_broker
+from shared.dramatiq_broker import create_broker
 from shared.settings import get_settings
 
 # A plain lookup by primary key, on the worker thread's own autocommit connection.

@@ -39,9 +39,9 @@ from bench.common import (
     verdict,
 )
 from shared import keys
-from shared.broker import build_message, create_broker
 from shared.db import tasks
 from shared.db.models import Task
+from shared.dramatiq_broker import build_message, create_broker
 from shared.messages import OutboxEntry
 
 QUEUE = "bench-naive"

@@ -11,8 +11,8 @@ import asyncio
 import sys
 
 from bench import race
-from shared.broker import create_broker
 from shared.db.engine import create_engine, create_sessionmaker
+from shared.dramatiq_broker import create_broker
 from shared.settings import get_settings
 
 

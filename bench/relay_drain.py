@@ -26,8 +26,8 @@ from bench.common import (
 )
 from relay_service.publisher import DramatiqPublisher
 from relay_service.relay import Relay
-from shared.broker import create_broker
 from shared.db import outbox
+from shared.dramatiq_broker import create_broker
 
 ROWS = 100_000
 HISTORY = 100_000

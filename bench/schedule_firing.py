@@ -32,8 +32,8 @@ from typing import Any
 from sqlalchemy import text
 
 from relay_service import firing
+from scanctl.processes import relay_command
 from shared import safeguards
-from shared.cli.processes import relay_command
 from shared.db import migrate
 from shared.db.engine import create_engine, create_sessionmaker
 from shared.embedded import embedded_servers

@@ -15,17 +15,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relay_service.deliverer import Deliverer
 from relay_service.firing import Firing
-from relay_service.health import HealthServer, Readiness
+from relay_service.leader import LeaderElection, MaintenanceJobs
 from relay_service.listener import build_listener
-from relay_service.maintenance import LeaderElection, MaintenanceJobs
+from relay_service.probe_server import HealthServer, Readiness
 from relay_service.publisher import DramatiqPublisher
 from relay_service.relay import Relay
 from relay_service.run_reports import RunReports
 from relay_service.scheduler import build_scheduler
 from relay_service.whereabouts import BrokerWatch
 from shared import gc_pauses, redis_clients, safeguards
-from shared.broker import create_broker
 from shared.db.engine import create_engine, create_sessionmaker
+from shared.dramatiq_broker import create_broker
 from shared.dramatiq_private import client_of
 from shared.logging import configure_logging, get_logger
 from shared.settings import Settings, get_settings

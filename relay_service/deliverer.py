@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relay_service import callback_retries
-from shared import backoff, callback_urls, host_lookup, metrics, signing, ssrf
+from shared import backoff, callback_addresses, host_lookup, metrics, signing, ssrf
 from shared.db import callbacks, deliveries
 from shared.db.engine import single_statement
 from shared.logging import get_logger
@@ -71,7 +71,7 @@ class Refused(Exception):
 async def resolve(host: str, settings: Settings) -> list[str]:
     """Addresses of `host` the SSRF guard allows, or Refused; LookupFailed if none in time."""
     try:
-        return await callback_urls.allowed_addresses(host, settings, settings.dns_timeout_s)
+        return await callback_addresses.allowed_addresses(host, settings, settings.dns_timeout_s)
     except ssrf.ForbiddenTarget as exc:
         raise Refused(exc.message) from exc
 
@@ -127,17 +127,17 @@ class Deliverer:
 
     async def _post(self, client: httpx.AsyncClient, claimed: callbacks.ClaimedDelivery) -> Outcome:
         self._check(claimed)
-        host = callback_urls.ascii_host(_host(claimed.url))
+        host = callback_addresses.ascii_host(_host(claimed.url))
         url = _pinned_url(claimed.url, (await resolve(host, self.settings))[0])
         body = json.dumps(claimed.payload, sort_keys=True, separators=(",", ":")).encode()
         event = str(claimed.payload.get("event", ""))
         headers = signing.headers(
             str(claimed.delivery_id), event, claimed.secrets, int(time.time()), body
         )
-        headers["Host"] = callback_urls.host_header(host, url.port)
+        headers["Host"] = callback_addresses.host_header(host, url.port)
         headers["Accept-Encoding"] = "identity"
         # An IP literal is never sent as SNI (RFC 6066); the certificate names the address.
-        sni = {} if callback_urls.is_ip_literal(host) else {"sni_hostname": host}
+        sni = {} if callback_addresses.is_ip_literal(host) else {"sni_hostname": host}
         request = client.build_request("POST", url, content=body, headers=headers, extensions=sni)
         response = await client.send(request, stream=True)
         try:

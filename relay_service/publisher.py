@@ -12,8 +12,8 @@ from redis import exceptions as redis_errors
 
 from relay_service import pipelined
 from shared import keys
-from shared.broker import build_message
 from shared.db.outbox import ClaimedMessage
+from shared.dramatiq_broker import build_message
 from shared.errors import PermanentPublishError, PublishError
 from shared.logging import get_logger
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from relay_service.firing import Firing
-from relay_service.maintenance import MaintenanceJobs
+from relay_service.leader import MaintenanceJobs
 from relay_service.relay import Relay
 from relay_service.run_reports import RunReports
 from shared.settings import Settings

@@ -27,7 +27,7 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared import dramatiq_private, keys, maintenance
+from shared import dramatiq_private, keys, maintenance_jobs
 from shared.db import recovery
 from shared.logging import get_logger
 from shared.settings import Settings
@@ -113,7 +113,7 @@ class BrokerWatch:
         while True:
             async with self.sessionmaker() as session, session.begin():
                 ids = await recovery.redispatch_queued_before(session, before, limit)
-                await maintenance.send_again(session, ids, self.settings.queue_name)
+                await maintenance_jobs.send_again(session, ids, self.settings.queue_name)
             sent += len(ids)
             if len(ids) < limit:
                 return sent
@@ -169,7 +169,7 @@ class BrokerWatch:
             return 0
         async with self.sessionmaker() as session, session.begin():
             ids = await recovery.redispatch_lost(session, missing)
-            await maintenance.send_again(session, ids, self.settings.queue_name)
+            await maintenance_jobs.send_again(session, ids, self.settings.queue_name)
         if ids:
             log.warning("queued_messages_lost", tasks=len(ids))
         return len(ids)

@@ -1,6 +1,6 @@
 """Operator cleanups behind `scanctl cleanup-orphaned` and `scanctl full-cleanup`.
 
-Orphans and pruning go through `shared.maintenance`, the code the relay's
+Orphans and pruning go through `shared.maintenance_jobs`, the code the relay's
 maintenance jobs run; this module adds what only an operator asks for: stale
 Redis safeguard keys and expired idempotency keys. Every step honours `dry_run`.
 """
@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared import keys, maintenance
+from shared import keys, maintenance_jobs
 from shared.db import batches, housekeeping, inspection
 from shared.db.models import TERMINAL_STATUSES
 from shared.errors import Unavailable
@@ -201,7 +201,7 @@ async def cleanup_orphaned(
     progress = progress or NoProgress()
     report = CleanupReport(dry_run=dry_run)
     progress.step("re-dispatching orphaned tasks")
-    report.steps["orphans"] = await maintenance.redispatch_orphans(
+    report.steps["orphans"] = await maintenance_jobs.redispatch_orphans(
         sessionmaker, settings, dry_run=dry_run
     )
     progress.step("removing stale task markers")
@@ -229,7 +229,7 @@ async def full_cleanup(
         sessionmaker, redis, settings, dry_run=dry_run, progress=progress
     )
     progress.step("pruning published outbox rows")
-    report.steps["outbox"] = await maintenance.prune_published(
+    report.steps["outbox"] = await maintenance_jobs.prune_published(
         sessionmaker, settings, dry_run=dry_run
     )
     progress.step("expiring idempotency keys")

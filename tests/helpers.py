@@ -49,7 +49,7 @@ def scanctl(
 ) -> subprocess.CompletedProcess[str]:
     """`scanctl ARGS` as its own process, the way an operator or a script runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli.main", *args],
+        [sys.executable, "-m", "scanctl.main", *args],
         env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,

@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 
-from shared.cli.processes import THREADS_REFUSED
+from scanctl.processes import THREADS_REFUSED
 from shared.logging import configure_logging
 from shared.settings import get_settings
 from worker_service import exposition

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api_service import responses
 from api_service.deps import AdminUser, RedisDep, SettingsDep
-from shared import health
+from shared import health_report
 
 router = APIRouter(prefix="/api/v1/ops", tags=["ops"])
 metrics_router = APIRouter(tags=["ops"])
@@ -31,7 +31,7 @@ async def ops_health(
 ) -> JSONResponse:
     """The facts `scanctl status` shows, as JSON; 503 with the reasons when unhealthy."""
     sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
-    report = await health.gather_health(sessionmaker, redis, settings)
+    report = await health_report.gather_health(sessionmaker, redis, settings)
     if report.healthy:
         return JSONResponse(report.to_json())
     # Health is gathered afresh on each call: asking again after a second may see it mended.

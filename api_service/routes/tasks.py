@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 
-from api_service import idempotency, responses, services, waiting
+from api_service import idempotency, responses, task_service, waiting
 from api_service.deps import (
     CurrentUser,
     HintsDep,
@@ -61,7 +61,7 @@ async def create_task(
     idempotency_key: IdempotencyKey = None,
 ) -> TaskOut:
     """Accept a scan: the task and the message that starts it are committed together."""
-    created = await services.create_task(
+    created = await task_service.create_task(
         session,
         redis,
         settings,
@@ -107,7 +107,7 @@ async def get_task(
 
     async def read() -> Task:
         try:
-            return await services.get_task(session, user, task_id)
+            return await task_service.get_task(session, user, task_id)
         finally:
             # Between reads the request holds no database connection.
             await session.close()
@@ -133,7 +133,7 @@ async def list_tasks(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> TaskPage:
     """The caller's tasks with their results, newest first, one keyset page at a time."""
-    page, next_cursor = await services.list_tasks(
+    page, next_cursor = await task_service.list_tasks(
         session,
         user,
         limit=min(limit, settings.page_size_max),
@@ -157,8 +157,8 @@ async def retry_task(
     request_id: RequestIdDep,
 ) -> TaskOut:
     """Run a failed or cancelled task again from a fresh start (attempts reset to 0)."""
-    task = await services.retry_task(
-        session, redis, settings, services.Actor.owner(user), task_id, request_id=request_id
+    task = await task_service.retry_task(
+        session, redis, settings, task_service.Actor.owner(user), task_id, request_id=request_id
     )
     await hints.outbox()
     return TaskOut.model_validate(task)
@@ -171,6 +171,6 @@ async def cancel_task(
     task_id: uuid.UUID, user: CurrentUser, session: SessionDep, hints: HintsDep
 ) -> TaskOut:
     """Cancel a pending, queued or running task; a running scan stops without a result."""
-    task = await services.cancel_task(session, services.Actor.owner(user), task_id)
-    await services.announce_end(hints, task)
+    task = await task_service.cancel_task(session, task_service.Actor.owner(user), task_id)
+    await task_service.announce_end(hints, task)
     return TaskOut.model_validate(task)

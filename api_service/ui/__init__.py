@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from api_service.ui.auth import SignInRequired, UiRefused
 from api_service.ui.csrf import LoginCsrf
-from api_service.ui.render import (
+from api_service.ui.rendering import (
     HOME,
     STATIC_DIR,
     UiState,

@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api_service.ui import csrf
-from api_service.ui.render import HOME, ui_state
+from api_service.ui.rendering import HOME, ui_state
 from api_service.ui.session import SESSION_COOKIE, UiSession, token_fingerprint
 from shared.db import users
 from shared.db.models import User

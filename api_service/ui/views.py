@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api_service.ui import charts, presence, reads
-from shared import health, keys, redis_clients
+from shared import health_report, keys, redis_clients
 from shared.db import callbacks, inspection
 from shared.db.models import TERMINAL_STATUSES, Delivery, OutboxMessage, Task, TaskStatus
 from shared.settings import Settings
@@ -26,7 +26,7 @@ RELAY_ELECTION_APP = keys.RELAY_ELECTION_APPLICATION_NAME
 
 @dataclass(frozen=True)
 class Overview:
-    health: health.HealthReport
+    health: health_report.HealthReport
     activity_chart: Markup | None
     latency_chart: Markup | None
     latency: reads.StartLatency | None
@@ -88,7 +88,7 @@ async def load_overview(
     sessionmaker: async_sessionmaker[AsyncSession], redis: aioredis.Redis, settings: Settings
 ) -> Overview:
     """Everything the overview shows; a database that fails leaves its parts empty."""
-    report = await health.gather_health(sessionmaker, redis, settings)
+    report = await health_report.gather_health(sessionmaker, redis, settings)
     broker = await _broker_presence(redis, settings)
     empty = Overview(report, None, None, None, [], broker, None)
     if not report.database_reachable:

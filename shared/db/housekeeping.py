@@ -4,7 +4,7 @@ skipping rows another session holds. None of them commits.
 
 Idiom: `text()` statements built once at import: advisory locks, `pg_locks` and batched
 `FOR UPDATE SKIP LOCKED` deletes are PostgreSQL-specific and read clearer as SQL.
-(Named apart from `shared.maintenance`, which runs these jobs, so both can be imported.)
+(Named apart from `shared.maintenance_jobs`, which runs these jobs, so both can be imported.)
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def stack(servers: EmbeddedUrls, site: Site, tmp_path: Path) -> Iterator[Stack]:
 @pytest.fixture
 def admin_token(stack: Stack) -> str:
     created = subprocess.run(
-        [sys.executable, "-m", "shared.cli.main", "users", "create", "ops", "--admin"],
+        [sys.executable, "-m", "scanctl.main", "users", "create", "ops", "--admin"],
         env=stack.env,
         capture_output=True,
         text=True,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from shared.cli.processes import api_command
+from scanctl.processes import api_command
 from shared.embedded import EmbeddedUrls
 from tests.browser.conftest import CHROMIUM, needs_chromium
 from tests.browser.test_dashboard_browser import CHROMIUM_ARGS

@@ -15,8 +15,8 @@ from dockerfile_parse import DockerfileParser
 from pydantic import AliasChoices
 from typer.main import get_command
 
+from scanctl.main import app
 from shared import keys
-from shared.cli.main import app
 from shared.settings import Settings
 from tests.deploy.manifests import (
     DEPLOY,
@@ -38,7 +38,7 @@ from tests.deploy.manifests import (
 
 KUBERNETES_VERSION = "1.33"
 CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication"}
-# Seconds each process may take to stop after SIGTERM (see shared/cli/processes.py).
+# Seconds each process may take to stop after SIGTERM (see scanctl/processes.py).
 STOP_BUDGET_S = {"api": 20, "relay": 30, "worker": 25}
 SCANCTL_COMMANDS = set(get_command(app).commands)  # type: ignore[attr-defined]
 DEPLOY_GUIDE = Path(__file__).resolve().parents[2] / "docs" / "deploy.md"

@@ -14,7 +14,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared.cli.processes import relay_command, worker_command
+from scanctl.processes import relay_command, worker_command
 from shared.db.engine import create_engine, create_sessionmaker
 from shared.embedded import free_port
 from shared.settings import Settings

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from shared.cli.processes import api_command, relay_command, worker_command
+from scanctl.processes import api_command, relay_command, worker_command
 from shared.embedded import free_port
 from tests.helpers import wait_until
 

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import text
 
 from bench.finished_batch import seed_finished_batch
-from shared.cli.processes import api_command
+from scanctl.processes import api_command
 from shared.db.engine import create_engine, create_sessionmaker
 from shared.embedded import EmbeddedUrls
 from shared.settings import Settings

@@ -60,7 +60,7 @@ class Dev:
         )
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "shared.cli.main", "dev"],
+                [sys.executable, "-m", "scanctl.main", "dev"],
                 cwd=folder,
                 env=env,
                 stdout=log,
@@ -93,7 +93,7 @@ class Dev:
 
 def scanctl_in(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli.main", *args],
+        [sys.executable, "-m", "scanctl.main", *args],
         cwd=folder,
         env=clean_env(),
         capture_output=True,

@@ -42,7 +42,7 @@ def site() -> Iterator[Site]:
 @pytest.fixture
 def client(stack: Stack) -> Iterator[httpx.Client]:
     created = subprocess.run(
-        [sys.executable, "-m", "shared.cli.main", "users", "create", "e2e"],
+        [sys.executable, "-m", "scanctl.main", "users", "create", "e2e"],
         env=stack.env,
         capture_output=True,
         text=True,

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.cli.processes import api_command, relay_command, worker_command
+from scanctl.processes import api_command, relay_command, worker_command
 from shared.embedded import EmbeddedUrls
 from tests.e2e.stack import Stack, new_stack
 from tests.e2e.test_pipeline import all_finished, submit
@@ -35,7 +35,7 @@ def pooled_stack(
 
 def token_for(stack: Stack) -> str:
     created = subprocess.run(
-        [sys.executable, "-m", "shared.cli.main", "users", "create", "pooled"],
+        [sys.executable, "-m", "scanctl.main", "users", "create", "pooled"],
         env=stack.env,
         capture_output=True,
         text=True,

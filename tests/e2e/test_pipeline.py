@@ -14,9 +14,9 @@ import redis
 from sqlalchemy import select
 
 from shared import keys
-from shared.broker import build_message, create_broker
 from shared.db.engine import create_engine, create_sessionmaker
 from shared.db.models import OutboxMessage
+from shared.dramatiq_broker import build_message, create_broker
 from shared.settings import Settings
 from tests.e2e.stack import Stack
 from tests.helpers import wait_until
@@ -31,7 +31,7 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 def client(stack: Stack) -> Iterator[httpx.Client]:
     """An HTTP client holding the token `scanctl users create` printed."""
     created = subprocess.run(
-        [sys.executable, "-m", "shared.cli.main", "users", "create", "e2e"],
+        [sys.executable, "-m", "scanctl.main", "users", "create", "e2e"],
         env=stack.env,
         capture_output=True,
         text=True,

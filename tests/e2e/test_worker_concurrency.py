@@ -13,7 +13,7 @@ import pytest
 import redis
 from sqlalchemy import text
 
-from shared.cli.processes import relay_command, worker_command
+from scanctl.processes import relay_command, worker_command
 from shared.db import tasks, users
 from shared.db.engine import create_engine, create_sessionmaker
 from shared.embedded import EmbeddedUrls

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.cli.processes import relay_command, worker_command
+from scanctl.processes import relay_command, worker_command
 from shared.db import tasks, users
 from shared.db.engine import create_engine, create_sessionmaker
 from shared.embedded import EmbeddedUrls, RedisProcess

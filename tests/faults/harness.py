@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from shared.cli.processes import api_command, worker_command
+from scanctl.processes import api_command, worker_command
 from shared.embedded import free_port
 from tests.e2e.relays import RELAY_ENV, Fleet, Relay
 from tests.e2e.stack import Service, stack_env

@@ -20,7 +20,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from shared.cli.processes import api_command
+from scanctl.processes import api_command
 from shared.embedded import EmbeddedUrls
 from shared.settings import Settings
 from tests.e2e.relays import Db

@@ -20,9 +20,9 @@ from relay_service.publisher import DramatiqPublisher
 from relay_service.relay import Relay
 from relay_service.whereabouts import BrokerWatch
 from shared import keys
-from shared.broker import create_broker
 from shared.db import claims, recovery
 from shared.db.models import OutboxMessage, Task
+from shared.dramatiq_broker import create_broker
 from shared.settings import Settings
 from tests.relay_support import QUEUE, create_tasks
 

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from typer.testing import CliRunner, Result
 
-from shared.cli.main import app
+from scanctl.main import app
 from shared.db.models import User
 from shared.embedded import EmbeddedUrls, free_port
 from shared.tokens import hash_token
@@ -53,7 +53,7 @@ async def test_users_lifecycle(
 def test_unreachable_database_is_one_clear_line_and_exit_1(servers: EmbeddedUrls) -> None:
     env = {"DATABASE_URL": f"postgresql://x@127.0.0.1:{free_port()}/db", "PATH": ""}
     result = subprocess.run(
-        [sys.executable, "-m", "shared.cli.main", "users", "list"],
+        [sys.executable, "-m", "scanctl.main", "users", "list"],
         env=env,
         capture_output=True,
         text=True,

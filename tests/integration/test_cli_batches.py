@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from typer.testing import CliRunner, Result
 
 from bench.finished_batch import seed_finished_batch
-from shared.cli.main import app
+from scanctl.main import app
 from shared.db import batches, tasks
 from shared.db.models import OutboxMessage, Task, User
 from shared.messages import scan_entry

@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from typer.testing import CliRunner, Result
 
-from shared.cli.main import app
+from scanctl.main import app
 from tests.helpers import make_user
 
 runner = CliRunner()

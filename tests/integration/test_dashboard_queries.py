@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api_service.ui import presence, reads, views
-from relay_service.maintenance import LeaderElection
+from relay_service.leader import LeaderElection
 from shared import keys, safeguards
 from shared.settings import Settings
 from tests.dashboard import execute, make_task

@@ -64,7 +64,7 @@ def test_every_revision_downgrades_and_upgrades_again(scratch_database_url: str)
 
 def test_concurrent_migrations_queue_instead_of_racing(scratch_database_url: str) -> None:
     env = {**os.environ, "DATABASE_URL": scratch_database_url}
-    command = [sys.executable, "-m", "shared.cli.main", "migrate"]
+    command = [sys.executable, "-m", "scanctl.main", "migrate"]
     runs = [
         subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for _ in range(3)

@@ -16,9 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from relay_service.publisher import DramatiqPublisher
 from relay_service.relay import Relay
 from shared import keys
-from shared.broker import create_broker
 from shared.db import tasks
 from shared.db.models import OutboxMessage, Task
+from shared.dramatiq_broker import create_broker
 from shared.embedded import free_port
 from shared.messages import scan_entry
 from shared.settings import Settings

@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from relay_service.publisher import DramatiqPublisher
 from relay_service.relay import Relay
 from shared import keys
-from shared.broker import create_broker
 from shared.db import batches, outbox, tasks
+from shared.dramatiq_broker import create_broker
 from shared.messages import scan_entry
 from shared.settings import Settings
 from tests.helpers import eventually, make_user

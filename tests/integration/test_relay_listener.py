@@ -19,9 +19,9 @@ from relay_service.publisher import DramatiqPublisher, Outcomes
 from relay_service.relay import Relay
 from relay_service.scheduler import build_scheduler
 from shared import keys, wakeups
-from shared.broker import create_broker
 from shared.db.models import OutboxMessage
 from shared.db.outbox import ClaimedMessage
+from shared.dramatiq_broker import create_broker
 from shared.embedded import free_port
 from shared.settings import Settings
 from tests.helpers import eventually

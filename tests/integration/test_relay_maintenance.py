@@ -12,8 +12,8 @@ from prometheus_client import REGISTRY
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from relay_service.maintenance import APPLICATION_NAME, LeaderElection, MaintenanceJobs
-from shared import maintenance
+from relay_service.leader import APPLICATION_NAME, LeaderElection, MaintenanceJobs
+from shared import maintenance_jobs
 from shared.db.models import OutboxMessage, Task
 from shared.settings import Settings
 from tests.relay_support import create_tasks, task_states, terminate_backends
@@ -102,18 +102,20 @@ async def test_orphans_are_sent_again_once_only_those_that_ran_out_of_attempts_f
         await set_task(sessionmaker, task_id, **running(1, -MINUTE))
     before = await task_states(sessionmaker)
 
-    planned = await maintenance.redispatch_orphans(sessionmaker, maintenance_settings, dry_run=True)
+    planned = await maintenance_jobs.redispatch_orphans(
+        sessionmaker, maintenance_settings, dry_run=True
+    )
     assert await task_states(sessionmaker) == before
     # Two runs at once (a relay leader and an operator): each orphan is handled once.
     first, second = await asyncio.gather(
-        maintenance.redispatch_orphans(sessionmaker, maintenance_settings),
-        maintenance.redispatch_orphans(sessionmaker, maintenance_settings),
+        maintenance_jobs.redispatch_orphans(sessionmaker, maintenance_settings),
+        maintenance_jobs.redispatch_orphans(sessionmaker, maintenance_settings),
     )
     done = {key: first[key] + second[key] for key in first}
     expected = {"lease_expired": 1 + len(others), "lease_expired_failed": 1, "unlocated": 2}
     assert planned == expected
     assert done == expected
-    assert await maintenance.redispatch_orphans(
+    assert await maintenance_jobs.redispatch_orphans(
         sessionmaker, maintenance_settings
     ) == dict.fromkeys(expected, 0)
 
@@ -159,10 +161,10 @@ async def test_pruning_removes_only_published_rows_older_than_the_retention(
                 update(OutboxMessage).where(OutboxMessage.id == outbox_id).values(**values)
             )
 
-    dry = await maintenance.prune_published(sessionmaker, maintenance_settings, dry_run=True)
+    dry = await maintenance_jobs.prune_published(sessionmaker, maintenance_settings, dry_run=True)
     assert dry == {"outbox_pruned": 5}
-    assert await maintenance.prune_published(sessionmaker, maintenance_settings) == dry
-    assert await maintenance.prune_published(sessionmaker, maintenance_settings) == {
+    assert await maintenance_jobs.prune_published(sessionmaker, maintenance_settings) == dry
+    assert await maintenance_jobs.prune_published(sessionmaker, maintenance_settings) == {
         "outbox_pruned": 0
     }
     async with sessionmaker() as session:

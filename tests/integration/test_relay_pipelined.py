@@ -13,8 +13,8 @@ from dramatiq.middleware import CurrentMessage
 from relay_service import pipelined
 from relay_service.publisher import DramatiqPublisher
 from shared import keys
-from shared.broker import build_message, create_broker
 from shared.db.outbox import ClaimedMessage
+from shared.dramatiq_broker import build_message, create_broker
 from shared.settings import Settings
 from tests.helpers import wait_until
 

@@ -6,9 +6,9 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from relay_service.health import Readiness, build_app
-from shared.broker import create_broker
+from relay_service.probe_server import Readiness, build_app
 from shared.db.engine import create_engine
+from shared.dramatiq_broker import create_broker
 from shared.embedded import free_port
 from shared.settings import Settings
 

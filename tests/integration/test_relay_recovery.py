@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from relay_service.publisher import DramatiqPublisher
 from relay_service.relay import Relay
 from shared import keys
-from shared.broker import create_broker
 from shared.db.models import OutboxMessage
+from shared.dramatiq_broker import create_broker
 from shared.embedded import free_port
 from shared.settings import Settings
 from tests.relay_support import create_tasks, outbox_rows

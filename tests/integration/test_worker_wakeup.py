@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from shared import keys
-from shared.broker import build_message, create_broker
+from shared.dramatiq_broker import build_message, create_broker
 from shared.settings import Settings
 from tests.helpers import wait_until
 from worker_service.wakeup import DELAY_QUEUE_POLL_MS, WakingRedisBroker

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from api_service.deps import HintsDep, SessionDep
 from api_service.ui import reads
 from api_service.ui.auth import UiActor, UiAdmin
-from api_service.ui.render import page, redirect, safe_next
+from api_service.ui.rendering import page, redirect, safe_next
 from shared import callback_admin
 from shared.db import callbacks, deliveries
 from shared.logging import get_logger

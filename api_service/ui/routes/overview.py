@@ -9,7 +9,7 @@ from starlette.responses import Response
 from api_service.deps import RedisDep, SettingsDep
 from api_service.ui import views
 from api_service.ui.auth import UiAdmin
-from api_service.ui.render import page
+from api_service.ui.rendering import page
 
 router = APIRouter(prefix="/ui")
 

@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from api_service.deps import SessionDep
 from api_service.ui.auth import UiAdmin
-from api_service.ui.render import page
+from api_service.ui.rendering import page
 from shared.db import schedules
 
 router = APIRouter(prefix="/ui/schedules")

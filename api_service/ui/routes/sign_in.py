@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from api_service.ui import csrf
 from api_service.ui.auth import UiActor
-from api_service.ui.render import HOME, page, redirect, safe_next, set_cookie, ui_state
+from api_service.ui.rendering import HOME, page, redirect, safe_next, set_cookie, ui_state
 from api_service.ui.session import COOKIE_PATH, SESSION_COOKIE
 from shared.db import users
 from shared.db.models import User

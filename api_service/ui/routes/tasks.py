@@ -8,12 +8,12 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from starlette.responses import Response
 
-from api_service import services
+from api_service import task_service
 from api_service.deps import HintsDep, RedisDep, RequestIdDep, SessionDep, SettingsDep
 from api_service.ui import reads, views
 from api_service.ui.auth import Admin, UiActor, UiAdmin
 from api_service.ui.filters import read_query
-from api_service.ui.render import page, redirect, safe_next
+from api_service.ui.rendering import page, redirect, safe_next
 from shared.db.models import TaskStatus
 from shared.errors import InvalidInput, ScanOutboxError
 from shared.logging import get_logger
@@ -53,14 +53,14 @@ async def task_list(
     cursor = None
     if before:
         try:
-            cursor = services.decode_cursor(before[:200])
+            cursor = task_service.decode_cursor(before[:200])
         except InvalidInput:
             query.problems.append("the page cursor is not valid: showing the newest tasks")
     rows = await reads.search_tasks(session, query.to_filter(), limit=PAGE_SIZE + 1, before=cursor)
     older = None
     if len(rows) > PAGE_SIZE:
         rows = rows[:PAGE_SIZE]
-        older = query.url(services.encode_cursor(rows[-1][0]))
+        older = query.url(task_service.encode_cursor(rows[-1][0]))
     context = {
         "admin": admin,
         "title": "Tasks",
@@ -102,9 +102,11 @@ async def retry_task(
     target = safe_next(back or f"/ui/tasks/{task_id}")
     if parsed is None:
         return redirect(request, target, notice="There is no such task.", error=True)
-    actor = services.Actor.admin(admin.user)
+    actor = task_service.Actor.admin(admin.user)
     try:
-        await services.retry_task(session, redis, settings, actor, parsed, request_id=request_id)
+        await task_service.retry_task(
+            session, redis, settings, actor, parsed, request_id=request_id
+        )
     except ScanOutboxError as exc:
         return redirect(request, target, notice=exc.message, error=True)
     await hints.outbox()
@@ -126,9 +128,9 @@ async def cancel_task(
     if parsed is None:
         return redirect(request, target, notice="There is no such task.", error=True)
     try:
-        task = await services.cancel_task(session, services.Actor.admin(admin.user), parsed)
+        task = await task_service.cancel_task(session, task_service.Actor.admin(admin.user), parsed)
     except ScanOutboxError as exc:
         return redirect(request, target, notice=exc.message, error=True)
-    await services.announce_end(hints, task)
+    await task_service.announce_end(hints, task)
     log.info("ui_task_cancelled", task_id=str(parsed), admin_id=admin.user.id)
     return redirect(request, target, notice="Task cancelled.")

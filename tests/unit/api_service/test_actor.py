@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from api_service.services import Actor
+from api_service.task_service import Actor
 from shared.db.models import User
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from api_service.callback_urls import check_callback_url
+from api_service.callback_vetting import check_callback_url
 from shared.errors import InvalidInput
 from shared.settings import Settings
 

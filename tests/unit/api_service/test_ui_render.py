@@ -2,9 +2,9 @@ import pytest
 
 from api_service.ui.filters import parse_time, read_query
 from api_service.ui.presence import parse_worker_id
-from api_service.ui.render import fmt_duration_s, safe_next, url_host
+from api_service.ui.rendering import fmt_duration_s, safe_next, url_host
 from api_service.ui.views import RELAY_ELECTION_APP
-from relay_service import listener, maintenance
+from relay_service import leader, listener
 from shared import keys
 
 
@@ -62,7 +62,7 @@ def test_worker_broker_ids_name_their_host_and_process() -> None:
 
 
 def test_the_dashboard_recognises_the_relays_connections_by_name() -> None:
-    assert maintenance.APPLICATION_NAME == RELAY_ELECTION_APP
+    assert leader.APPLICATION_NAME == RELAY_ELECTION_APP
     assert listener.CLIENT_NAME.startswith(keys.RELAY_APPLICATION_NAME_PREFIX)
 
 

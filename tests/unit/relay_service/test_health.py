@@ -6,7 +6,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from relay_service.health import build_app
+from relay_service.probe_server import build_app
 
 
 class FakeRelay:

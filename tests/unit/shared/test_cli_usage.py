@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from shared.cli.main import app
+from scanctl.main import app
 
 
 def test_unknown_option_is_one_plain_error_line() -> None:

@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
-from shared.cli.common import err_console, fail
+from scanctl.common import err_console, fail
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 # Long enough that one request covers most of a batch's run; the server caps it.

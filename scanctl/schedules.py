@@ -10,8 +10,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from shared.cli import scan
-from shared.cli.common import JsonOption, console, fail, print_json
+from scanctl import scan
+from scanctl.common import JsonOption, console, fail, print_json
 
 app = typer.Typer(
     help="Recurring scans: create, list, pause, resume, delete, runs.", no_args_is_help=True

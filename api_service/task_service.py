@@ -15,7 +15,7 @@ from datetime import datetime
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api_service import callback_urls, idempotency
+from api_service import callback_vetting, idempotency
 from api_service.domains import normalise_domain
 from api_service.schemas import TaskCreate
 from shared import create_rate, keys, metrics, safeguards, wakeups
@@ -92,7 +92,7 @@ def checked_callback(user: User, url: str | None, settings: Settings) -> str | N
     `callback_url` otherwise); None without one."""
     if url is None:
         return None
-    callback_urls.check_callback_url(url, settings)
+    callback_vetting.check_callback_url(url, settings)
     if user.callback_secret is None:
         raise InvalidInput(
             "needs a signing secret first: POST /api/v1/callbacks/secret", field="callback_url"
@@ -101,13 +101,13 @@ def checked_callback(user: User, url: str | None, settings: Settings) -> str | N
 
 
 async def check_callback_host(session: AsyncSession, url: str | None, settings: Settings) -> None:
-    """The callback host's resolution check (`callback_urls.check_resolves_publicly`), run
+    """The callback host's resolution check (`callback_vetting.check_resolves_publicly`), run
     with the session's pooled connection given back: a slow resolver must not hold
     connections other requests and /readyz need."""
     if url is None:
         return
     await release_connection(session)
-    await callback_urls.check_resolves_publicly(url, settings)
+    await callback_vetting.check_resolves_publicly(url, settings)
 
 
 @dataclass(frozen=True)

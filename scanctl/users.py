@@ -9,8 +9,8 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.exc import IntegrityError
 
-from shared.cli.common import JsonOption, console, db_session, fail, print_json, run_async
-from shared.cli.render import iso
+from scanctl.common import JsonOption, console, db_session, fail, print_json, run_async
+from scanctl.output import iso
 from shared.db import users
 from shared.tokens import hash_token, new_token
 

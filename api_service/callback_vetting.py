@@ -1,5 +1,5 @@
 """Vetting a completion callback URL when it is submitted; delivery checks its addresses
-again (`shared.callback_urls`), since a name may resolve elsewhere by then."""
+again (`shared.callback_addresses`), since a name may resolve elsewhere by then."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from api_service.domains import normalise_domain
 from shared import host_lookup, ssrf
-from shared.callback_urls import allowed_addresses
+from shared.callback_addresses import allowed_addresses
 from shared.errors import InvalidInput
 from shared.settings import Settings
 

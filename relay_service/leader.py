@@ -1,6 +1,6 @@
 """Leader election among relays and the maintenance jobs only the leader runs.
 
-The work itself lives in `shared.maintenance` (scanctl runs the same code);
+The work itself lives in `shared.maintenance_jobs` (scanctl runs the same code);
 this module decides who runs it and when, and turns its counts into metrics.
 """
 
@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import NullPool
 
 from relay_service.whereabouts import BROKER_ERRORS, BrokerWatch
-from shared import keys, maintenance, metrics
+from shared import keys, maintenance_jobs, metrics
 from shared.db import housekeeping, inspection
 from shared.db.engine import ms_setting, server_limits
 from shared.logging import get_logger
@@ -159,11 +159,11 @@ class MaintenanceJobs:
         if not self.election.is_leader or self.stop.is_set():
             return
         try:
-            counts = await maintenance.redispatch_orphans(self.sessionmaker, self.settings)
+            counts = await maintenance_jobs.redispatch_orphans(self.sessionmaker, self.settings)
         except (SQLAlchemyError, OSError) as exc:
             log.warning("maintenance_failed", job="redispatch", error=type(exc).__name__)
             return
-        for reason in (maintenance.LEASE_EXPIRED, maintenance.UNLOCATED):
+        for reason in (maintenance_jobs.LEASE_EXPIRED, maintenance_jobs.UNLOCATED):
             metrics.TASKS_REDISPATCHED.labels(reason=reason).inc(counts[reason])
         if any(counts.values()):
             log.info("tasks_redispatched", **counts)
@@ -173,7 +173,7 @@ class MaintenanceJobs:
         total = 0
         while self.election.is_leader and not self.stop.is_set():
             try:
-                counts = await maintenance.prune_published(
+                counts = await maintenance_jobs.prune_published(
                     self.sessionmaker, self.settings, max_batches=PRUNE_CHUNK_BATCHES
                 )
             except (SQLAlchemyError, OSError) as exc:

@@ -12,8 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from shared.batch_export import ExportFormat, stream
-from shared.cli.common import (
+from scanctl.common import (
     JsonOption,
     console,
     db_session,
@@ -23,7 +22,8 @@ from shared.cli.common import (
     run_async,
     send_hint,
 )
-from shared.cli.render import iso
+from scanctl.output import iso
+from shared.batch_export import ExportFormat, stream
 from shared.db import batches, inspection, tasks
 from shared.db.engine import create_engine, create_sessionmaker
 from shared.db.models import TERMINAL_STATUSES, Batch

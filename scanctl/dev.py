@@ -11,9 +11,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from scanctl.common import console, db_session, run_async
+from scanctl.processes import api_command, relay_command, worker_command
 from shared import devenv
-from shared.cli.common import console, db_session, run_async
-from shared.cli.processes import api_command, relay_command, worker_command
 from shared.db import migrate, users
 from shared.embedded import EmbeddedUrls, embedded_missing
 from shared.process_tree import ProcessTree, stop_trees

@@ -10,8 +10,7 @@ import typer
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared import cleanup, health
-from shared.cli.common import (
+from scanctl.common import (
     JsonOption,
     console,
     db_and_redis,
@@ -20,6 +19,7 @@ from shared.cli.common import (
     progress_bar,
     run_async,
 )
+from shared import cleanup, health_report
 from shared.settings import Settings
 
 DryRunOption = Annotated[
@@ -32,7 +32,7 @@ def _mark(ok: bool, good: str = "reachable", bad: str = "unreachable") -> str:
     return f"[green]{good}[/green]" if ok else f"[red]{bad}[/red]"
 
 
-def _status_table(report: health.HealthReport, settings: Settings) -> Table:
+def _status_table(report: health_report.HealthReport, settings: Settings) -> Table:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
@@ -69,9 +69,9 @@ def status(json_output: JsonOption = False) -> None:
     """
     settings = load_settings()
 
-    async def gather() -> health.HealthReport:
+    async def gather() -> health_report.HealthReport:
         async with db_and_redis(settings) as (sessionmaker, redis):
-            return await health.gather_health(sessionmaker, redis, settings)
+            return await health_report.gather_health(sessionmaker, redis, settings)
 
     report = run_async(gather)
     if json_output:

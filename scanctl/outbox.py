@@ -10,8 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from shared import outbox_admin
-from shared.cli.common import (
+from scanctl.common import (
     JsonOption,
     console,
     db_session,
@@ -20,7 +19,8 @@ from shared.cli.common import (
     run_async,
     send_hint,
 )
-from shared.cli.render import outbox_json, short_time
+from scanctl.output import outbox_json, short_time
+from shared import outbox_admin
 from shared.db import inspection, outbox
 from shared.db.models import OutboxMessage
 

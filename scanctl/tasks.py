@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from shared.cli.common import (
+from scanctl.common import (
     JsonOption,
     console,
     db_session,
@@ -19,7 +19,7 @@ from shared.cli.common import (
     run_async,
     send_hint,
 )
-from shared.cli.render import short_time, task_json, task_view
+from scanctl.output import short_time, task_json, task_view
 from shared.db import inspection, tasks
 from shared.db.models import Task, TaskStatus
 from shared.messages import scan_entry

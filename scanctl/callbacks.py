@@ -9,8 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from shared import callback_admin
-from shared.cli.common import (
+from scanctl.common import (
     JsonOption,
     console,
     db_session,
@@ -19,7 +18,8 @@ from shared.cli.common import (
     run_async,
     send_hint,
 )
-from shared.cli.render import iso, short_time
+from scanctl.output import iso, short_time
+from shared import callback_admin
 from shared.db import deliveries
 from shared.db.models import Delivery
 

@@ -11,10 +11,10 @@ from typing import Annotated
 
 import typer
 
+from scanctl import batches, callbacks, ops, outbox, scan, schedules, tasks, users
+from scanctl.common import console, fail, load_settings
+from scanctl.processes import THREADS_REFUSED, api_command, relay_command, worker_command
 from shared import devenv
-from shared.cli import batches, callbacks, ops, outbox, scan, schedules, tasks, users
-from shared.cli.common import console, fail, load_settings
-from shared.cli.processes import THREADS_REFUSED, api_command, relay_command, worker_command
 
 app = typer.Typer(
     name="scanctl",
@@ -158,7 +158,7 @@ def dev(
     ] = devenv.DEFAULT_DATA_DIR,
 ) -> None:
     """Run api, relay and worker together (embedded PostgreSQL/Redis unless URLs are set)."""
-    from shared.cli.dev import run_stack
+    from scanctl.dev import run_stack
 
     raise typer.Exit(run_stack(data_dir.resolve()))
 

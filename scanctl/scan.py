@@ -11,9 +11,9 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import typer
 
-from shared.cli import batch_scan
-from shared.cli.common import JsonOption, console, err_console, fail, load_settings, print_json
-from shared.cli.render import task_view
+from scanctl import batch_scan
+from scanctl.common import JsonOption, console, err_console, fail, load_settings, print_json
+from scanctl.output import task_view
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 POLL_INTERVAL_S = 0.5
