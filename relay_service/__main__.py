@@ -1,4 +1,9 @@
-"""`python -m relay_service`: the relay, its listener, jobs and probes, until SIGINT/SIGTERM."""
+"""`python -m relay_service`: the relay, its listener, jobs and probes, until SIGINT/SIGTERM.
+
+Start-up is ordered for a relay restarted in front of a backlog: the claim loop starts on
+the few imports it needs, and the rest (`relay_service.assembly`) is imported in a thread
+while its first batch is on its way.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +11,13 @@ import asyncio
 import contextlib
 import signal
 import sys
-from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from dramatiq.brokers.redis import RedisBroker
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relay_service.deliverer import Deliverer
-from relay_service.firing import Firing
-from relay_service.leader import LeaderElection, MaintenanceJobs
-from relay_service.listener import build_listener
-from relay_service.probe_server import HealthServer, Readiness
 from relay_service.publisher import DramatiqPublisher
 from relay_service.relay import Relay
-from relay_service.run_reports import RunReports
-from relay_service.scheduler import build_scheduler
-from relay_service.whereabouts import BrokerWatch
-from shared import gc_pauses, redis_clients, safeguards
-from shared.db.engine import create_engine, create_sessionmaker
+from shared import gc_pauses
+from shared.db.engine import create_engine
 from shared.dramatiq_broker import create_broker
 from shared.dramatiq_private import client_of
 from shared.logging import configure_logging, get_logger
@@ -54,54 +47,39 @@ async def _run_until_stopped(
     return 1 if crashed else 0
 
 
-@dataclass
-class Parts:
-    engine: AsyncEngine
-    broker: RedisBroker
-    relay: Relay
-    election: LeaderElection
-    scheduler: AsyncIOScheduler
-    health: HealthServer
-    deliverer: Deliverer
-    redis: aioredis.Redis
+def _import_assembly() -> None:
+    # Run in a thread: the event loop keeps serving the first claim and publish meanwhile.
+    import relay_service.assembly  # noqa: F401
 
 
-def build(settings: Settings, stop: asyncio.Event) -> Parts:
-    engine = create_engine(settings)
-    sessionmaker = create_sessionmaker(engine)
-    broker = create_broker(
-        settings, middleware=[], socket_timeout_s=settings.relay_broker_timeout_s
-    )
-    relay = Relay(engine, DramatiqPublisher(broker), settings)
-    election = LeaderElection(settings)
-    watch = BrokerWatch(sessionmaker, broker, settings)
-    jobs = MaintenanceJobs(sessionmaker, settings, election, stop, watch)
-    health = HealthServer(settings, relay, Readiness(engine, broker))
-    redis = safeguards.create_redis(settings)
-    deliverer = Deliverer(sessionmaker, settings)
-    firing = Firing(sessionmaker, redis, settings, stop, relay.wake)
-    reports = RunReports(sessionmaker, stop, deliverer.wake)
-    scheduler = build_scheduler(relay, settings, jobs, firing, reports)
-    return Parts(engine, broker, relay, election, scheduler, health, deliverer, redis)
+async def _serve_with(
+    settings: Settings,
+    stop: asyncio.Event,
+    broker: RedisBroker,
+    relay: Relay,
+    tasks: list[asyncio.Task[None]],
+) -> int:
+    """Bring up the probes, the scheduler and the other loops beside the running `relay`,
+    then run until stopped."""
+    await asyncio.to_thread(_import_assembly)
+    from relay_service import assembly
 
-
-def _loops(settings: Settings, parts: Parts, stop: asyncio.Event) -> list[asyncio.Task[None]]:
-    relay, deliverer = parts.relay, parts.deliverer
-    tasks = [asyncio.create_task(relay.run(stop)), asyncio.create_task(deliverer.run(stop))]
-    if settings.wakeup_hints:
-        listener = build_listener(settings, relay.wake, deliverer.wake)
-        tasks.append(asyncio.create_task(listener.run(stop)))
-    return tasks
-
-
-async def _close(parts: Parts) -> None:
-    if parts.scheduler.running:
-        parts.scheduler.shutdown(wait=False)
-    await parts.election.release()
-    await parts.health.close()
-    client_of(parts.broker).connection_pool.disconnect()
-    await redis_clients.aclose(parts.redis)
-    await parts.engine.dispose()
+    parts = assembly.build(settings, stop, relay.engine, broker, relay)
+    gc_pauses.freeze_startup_objects()
+    try:
+        if settings.relay_health_port:
+            try:
+                await parts.health.start()
+            except OSError as exc:
+                log.error("relay_probe_port_unavailable", error=str(exc))
+                stop.set()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                return 1
+        tasks += assembly.start_loops(settings, parts, relay, stop)
+        log.info("relay_started", batch_size=settings.relay_batch_size)
+        return await _run_until_stopped(tasks, stop, settings.relay_shutdown_timeout_s)
+    finally:
+        await assembly.close(parts)
 
 
 async def serve(settings: Settings) -> int:
@@ -110,21 +88,21 @@ async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    parts = build(settings, stop)
-    gc_pauses.freeze_startup_objects()
+    engine = create_engine(settings)
+    broker = create_broker(
+        settings, middleware=[], socket_timeout_s=settings.relay_broker_timeout_s
+    )
+    relay = Relay(engine, DramatiqPublisher(broker), settings)
+    tasks = [asyncio.create_task(relay.run(stop))]
     try:
-        if settings.relay_health_port:
-            try:
-                await parts.health.start()
-            except OSError as exc:
-                log.error("relay_probe_port_unavailable", error=str(exc))
-                return 1
-        parts.scheduler.start()
-        tasks = _loops(settings, parts, stop)
-        log.info("relay_started", batch_size=settings.relay_batch_size)
-        return await _run_until_stopped(tasks, stop, settings.relay_shutdown_timeout_s)
+        return await _serve_with(settings, stop, broker, relay, tasks)
     finally:
-        await _close(parts)
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        client_of(broker).connection_pool.disconnect()
+        await engine.dispose()
         log.info("relay_stopped")
 
 

@@ -99,6 +99,9 @@ class Deliverer:
         # POSTs in flight by user and by receiver host (the claim's key), this relay only.
         self._users: Counter[int] = Counter()
         self._hosts: Counter[str] = Counter()
+        # Whether a user or host was at its bound when the last claim ran (its own rows
+        # counted): only then can an ended POST make room for rows that claim skipped.
+        self._bound_reached = False
         verify = ssl.create_default_context(cafile=settings.tls_ca_bundle)
         self._verify = verify
 
@@ -202,6 +205,13 @@ class Deliverer:
         for item in claimed:
             self._users[item.user_id] += 1
             self._hosts[item.host] += 1
+        # Judged by the counts the claim saw, not the counters now: POSTs that ended while it
+        # ran made room it could not use, and the loop must come back for it at once.
+        users = Counter(in_flight.users) + Counter(item.user_id for item in claimed)
+        hosts = Counter(in_flight.hosts) + Counter(item.host for item in claimed)
+        self._bound_reached = any(n >= in_flight.per_user for n in users.values()) or any(
+            n >= in_flight.per_host for n in hosts.values()
+        )
         return claimed
 
     def _release(self, item: callbacks.ClaimedDelivery) -> None:
@@ -325,12 +335,7 @@ class Deliverer:
     def _limited(self, free: int, claimed: int) -> bool:
         """Whether free slots or a user's or host's bound, not the lack of due rows, kept
         the last claim from taking more: only then can an ended POST make room for more."""
-        settings = self.settings
-        return (
-            claimed >= free
-            or any(n >= settings.callback_per_user_in_flight for n in self._users.values())
-            or any(n >= settings.callback_per_host_in_flight for n in self._hosts.values())
-        )
+        return claimed >= free or (free > 0 and self._bound_reached)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop`, keeping up to `callback_batch_size` POSTs in flight: a

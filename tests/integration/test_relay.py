@@ -10,13 +10,13 @@ from collections.abc import Iterator
 import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy import select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from relay_service.publisher import DramatiqPublisher
 from relay_service.relay import Relay
 from shared import keys
-from shared.db import tasks
+from shared.db import outbox, tasks
 from shared.db.models import OutboxMessage, Task
 from shared.dramatiq_broker import create_broker
 from shared.embedded import free_port
@@ -186,3 +186,27 @@ async def test_unknown_actor_goes_dead_and_fails_its_task_with_the_reason(
     assert stored.error == "unknown actor 'no_such_actor'"
     assert queued_message_ids(redis_client) == []
     assert await relay.run_once() == 0
+
+
+async def test_only_the_transaction_that_marks_rows_published_skips_the_wal_flush_wait(
+    sessionmaker: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    user, _ = await make_user(sessionmaker)
+    async with sessionmaker() as session, session.begin():
+        await create_task(session, user.id)
+    async with engine.connect() as connection:
+        async with connection.begin():
+            claim = await outbox.claim_batch(connection, 10, 10)
+            assert await _synchronous_commit(connection) == "on"
+            published = [outbox.PublishedMessage(m.id, str(uuid.uuid4())) for m in claim.messages]
+            await outbox.mark_published(connection, published)
+            assert await _synchronous_commit(connection) == "off"
+        # Set for that transaction only: the connection goes back to the pool as it came.
+        assert await _synchronous_commit(connection) == "on"
+    async with sessionmaker() as session:
+        task = (await session.execute(select(Task))).scalar_one()
+    assert task.status == "queued"
+
+
+async def _synchronous_commit(connection: AsyncConnection) -> str:
+    return str((await connection.execute(text("SHOW synchronous_commit"))).scalar_one())
