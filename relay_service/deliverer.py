@@ -30,6 +30,7 @@ from relay_service import callback_retries
 from shared import backoff, callback_addresses, host_lookup, metrics, signing, ssrf
 from shared.db import callbacks, deliveries
 from shared.db.engine import single_statement
+from shared.event_waits import first_of
 from shared.logging import get_logger
 from shared.settings import Settings
 
@@ -137,7 +138,7 @@ class Deliverer:
         headers["Host"] = callback_addresses.host_header(host, url.port)
         headers["Accept-Encoding"] = "identity"
         # An IP literal is never sent as SNI (RFC 6066); the certificate names the address.
-        sni = {} if callback_addresses.is_ip_literal(host) else {"sni_hostname": host}
+        sni = {} if ssrf.is_ip(host) else {"sni_hostname": host}
         request = client.build_request("POST", url, content=body, headers=headers, extensions=sni)
         response = await client.send(request, stream=True)
         try:
@@ -365,7 +366,9 @@ class Deliverer:
                 # An ended POST wakes the loop only if room was what it lacked: otherwise
                 # each POST would cost a claim that finds nothing, and at a few hundred
                 # callbacks a second those claims delay the ones that matter.
-                await _first_of(stop, self._woken, in_flight if limited else set(), pause_s)
+                await first_of(
+                    stop, self._woken, tasks=in_flight if limited else (), timeout_s=pause_s
+                )
                 in_flight = {task for task in in_flight if not task.done()}
             # Each POST ends within callback_timeout_s; the relay's shutdown grace is longer.
             await asyncio.gather(*in_flight, return_exceptions=True)
@@ -402,17 +405,3 @@ def _host(url: str) -> str:
     if not host:
         raise Refused("the URL names no host")
     return host
-
-
-async def _first_of(
-    stop: asyncio.Event, woken: asyncio.Event, in_flight: set[asyncio.Task[None]], timeout_s: float
-) -> None:
-    """Until `stop` or `woken` is set, a delivery in flight ends, or `timeout_s` passes."""
-    waits = [asyncio.create_task(stop.wait()), asyncio.create_task(woken.wait())]
-    try:
-        await asyncio.wait(
-            [*waits, *in_flight], timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        for wait in waits:
-            wait.cancel()

@@ -22,6 +22,7 @@ from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import current_millis
 from dramatiq.worker import ConsumerThread, Worker
 from redis.exceptions import NoScriptError
+from redis.typing import EncodableT
 
 SUPPORTED_SERIES = "2.2."
 # The one version check: everything below was written and tested against this series.
@@ -31,7 +32,7 @@ SUPPORTED = dramatiq.__version__.startswith(SUPPORTED_SERIES)
 RedisConsumer = _RedisConsumer
 
 # One run of the dispatch script: the command, the queue, then the command's own arguments.
-Dispatch = tuple[str, str, tuple[object, ...]]
+Dispatch = tuple[str, str, tuple[EncodableT, ...]]
 
 
 # --- the broker ---------------------------------------------------------------
@@ -80,13 +81,13 @@ def script_args(
     broker: RedisBroker,
     command: str,
     queue_name: str,
-    extra: Sequence[object] = (),
+    extra: Sequence[EncodableT] = (),
     *,
     now_ms: int | None = None,
     consumer_id: str | None = None,
     heartbeat_timeout_ms: int | None = None,
     do_maintenance: bool | None = None,
-) -> list[object]:
+) -> list[EncodableT]:
     """The `dispatch` script's arguments for one run of `command`, as
     `RedisBroker._dispatch` builds them; each keyword, when given, stands in for the
     broker's own value (the time, its consumer id, its heartbeat timeout, whether this
