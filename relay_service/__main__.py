@@ -21,7 +21,7 @@ from relay_service.probe_server import HealthServer, Readiness
 from relay_service.publisher import DramatiqPublisher
 from relay_service.relay import Relay
 from relay_service.run_reports import RunReports
-from relay_service.scheduler import build_scheduler
+from relay_service.scheduler import build_scheduler, relay_jobs
 from relay_service.whereabouts import BrokerWatch
 from shared import gc_pauses, redis_clients, safeguards
 from shared.db.engine import create_engine, create_sessionmaker
@@ -81,7 +81,9 @@ def build(settings: Settings, stop: asyncio.Event) -> Parts:
     deliverer = Deliverer(sessionmaker, settings)
     firing = Firing(sessionmaker, redis, settings, stop, relay.wake)
     reports = RunReports(sessionmaker, stop, deliverer.wake)
-    scheduler = build_scheduler(relay, settings, jobs, firing, reports)
+    scheduler = build_scheduler(
+        relay_jobs(settings, relay, jobs, deliverer, firing, reports), jobs.leads
+    )
     return Parts(engine, broker, relay, election, scheduler, health, deliverer, redis)
 
 

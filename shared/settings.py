@@ -259,7 +259,10 @@ class Settings(BaseSettings):
     relay_livez_max_age_s: float = Field(default=60.0, gt=0)
     relay_leader_check_interval_s: float = Field(default=5.0, gt=0)
     relay_redispatch_interval_s: float = Field(
-        default=5.0, gt=0, description="How often the leader re-dispatches expired leases."
+        default=5.0,
+        gt=0,
+        description="How often the leader re-dispatches expired leases and makes dead the "
+        "deliveries whose last try recorded no outcome.",
     )
     relay_redispatch_batch_size: int = Field(default=100, ge=1)
     relay_prune_interval_s: float = Field(default=300.0, gt=0)
