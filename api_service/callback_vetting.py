@@ -20,11 +20,10 @@ def _reject(reason: str) -> InvalidInput:
 
 
 def _check_host(host: str, settings: Settings) -> None:
-    reason = ssrf.forbidden_reason(host)
-    if reason != "not an IP address":
+    if ssrf.is_ip(host):
         # An IP literal: allowed only if the guard allows it.
         if ssrf.allowed_addresses_or_none([host], allow_private=settings.allow_private) is None:
-            raise _reject(f"must not point at a {reason} address")
+            raise _reject(f"must not point at a {ssrf.forbidden_reason(host)} address")
         return
     if settings.allow_private:
         return

@@ -39,7 +39,8 @@ _FILL_SQL = text(
 
 async def _fill(ctx: BenchContext, count: int, url: str) -> None:
     async with ctx.engine.begin() as connection:
-        await connection.execute(text("TRUNCATE deliveries"))
+        # Each delivery's attempts reference it: they go with it.
+        await connection.execute(text("TRUNCATE deliveries CASCADE"))
         await connection.execute(text("UPDATE users SET callback_secret = 'whsec_bench'"))
         await connection.execute(_FILL_SQL, {"url": url, "count": count})
 

@@ -24,7 +24,7 @@ from relay_service.listener import build_listener
 from relay_service.probe_server import HealthServer, Readiness
 from relay_service.relay import Relay
 from relay_service.run_reports import RunReports
-from relay_service.scheduler import build_scheduler
+from relay_service.scheduler import build_scheduler, relay_jobs
 from relay_service.whereabouts import BrokerWatch
 from shared import redis_clients, safeguards
 from shared.db.engine import create_sessionmaker
@@ -52,7 +52,9 @@ def build(
     deliverer = Deliverer(sessionmaker, settings)
     firing = Firing(sessionmaker, redis, settings, stop, relay.wake)
     reports = RunReports(sessionmaker, stop, deliverer.wake)
-    scheduler = build_scheduler(relay, settings, jobs, firing, reports)
+    scheduler = build_scheduler(
+        relay_jobs(settings, relay, jobs, deliverer, firing, reports), jobs.leads
+    )
     return Companions(election, scheduler, health, deliverer, redis)
 
 

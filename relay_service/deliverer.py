@@ -13,7 +13,6 @@ default executor; a response is read raw, at most MAX_RESPONSE_BYTES, never deco
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import ssl
 import time
@@ -30,6 +29,7 @@ from relay_service import callback_retries
 from shared import backoff, callback_addresses, host_lookup, metrics, signing, ssrf
 from shared.db import callbacks, deliveries
 from shared.db.engine import single_statement
+from shared.event_waits import first_of
 from shared.logging import get_logger
 from shared.settings import Settings
 
@@ -38,8 +38,6 @@ log = get_logger(__name__)
 # A POST is abandoned after callback_timeout_s; the lease adds room for DNS and the commit.
 LEASE_MARGIN_S = 30.0
 DB_RETRY_MAX_S = 10.0
-# The gauges count the table; as often as the relay leader's outbox gauges.
-GAUGES_INTERVAL_S = 5.0
 MAX_ERROR_CHARS = 300
 # The outcome is the status line; of the body only this much is read (so a small answer
 # ends cleanly), raw: a compressed body is never inflated, whatever it claims to be.
@@ -93,9 +91,6 @@ class Deliverer:
         self.transport = transport
         self._retries = callback_retries.RetryPolicy.of(settings)
         self._woken = asyncio.Event()
-        self._gauges_due = 0.0
-        self._prune_due = 0.0
-        self._bury_due = 0.0
         # POSTs in flight by user and by receiver host (the claim's key), this relay only.
         self._users: Counter[int] = Counter()
         self._hosts: Counter[str] = Counter()
@@ -115,7 +110,8 @@ class Deliverer:
         if not claimed.secrets:
             raise Refused("the user has no callback signing secret")
 
-    def _client(self) -> httpx.AsyncClient:
+    def http_client(self) -> httpx.AsyncClient:
+        """The client POSTs go through: no redirects, no proxies, no reused connections."""
         return httpx.AsyncClient(
             timeout=self.settings.callback_timeout_s,
             follow_redirects=False,
@@ -140,7 +136,7 @@ class Deliverer:
         headers["Host"] = callback_addresses.host_header(host, url.port)
         headers["Accept-Encoding"] = "identity"
         # An IP literal is never sent as SNI (RFC 6066); the certificate names the address.
-        sni = {} if callback_addresses.is_ip_literal(host) else {"sni_hostname": host}
+        sni = {} if ssrf.is_ip(host) else {"sni_hostname": host}
         request = client.build_request("POST", url, content=body, headers=headers, extensions=sni)
         response = await client.send(request, stream=True)
         try:
@@ -270,18 +266,9 @@ class Deliverer:
             event, status=outcome.status, error=attempt.error, retry_in_s=attempt.retry_in_s, **ids
         )
 
-    async def _housekeeping(self) -> None:
-        if time.monotonic() >= self._bury_due:
-            await self.bury_exhausted()
-        if time.monotonic() >= self._gauges_due:
-            await self._refresh_gauges()
-        if time.monotonic() >= self._prune_due:
-            await self.prune()
-
     async def bury_exhausted(self) -> int:
         """Due deliveries with every try spent become dead (a relay stopped inside their
         last try): the claim never leases them again. The number buried."""
-        self._bury_due = time.monotonic() + GAUGES_INTERVAL_S
         async with self.sessionmaker() as session, session.begin():
             buried = await callbacks.bury_exhausted(session, self.settings.callback_max_attempts)
         for delivery_id, attempts in buried:
@@ -293,19 +280,9 @@ class Deliverer:
             )
         return len(buried)
 
-    async def cycle(self) -> int:
-        """Claim one batch, send it and record every outcome; the number claimed."""
-        claimed = await self._claim(self.settings.callback_batch_size)
-        if claimed:
-            async with self._client() as client:
-                await asyncio.gather(*(self._deliver(client, item) for item in claimed))
-        await self._housekeeping()
-        return len(claimed)
-
     async def prune(self) -> int:
         """Delivered rows past the outbox's retention go, a batch per short transaction
         (SKIP LOCKED, so relays pruning at once never wait on each other)."""
-        self._prune_due = time.monotonic() + self.settings.relay_prune_interval_s
         total = 0
         while True:
             async with self.sessionmaker() as session, session.begin():
@@ -316,13 +293,13 @@ class Deliverer:
             if pruned < self.settings.relay_prune_batch_size:
                 return total
 
-    async def _refresh_gauges(self) -> None:
+    async def refresh_gauges(self) -> None:
+        """Set the callbacks gauges from the table (the same on every relay)."""
         async with self.sessionmaker() as session:
             summary = await callbacks.summarize(session)
         metrics.CALLBACKS_PENDING.set(summary.pending)
         metrics.CALLBACKS_OLDEST_AGE.set(summary.oldest_pending_age_s)
         metrics.CALLBACKS_DEAD.set(summary.dead)
-        self._gauges_due = time.monotonic() + GAUGES_INTERVAL_S
 
     def _free_slots(self, in_flight: int) -> int:
         free = self.settings.callback_batch_size - in_flight
@@ -341,20 +318,20 @@ class Deliverer:
         """Deliver until `stop`, keeping up to `callback_batch_size` POSTs in flight: a
         free slot is filled as soon as one ends, so a slow receiver holds one slot, not a
         batch. Claims on a hint (`wake`), at the poll interval, and, when slots or bounds
-        held the last claim back, as a POST ends or at once; housekeeping runs beside it,
-        never between a hint and its claim. Any error is logged and retried with backoff."""
+        held the last claim back, as a POST ends or at once. Burying, pruning and gauges are
+        jobs of the relay's registry (`relay_service.scheduler`), never between a hint and
+        its claim. Any error is logged and retried with backoff."""
         in_flight: set[asyncio.Task[None]] = set()
         failures = 0
-        housekeeper = asyncio.create_task(self._housekeep(stop))
-        async with self._client() as client:
+        async with self.http_client() as client:
             while not stop.is_set():
                 self._woken.clear()
                 free = claimed = 0
                 try:
                     free = self._free_slots(len(in_flight))
-                    for item in await self._claim(free) if free > 0 else []:
-                        in_flight.add(asyncio.create_task(self._deliver(client, item)))
-                        claimed += 1
+                    started = await self.start_due(client, free)
+                    in_flight.update(started)
+                    claimed = len(started)
                     failures = 0
                 except Exception as exc:  # the loop outlives any error
                     failures += 1
@@ -370,27 +347,21 @@ class Deliverer:
                 # An ended POST wakes the loop only if room was what it lacked: otherwise
                 # each POST would cost a claim that finds nothing, and at a few hundred
                 # callbacks a second those claims delay the ones that matter.
-                await _first_of(stop, self._woken, in_flight if limited else set(), pause_s)
+                await first_of(
+                    stop, self._woken, tasks=in_flight if limited else (), timeout_s=pause_s
+                )
                 in_flight = {task for task in in_flight if not task.done()}
             # Each POST ends within callback_timeout_s; the relay's shutdown grace is longer.
             await asyncio.gather(*in_flight, return_exceptions=True)
-        await housekeeper
 
-    async def _housekeep(self, stop: asyncio.Event) -> None:
-        """Bury, gauges and pruning when due, until `stop`; errors are logged and retried."""
-        failures = 0
-        while not stop.is_set():
-            try:
-                await self._housekeeping()
-                failures = 0
-            except Exception as exc:  # the loop outlives any error
-                failures += 1
-                log.warning("callbacks_housekeeping_failed", error=type(exc).__name__)
-            pause_s = GAUGES_INTERVAL_S
-            if failures:
-                pause_s = backoff.backoff_s(failures, 1.0, DB_RETRY_MAX_S)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), pause_s)
+    async def start_due(self, client: httpx.AsyncClient, free: int) -> list[asyncio.Task[None]]:
+        """Lease up to `free` due deliveries and start their POSTs through `client`: one
+        task each, which records the outcome and never raises."""
+        if free <= 0:
+            return []
+        return [
+            asyncio.create_task(self._deliver(client, item)) for item in await self._claim(free)
+        ]
 
 
 async def _skim(response: httpx.Response) -> None:
@@ -407,17 +378,3 @@ def _host(url: str) -> str:
     if not host:
         raise Refused("the URL names no host")
     return host
-
-
-async def _first_of(
-    stop: asyncio.Event, woken: asyncio.Event, in_flight: set[asyncio.Task[None]], timeout_s: float
-) -> None:
-    """Until `stop` or `woken` is set, a delivery in flight ends, or `timeout_s` passes."""
-    waits = [asyncio.create_task(stop.wait()), asyncio.create_task(woken.wait())]
-    try:
-        await asyncio.wait(
-            [*waits, *in_flight], timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        for wait in waits:
-            wait.cancel()

@@ -1,7 +1,8 @@
-"""Leader election among relays and the maintenance jobs only the leader runs.
+"""Leader election among relays and the bodies of the maintenance jobs only the leader runs.
 
-The work itself lives in `shared.maintenance_jobs` (scanctl runs the same code);
-this module decides who runs it and when, and turns its counts into metrics.
+The work itself lives in `shared.maintenance_jobs` (scanctl runs the same code); the
+relay's registry (`relay_service.scheduler`) says when each job runs and skips those for
+the leader on any other relay; this module elects the leader and turns counts into metrics.
 """
 
 from __future__ import annotations
@@ -118,7 +119,8 @@ class LeaderElection:
 
 
 class MaintenanceJobs:
-    """The leader's jobs; on any other relay each is a no-op."""
+    """The leader check (every relay) and the leader's jobs, each one `run_once` of the
+    relay's registry, which runs the leader's only while `leads()`."""
 
     def __init__(
         self,
@@ -134,6 +136,9 @@ class MaintenanceJobs:
         self.stop = stop
         self.watch = watch
 
+    def leads(self) -> bool:
+        return self.election.is_leader
+
     async def check_leader(self) -> None:
         was_leader = self.election.is_leader
         leads = await self.election.check()
@@ -145,7 +150,7 @@ class MaintenanceJobs:
             _reset_gauges()
 
     async def check_broker(self) -> None:
-        if self.watch is None or not self.election.is_leader or self.stop.is_set():
+        if self.watch is None or self.stop.is_set():
             return
         try:
             counts = await self.watch.check()
@@ -156,7 +161,7 @@ class MaintenanceJobs:
         metrics.TASKS_REDISPATCHED.labels(reason="message_lost").inc(counts.message_lost)
 
     async def redispatch(self) -> None:
-        if not self.election.is_leader or self.stop.is_set():
+        if self.stop.is_set():
             return
         try:
             counts = await maintenance_jobs.redispatch_orphans(self.sessionmaker, self.settings)
@@ -171,6 +176,7 @@ class MaintenanceJobs:
     async def prune(self) -> None:
         chunk_rows = PRUNE_CHUNK_BATCHES * self.settings.relay_prune_batch_size
         total = 0
+        # Leadership is checked again between chunks: a relay that lost it stops.
         while self.election.is_leader and not self.stop.is_set():
             try:
                 counts = await maintenance_jobs.prune_published(
@@ -188,8 +194,6 @@ class MaintenanceJobs:
             log.info("outbox_pruned", rows=total)
 
     async def refresh_gauges(self) -> None:
-        if not self.election.is_leader:
-            return
         try:
             async with self.sessionmaker() as session:
                 summary = await inspection.summarize_outbox(session)

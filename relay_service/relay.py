@@ -16,6 +16,7 @@ from relay_service.publisher import Outcomes, Publisher
 from shared import backoff, metrics
 from shared.db import outbox
 from shared.errors import PermanentPublishError
+from shared.event_waits import first_of
 from shared.logging import get_logger
 from shared.settings import Settings
 
@@ -178,7 +179,7 @@ class Relay:
         later than that and is not held back."""
         rest_s = self.settings.relay_busy_gap_s - (time.monotonic() - cycle_started)
         if rest_s > 0:
-            await wait_any(stop, None, rest_s)
+            await first_of(stop, timeout_s=rest_s)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Drain on every wake-up until `stop` is set; the batch in hand always completes.
@@ -206,11 +207,11 @@ class Relay:
                     failures += 1
                     delay_s = backoff.backoff_s(failures, 0.2, DB_RETRY_MAX_S)
                     log.warning("relay_cycle_failed", error=type(exc).__name__, retry_in_s=delay_s)
-                    await wait_any(stop, None, delay_s)
+                    await first_of(stop, timeout_s=delay_s)
                     continue
                 fruitless_looks = 0 if claimed or not self.window_full else fruitless_looks + 1
                 recheck_s = window.recheck_s(self.window_full, fruitless_looks, self.settings)
-                await wait_any(stop, self.wakeup, recheck_s)
+                await first_of(stop, self.wakeup, timeout_s=recheck_s)
                 if claimed:
                     await self._pace(stop, cycle_started)
         finally:
@@ -222,17 +223,3 @@ async def _give_back(connection: AsyncConnection | None) -> None:
     if connection is not None:
         with contextlib.suppress(SQLAlchemyError, OSError):
             await connection.close()
-
-
-async def wait_any(
-    stop: asyncio.Event, other: asyncio.Event | None, timeout_s: float | None
-) -> None:
-    """Return when `stop` or `other` is set, or after `timeout_s`."""
-    waiters = [asyncio.create_task(stop.wait())]
-    if other is not None:
-        waiters.append(asyncio.create_task(other.wait()))
-    _done, pending = await asyncio.wait(
-        waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
-    )
-    for task in pending:
-        task.cancel()

@@ -22,6 +22,7 @@ from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import current_millis
 from dramatiq.worker import ConsumerThread, Worker
 from redis.exceptions import NoScriptError
+from redis.typing import EncodableT
 
 SUPPORTED_SERIES = "2.2."
 # The one version check: everything below was written and tested against this series.
@@ -31,7 +32,7 @@ SUPPORTED = dramatiq.__version__.startswith(SUPPORTED_SERIES)
 RedisConsumer = _RedisConsumer
 
 # One run of the dispatch script: the command, the queue, then the command's own arguments.
-Dispatch = tuple[str, str, tuple[object, ...]]
+Dispatch = tuple[str, str, tuple[EncodableT, ...]]
 
 
 # --- the broker ---------------------------------------------------------------
@@ -76,21 +77,41 @@ def run_dispatches(broker: RedisBroker, dispatches: Sequence[Dispatch]) -> list[
     return replies
 
 
+def script_args(
+    broker: RedisBroker,
+    command: str,
+    queue_name: str,
+    extra: Sequence[EncodableT] = (),
+    *,
+    now_ms: int | None = None,
+    consumer_id: str | None = None,
+    heartbeat_timeout_ms: int | None = None,
+    do_maintenance: bool | None = None,
+) -> list[EncodableT]:
+    """The `dispatch` script's arguments for one run of `command`, as
+    `RedisBroker._dispatch` builds them; each keyword, when given, stands in for the
+    broker's own value (the time, its consumer id, its heartbeat timeout, whether this
+    run also does the broker's maintenance)."""
+    maintenance = (
+        broker._should_do_maintenance(command) if do_maintenance is None else int(do_maintenance)
+    )
+    return [
+        command,
+        current_millis() if now_ms is None else now_ms,
+        queue_name,
+        broker.broker_id if consumer_id is None else consumer_id,
+        broker.heartbeat_timeout if heartbeat_timeout_ms is None else heartbeat_timeout_ms,
+        broker.dead_message_ttl,
+        maintenance,
+        broker._max_unpack_size(),  # type: ignore[no-untyped-call]
+        *extra,
+    ]
+
+
 def _pipeline(broker: RedisBroker, sha: str, dispatches: Sequence[Dispatch]) -> list[object]:
     pipe = broker.client.pipeline(transaction=False)
     for command, queue_name, extra in dispatches:
-        args = (
-            command,
-            current_millis(),
-            queue_name,
-            broker.broker_id,
-            broker.heartbeat_timeout,
-            broker.dead_message_ttl,
-            broker._should_do_maintenance(command),
-            broker._max_unpack_size(),  # type: ignore[no-untyped-call]
-            *extra,
-        )
-        pipe.evalsha(sha, 1, broker.namespace, *args)
+        pipe.evalsha(sha, 1, broker.namespace, *script_args(broker, command, queue_name, extra))
     replies: list[object] = pipe.execute(raise_on_error=False)
     return replies
 
@@ -98,16 +119,14 @@ def _pipeline(broker: RedisBroker, sha: str, dispatches: Sequence[Dispatch]) -> 
 def run_maintenance(broker: RedisBroker, queue_name: str, heartbeat_timeout_ms: int) -> None:
     """The broker's maintenance, run now: messages fetched by workers silent for
     `heartbeat_timeout_ms` go back to the queue."""
-    args = [
-        "requeue",  # with no message ids: only the maintenance runs
-        current_millis(),
+    # "requeue" with no message ids: only the maintenance runs.
+    args = script_args(
+        broker,
+        "requeue",
         queue_name,
-        broker.broker_id,
-        heartbeat_timeout_ms,
-        broker.dead_message_ttl,
-        1,  # do_maintenance
-        broker._max_unpack_size(),  # type: ignore[no-untyped-call]
-    ]
+        heartbeat_timeout_ms=heartbeat_timeout_ms,
+        do_maintenance=True,
+    )
     broker.scripts["dispatch"](keys=[broker.namespace], args=args)
 
 

@@ -6,6 +6,7 @@ relay's publishing and whereabouts calls need (`loop.getaddrinfo` runs there).""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
 import dns.asyncresolver
 import dns.exception
@@ -17,6 +18,25 @@ from shared.settings import Settings, split_host_port
 
 class LookupFailed(OSError):
     """The name has no address, or no answer came in time; the message says which."""
+
+
+def _normalise(name: str) -> str:
+    return name.strip().lower().rstrip(".")
+
+
+def match_override(name: str, overrides: Mapping[str, str]) -> str | None:
+    """The address of the longest key of `overrides` (SCAN_RESOLVER_OVERRIDES) that is `name`
+    or a parent domain of it, both compared without case or a trailing dot; None if none is."""
+    target = _normalise(name)
+    matches = [
+        (len(wanted), key)
+        for key in overrides
+        if (wanted := _normalise(key)) and (target == wanted or target.endswith("." + wanted))
+    ]
+    if not matches:
+        return None
+    _length, key = max(matches)
+    return overrides[key].strip()
 
 
 def new_resolver(settings: Settings) -> dns.asyncresolver.Resolver:

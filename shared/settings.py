@@ -430,7 +430,8 @@ class Settings(BaseSettings):
         gt=0,
         description=(
             "How often the leader sends again tasks whose lease expired (and runs the "
-            "last-resort sweep)."
+            "last-resort sweep), and makes dead the deliveries whose last try recorded no "
+            "outcome."
         ),
     )
     relay_redispatch_batch_size: int = Field(
@@ -440,7 +441,8 @@ class Settings(BaseSettings):
         default=300.0,
         gt=0,
         description=(
-            "How often the leader prunes published outbox rows older than "
+            "How often the leader prunes published outbox rows and delivered callbacks older "
+            "than "
             "`SCAN_OUTBOX_RETENTION_S`."
         ),
     )
@@ -448,7 +450,12 @@ class Settings(BaseSettings):
         default=1000, ge=1, description="Published outbox rows pruned per transaction."
     )
     relay_gauges_interval_s: float = Field(
-        default=5.0, gt=0, description="Refresh of the outbox gauges by the leader."
+        default=5.0,
+        gt=0,
+        description=(
+            "Refresh of the outbox gauges by the leader, and of the callbacks gauges by every "
+            "relay."
+        ),
     )
     outbox_retention_s: float = Field(
         default=7 * 24 * 3600.0,

@@ -51,6 +51,15 @@ def _own_reason(ip: IPAddress) -> str | None:
     return next((reason for hit, reason in checks if hit), None)
 
 
+def is_ip(host: str) -> bool:
+    """True if `host` is an IPv4 or IPv6 address literal (unbracketed), not a name."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def forbidden_reason(ip: str) -> str | None:
     """Why `ip` must not be connected to, or None if it is a public unicast address.
 
@@ -92,7 +101,7 @@ def _refusal(ip: str, *, allow_private: bool) -> str | None:
     if reason is None or not allow_private:
         return reason
     # Even a development setup never wants credentials from a metadata endpoint.
-    if reason == "not an IP address" or is_cloud_metadata(ip):
+    if not is_ip(ip) or is_cloud_metadata(ip):
         return reason
     return None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -9,6 +10,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from relay_service.deliverer import Deliverer
 from shared.db.models import Delivery
 from shared.settings import Settings
 
@@ -68,3 +70,12 @@ async def submit(client: httpx.AsyncClient, headers: dict[str, str], url: str) -
     assert response.status_code == 201, response.text
     task: dict[str, Any] = response.json()
     return task
+
+
+async def deliver_batch(deliverer: Deliverer) -> int:
+    """What a turn of the deliverer's loop does with every slot free: lease due deliveries,
+    POST each and record its outcome; the number leased."""
+    async with deliverer.http_client() as client:
+        posts = await deliverer.start_due(client, deliverer.settings.callback_batch_size)
+        await asyncio.gather(*posts)
+    return len(posts)

@@ -1,5 +1,9 @@
 """Statements for batches: many tasks and their outbox rows in one set-based statement,
-and the reads behind `GET /api/v1/batches/{id}`. None of them commits."""
+and the reads behind `GET /api/v1/batches/{id}`. None of them commits.
+
+Idiom: `text()` built once at import for the set-based create, the progress and the
+exports (lines and CSV built by PostgreSQL); expression language on the models for the reads.
+"""
 
 from __future__ import annotations
 

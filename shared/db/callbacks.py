@@ -1,6 +1,10 @@
 """Statements for completion callbacks: signing secrets and the deliveries outbox the relays
 drain (a task is created with its callback URL by `tasks.insert_task_with_message`). None of
-them commits."""
+them commits.
+
+Idiom: `text()` built once at import for the deliveries outbox (the bounded claim, burying,
+gauges, pruning); expression language for the signing secrets.
+"""
 
 from __future__ import annotations
 

@@ -7,6 +7,8 @@ in one order (by key), so batches and single claims never wait on each other in 
 Each claimed task gets a lease token of its own. A task this leaves alone (not visible yet,
 not claimable, its target busy, no attempt left, its row held by another transaction) goes
 through the single claim, which finds out why and acts on it. None of these commits.
+
+Idiom: `text()` built once at import.
 """
 
 from __future__ import annotations

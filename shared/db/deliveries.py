@@ -1,7 +1,11 @@
 """Statements on callback deliveries as their owners and the operators see them: each try
 recorded with its outcome, pages by id, one delivery with its attempts, replaying ended
 ones and writing a test event. An `owner` of None is an administrator (every client's);
-otherwise a statement never reads or writes another user's rows. None of them commits."""
+otherwise a statement never reads or writes another user's rows. None of them commits.
+
+Idiom: expression language on the models for the reads and the replay, the ORM's `add` for
+the test event; `text()` built once at import for the try's record.
+"""
 
 from __future__ import annotations
 

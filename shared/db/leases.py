@@ -5,6 +5,8 @@ hundreds of scans in flight writes once per renewal interval, not once per scan.
 transaction holds at that moment (a final write, a relay marking a batch) are skipped rather
 than waited for: waiting on several rows in no set order could deadlock with another
 multi-row write, and a skipped lease is simply renewed at the next turn.
+
+Idiom: `text()` built once at import.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ built from `TaskStatus`, so no status is spelt as a string literal in a statemen
 They are SQL text rather than Core expressions because both kinds of module use them:
 `claims` wraps them in `text()` inside its Core statements, `recovery` and `outbox`
 interpolate them into theirs.
+
+Idiom: SQL fragments (strings) built once at import from `TaskStatus`.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ dispatches that were not the task's fault. Only the expired-lease sweep can fail
 only one that has already run `max_attempts` times. Each UPDATE is conditional on the state
 it was chosen in, so a task that moved on meanwhile (claimed, finished, cancelled) is left
 alone; the caller writes the new outbox rows in the same transaction.
+
+Idiom: `text()` built once at import.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ The claim is `FOR UPDATE SKIP LOCKED` on due rows: any number of relays fire, no
 another, and a row another relay has just advanced no longer matches (READ COMMITTED re-checks
 `next_fire_at` on the newest version). The runs and the new fire times are written set-based,
 one statement each per claim; each run's batch goes through `batches.insert_batch`.
+
+Idiom: expression language on the models (the ORM's `add` for a new schedule) for a client's
+schedules and the reads; `text()` built once at import for the firing claim, the runs, the
+new fire times and the changes' delivery.
 """
 
 from __future__ import annotations

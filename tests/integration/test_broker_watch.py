@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from relay_service.publisher import DramatiqPublisher
 from relay_service.relay import Relay
 from relay_service.whereabouts import BrokerWatch
-from shared import keys
+from shared import dramatiq_private, keys
 from shared.db import claims, recovery
 from shared.db.models import OutboxMessage, Task
 from shared.dramatiq_broker import create_broker
@@ -301,17 +301,9 @@ async def test_a_task_younger_than_the_floor_is_checked_only_by_a_full_walk(
 def fetch_as(broker: RedisBroker, consumer_id: str, at_ms: int) -> None:
     """What a Dramatiq consumer named `consumer_id` does to take one message at `at_ms`: the
     message id moves from the queue to the consumer's acks, and its heartbeat is `at_ms`."""
-    args = [
-        "fetch",
-        at_ms,
-        QUEUE,
-        consumer_id,
-        broker.heartbeat_timeout,
-        broker.dead_message_ttl,
-        0,
-        broker._max_unpack_size(),  # type: ignore[no-untyped-call]
-        1,
-    ]
+    args = dramatiq_private.script_args(
+        broker, "fetch", QUEUE, (1,), now_ms=at_ms, consumer_id=consumer_id, do_maintenance=False
+    )
     fetched = broker.scripts["dispatch"](keys=[broker.namespace], args=args)
     assert len(fetched) == 1
 

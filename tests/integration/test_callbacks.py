@@ -21,6 +21,7 @@ from shared.embedded import free_port
 from shared.settings import Settings
 from tests.callbacks import (
     callback_settings,
+    deliver_batch,
     deliveries,
     end_tasks,
     failures,
@@ -73,7 +74,7 @@ async def test_a_task_callback_is_delivered_signed_after_success_and_failure(
         assert await deliveries(sessionmaker) == []
         await end_tasks(sessionmaker, status)
 
-        assert await Deliverer(sessionmaker, cb_settings).cycle() == 1
+        assert await deliver_batch(Deliverer(sessionmaker, cb_settings)) == 1
 
     [got] = receiver.received
     body = json.loads(got.body)
@@ -110,12 +111,12 @@ async def test_500_then_200_is_delivered_on_the_second_try_with_backoff(
     with receiving(statuses=[500, 200]) as receiver:
         await submit(client, headers, receiver.url())
         await end_tasks(sessionmaker)
-        await deliverer.cycle()
+        await deliver_batch(deliverer)
         [failed] = await deliveries(sessionmaker)
         # Backing off: not due yet, so a cycle now sends nothing.
-        assert await deliverer.cycle() == 0
+        assert await deliver_batch(deliverer) == 0
         await make_due(sessionmaker)
-        await deliverer.cycle()
+        await deliver_batch(deliverer)
 
     first, second = receiver.received
     assert first.headers["webhook-id"] == second.headers["webhook-id"]
@@ -139,11 +140,11 @@ async def test_a_receiver_down_then_up_gets_the_callback(
     await end_tasks(sessionmaker)
     deliverer = Deliverer(sessionmaker, cb_settings)
 
-    await deliverer.cycle()
+    await deliver_batch(deliverer)
     [down] = await deliveries(sessionmaker)
     await make_due(sessionmaker)
     with receiving(port=port) as receiver:
-        await deliverer.cycle()
+        await deliver_batch(deliverer)
 
     assert down.last_error is not None
     assert down.last_error.startswith("connection")
@@ -164,7 +165,7 @@ async def test_a_redirect_is_never_followed_even_to_a_private_address(
         redirecting.location = f"http://127.0.0.1:{private.port}/internal"
         await submit(client, headers, redirecting.url())
         await end_tasks(sessionmaker)
-        await Deliverer(sessionmaker, cb_settings).cycle()
+        await deliver_batch(Deliverer(sessionmaker, cb_settings))
 
     assert len(redirecting.received) == 1
     assert private.received == []
@@ -188,7 +189,7 @@ async def test_the_guard_refuses_at_delivery_a_name_that_now_resolves_privately(
         await submit(client, headers, receiver.url())
         await end_tasks(sessionmaker)
         guarded = cb_settings.model_copy(update={"allow_private": False})
-        await Deliverer(sessionmaker, guarded).cycle()
+        await deliver_batch(Deliverer(sessionmaker, guarded))
 
     assert receiver.received == []
     [row] = await deliveries(sessionmaker)
@@ -213,13 +214,13 @@ async def test_a_delivery_is_dead_after_the_last_try_and_replay_sends_it_again(
         await end_tasks(sessionmaker)
         for _ in range(cb_settings.callback_max_attempts):
             await make_due(sessionmaker)
-            await deliverer.cycle()
+            await deliver_batch(deliverer)
         [dead] = await deliveries(sessionmaker)
         await make_due(sessionmaker)
-        assert await deliverer.cycle() == 0
+        assert await deliver_batch(deliverer) == 0
         async with sessionmaker() as session, session.begin():
             assert await delivery_rows.replay(session, None, [dead.id]) == 1
-        await deliverer.cycle()
+        await deliver_batch(deliverer)
 
     assert (dead.dead_at is not None, dead.attempts, dead.last_status) == (True, 3, 503)
     assert len(receiver.received) == 4
@@ -245,7 +246,7 @@ async def test_a_batch_sends_one_callback_when_its_last_task_ends(
         await end_tasks(sessionmaker, "failed", "target_domain = 'b1.example.com'")
         assert await deliveries(sessionmaker) == []
         await end_tasks(sessionmaker, "cancelled", "target_domain = 'b2.example.com'")
-        await Deliverer(sessionmaker, cb_settings).cycle()
+        await deliver_batch(Deliverer(sessionmaker, cb_settings))
 
     [got] = receiver.received
     payload = json.loads(got.body)

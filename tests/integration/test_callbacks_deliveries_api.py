@@ -14,7 +14,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from relay_service.deliverer import Deliverer
 from shared.db.models import Delivery
 from shared.settings import Settings
-from tests.callbacks import callback_settings, end_tasks, make_due, new_secret, submit
+from tests.callbacks import (
+    callback_settings,
+    deliver_batch,
+    end_tasks,
+    make_due,
+    new_secret,
+    submit,
+)
 from tests.helpers import api_client, make_user
 from tests.receivers import receiving, verifies
 
@@ -49,7 +56,7 @@ async def dead_delivery(
     await end_tasks(sessionmaker)
     deliverer = Deliverer(sessionmaker, cb_settings)
     for _ in range(cb_settings.callback_max_attempts):
-        await deliverer.cycle()
+        await deliver_batch(deliverer)
         await make_due(sessionmaker)
     page = (await client.get("/api/v1/callbacks/deliveries?state=dead", headers=headers)).json()
     [item] = page["items"]
@@ -78,7 +85,7 @@ async def test_a_client_replays_its_own_dead_delivery_and_sees_every_attempt(
         )
         assert replayed.status_code == 202, replayed.text
         assert (replayed.json()["state"], replayed.json()["attempts"]) == ("pending", 0)
-        assert await Deliverer(sessionmaker, cb_settings).cycle() == 1
+        assert await deliver_batch(Deliverer(sessionmaker, cb_settings)) == 1
 
     last = receiver.received[-1]
     assert last.headers["webhook-id"] == delivery_id
@@ -108,7 +115,7 @@ async def test_a_client_can_neither_see_nor_replay_another_clients_delivery(
         assert refused.json()["error"]["code"] == "not_found"
         listed = (await client.get("/api/v1/callbacks/deliveries", headers=mallory)).json()
         assert listed["items"] == []
-        assert await Deliverer(sessionmaker, cb_settings).cycle() == 0
+        assert await deliver_batch(Deliverer(sessionmaker, cb_settings)) == 0
         assert len(receiver.received) == sent
     mine = (await client.get(base, headers=alice)).json()
     assert mine["state"] == "dead"
@@ -143,7 +150,7 @@ async def test_an_administrator_lists_and_replays_any_clients_delivery(
             f"/api/v1/ops/callbacks/deliveries/{delivery_id}/replay", headers=admin
         )
         assert replayed.status_code == 202
-        await Deliverer(sessionmaker, cb_settings).cycle()
+        await deliver_batch(Deliverer(sessionmaker, cb_settings))
     assert receiver.received[-1].headers["webhook-id"] == delivery_id
     # The admin's own list, as a client, holds none of alice's.
     assert (await client.get("/api/v1/callbacks/deliveries", headers=admin)).json()["items"] == []
@@ -194,7 +201,7 @@ async def test_a_test_event_is_signed_and_sent_like_any_callback(
         )
         assert sent.status_code == 202, sent.text
         assert (sent.json()["event"], sent.json()["state"]) == ("callback.test", "pending")
-        assert await Deliverer(sessionmaker, cb_settings).cycle() == 1
+        assert await deliver_batch(Deliverer(sessionmaker, cb_settings)) == 1
     [got] = receiver.received
     assert verifies(secret, got)
     assert json.loads(got.body) == {"event": "callback.test", "id": sent.json()["id"], "test": True}

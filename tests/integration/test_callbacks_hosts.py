@@ -11,7 +11,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relay_service.deliverer import Deliverer
 from shared.settings import Settings
-from tests.callbacks import callback_settings, deliveries, end_tasks, new_secret, submit
+from tests.callbacks import (
+    callback_settings,
+    deliver_batch,
+    deliveries,
+    end_tasks,
+    new_secret,
+    submit,
+)
 from tests.helpers import api_client, make_user
 from tests.receivers import receiving, verifies
 
@@ -49,7 +56,7 @@ async def test_an_idn_callback_host_is_delivered_as_punycode(
     with receiving() as receiver:
         await submit(client, headers, receiver.url(host=IDN_HOST))
         await end_tasks(sessionmaker)
-        assert await Deliverer(sessionmaker, cb_settings).cycle() == 1
+        assert await deliver_batch(Deliverer(sessionmaker, cb_settings)) == 1
     [got] = receiver.received
     assert got.headers["Host"] == f"{PUNYCODE_HOST}:{receiver.port}"
     assert got.path == "/cb"
@@ -68,7 +75,7 @@ async def test_an_ipv6_literal_callback_host_gets_a_bracketed_host_header(
     with receiving(bind="::1") as receiver:
         await submit(client, headers, receiver.url(host="[::1]"))
         await end_tasks(sessionmaker)
-        assert await Deliverer(sessionmaker, cb_settings).cycle() == 1
+        assert await deliver_batch(Deliverer(sessionmaker, cb_settings)) == 1
     [got] = receiver.received
     assert got.headers["Host"] == f"[::1]:{receiver.port}"
     assert verifies(secret, got)
@@ -89,7 +96,7 @@ async def test_a_name_that_resolves_to_ipv6_only_is_delivered_over_ipv6(
     with receiving(bind="::1") as receiver:
         await submit(client, headers, receiver.url(host="v6.example"))
         await end_tasks(sessionmaker)
-        assert await Deliverer(sessionmaker, v6).cycle() == 1
+        assert await deliver_batch(Deliverer(sessionmaker, v6)) == 1
     [got] = receiver.received
     assert got.headers["Host"] == f"v6.example:{receiver.port}"
     assert verifies(secret, got)

@@ -16,6 +16,7 @@ from shared.db.models import Delivery
 from shared.settings import Settings
 from tests.callbacks import (
     callback_settings,
+    deliver_batch,
     deliveries,
     end_tasks,
     new_secret,
@@ -66,11 +67,11 @@ async def test_during_a_rotation_both_secrets_sign_until_the_old_one_is_retired(
     with receiving() as receiver:
         await submit(client, headers, receiver.url())
         await end_tasks(sessionmaker)
-        await Deliverer(sessionmaker, cb_settings).cycle()
+        await deliver_batch(Deliverer(sessionmaker, cb_settings))
         newest = await new_secret(client, headers, retire_previous=True)
         await submit(client, headers, receiver.url(path="/second"))
         await end_tasks(sessionmaker, where="callback_url LIKE '%/second'")
-        await Deliverer(sessionmaker, cb_settings).cycle()
+        await deliver_batch(Deliverer(sessionmaker, cb_settings))
 
     during, after = receiver.received
     assert during.headers["webhook-signature"].count("v1,") == 2
@@ -134,7 +135,7 @@ async def test_a_url_that_cannot_be_called_is_dead_at_once_and_the_rest_goes_on(
                     "SELECT gen_random_uuid(), user_id, 'https://[::1/x', '{}' FROM deliveries"
                 )
             )
-        await Deliverer(sessionmaker, cb_settings).cycle()
+        await deliver_batch(Deliverer(sessionmaker, cb_settings))
 
     assert len(receiver.received) == 1
     broken = [row for row in await deliveries(sessionmaker) if row.url.startswith("https://[")]
@@ -168,7 +169,7 @@ async def test_the_gauges_show_pending_dead_and_the_oldest_pending_age(
             )
         )
 
-    assert await Deliverer(sessionmaker, cb_settings).cycle() == 0
+    await Deliverer(sessionmaker, cb_settings).refresh_gauges()
 
     def gauge(name: str) -> float:
         return REGISTRY.get_sample_value(f"scan_outbox_{name}") or 0.0

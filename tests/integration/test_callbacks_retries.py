@@ -18,6 +18,7 @@ from shared.db.models import DeliveryAttempt
 from shared.settings import Settings
 from tests.callbacks import (
     callback_settings,
+    deliver_batch,
     deliveries,
     end_tasks,
     failures,
@@ -85,7 +86,7 @@ async def test_retry_after_sets_the_next_try_within_bounds(
         receiver.headers["Retry-After"] = retry_after
         await submit(client, headers, receiver.url())
         await end_tasks(sessionmaker)
-        assert await Deliverer(sessionmaker, cb_settings).cycle() == 1
+        assert await deliver_batch(Deliverer(sessionmaker, cb_settings)) == 1
     assert low_s <= await due_in_s(sessionmaker) <= high_s
     [row] = await deliveries(sessionmaker)
     assert (row.last_status, row.dead_at, row.delivered_at) == (503, None, None)
@@ -103,9 +104,9 @@ async def test_a_410_ends_the_delivery_at_once_and_says_so(
     with receiving(statuses=[410]) as receiver:
         await submit(client, headers, receiver.url())
         await end_tasks(sessionmaker)
-        await deliverer.cycle()
+        await deliver_batch(deliverer)
         await make_due(sessionmaker)
-        assert await deliverer.cycle() == 0
+        assert await deliver_batch(deliverer) == 0
     assert len(receiver.received) == 1
     [row] = await deliveries(sessionmaker)
     assert row.attempts == 1 < cb_settings.callback_max_attempts
@@ -130,7 +131,7 @@ async def test_every_try_is_recorded_with_status_error_duration_and_time(
         await submit(client, headers, receiver.url())
         await end_tasks(sessionmaker)
         for _ in range(3):
-            await deliverer.cycle()
+            await deliver_batch(deliverer)
             await make_due(sessionmaker)
     assert all(verifies(secret, got) for got in receiver.received)
     first, second, third = await attempts(sessionmaker)

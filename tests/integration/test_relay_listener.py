@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from relay_service.listener import CLIENT_NAME, build_listener
 from relay_service.publisher import DramatiqPublisher, Outcomes
 from relay_service.relay import Relay
-from relay_service.scheduler import build_scheduler
+from relay_service.scheduler import build_scheduler, relay_jobs
 from shared import keys, wakeups
 from shared.db.models import OutboxMessage
 from shared.db.outbox import ClaimedMessage
@@ -112,7 +112,7 @@ async def test_polling_publishes_while_nobody_listens_including_rows_due_later(
         update={"broker_url": SecretStr(f"redis://127.0.0.1:{free_port()}/0")}
     )
     listener = wakeups.HintListener(nowhere, {wakeups.OUTBOX: lambda _: relay.wake()}, 0.5, "x")
-    scheduler = build_scheduler(relay, fast)
+    scheduler = build_scheduler(relay_jobs(fast, relay), leads=lambda: False)
     await create_tasks(sessionmaker, 2)
     # One row is only due in a moment: no hint will announce that.
     async with sessionmaker() as session, session.begin():

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +12,8 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
-from shared.host_lookup import new_resolver
+from shared import ssrf
+from shared.host_lookup import match_override, new_resolver
 from shared.settings import Settings
 
 MAX_TXT_CHARS = 1024
@@ -39,20 +39,6 @@ class Resolution:
 
 def _normalise(name: str) -> str:
     return name.strip().lower().rstrip(".")
-
-
-def match_override(name: str, overrides: Mapping[str, str]) -> str | None:
-    """The address of the longest override key that is `name` or a parent domain of it."""
-    target = _normalise(name)
-    matches = [
-        (len(wanted), key)
-        for key in overrides
-        if (wanted := _normalise(key)) and (target == wanted or target.endswith("." + wanted))
-    ]
-    if not matches:
-        return None
-    _length, key = max(matches)
-    return overrides[key].strip()
 
 
 def from_address(address: str) -> Resolution:
@@ -128,11 +114,7 @@ async def _query_dns(name: str, settings: Settings, lifetime_s: float) -> Resolu
 
 def _local_answer(host: str, settings: Settings) -> Resolution | None:
     """The resolution of an IP literal or an overridden name, which never reach DNS."""
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        pass
-    else:
+    if ssrf.is_ip(host.strip("[]")):
         return from_address(host)
     override = match_override(host, settings.resolver_overrides)
     return from_address(override) if override is not None else None

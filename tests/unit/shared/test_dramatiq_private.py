@@ -98,3 +98,20 @@ def test_no_other_module_touches_dramatiqs_private_names() -> None:
             text = path.read_text()
             offenders += [f"{path.relative_to(root)}: {name}" for name in private if name in text]
     assert not offenders
+
+
+def test_the_script_arguments_are_those_the_broker_passes_its_dispatch_script() -> None:
+    broker = RedisBroker(client=redis.Redis())  # type: ignore[no-untyped-call]
+    passed: list[list[object]] = []
+    broker.scripts["dispatch"] = lambda keys, args: passed.append(args)
+    broker.scripts["maxstack"] = lambda: 8000  # what Redis would answer, without a Redis
+    broker.maintenance_chance = 0
+    broker._dispatch("ack")("scans", "message-id")  # type: ignore[no-untyped-call]
+    [args] = passed
+    built = dramatiq_private.script_args(broker, "ack", "scans", ("message-id",), now_ms=args[1])
+    assert built == args
+    # The leader's maintenance run differs only where it says so.
+    forced = dramatiq_private.script_args(
+        broker, "requeue", "scans", heartbeat_timeout_ms=5, do_maintenance=True, now_ms=args[1]
+    )
+    assert forced == ["requeue", args[1], "scans", args[3], 5, args[5], 1, args[7]]

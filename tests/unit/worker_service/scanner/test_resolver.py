@@ -56,32 +56,6 @@ def fake_dns(monkeypatch: pytest.MonkeyPatch) -> type[FakeResolver]:
     return FakeResolver
 
 
-@pytest.mark.parametrize(
-    ("name", "address"),
-    [
-        ("example.com", "192.0.2.1"),
-        ("www.example.com", "192.0.2.1"),
-        ("a.b.example.com", "192.0.2.1"),
-        ("deep.example.com", "2001:db8::7"),
-        ("x.deep.example.com", "2001:db8::7"),
-        ("WWW.Example.COM.", "192.0.2.1"),
-    ],
-)
-def test_override_matches_the_name_and_its_subdomains_longest_key_first(
-    name: str, address: str
-) -> None:
-    assert resolver.match_override(name, OVERRIDES) == address
-
-
-@pytest.mark.parametrize("name", ["notexample.com", "example.co", "com", "example.com.evil.net"])
-def test_override_does_not_match_other_names(name: str) -> None:
-    assert resolver.match_override(name, OVERRIDES) is None
-
-
-def test_override_keys_are_compared_case_and_dot_insensitively() -> None:
-    assert resolver.match_override("a.example.com", {"Example.COM.": "192.0.2.9"}) == "192.0.2.9"
-
-
 @pytest.mark.usefixtures("no_dns")
 async def test_overridden_ipv4_name_answers_a_without_dns() -> None:
     settings = Settings(resolver_overrides=OVERRIDES)
