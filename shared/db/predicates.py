@@ -3,9 +3,8 @@ written once, as SQL over
 the columns of `tasks` (unqualified: use them where `tasks` is the only table in scope) and
 built from `TaskStatus`, so no status is spelt as a string literal in a statement.
 
-They are SQL text rather than Core expressions because both kinds of module use them:
-`claims` wraps them in `text()` inside its Core statements, `recovery` and `outbox`
-interpolate them into theirs.
+They are SQL text, interpolated into the `text()` statements of `claims`, `completions`,
+`leases`, `recovery` and `outbox`.
 """
 
 from __future__ import annotations
