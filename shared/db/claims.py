@@ -136,7 +136,7 @@ def _claim_sql(row_lock: str) -> TextClause:
         ), live AS (
             SELECT target_domain AS live_domain, count(*) AS scans
             FROM tasks
-            WHERE status = {predicates.RUNNING} AND lease_expires_at >= now()
+            WHERE {predicates.LEASE_LIVE}
                   AND target_domain IN (SELECT wanted_domain FROM wanted)
             GROUP BY target_domain
         )
@@ -195,8 +195,7 @@ async def claim_tasks(
 _LIVE_SCANS = text(
     f"""
     SELECT count(*) FROM tasks
-    WHERE target_domain = :domain AND status = {predicates.RUNNING}
-          AND lease_expires_at >= now() AND id != :task_id
+    WHERE target_domain = :domain AND {predicates.LEASE_LIVE} AND id != :task_id
     """
 )
 

@@ -30,6 +30,9 @@ WAITING = f"status IN ({sql(TaskStatus.PENDING, TaskStatus.QUEUED)})"
 # Not yet succeeded, failed or cancelled.
 NOT_ENDED = f"status IN ({sql(*(s for s in TaskStatus if s not in TERMINAL_STATUSES))})"
 
+# Running under a live lease: a scan politeness counts against its target.
+LEASE_LIVE = f"status = {RUNNING} AND lease_expires_at >= now()"
+
 # Running under a lease that has expired: its worker died or stalled.
 LEASE_EXPIRED = f"status = {RUNNING} AND lease_expires_at < now()"
 

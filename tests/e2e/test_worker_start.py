@@ -24,7 +24,8 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 @pytest.fixture
 def stack(servers: EmbeddedUrls, tmp_path: Path) -> Iterator[Stack]:
     stack = new_stack(servers.database_url, servers.redis_url, site_port=9, log_dir=tmp_path)
-    stack.env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")
+    # As in a deployment that sets nothing: the worker makes (and removes) its metrics folder.
+    stack.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     try:
         yield stack
     finally:
