@@ -294,8 +294,8 @@ class Settings(BaseSettings):
     worker_claim_retry_s: float = Field(
         default=30.0,
         ge=0,
-        description="How long a claim keeps trying through a database outage before the message "
-        "is handed back (the leader then sends it again).",
+        description="How long a claim keeps trying through a database outage before its message "
+        "fails into the dead letters (the leader then sends the task again).",
     )
     target_lock_timeout_s: float = Field(
         default=2.0, gt=0, description="Longest wait for a target's claim lock; then a deferral."
