@@ -38,7 +38,6 @@ from shared.embedded import embedded_servers
 from shared.logging import configure_logging, get_logger
 from shared.settings import Settings
 from worker_service import lifecycle
-from worker_service.claimer import Claimer
 from worker_service.runtime import WorkerRuntime
 
 TASKS = 2000
@@ -166,7 +165,7 @@ async def _database_us(settings: Settings, count: int) -> dict[str, float]:
             await autocommit(session)
             assert len(await completions.finish_tasks(session, ends)) == len(ends)
 
-    claimer = Claimer(sessionmaker, runtime.settings, runtime.owner)
+    claimer = lifecycle.claimer_of(runtime)
 
     async def claim_batch(index: int) -> None:
         ids = task_ids[count + index * BATCH : count + (index + 1) * BATCH]

@@ -168,7 +168,7 @@ class MaintenanceJobs:
         except (SQLAlchemyError, OSError) as exc:
             log.warning("maintenance_failed", job="redispatch", error=type(exc).__name__)
             return
-        for reason in (maintenance_jobs.LEASE_EXPIRED, maintenance_jobs.UNLOCATED):
+        for reason in maintenance_jobs.OrphanReason:
             metrics.TASKS_REDISPATCHED.labels(reason=reason).inc(counts[reason])
         if any(counts.values()):
             log.info("tasks_redispatched", **counts)

@@ -4,8 +4,8 @@ scan-outbox relies on parts of Dramatiq that its documentation does not promise:
 broker's Lua `dispatch` script and the arguments `RedisBroker._dispatch` passes it (the relay's
 pipelined enqueue, the worker's batched acks, the leader's requeue of dead consumers), the
 broker's `client`, its Redis consumer class (`_RedisConsumer`, subclassed by the worker's
-waking consumer) and the worker's own bookkeeping (its consumer threads, work queue, prefetch
-and thread timeouts, driven by `AsyncWorker`). pyproject pins the series checked here;
+waking consumer) and the worker's own bookkeeping (its consumer threads, work queue and prefetch,
+driven by `AsyncWorker`). pyproject pins the series checked here;
 `SUPPORTED` is the one check, and tests/unit/test_dramatiq_private.py fails when the library
 changes under any of these.
 """
@@ -174,14 +174,3 @@ def set_prefetch(worker: Worker, queue_prefetch: int, delay_prefetch: int) -> No
     """How many messages the worker's consumers may hold fetched-but-unsettled."""
     worker.queue_prefetch = queue_prefetch
     worker.delay_prefetch = delay_prefetch
-
-
-def set_consumer_poll_ms(worker: Worker, poll_ms: int) -> None:
-    """The idle poll cap the consumer threads read once, when the worker creates them."""
-    worker.worker_timeout = poll_ms
-
-
-def set_worker_thread_timeout(worker: Worker, timeout_s: float) -> None:
-    """How often the worker's threads wake to check for shutdown (read on every turn)."""
-    for thread in worker.workers:
-        thread.timeout = timeout_s

@@ -7,6 +7,7 @@ at once: batches skip rows another session holds, and every change is conditiona
 
 from __future__ import annotations
 
+import enum
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -17,9 +18,16 @@ from shared.db.models import TaskStatus
 from shared.messages import scan_entry
 from shared.settings import Settings
 
-# Keys of the dict `redispatch_orphans` returns (and `reason` labels of the metric).
-LEASE_EXPIRED = "lease_expired"
-UNLOCATED = "unlocated"
+
+class OrphanReason(enum.StrEnum):
+    """Why `redispatch_orphans` sent a task again: the keys of the dict it returns and the
+    `reason` labels of the metric (the condition itself: `predicates.LEASE_EXPIRED`)."""
+
+    LEASE_EXPIRED = "lease_expired"
+    UNLOCATED = "unlocated"
+
+
+_EXPIRED_FAILED = f"{OrphanReason.LEASE_EXPIRED}_failed"
 
 
 async def send_again(session: AsyncSession, task_ids: Sequence[uuid.UUID], queue: str) -> None:
@@ -61,9 +69,9 @@ async def redispatch_orphans(
         async with sessionmaker() as session:
             orphans = await recovery.count_orphans(session, settings.queued_stale_s)
         return {
-            LEASE_EXPIRED: orphans.expired_leases - orphans.expired_out_of_attempts,
-            f"{LEASE_EXPIRED}_failed": orphans.expired_out_of_attempts,
-            UNLOCATED: orphans.unlocated,
+            OrphanReason.LEASE_EXPIRED: orphans.expired_leases - orphans.expired_out_of_attempts,
+            _EXPIRED_FAILED: orphans.expired_out_of_attempts,
+            OrphanReason.UNLOCATED: orphans.unlocated,
         }
 
     async def expired(session: AsyncSession) -> list[recovery.RedispatchedTask]:
@@ -75,9 +83,9 @@ async def redispatch_orphans(
     expired_sent, expired_failed = await _redispatch_batches(sessionmaker, settings, expired)
     unlocated_sent, _ = await _redispatch_batches(sessionmaker, settings, unlocated)
     return {
-        LEASE_EXPIRED: expired_sent,
-        f"{LEASE_EXPIRED}_failed": expired_failed,
-        UNLOCATED: unlocated_sent,
+        OrphanReason.LEASE_EXPIRED: expired_sent,
+        _EXPIRED_FAILED: expired_failed,
+        OrphanReason.UNLOCATED: unlocated_sent,
     }
 
 

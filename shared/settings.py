@@ -541,7 +541,8 @@ class Settings(BaseSettings):
         default=20,
         ge=1,
         le=60_000,
-        description="Longest sleep of an idle worker's consumer between polls of its Redis queue.",
+        description="Longest sleep of a worker's consumer between fetches: after its blocking "
+        "wait on the queue ended empty, and while the messages it holds fill its prefetch.",
     )
     worker_concurrency: int = Field(
         default=256,

@@ -10,15 +10,18 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared import safeguards
-from shared.db import tasks
+from shared.db import claims, completions, tasks
+from shared.db.completions import Completion
 from shared.db.engine import create_engine, create_sessionmaker
-from shared.db.models import OutboxMessage, Task
+from shared.db.models import OutboxMessage, Task, TaskStatus
 from shared.messages import scan_entry
 from shared.settings import Settings
 from tests.helpers import make_user
 from worker_service.runtime import Scanner, WorkerRuntime
 
 DEADLINE_S = 10.0
+# A live limit no test reaches: `claim_one` claims whatever else runs on the target.
+NO_LIVE_LIMIT = 1_000_000
 
 
 def worker_settings(settings: Settings, **overrides: Any) -> Settings:
@@ -86,6 +89,28 @@ async def committed_task(
     async with sessionmaker() as session, session.begin():
         await tasks.insert_task_with_message(session, task_id, new, scan_entry(task_id, "scans"))
     return task_id
+
+
+async def claim_one(
+    session: AsyncSession, task_id: uuid.UUID, owner: str, lease_s: float
+) -> uuid.UUID:
+    """The worker's claim of one task, whatever else runs on its target; its lease token."""
+    claimed = await claims.claim_tasks(session, [task_id], NO_LIVE_LIMIT, owner, lease_s)
+    assert task_id in claimed, "the task was not claimable"
+    return claimed[task_id][1]
+
+
+async def finish_one(
+    session: AsyncSession,
+    task_id: uuid.UUID,
+    lease_token: uuid.UUID,
+    status: TaskStatus,
+    result: dict[str, Any] | None,
+    error: str | None,
+) -> bool:
+    """The worker's final write of one run: True if `lease_token` still held the lease."""
+    end = Completion(task_id, lease_token, status, result, error)
+    return task_id in await completions.finish_tasks(session, [end])
 
 
 async def load(sessionmaker: async_sessionmaker[AsyncSession], task_id: uuid.UUID) -> Task:

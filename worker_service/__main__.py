@@ -1,9 +1,10 @@
 """`python -m worker_service [--concurrency N] [--prefetch N] [dramatiq options]`: the worker.
 
-It wraps Dramatiq's own command line to add what `dramatiq worker_service.actors` lacks:
-scans as coroutines, `--concurrency` of them per process (SCAN_WORKER_CONCURRENCY) with
-`--prefetch` more fetched (SCAN_WORKER_PREFETCH) instead of a thread per scan; JSON logs from
-the main process too (Dramatiq's are plain text otherwise); and the workers' metrics served on
+The one way to start the worker (`dramatiq worker_service.actors` refuses: see
+`async_worker.AsyncWorkerOnly`). It wraps Dramatiq's own command line: scans as coroutines,
+`--concurrency` of them per process (SCAN_WORKER_CONCURRENCY) with `--prefetch` more fetched
+(SCAN_WORKER_PREFETCH) instead of a thread per scan; JSON logs from the main process too
+(Dramatiq's are plain text otherwise); and the workers' metrics served on
 SCAN_WORKER_METRICS_PORT (0 disables it).
 """
 
@@ -60,7 +61,7 @@ def main() -> int:
     # Dramatiq re-executes sys.argv to reload on SIGHUP: make that this same command.
     sys.argv = [sys.executable, "-m", "worker_service", *sys.argv[1:]]
     # Dramatiq's CLI builds each worker process's Worker from this name (workers are forked).
-    cli.Worker = async_worker.configured(settings.worker_concurrency, settings.worker_prefetch)  # type: ignore[attr-defined]
+    cli.Worker = async_worker.configured(settings)  # type: ignore[attr-defined]
     try:
         # Refused here, once and plainly, rather than as a failed message per task.
         runtime.load_scanner(settings.scanner)

@@ -1,4 +1,5 @@
-"""Dramatiq actors, thin: decode the message, run the task (`dramatiq worker_service.actors`)."""
+"""Dramatiq actors, thin: decode the message, run the task (`lifecycle.run_task`: claim, scan,
+finish). Started by `python -m worker_service` only (see `async_worker.AsyncWorkerOnly`)."""
 
 from __future__ import annotations
 

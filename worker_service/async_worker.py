@@ -10,6 +10,12 @@ stay: a message is acked only after its run, a failed one goes to the dead lette
 one is redelivered. The actor's `time_limit` is enforced with `asyncio.timeout` (Dramatiq's
 TimeLimit middleware interrupts threads, and one thread here carries every scan).
 
+An idle consumer blocks on its queue (`worker_service.wakeup`), so a new message is fetched one
+round trip after it is queued. Dramatiq's consumer still sleeps between turns when a blocking
+wait ended empty, and while the messages it holds fill its prefetch (waiting for runs to end):
+`worker_timeout` caps that sleep, and `configured` sets it from `SCAN_WORKER_IDLE_POLL_MS`
+(Dramatiq's 1000 ms would leave a full worker's freed slots empty for up to a second).
+
 Graceful stop: no new message starts or is fetched; running ones get the shutdown timeout less
 `HAND_BACK_RESERVE_S`; any still running then are cancelled and handed back to the queue,
 as are fetched messages that never started.
@@ -21,6 +27,7 @@ import asyncio
 import contextvars
 import inspect
 import queue
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -29,11 +36,12 @@ from typing import Any
 from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.errors import BrokerConnectionError
-from dramatiq.middleware import ShutdownNotifications, SkipMessage, TimeLimit
+from dramatiq.middleware import Middleware, ShutdownNotifications, SkipMessage, TimeLimit
 from dramatiq.worker import DELAY_QUEUE_PREFETCH, WORKER_TIMEOUT, Worker
 from redis import exceptions as redis_errors
 
 from shared import dramatiq_private, gc_pauses
+from shared.settings import Settings
 from worker_service import acks
 
 # Middleware that raises into worker threads: here one thread carries every scan.
@@ -53,6 +61,10 @@ ACK_RETRY_S = 1.0
 # Longest wait for a consumer thread to finish its turn at a stop: its blocking wait on an empty
 # queue lasts at most a second (worker_service.wakeup).
 CONSUMER_STOP_S = 2.0
+# Said by a worker process that refuses to start (`AsyncWorkerOnly`), and its exit status
+# (Dramatiq's own for a bad command line).
+START_COMMAND = "python -m worker_service"
+REFUSED_EXIT = 2
 # Delayed messages (a producer's `delay=`) a process holds until their eta: what Dramatiq's own
 # worker holds with its default 8 threads (they wait in memory, not in a scan slot).
 DELAY_PREFETCH = 8000
@@ -308,8 +320,31 @@ class AsyncWorker(Worker):
             task.cancel()
 
 
-def configured(concurrency: int, prefetch: int) -> type[AsyncWorker]:
-    """An AsyncWorker class that Dramatiq's CLI builds the way it builds its own worker."""
+class AsyncWorkerOnly(Middleware):
+    """Stops a worker process before it boots unless its worker is an `AsyncWorker`.
+
+    The scan actor is a coroutine that relies on this worker: its `time_limit` is enforced by
+    `asyncio.timeout` in `_run`, and `current_message()` is known only there. Dramatiq's own
+    worker (`dramatiq worker_service.actors`) would run every scan on its few threads with
+    neither, so the process says which command starts the worker and exits.
+    """
+
+    def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
+        if isinstance(worker, AsyncWorker):
+            return
+        print(
+            f"Error: start the worker with `{START_COMMAND}` (or `scanctl worker`): Dramatiq's "
+            f"own worker ({type(worker).__name__}) cannot run scan-outbox's actors",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(REFUSED_EXIT)
+
+
+def configured(settings: Settings) -> type[AsyncWorker]:
+    """An AsyncWorker class that Dramatiq's CLI builds the way it builds its own worker:
+    `worker_concurrency` runs, `worker_prefetch` more fetched, and `worker_idle_poll_ms` as
+    its consumers' idle sleep cap."""
 
     class ConfiguredWorker(AsyncWorker):
         def __init__(
@@ -320,13 +355,14 @@ def configured(concurrency: int, prefetch: int) -> type[AsyncWorker]:
             worker_timeout: int = WORKER_TIMEOUT,
             worker_threads: int = 0,
         ) -> None:
-            # `worker_threads` comes from Dramatiq's --threads, which the CLI refuses.
+            # `worker_threads` comes from Dramatiq's --threads, which the CLI refuses; its
+            # `worker_timeout` (the `dramatiq_worker_timeout` variable) gives way to the setting.
             super().__init__(
                 broker,
                 queues=queues,
-                worker_timeout=worker_timeout,
-                concurrency=concurrency,
-                prefetch=prefetch,
+                worker_timeout=settings.worker_idle_poll_ms,
+                concurrency=settings.worker_concurrency,
+                prefetch=settings.worker_prefetch,
             )
 
         def start(self) -> None:

@@ -12,8 +12,8 @@ from dramatiq.middleware import AsyncIO, CurrentMessage
 
 from shared import keys, redis_clients
 from shared.settings import get_settings
+from worker_service.async_worker import AsyncWorkerOnly
 from worker_service.heartbeat import Heartbeat
-from worker_service.idle_poll import IdlePollCap
 from worker_service.progress import Progress
 from worker_service.wakeup import WakingRedisBroker
 
@@ -27,9 +27,10 @@ def install_broker() -> RedisBroker:
     # dashboard) which host and process a worker is. Set before the first command.
     nonce = uuid.uuid4().hex[:8]
     broker.broker_id = keys.worker_broker_id(socket.gethostname(), os.getpid(), nonce)
+    # First, so that a worker it refuses boots nothing of the rest.
+    broker.add_middleware(AsyncWorkerOnly(), before=type(broker.middleware[0]))
     broker.add_middleware(AsyncIO())
     broker.add_middleware(CurrentMessage())
-    broker.add_middleware(IdlePollCap(settings.worker_idle_poll_ms))
     broker.add_middleware(Heartbeat(settings.broker_heartbeat_timeout_s))
     broker.add_middleware(Progress(broker.turns))
     dramatiq.set_broker(broker)

@@ -1,5 +1,10 @@
 """Verify, claim, scan, finish: a task's life on a worker, every write fenced by the lease token.
 
+The claim is one statement for 1..N tasks (`shared.db.claims.claim_tasks`, under the targets'
+locks: `claim_under_locks`). Runs that start together claim in one transaction
+(`claim_batch`, coalesced by `Claimer`); a task a batch left alone is claimed on its own by the
+same statement, and if that claims nothing either, `_claim` finds out why and acts on it.
+
 Problems of the target are findings in a successful result. An infrastructure error during the
 run (a worker-side timeout, the database or network failing under us) sends the task round the
 outbox again with exponential backoff until its attempts are used up; a scan that crashes for
@@ -20,7 +25,8 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared import backoff, metrics
-from shared.db import claims, outage, tasks
+from shared.db import claims, completions, outage, tasks
+from shared.db.claims import Claim
 from shared.db.completions import Completion
 from shared.db.engine import single_statement
 from shared.db.models import TaskStatus
@@ -28,7 +34,7 @@ from shared.logging import get_logger
 from shared.messages import scan_entry
 from shared.settings import Settings
 from worker_service import existence
-from worker_service.claimer import Claim, Claimer
+from worker_service.claimer import Claimer
 from worker_service.completer import Completer
 from worker_service.lease import HeldLease, LeaseKeeper, LeaseLost
 from worker_service.runtime import WorkerRuntime
@@ -96,9 +102,30 @@ async def run_task(
     return outcome
 
 
+async def claim_under_locks(
+    runtime: WorkerRuntime,
+    session: AsyncSession,
+    task_ids: list[uuid.UUID],
+    *,
+    wait: bool = False,
+) -> dict[uuid.UUID, Claim]:
+    """The claim: lock the tasks' targets, then claim what politeness allows (caller commits).
+    A lock held longer than `target_lock_timeout_s` raises (`claims.is_lock_timeout`)."""
+    settings = runtime.settings
+    await claims.lock_targets(session, task_ids, settings.target_lock_timeout_s)
+    limit, lease_s = settings.per_target_concurrency, settings.worker_lease_s
+    return await claims.claim_tasks(session, task_ids, limit, runtime.owner, lease_s, wait=wait)
+
+
+async def claim_batch(runtime: WorkerRuntime, task_ids: list[uuid.UUID]) -> dict[uuid.UUID, Claim]:
+    """The claims of runs that started together, committed in one transaction of their own."""
+    async with runtime.sessionmaker() as session, session.begin():
+        return await claim_under_locks(runtime, session, task_ids)
+
+
 async def _verify_and_claim(
     runtime: WorkerRuntime, task_id: uuid.UUID, request_id: str | None
-) -> tuple[claims.ClaimedTask, uuid.UUID] | Outcome:
+) -> Claim | Outcome:
     """Verify and claim, tried again from the start with backoff while the database is out,
     for up to `worker_claim_retry_s`. A longer outage raises: Dramatiq moves the message to
     its dead letters, and the relay leader, which checks that every queued task's message is
@@ -138,7 +165,7 @@ async def _verify_and_claim(
 
 async def _verify_and_claim_once(
     runtime: WorkerRuntime, task_id: uuid.UUID, request_id: str | None
-) -> tuple[claims.ClaimedTask, uuid.UUID] | Outcome:
+) -> Claim | Outcome:
     """The existence check's look and the claim in one transaction on one connection."""
     async with runtime.sessionmaker() as session:
         sighting = await existence.verify_task(runtime, session, task_id)
@@ -155,17 +182,16 @@ async def _claim(
     task_id: uuid.UUID,
     sighting: claims.TaskSighting,
     request_id: str | None,
-) -> tuple[claims.ClaimedTask, uuid.UUID] | Outcome:
-    """Politeness check under the target's advisory lock, then the claim (caller commits)."""
+) -> Claim | Outcome:
+    """The claim for this one task, waiting for its row; if it claims nothing, why: a busy
+    target defers the task, no attempt left fails it (caller commits)."""
     if not sighting.claimable:
         log.info("task_not_claimable", task_id=str(task_id))
         return Outcome.SKIPPED
     settings = runtime.settings
-    domain = sighting.target_domain
-    lease = claims.LeaseClaim(runtime.owner, uuid.uuid4(), settings.worker_lease_s)
-    # Held to commit: a concurrent claim on the same domain counts after ours is visible.
     try:
-        await claims.lock_target(session, domain, settings.target_lock_timeout_s)
+        # The target's lock is held to commit: a later claim of it counts ours.
+        claimed = await claim_under_locks(runtime, session, [task_id], wait=True)
     except DBAPIError as exc:
         if not claims.is_lock_timeout(exc):
             raise
@@ -173,18 +199,18 @@ async def _claim(
         # in the outbox instead of blocking this worker, in a transaction of its own.
         await session.rollback()
         return await _defer(session, settings, task_id, request_id, "lock_timeout")
-    limit = settings.per_target_concurrency
-    task = await claims.claim_polite_task(session, task_id, domain, limit, lease)
-    if task is not None:
-        return task, lease.lease_token
-    # The common case took one statement; now find out why it claimed nothing.
-    live = await claims.count_live_scans(session, domain, task_id)
-    if live >= limit:
+    if task_id in claimed:
+        return claimed[task_id]
+    live = await claims.count_live_scans(session, sighting.target_domain, task_id)
+    if live >= settings.per_target_concurrency:
         log.info("task_target_busy", task_id=str(task_id), live_scans=live)
         return await _defer(session, settings, task_id, request_id, "politeness")
-    task = await claims.claim_task(session, task_id, lease.owner, lease.lease_token, lease.lease_s)
-    if task is not None:
-        return task, lease.lease_token
+    # Not busy now: a scan of the target ended since the claim looked. Under the target's
+    # lock nobody else can claim it meanwhile, so this second look is the last.
+    limit, lease_s = settings.per_target_concurrency, settings.worker_lease_s
+    claimed = await claims.claim_tasks(session, [task_id], limit, runtime.owner, lease_s, wait=True)
+    if task_id in claimed:
+        return claimed[task_id]
     if await claims.fail_exhausted_task(session, task_id):
         log.warning("task_attempts_exhausted", task_id=str(task_id))
         return Outcome.FAILED
@@ -310,7 +336,11 @@ async def _finish(
 def claimer_of(runtime: WorkerRuntime) -> Claimer:
     """The runtime's claimer, made on first use (inside the worker's event loop)."""
     if runtime.claimer is None:
-        runtime.claimer = Claimer(runtime.sessionmaker, runtime.settings, runtime.owner)
+
+        async def claim(task_ids: list[uuid.UUID]) -> dict[uuid.UUID, Claim]:
+            return await claim_batch(runtime, task_ids)
+
+        runtime.claimer = Claimer(claim, runtime.settings.worker_claim_batch)
     return runtime.claimer
 
 
@@ -340,9 +370,7 @@ def completer_of(runtime: WorkerRuntime) -> Completer:
 
 
 async def _finish_one(session: AsyncSession, end: Completion) -> bool:
-    return await claims.finish_task(
-        session, end.task_id, end.lease_token, end.status, end.result, end.error
-    )
+    return end.task_id in await completions.finish_tasks(session, [end])
 
 
 async def _write(runtime: WorkerRuntime, write: Callable[[AsyncSession], Awaitable[T]]) -> T:

@@ -1,56 +1,29 @@
-"""The worker's statements on a task: see it, lock its target, claim it under a lease,
-finish, defer or requeue it (renewals: `leases`). Every write after the claim is fenced by the
-lease token. None of them commits.
+"""The worker's statements on a task: see it, lock its target, claim 1..N tasks under leases
+of their own, fail one out of attempts, defer or requeue one (its end: `completions`; lease
+renewals: `leases`). Every write after the claim is fenced by the lease token. None of them
+commits.
 
-Idiom: Core statements on the table, built once at import: the ORM's bulk-update bookkeeping
-and rebuilding each statement per call were most of their CPU cost. Two kinds of statement
-are `text()` instead, where PostgreSQL-specific SQL reads clearer: the target lock
-(`set_config` and an advisory lock in one round trip) and the two that write an outbox row
-with the state change (data-modifying CTEs). Bind names differ from column names: an UPDATE
-reserves those for its SET clause.
+Idiom: `text()` statements built once at import, statuses and shared conditions from
+`predicates`. The claim is one statement for any number of tasks (`claim_tasks`): the
+worker's batches and its single claim both run it, so the columns a claim sets are written
+in one place.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import (
-    BindParameter,
-    Boolean,
-    ColumnElement,
-    Float,
-    Table,
-    TextClause,
-    and_,
-    bindparam,
-    func,
-    literal,
-    literal_column,
-    or_,
-    select,
-    text,
-    update,
-)
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy import BindParameter, Float, TextClause, bindparam, text
+from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared import keys
 from shared.db import outbox, predicates
-from shared.db.models import Task, TaskStatus
 from shared.messages import OutboxEntry
-
-_TASKS = cast(Table, Task.__table__)
-_tasks = _TASKS.c
-_RUNNING = TaskStatus.RUNNING.value
-# See predicates.CLAIMABLE; as a Core condition on the one table in scope.
-_CLAIMABLE = literal_column(predicates.CLAIMABLE, Boolean)
-
-
-def _seconds(value_s: float | BindParameter[float]) -> ColumnElement[Any]:
-    return func.make_interval(0, 0, 0, 0, 0, 0, value_s)
 
 
 @dataclass(frozen=True)
@@ -62,7 +35,7 @@ class TaskSighting:
     claimable: bool
 
 
-_FIND_TASK = select(_tasks.target_domain, _CLAIMABLE).where(_tasks.id == bindparam("task_id"))
+_FIND_TASK = text(f"SELECT target_domain, {predicates.CLAIMABLE} FROM tasks WHERE id = :task_id")
 
 
 async def find_task(session: AsyncSession, task_id: uuid.UUID) -> TaskSighting | None:
@@ -71,26 +44,40 @@ async def find_task(session: AsyncSession, task_id: uuid.UUID) -> TaskSighting |
     return TaskSighting(row[0], bool(row[1])) if row is not None else None
 
 
-# The lock timeout is set in a subquery so that it applies before the lock is asked for, in
-# one round trip; it lasts to the end of the transaction (`is_local`).
-_LOCK_TARGET_SQL = text(
+# The lock timeout is set first (LATERAL runs the locks after it) and lasts to the end of the
+# transaction (`is_local`), so it also bounds a claim's wait for a row. The targets' keys are
+# locked in ascending order (`count` consumes the ordered subquery row by row), so claims never
+# wait on each other's target locks in a cycle.
+_LOCK_TARGETS = text(
     """
-    SELECT pg_advisory_xact_lock(:lock_class, hashtext(:domain))
-    FROM (SELECT set_config('lock_timeout', :timeout_ms, true)) AS limited
+    SELECT locked.n
+    FROM (SELECT set_config('lock_timeout', :timeout_ms, true) AS timeout) AS limited
+    CROSS JOIN LATERAL (
+        SELECT count(pg_advisory_xact_lock(:lock_class, targets.key)) AS n
+        FROM (
+            SELECT DISTINCT hashtext(target_domain) AS key
+            FROM tasks
+            WHERE id = ANY(CAST(:ids AS uuid[])) AND limited.timeout IS NOT NULL
+            ORDER BY key
+        ) AS targets
+    ) AS locked
     """
 )
 
 
-async def lock_target(session: AsyncSession, domain: str, timeout_s: float) -> None:
-    """Serialise claims on one target domain until the transaction ends (politeness). Waiting
-    longer than `timeout_s` raises (SQLSTATE 55P03, see `is_lock_timeout`): a claim stalled
-    under the lock must not block every other claim of its target."""
+async def lock_targets(
+    session: AsyncSession, task_ids: Sequence[uuid.UUID], timeout_s: float
+) -> None:
+    """Serialise claims on the targets of every visible task of `task_ids` until the
+    transaction ends (politeness). Waiting longer than `timeout_s` for a lock raises
+    (SQLSTATE 55P03, see `is_lock_timeout`): a claim stalled under a target's lock must not
+    block every other claim of that target."""
     params = {
+        "ids": list(task_ids),
         "lock_class": keys.POLITENESS_LOCK_CLASS,
-        "domain": domain,
         "timeout_ms": str(int(timeout_s * 1000)),
     }
-    await session.execute(_LOCK_TARGET_SQL, params)
+    await session.execute(_LOCK_TARGETS, params)
 
 
 LOCK_NOT_AVAILABLE = "55P03"
@@ -100,35 +87,6 @@ def is_lock_timeout(exc: BaseException) -> bool:
     """True for a statement that gave up waiting for a lock (lock_timeout)."""
     orig = getattr(exc, "orig", None)
     return getattr(orig, "sqlstate", None) == LOCK_NOT_AVAILABLE
-
-
-# Running tasks of `:domain` whose lease is still live, `:task_id` excluded.
-_LIVE_SCANS = (
-    select(func.count())
-    .where(
-        _tasks.target_domain == bindparam("domain"),
-        _tasks.status == _RUNNING,
-        _tasks.lease_expires_at >= func.now(),
-        _tasks.id != bindparam("task_id"),
-    )
-    .scalar_subquery()
-)
-
-
-async def count_live_scans(session: AsyncSession, domain: str, other_than: uuid.UUID) -> int:
-    """Running tasks of `domain` whose lease is still live, this task excluded."""
-    stmt = select(_LIVE_SCANS)
-    params = {"domain": domain, "task_id": other_than}
-    return int((await session.execute(stmt, params)).scalar_one())
-
-
-@dataclass(frozen=True)
-class LeaseClaim:
-    """Who claims a task and for how long."""
-
-    owner: str
-    lease_token: uuid.UUID
-    lease_s: float
 
 
 @dataclass(frozen=True)
@@ -147,137 +105,116 @@ class ClaimedTask:
     may_call_back: bool = False
 
 
-_CLAIM = (
-    update(_TASKS)
-    .where(_tasks.id == bindparam("task_id"), _CLAIMABLE, _tasks.attempts < _tasks.max_attempts)
-    .values(
-        status=_RUNNING,
-        attempts=_tasks.attempts + 1,
-        lease_owner=bindparam("owner"),
-        lease_token=bindparam("new_token", type_=UUID(as_uuid=True)),
-        # From when the statement runs, not when its transaction began: time spent waiting
-        # for the target's lock must not shorten the lease.
-        lease_expires_at=func.clock_timestamp() + _seconds(bindparam("lease_s", type_=Float)),
-        started_at=func.now(),
-        updated_at=func.now(),
-        error=None,
-    )
-    .returning(
-        _tasks.id,
-        _tasks.target_domain,
-        _tasks.config,
-        _tasks.attempts,
-        _tasks.max_attempts,
-        _tasks.created_at,
-        _tasks.started_at,
-        _tasks.batch_id,
-        or_(_tasks.callback_url.is_not(None), _tasks.batch_id.is_not(None)),
-    )
-)
-_CLAIM_POLITE = _CLAIM.where(bindparam("live_limit") > _LIVE_SCANS)
+# A claimed task and the token of its lease, which fences every later write of the run.
+Claim = tuple[ClaimedTask, uuid.UUID]
 
 
-def _claim_params(task_id: uuid.UUID, claim: LeaseClaim) -> dict[str, Any]:
-    return {
-        "task_id": task_id,
-        "owner": claim.owner,
-        "new_token": claim.lease_token,
-        "lease_s": claim.lease_s,
-    }
+def _claim_sql(row_lock: str) -> TextClause:
+    """The claim, taking the rows of `locked` with `row_lock`.
+
+    Unqualified columns are those of `tasks AS t` (the CTEs name theirs apart). `locked`
+    holds every row it returns, tested again on its newest version, so the UPDATE need not
+    test claimability a second time. `live` counts the scans of each target still under a
+    live lease and `nth` this statement's own claims of it, so a target's claims together
+    stay within `:live_limit`. Run it under `lock_targets`, in a later statement (its
+    snapshot then sees every claim of those targets committed before ours). The lease runs
+    from `clock_timestamp()`, when the statement runs, not from the transaction's start: time
+    spent waiting for a lock must not shorten it.
+    """
+    return text(
+        f"""
+        WITH locked AS (
+            SELECT id, target_domain
+            FROM tasks
+            WHERE id = ANY(CAST(:ids AS uuid[])) AND {predicates.CLAIMABLE}
+                  AND attempts < max_attempts
+            {row_lock}
+        ), wanted AS (
+            SELECT id AS wanted_id, target_domain AS wanted_domain,
+                   row_number() OVER (PARTITION BY target_domain ORDER BY id) AS nth
+            FROM locked
+        ), live AS (
+            SELECT target_domain AS live_domain, count(*) AS scans
+            FROM tasks
+            WHERE {predicates.LEASE_LIVE}
+                  AND target_domain IN (SELECT wanted_domain FROM wanted)
+            GROUP BY target_domain
+        )
+        UPDATE tasks AS t
+        SET status = {predicates.RUNNING},
+            attempts = attempts + 1,
+            lease_owner = :owner,
+            lease_token = gen_random_uuid(),
+            lease_expires_at = clock_timestamp() + make_interval(secs => :lease_s),
+            started_at = now(),
+            updated_at = now(),
+            error = NULL
+        FROM wanted LEFT JOIN live ON live_domain = wanted_domain
+        WHERE id = wanted_id AND nth + coalesce(scans, 0) <= :live_limit
+        RETURNING id, target_domain, config, attempts, max_attempts, created_at, started_at,
+                  batch_id, callback_url IS NOT NULL OR batch_id IS NOT NULL, lease_token
+        """
+    ).bindparams(bindparam("lease_s", type_=Float))
 
 
-async def _claimed(session: AsyncSession, stmt: Any, params: dict[str, Any]) -> ClaimedTask | None:
-    row = (await session.execute(stmt, params)).first()
-    return ClaimedTask(*row) if row is not None else None
+# Many tasks: rows another transaction holds are skipped, never waited for. A relay marking a
+# batch `queued` holds several of them, and a claim waiting on the relay's rows while holding
+# some the relay wants next would deadlock it (resolved only after `deadlock_timeout`, 1 s).
+_CLAIM_SKIPPING = _claim_sql("FOR UPDATE SKIP LOCKED")
+# One task (`wait`): its row is waited for (within the lock timeout). A claim holding one row cannot
+# close a cycle, and a message that arrives while the relay still holds its task's row must
+# not be dropped for it.
+_CLAIM_WAITING = _claim_sql("FOR UPDATE")
 
 
-async def claim_task(
-    session: AsyncSession, task_id: uuid.UUID, owner: str, lease_token: uuid.UUID, lease_s: float
-) -> ClaimedTask | None:
-    """Claimable -> running with a fresh lease, counting an attempt; None if another claim or
-    state won, or the task has no attempt left (see `fail_exhausted_task`)."""
-    params = _claim_params(task_id, LeaseClaim(owner, lease_token, lease_s))
-    return await _claimed(session, _CLAIM, params)
-
-
-async def claim_polite_task(
+async def claim_tasks(
     session: AsyncSession,
-    task_id: uuid.UUID,
-    domain: str,
+    task_ids: Sequence[uuid.UUID],
     live_limit: int,
-    claim: LeaseClaim,
-) -> ClaimedTask | None:
-    """`claim_task` in the same statement as the politeness count: only while fewer than
-    `live_limit` other scans of `domain` hold a live lease. Run it under `lock_target`, in a
-    later statement than the lock (its snapshot then sees every claim committed before ours).
-    None says nothing about why: the caller counts and claims again the slow way."""
-    params = {**_claim_params(task_id, claim), "domain": domain, "live_limit": live_limit}
-    return await _claimed(session, _CLAIM_POLITE, params)
+    owner: str,
+    lease_s: float,
+    *,
+    wait: bool = False,
+) -> dict[uuid.UUID, Claim]:
+    """Claimable -> running for `owner`, for `lease_s`, counting an attempt: every task of
+    `task_ids` that has an attempt left and fits under its target's `live_limit`, each with a
+    lease token of its own, by id. Run it under `lock_targets`. A row another transaction
+    holds is skipped, or with `wait` (one task only) waited for. A task left alone (not
+    visible, not claimable, out of attempts, its target busy, its row skipped) is absent:
+    `count_live_scans` and `fail_exhausted_task` tell why."""
+    ids = list(dict.fromkeys(task_ids))
+    if wait and len(ids) > 1:
+        raise ValueError("a claim waits for the row of one task only")
+    stmt = _CLAIM_WAITING if wait else _CLAIM_SKIPPING
+    params = {"ids": ids, "owner": owner, "lease_s": lease_s, "live_limit": live_limit}
+    rows = await session.execute(stmt, params)
+    return {row[0]: (ClaimedTask(*row[:9]), row[9]) for row in rows}
 
 
-# Only the holder of the current lease, while the task is still running, may write.
-_HELD = and_(
-    _tasks.id == bindparam("task_id"),
-    _tasks.status == _RUNNING,
-    _tasks.lease_token == bindparam("held_token", type_=UUID(as_uuid=True)),
-)
-
-# What every end of a run writes besides its status: when, and no lease any more.
-_ENDED: dict[str, Any] = {
-    "finished_at": func.now(),
-    "updated_at": func.now(),
-    "lease_owner": None,
-    "lease_token": None,
-    "lease_expires_at": None,
-}
-
-_FINISH = (
-    update(_TASKS)
-    .where(_HELD)
-    .values(
-        status=bindparam("new_status"),
-        # none_as_null: no result is SQL NULL, not the JSON value null.
-        result=bindparam("new_result", type_=JSONB(none_as_null=True)),
-        error=bindparam("new_error"),
-        **_ENDED,
-    )
-    .returning(_tasks.id)
+# Running tasks of `:domain` whose lease is still live, `:task_id` excluded.
+_LIVE_SCANS = text(
+    f"""
+    SELECT count(*) FROM tasks
+    WHERE target_domain = :domain AND {predicates.LEASE_LIVE} AND id != :task_id
+    """
 )
 
 
-async def finish_task(
-    session: AsyncSession,
-    task_id: uuid.UUID,
-    lease_token: uuid.UUID,
-    status: TaskStatus,
-    result: dict[str, Any] | None,
-    error: str | None,
-) -> bool:
-    """running -> a terminal state, only for the holder of the current lease."""
-    params = {
-        "task_id": task_id,
-        "held_token": lease_token,
-        "new_status": status.value,
-        "new_result": result,
-        "new_error": error,
-    }
-    return (await session.execute(_FINISH, params)).first() is not None
+async def count_live_scans(session: AsyncSession, domain: str, other_than: uuid.UUID) -> int:
+    """Running tasks of `domain` whose lease is still live, this task excluded."""
+    params = {"domain": domain, "task_id": other_than}
+    return int((await session.execute(_LIVE_SCANS, params)).scalar_one())
 
 
-_FAIL_EXHAUSTED = (
-    update(_TASKS)
-    .where(_tasks.id == bindparam("task_id"), _CLAIMABLE, _tasks.attempts >= _tasks.max_attempts)
-    .values(
-        status=TaskStatus.FAILED.value,
-        error=func.concat(
-            "gave up after ",
-            _tasks.attempts,
-            " attempts",
-            func.coalesce(literal(": ").concat(_tasks.error), ""),
-        ),
-        **_ENDED,
-    )
-    .returning(_tasks.id)
+_FAIL_EXHAUSTED = text(
+    f"""
+    UPDATE tasks
+    SET status = {predicates.FAILED},
+        error = concat('gave up after ', attempts, ' attempts', ': ' || error),
+        finished_at = now(), updated_at = now(), {predicates.LEASE_CLEARED}
+    WHERE id = :task_id AND {predicates.CLAIMABLE} AND attempts >= max_attempts
+    RETURNING id
+    """
 )
 
 

@@ -1,10 +1,11 @@
-"""The final writes of many tasks in one statement, each fenced by its own lease token.
+"""A run's end, the final write of 1..N tasks in one statement, each fenced by its own lease
+token.
 
 A worker's runs end together by the dozen under load; writing each end on its own costs a
-statement and a connection checkout per task. Here one UPDATE ends them all, and a row changes
-only where its token is still the current lease of a running task, exactly as
-`claims.finish_task` does for one: a stale worker's entry in the batch changes nothing while
-the others land.
+statement and a connection checkout per task. One UPDATE ends them all, and a row changes only
+where its token is still the current lease of a running task: a stale worker's entry in the
+batch changes nothing while the others land. An end written alone is the same statement with
+one entry.
 
 Idiom: `text()` built once at import, over arrays of ids, tokens and outcomes.
 """
@@ -20,6 +21,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.db import predicates
 from shared.db.models import TaskStatus
 
 
@@ -37,24 +39,22 @@ class Completion:
     may_call_back: bool = False
 
 
-# text(): arrays unnested into rows join the tasks they end, which reads plainer than the
-# Core equivalent. The WHERE clause is the fence of `claims.finish_task`, row by row.
-# `result` travels as text (NULL stays SQL NULL, not the JSON value null).
-_FINISH_MANY = text(
-    """
+# Arrays unnested into rows join the tasks they end. Only the holder of the current lease, while
+# the task is still running, may write. `result` travels as text (NULL stays SQL NULL, not the
+# JSON value null).
+_FINISH_TASKS = text(
+    f"""
     UPDATE tasks AS t
     SET status = f.status,
         result = f.result::jsonb,
         error = f.error,
         finished_at = now(),
         updated_at = now(),
-        lease_owner = NULL,
-        lease_token = NULL,
-        lease_expires_at = NULL
+        {predicates.LEASE_CLEARED}
     FROM unnest(CAST(:ids AS uuid[]), CAST(:tokens AS uuid[]), CAST(:statuses AS text[]),
                 CAST(:results AS text[]), CAST(:errors AS text[]))
          AS f(id, token, status, result, error)
-    WHERE t.id = f.id AND t.status = 'running' AND t.lease_token = f.token
+    WHERE t.id = f.id AND t.status = {predicates.RUNNING} AND t.lease_token = f.token
     RETURNING t.id
     """
 )
@@ -76,5 +76,5 @@ async def finish_tasks(session: AsyncSession, completions: Sequence[Completion])
         "results": [None if c.result is None else json.dumps(c.result) for c in ordered],
         "errors": [c.error for c in ordered],
     }
-    rows = await session.execute(_FINISH_MANY, params)
+    rows = await session.execute(_FINISH_TASKS, params)
     return {row[0] for row in rows}

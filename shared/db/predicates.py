@@ -3,9 +3,8 @@ written once, as SQL over
 the columns of `tasks` (unqualified: use them where `tasks` is the only table in scope) and
 built from `TaskStatus`, so no status is spelt as a string literal in a statement.
 
-They are SQL text rather than Core expressions because both kinds of module use them:
-`claims` wraps them in `text()` inside its Core statements, `recovery` and `outbox`
-interpolate them into theirs.
+They are SQL text, interpolated into the `text()` statements of `claims`, `completions`,
+`leases`, `recovery` and `outbox`.
 
 Idiom: SQL fragments (strings) built once at import from `TaskStatus`.
 """
@@ -32,6 +31,9 @@ WAITING = f"status IN ({sql(TaskStatus.PENDING, TaskStatus.QUEUED)})"
 
 # Not yet succeeded, failed or cancelled.
 NOT_ENDED = f"status IN ({sql(*(s for s in TaskStatus if s not in TERMINAL_STATUSES))})"
+
+# Running under a live lease: a scan politeness counts against its target.
+LEASE_LIVE = f"status = {RUNNING} AND lease_expires_at >= now()"
 
 # Running under a lease that has expired: its worker died or stalled.
 LEASE_EXPIRED = f"status = {RUNNING} AND lease_expires_at < now()"

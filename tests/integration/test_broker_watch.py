@@ -20,11 +20,12 @@ from relay_service.publisher import DramatiqPublisher
 from relay_service.relay import Relay
 from relay_service.whereabouts import BrokerWatch
 from shared import dramatiq_private, keys
-from shared.db import claims, recovery
+from shared.db import recovery
 from shared.db.models import OutboxMessage, Task
 from shared.dramatiq_broker import create_broker
 from shared.settings import Settings
 from tests.relay_support import QUEUE, create_tasks
+from tests.workers import claim_one
 
 MESSAGES_KEY = keys.broker_messages_key(QUEUE)
 QUEUE_KEY = keys.broker_queue_key(QUEUE)
@@ -182,7 +183,7 @@ async def test_a_lost_epoch_sends_every_queued_task_again_without_charging_attem
     async with sessionmaker() as session, session.begin():
         # One had run before (a retry after an infrastructure error), one is running now.
         await session.execute(update(Task).where(Task.id == retried).values(attempts=1))
-        assert await claims.claim_task(session, running, "worker", uuid.uuid4(), 60) is not None
+        await claim_one(session, running, "worker", 60)
     watch = BrokerWatch(sessionmaker, broker, watch_settings)
     await watch.check()
     old_epoch = epoch_in(redis_client)
@@ -245,13 +246,13 @@ async def test_the_walk_sends_again_only_tasks_whose_message_is_gone(
     for task_id in (gone, raced):
         await lose_message(sessionmaker, redis_client, task_id)
     before = await facts(sessionmaker)
-    raced_token = uuid.uuid4()
+    raced_tokens: list[uuid.UUID] = []
     loop = asyncio.get_running_loop()
     real_missing = watch._missing
 
     async def claim_raced() -> None:
         async with sessionmaker() as session, session.begin():
-            assert await claims.claim_task(session, raced, "quick", raced_token, 60) is not None
+            raced_tokens.append(await claim_one(session, raced, "quick", 60))
 
     def missing_then_claimed(page: list[recovery.QueuedMessage]) -> list[recovery.QueuedMessage]:
         # A worker claims `raced` between the broker's answer and the re-dispatch.
@@ -269,7 +270,7 @@ async def test_the_walk_sends_again_only_tasks_whose_message_is_gone(
     assert after[raced] == TaskFacts("running", 1, 0, before[raced].queued_outbox_id, 1)
     async with sessionmaker() as session:
         token = (await session.execute(select(Task.lease_token).where(Task.id == raced))).scalar()
-    assert token == raced_token
+    assert [token] == raced_tokens
 
 
 async def test_a_task_younger_than_the_floor_is_checked_only_by_a_full_walk(

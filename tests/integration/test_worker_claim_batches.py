@@ -6,20 +6,33 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 
+import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from shared import safeguards
 from shared.db import claims
+from shared.db.claims import Claim
 from shared.db.models import TaskStatus
 from shared.settings import Settings
-from tests.workers import committed_task, load, worker_settings
-from worker_service.claimer import Claim, Claimer
+from tests.workers import GatedScanner, claim_one, committed_task, load, worker_settings
+from worker_service.claimer import Claimer
+from worker_service.lifecycle import claimer_of
+from worker_service.runtime import WorkerRuntime
 
 
-def claimer(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> Claimer:
+@pytest.fixture
+async def batcher(
+    settings: Settings, engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]
+) -> AsyncIterator[Claimer]:
+    """The claimer a worker process builds, claiming for `batch-worker`."""
     tuned = worker_settings(settings, per_target_concurrency=2, target_lock_timeout_s=0.3)
-    return Claimer(sessionmaker, tuned, owner="batch-worker")
+    redis = safeguards.create_redis(tuned)
+    runtime = WorkerRuntime(tuned, engine, sessionmaker, GatedScanner(), redis, "batch-worker")
+    yield claimer_of(runtime)
+    await redis.aclose()
 
 
 async def claim_together(batcher: Claimer, task_ids: list[uuid.UUID]) -> list[Claim | None]:
@@ -27,11 +40,11 @@ async def claim_together(batcher: Claimer, task_ids: list[uuid.UUID]) -> list[Cl
 
 
 async def test_claims_that_start_together_are_taken_in_one_transaction(
-    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+    batcher: Claimer, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     task_ids = [await committed_task(sessionmaker, f"t{index}.example") for index in range(12)]
 
-    answers = await claim_together(claimer(settings, sessionmaker), task_ids)
+    answers = await claim_together(batcher, task_ids)
 
     assert all(answer is not None for answer in answers)
     rows = [await load(sessionmaker, task_id) for task_id in task_ids]
@@ -53,15 +66,15 @@ async def test_claims_that_start_together_are_taken_in_one_transaction(
 
 
 async def test_a_batch_counts_its_own_claims_of_a_domain_against_the_limit(
-    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+    batcher: Claimer, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     live = await committed_task(sessionmaker, "busy.example")
     async with sessionmaker() as session, session.begin():
-        assert await claims.claim_task(session, live, "elsewhere", uuid.uuid4(), 30) is not None
+        await claim_one(session, live, "elsewhere", 30)
     busy = [await committed_task(sessionmaker, "busy.example") for _ in range(3)]
     calm = [await committed_task(sessionmaker, "calm.example") for _ in range(3)]
 
-    answers = await claim_together(claimer(settings, sessionmaker), busy + calm)
+    answers = await claim_together(batcher, busy + calm)
 
     # Limit 2: one live scan elsewhere leaves room for one of busy's; calm takes two of three.
     claimed = [answer is not None for answer in answers]
@@ -75,7 +88,7 @@ async def test_a_batch_counts_its_own_claims_of_a_domain_against_the_limit(
 
 
 async def test_what_a_batch_cannot_claim_is_left_to_the_single_claim(
-    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+    batcher: Claimer, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     unknown = uuid.uuid4()  # not committed (yet)
     exhausted = await committed_task(sessionmaker, "spent.example", max_attempts=1)
@@ -84,12 +97,10 @@ async def test_what_a_batch_cannot_claim_is_left_to_the_single_claim(
         await session.execute(
             text("UPDATE tasks SET attempts = 1 WHERE id = :id"), {"id": exhausted}
         )
-        assert await claims.claim_task(session, running, "other", uuid.uuid4(), 30) is not None
+        await claim_one(session, running, "other", 30)
     fresh = await committed_task(sessionmaker, "fresh.example")
 
-    answers = await claim_together(
-        claimer(settings, sessionmaker), [unknown, exhausted, running, fresh]
-    )
+    answers = await claim_together(batcher, [unknown, exhausted, running, fresh])
 
     assert [answer is None for answer in answers] == [True, True, True, False]
     assert (await load(sessionmaker, exhausted)).status == TaskStatus.PENDING
@@ -97,26 +108,26 @@ async def test_what_a_batch_cannot_claim_is_left_to_the_single_claim(
 
 
 async def test_a_message_met_twice_in_one_batch_is_claimed_once(
-    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+    batcher: Claimer, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     task_id = await committed_task(sessionmaker, "twice.example")
 
-    answers = await claim_together(claimer(settings, sessionmaker), [task_id, task_id])
+    answers = await claim_together(batcher, [task_id, task_id])
 
     assert sorted(answer is None for answer in answers) == [False, True]
     assert (await load(sessionmaker, task_id)).attempts == 1
 
 
 async def test_a_batch_that_waits_too_long_for_a_target_lock_claims_nothing(
-    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+    batcher: Claimer, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     stalled = await committed_task(sessionmaker, "stalled.example")
     other = await committed_task(sessionmaker, "other.example")
     async with sessionmaker() as holder, holder.begin():
         # A claim of the same target that stalls under its lock.
-        await claims.lock_target(holder, "stalled.example", 5)
+        await claims.lock_targets(holder, [stalled], 5)
 
-        answers = await claim_together(claimer(settings, sessionmaker), [other, stalled])
+        answers = await claim_together(batcher, [other, stalled])
 
     assert answers == [None, None]
     for task_id in (stalled, other):
@@ -124,7 +135,7 @@ async def test_a_batch_that_waits_too_long_for_a_target_lock_claims_nothing(
 
 
 async def test_a_batch_leaves_a_row_another_transaction_holds_without_waiting_for_it(
-    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+    batcher: Claimer, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     held = await committed_task(sessionmaker, "held.example")
     free = await committed_task(sessionmaker, "free.example")
@@ -133,7 +144,7 @@ async def test_a_batch_leaves_a_row_another_transaction_holds_without_waiting_fo
         await relay.execute(text("SELECT 1 FROM tasks WHERE id = :id FOR UPDATE"), {"id": held})
 
         # The holder is still open: a batch that waited for the row would never return.
-        batch = claim_together(claimer(settings, sessionmaker), [held, free])
+        batch = claim_together(batcher, [held, free])
         answers = await asyncio.wait_for(batch, 10)
 
     assert [answer is None for answer in answers] == [True, False]

@@ -19,7 +19,14 @@ from shared.db import claims, leases
 from shared.db.models import TaskStatus
 from shared.settings import Settings
 from tests.helpers import eventually
-from tests.workers import GatedScanner, committed_task, load, outbox_of, worker_settings
+from tests.workers import (
+    GatedScanner,
+    claim_one,
+    committed_task,
+    load,
+    outbox_of,
+    worker_settings,
+)
 from worker_service.lifecycle import Outcome, run_task
 from worker_service.runtime import WorkerRuntime
 
@@ -36,9 +43,8 @@ async def test_an_expired_lease_cannot_be_renewed_even_when_nobody_took_the_task
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> None:
     task_id = await committed_task(sessionmaker)
-    token = uuid.uuid4()
     async with sessionmaker() as session, session.begin():
-        assert await claims.claim_task(session, task_id, "stalled", token, 0.2) is not None
+        token = await claim_one(session, task_id, "stalled", 0.2)
     claimed = await load(sessionmaker, task_id)
     expires = claimed.lease_expires_at
     assert expires is not None
@@ -62,9 +68,8 @@ async def test_a_live_lease_is_renewed_by_its_holder(
 ) -> None:
     # The counterpart of the test above: the same renewal works while the lease lives.
     task_id = await committed_task(sessionmaker)
-    token = uuid.uuid4()
     async with sessionmaker() as session, session.begin():
-        assert await claims.claim_task(session, task_id, "alive", token, 30) is not None
+        token = await claim_one(session, task_id, "alive", 30)
     claimed = await load(sessionmaker, task_id)
     async with sessionmaker() as session, session.begin():
         assert await leases.renew_leases(session, {task_id: token}, 60) == set()
@@ -79,24 +84,23 @@ async def test_a_lease_claimed_after_waiting_for_the_target_lock_has_its_full_le
 ) -> None:
     task_id = await committed_task(sessionmaker)
     lease_s, held_s = 2.0, 1.0
-    claim = claims.LeaseClaim("patient", uuid.uuid4(), lease_s)
     async with sessionmaker() as holder, sessionmaker() as claimer:
         await holder.begin()
-        await claims.lock_target(holder, DOMAIN, 5)
+        await claims.lock_targets(holder, [task_id], 5)
         await claimer.begin()
         # The claim's transaction starts here, as the worker's does with its existence look.
         began = (await claimer.execute(select(func.now()))).scalar_one()
 
-        async def lock_then_claim() -> claims.ClaimedTask | None:
-            await claims.lock_target(claimer, DOMAIN, 5)
-            return await claims.claim_polite_task(claimer, task_id, DOMAIN, 2, claim)
+        async def lock_then_claim() -> dict[uuid.UUID, claims.Claim]:
+            await claims.lock_targets(claimer, [task_id], 5)
+            return await claims.claim_tasks(claimer, [task_id], 2, "patient", lease_s)
 
         claiming = asyncio.create_task(lock_then_claim())
         await asyncio.sleep(held_s)
         assert not claiming.done(), "the claim did not wait for the target lock"
         released = await database_clock(holder)
         await holder.commit()
-        assert await asyncio.wait_for(claiming, 10) is not None
+        assert task_id in await asyncio.wait_for(claiming, 10)
         await claimer.commit()
     expires = (await load(sessionmaker, task_id)).lease_expires_at
     assert expires is not None
@@ -129,7 +133,7 @@ async def test_a_claim_whose_target_lock_is_held_too_long_defers_the_task_instea
     async with sessionmaker() as holder:
         # Another claim of the same target stalled under the lock (its worker frozen, say).
         await holder.begin()
-        await claims.lock_target(holder, DOMAIN, 5)
+        await claims.lock_targets(holder, [task_id], 5)
         started = time.monotonic()
         outcome = await asyncio.wait_for(run_task(runtime, task_id), 10)
         waited_s = time.monotonic() - started

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 import redis
@@ -14,12 +14,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared import safeguards, wakeups
-from shared.db import claims, completions
+from shared.db import completions
 from shared.db.completions import Completion
 from shared.db.models import TaskStatus
 from shared.settings import Settings
 from tests.helpers import eventually, published
-from tests.workers import GatedScanner, committed_task, load, worker_settings
+from tests.workers import GatedScanner, claim_one, committed_task, load, worker_settings
 from worker_service import lifecycle
 from worker_service.completer import Completer
 from worker_service.lifecycle import Outcome, run_task
@@ -52,10 +52,8 @@ class Recorder:
 async def claimed(sessionmaker: async_sessionmaker[AsyncSession], domain: str) -> Completion:
     """A committed task claimed under a fresh token, and a successful end for it."""
     task_id = await committed_task(sessionmaker, domain)
-    token = uuid.uuid4()
     async with sessionmaker() as session, session.begin():
-        task = await claims.claim_task(session, task_id, "w", token, 30)
-    assert task is not None
+        token = await claim_one(session, task_id, "w", 30)
     return Completion(task_id, token, TaskStatus.SUCCEEDED, {"domain": domain}, None)
 
 
@@ -123,8 +121,13 @@ async def test_a_failed_batch_is_written_task_by_task_with_the_same_fence(
     ends = [await claimed(sessionmaker, f"f{index}.example.com") for index in range(3)]
     await take_over(sessionmaker, ends[0].task_id)
 
-    async def broken(session: AsyncSession, batch: object) -> set[uuid.UUID]:
-        raise RuntimeError("the batch statement failed")
+    real = completions.finish_tasks
+
+    async def broken(session: AsyncSession, batch: Sequence[Completion]) -> set[uuid.UUID]:
+        # The same statement serves a single end: only the batch of several fails.
+        if len(batch) > 1:
+            raise RuntimeError("the batch statement failed")
+        return await real(session, batch)
 
     monkeypatch.setattr(completions, "finish_tasks", broken)
     recorder = Recorder(runtime)

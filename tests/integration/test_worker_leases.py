@@ -13,11 +13,11 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared import safeguards
-from shared.db import claims, leases, tasks
+from shared.db import leases, tasks
 from shared.db.models import Task, TaskStatus
 from shared.settings import Settings
 from tests.helpers import eventually
-from tests.workers import GatedScanner, committed_task, load, worker_settings
+from tests.workers import GatedScanner, claim_one, committed_task, load, worker_settings
 from worker_service.lifecycle import Outcome, run_task
 from worker_service.runtime import WorkerRuntime
 
@@ -28,9 +28,8 @@ async def claimed(
     sessionmaker: async_sessionmaker[AsyncSession], domain: str, lease_s: float
 ) -> tuple[uuid.UUID, uuid.UUID]:
     task_id = await committed_task(sessionmaker, domain)
-    token = uuid.uuid4()
     async with sessionmaker() as session, session.begin():
-        assert await claims.claim_task(session, task_id, "w", token, lease_s) is not None
+        token = await claim_one(session, task_id, "w", lease_s)
     return task_id, token
 
 

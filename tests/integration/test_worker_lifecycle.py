@@ -13,14 +13,16 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared import safeguards
-from shared.db import claims, leases, tasks
+from shared.db import leases, tasks
 from shared.db.models import Task, TaskStatus
 from shared.messages import scan_entry
 from shared.settings import Settings
 from tests.helpers import eventually, make_user
 from tests.workers import (
     GatedScanner,
+    claim_one,
     committed_task,
+    finish_one,
     load,
     outbox_of,
     worker_settings,
@@ -107,11 +109,10 @@ async def test_finish_and_renewal_with_a_stale_lease_token_write_nothing(
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> None:
     task_id = await committed_task(sessionmaker)
-    current = uuid.uuid4()
     async with sessionmaker() as session, session.begin():
-        assert await claims.claim_task(session, task_id, "w1", current, 60) is not None
+        current = await claim_one(session, task_id, "w1", 60)
     async with sessionmaker() as session, session.begin():
-        stale = await claims.finish_task(
+        stale = await finish_one(
             session, task_id, uuid.uuid4(), TaskStatus.SUCCEEDED, {"stale": True}, None
         )
         lost = await leases.renew_leases(session, {task_id: uuid.uuid4()}, 60)
@@ -149,9 +150,8 @@ async def test_an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_off(
     runtime: WorkerRuntime, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     task_id = await committed_task(sessionmaker)
-    old = uuid.uuid4()
     async with sessionmaker() as session, session.begin():
-        assert await claims.claim_task(session, task_id, "stalled", old, 0.05) is not None
+        old = await claim_one(session, task_id, "stalled", 0.05)
 
     async def expired() -> bool:
         async with sessionmaker() as session:
@@ -162,7 +162,7 @@ async def test_an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_off(
     assert await run_task(runtime, task_id) == Outcome.SUCCEEDED
     async with sessionmaker() as session, session.begin():
         lost = await leases.renew_leases(session, {task_id: old}, 60)
-        overwritten = await claims.finish_task(
+        overwritten = await finish_one(
             session, task_id, old, TaskStatus.FAILED, {"late": True}, "late"
         )
     assert (lost, overwritten) == ({task_id}, False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -17,6 +16,7 @@ from shared.settings import Settings
 from tests.helpers import eventually
 from tests.workers import (
     GatedScanner,
+    claim_one,
     close_runtime,
     committed_task,
     load,
@@ -115,7 +115,7 @@ async def test_an_expired_lease_does_not_count_against_the_domain(
     stalled = [await committed_task(sessionmaker, "busy.example") for _ in range(2)]
     for task_id in stalled:
         async with sessionmaker() as session, session.begin():
-            await claims.claim_task(session, task_id, "stalled", uuid.uuid4(), 0.01)
+            await claim_one(session, task_id, "stalled", 0.01)
     fresh = await committed_task(sessionmaker, "busy.example")
 
     async def expired() -> bool:
