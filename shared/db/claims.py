@@ -294,7 +294,7 @@ def _redispatch_sql(task_update: str, *extra: BindParameter[Any]) -> TextClause:
     return text(
         f"""
         WITH changed AS ({task_update})
-        {outbox.insert_entry_sql("changed", due)}
+        {outbox.insert_entries_sql("changed", due)}
         RETURNING task_id
         """
     ).bindparams(
@@ -328,7 +328,7 @@ _REQUEUE_SQL = _redispatch_sql(
 
 
 def _entry_params(entry: OutboxEntry, delay_s: float) -> dict[str, Any]:
-    return {**outbox.entry_params(entry), "delay_s": delay_s}
+    return {**outbox.entries_params([entry]), "delay_s": delay_s}
 
 
 async def defer_task(
