@@ -98,7 +98,13 @@ async def get_task(session: AsyncSession, task_id: uuid.UUID) -> Task | None:
     return await session.get(Task, task_id)
 
 
-_USER_TASK = select(Task).where(Task.id == bindparam("task_id"), Task.user_id == bindparam("uid"))
+# Rows read afresh even into a session that holds the task already: a waiting request reads
+# the same task again and again on one session.
+_USER_TASK = (
+    select(Task)
+    .where(Task.id == bindparam("task_id"), Task.user_id == bindparam("uid"))
+    .execution_options(populate_existing=True)
+)
 
 
 async def get_user_task(session: AsyncSession, user_id: int, task_id: uuid.UUID) -> Task | None:
