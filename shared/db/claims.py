@@ -222,7 +222,9 @@ _HELD = and_(
     _tasks.lease_token == bindparam("held_token", type_=UUID(as_uuid=True)),
 )
 
-# What every end of a run writes besides its status: when, and no lease any more.
+# What every end of a run writes besides its status: when, and no lease any more. An end
+# fires the deliveries trigger `task_finished_callbacks` (docs/design.md "Completion
+# callbacks"): the task's callback rows are written in the same transaction.
 _ENDED: dict[str, Any] = {
     "finished_at": func.now(),
     "updated_at": func.now(),

@@ -37,7 +37,8 @@ class Completion:
 
 # text(): arrays unnested into rows join the tasks they end, which reads plainer than the
 # Core equivalent. The WHERE clause is the fence of `claims.finish_task`, row by row.
-# `result` travels as text (NULL stays SQL NULL, not the JSON value null).
+# `result` travels as text (NULL stays SQL NULL, not the JSON value null). Each end fires
+# the deliveries trigger `task_finished_callbacks` (docs/design.md "Completion callbacks").
 _FINISH_MANY = text(
     """
     UPDATE tasks AS t

@@ -308,6 +308,8 @@ async def release_backoff(session: Executor) -> int:
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
+# Failing the task fires the deliveries trigger `task_finished_callbacks` (revision 0005,
+# docs/design.md "Completion callbacks"): its callback rows are written in this transaction.
 _MARK_DEAD_SQL = text(
     f"""
     WITH dead AS (

@@ -172,6 +172,8 @@ async def retry_task(
     return (await session.execute(_RETRY_TASK, params)).scalar_one_or_none()
 
 
+# Ending a task fires the deliveries trigger `task_finished_callbacks` (revision 0005,
+# docs/design.md "Completion callbacks"): its callback rows are written in this transaction.
 _CANCELLED = (
     f"status = {predicates.CANCELLED}, finished_at = now(), updated_at = now(), "
     f"{predicates.LEASE_CLEARED}"
