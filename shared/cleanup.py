@@ -141,50 +141,41 @@ async def remove_locks_without_ttl(
     return {"locks_seen": seen, "locks_removed": removed}
 
 
+class _ExpiryStatements(Protocol):
+    """A pair of statements over one kind of idempotency key: count the expired, clear some."""
+
+    async def count_expired_idempotency_keys(
+        self, session: AsyncSession, older_than_s: float
+    ) -> int: ...
+
+    async def expire_idempotency_keys(
+        self, session: AsyncSession, older_than_s: float, limit: int
+    ) -> int: ...
+
+
 async def expire_idempotency_keys(
     sessionmaker: async_sessionmaker[AsyncSession],
     settings: Settings,
+    statements: _ExpiryStatements,
     *,
     dry_run: bool,
     progress: ProgressSink,
-) -> dict[str, int]:
-    """Clear idempotency keys older than `idempotency_retention_s`, one small batch per commit."""
+) -> int:
+    """Clear keys older than `idempotency_retention_s`, one small batch per commit; the count
+    cleared (or, with `dry_run`, due)."""
     retention_s = settings.idempotency_retention_s
     async with sessionmaker() as session:
-        due = await housekeeping.count_expired_idempotency_keys(session, retention_s)
+        due = await statements.count_expired_idempotency_keys(session, retention_s)
     if dry_run or not due:
-        return {"idempotency_keys_expired": due}
+        return due
     cleared = 0
     while True:
         async with sessionmaker() as session, session.begin():
-            count = await housekeeping.expire_idempotency_keys(
+            count = await statements.expire_idempotency_keys(
                 session, retention_s, IDEMPOTENCY_BATCH
             )
         if not count:
-            return {"idempotency_keys_expired": cleared}
-        cleared += count
-        progress.advance(count)
-
-
-async def expire_batch_idempotency_keys(
-    sessionmaker: async_sessionmaker[AsyncSession],
-    settings: Settings,
-    *,
-    dry_run: bool,
-    progress: ProgressSink,
-) -> dict[str, int]:
-    """The same for batches' idempotency keys."""
-    retention_s = settings.idempotency_retention_s
-    async with sessionmaker() as session:
-        due = await batches.count_expired_idempotency_keys(session, retention_s)
-    if dry_run or not due:
-        return {"batch_idempotency_keys_expired": due}
-    cleared = 0
-    while True:
-        async with sessionmaker() as session, session.begin():
-            count = await batches.expire_idempotency_keys(session, retention_s, IDEMPOTENCY_BATCH)
-        if not count:
-            return {"batch_idempotency_keys_expired": cleared}
+            return cleared
         cleared += count
         progress.advance(count)
 
@@ -233,10 +224,12 @@ async def full_cleanup(
         sessionmaker, settings, dry_run=dry_run
     )
     progress.step("expiring idempotency keys")
-    report.steps["idempotency"] = await expire_idempotency_keys(
-        sessionmaker, settings, dry_run=dry_run, progress=progress
-    )
-    report.steps["batch_idempotency"] = await expire_batch_idempotency_keys(
-        sessionmaker, settings, dry_run=dry_run, progress=progress
-    )
+    for step, counter, statements in (
+        ("idempotency", "idempotency_keys_expired", housekeeping),
+        ("batch_idempotency", "batch_idempotency_keys_expired", batches),
+    ):
+        expired = await expire_idempotency_keys(
+            sessionmaker, settings, statements, dry_run=dry_run, progress=progress
+        )
+        report.steps[step] = {counter: expired}
     return report

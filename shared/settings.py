@@ -27,83 +27,128 @@ class Settings(BaseSettings):
     database_url: SecretStr = Field(
         default=SecretStr("postgresql://postgres@127.0.0.1:5432/scan_outbox"),
         validation_alias=AliasChoices("DATABASE_URL", "SCAN_DATABASE_URL"),
+        description="PostgreSQL (`postgresql://…`; Unix sockets via `?host=/dir`).",
     )
     database_direct_url: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("DATABASE_DIRECT_URL", "SCAN_DATABASE_DIRECT_URL"),
-        description="A session connection to the same database, for what needs one: LISTEN, "
-        "the relay leader's advisory lock, migrations. Defaults to DATABASE_URL.",
+        description=(
+            "A session connection to the same database (direct, or a pooler in session "
+            "mode) for what lives in a server session: the relay leader's advisory lock "
+            "and `scanctl migrate` (DDL, its lock, `CONCURRENTLY`)."
+        ),
     )
     database_pool_mode: Literal["session", "transaction"] = Field(
         default="session",
         validation_alias=AliasChoices("DATABASE_POOL_MODE", "SCAN_DATABASE_POOL_MODE"),
-        description="`transaction`: DATABASE_URL is a transaction-pooling pooler (PgBouncer's "
-        "`pool_mode = transaction`).",
+        description=(
+            "`transaction` when `DATABASE_URL` is a transaction-pooling pooler (PgBouncer"
+            " `pool_mode = transaction`): no settings at connection start (the statement "
+            "and idle-in-transaction timeouts are set at the start of each transaction "
+            "instead), no statement cache, unique names for prepared statements."
+        ),
     )
     redis_url: SecretStr = Field(
         default=SecretStr("redis://127.0.0.1:6379/0"),
         validation_alias=AliasChoices("REDIS_URL", "SCAN_REDIS_URL"),
+        description="Redis of the safeguards (marker, locks, rate limit).",
     )
     broker_url: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("BROKER_URL", "SCAN_BROKER_URL"),
-        description="Redis URL of the Dramatiq broker; defaults to REDIS_URL.",
+        description="Redis of the Dramatiq broker.",
     )
     # Redis through Sentinel: the primary of `redis_sentinel_master` as the Sentinels say.
     redis_sentinels: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         validation_alias=AliasChoices("REDIS_SENTINELS", "SCAN_REDIS_SENTINELS"),
-        description="Sentinels as host:port,host:port; set, every Redis client finds the primary "
-        "through them, and REDIS_URL/BROKER_URL give only credentials, db and TLS.",
+        description="Redis Sentinels as `host:port,host:port` (port 26379 if left out).",
     )
     redis_sentinel_master: str = Field(
         default="mymaster",
         min_length=1,
         validation_alias=AliasChoices("REDIS_SENTINEL_MASTER", "SCAN_REDIS_SENTINEL_MASTER"),
-        description="The master set the Sentinels monitor (the Bitnami chart's default name).",
+        description="The master set the Sentinels monitor (`sentinel monitor <name> …`).",
     )
     redis_sentinel_password: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("REDIS_SENTINEL_PASSWORD", "SCAN_REDIS_SENTINEL_PASSWORD"),
-        description="The Sentinels' own password (requirepass in sentinel.conf), if any.",
+        description="The Sentinels' own password (`requirepass` in `sentinel.conf`).",
     )
-    log_level: str = "INFO"
-    log_json: bool | None = None
+    log_level: str = Field(default="INFO", description="Log level of every service.")
+    log_json: bool | None = Field(
+        default=None, description="`true`/`false` forces JSON lines or the human format."
+    )
 
     # Database pool.
-    db_pool_size: int = Field(default=10, ge=1)
-    db_max_overflow: int = Field(default=10, ge=0)
+    db_pool_size: int = Field(default=10, ge=1, description="SQLAlchemy pool per process.")
+    db_max_overflow: int = Field(
+        default=10, ge=0, description="Extra connections above the pool under bursts."
+    )
     db_pool_pre_ping: bool = Field(
         default=False,
-        description="Test each pooled connection before use (a round trip or three per checkout).",
+        description=(
+            "`true` tests each pooled connection before use (one to three extra round "
+            "trips per checkout)."
+        ),
     )
     # Limits on every database connection, so a frozen or vanished peer cannot hold locks:
     # the server ends a session idle in a transaction, a statement running too long, and
     # (keepalives) a connection whose client host is gone. 0 disables a limit.
-    db_statement_timeout_s: float = Field(default=30.0, ge=0)
+    db_statement_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="Server-side `statement_timeout` on every connection (0: off).",
+    )
     db_idle_in_transaction_timeout_s: float = Field(
         default=15.0,
         ge=0,
-        description="Ends a session idle inside a transaction (a frozen relay holding its batch).",
+        description=(
+            "Server-side `idle_in_transaction_session_timeout` (0: off): a relay frozen "
+            "in the middle of a batch loses its transaction and its row locks, and "
+            "another relay publishes them."
+        ),
     )
-    db_tcp_keepalives_idle_s: int = Field(default=30, ge=0)
-    db_tcp_keepalives_interval_s: int = Field(default=10, ge=0)
-    db_tcp_keepalives_count: int = Field(default=3, ge=0)
+    db_tcp_keepalives_idle_s: int = Field(
+        default=30,
+        ge=0,
+        description="Silence after which the server sends TCP keepalive probes on a connection.",
+    )
+    db_tcp_keepalives_interval_s: int = Field(
+        default=10, ge=0, description="Time between two TCP keepalive probes."
+    )
+    db_tcp_keepalives_count: int = Field(
+        default=3,
+        ge=0,
+        description="Unanswered TCP keepalive probes after which the server closes a connection.",
+    )
 
     # API.
-    api_host: str = "127.0.0.1"
-    api_port: int = Field(default=8000, ge=1, le=65535)
-    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
-    max_config_bytes: int = Field(default=16 * 1024, ge=16)
-    page_size_max: int = Field(default=100, ge=1)
+    api_host: str = Field(default="127.0.0.1", description="Where `scanctl api` listens.")
+    api_port: int = Field(
+        default=8000, ge=1, le=65535, description="The port `scanctl api` listens on."
+    )
+    max_body_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="Request body cap (413 above)."
+    )
+    max_config_bytes: int = Field(
+        default=16 * 1024, ge=16, description="A task's `config` as JSON (422 above)."
+    )
+    page_size_max: int = Field(default=100, ge=1, description="Largest list page.")
     export_chunk_rows: int = Field(
         default=500,
         ge=10,
         le=10_000,
-        description="Tasks per read of a batch export (each chunk is in memory while written).",
+        description=(
+            "Tasks per read of a batch export (`GET /api/v1/batches/{id}/results`, "
+            "`scanctl batches results`), each read a short query on a connection of its "
+            "own; one chunk is in memory at a time."
+        ),
     )
     rate_limit_per_minute: int = Field(
-        default=600, ge=0, description="Creates per token per minute, sustained; 0: no limit."
+        default=600,
+        ge=0,
+        description="Creates per token per minute, sustained (429 above; 0: no limit).",
     )
     rate_limit_burst: int = Field(
         default=60, ge=1, description="Creates a token may send at once before the rate applies."
@@ -112,328 +157,621 @@ class Settings(BaseSettings):
         default=1000,
         ge=1,
         le=10_000,
-        description="Domains one POST /api/v1/batches may carry (one transaction for all).",
+        description=(
+            "Domains one `POST /api/v1/batches` may carry (at most 10,000); the whole "
+            "batch is one transaction."
+        ),
     )
     batch_max_body_bytes: int = Field(
         default=512 * 1024,
         ge=1024,
-        description="Body limit of POST /api/v1/batches; a batch of 1,000 253-character "
-        "domains with a 16 KB config is 292,166 bytes.",
+        description="Body limit of `POST /api/v1/batches` (other routes: `SCAN_MAX_BODY_BYTES`).",
     )
     wait_max_s: float = Field(
-        default=30.0, ge=0, description="Longest `wait` a GET of a task or batch may ask for."
+        default=30.0,
+        ge=0,
+        description="Longest `wait` a `GET` of a task or batch may ask for (422 above).",
     )
     wait_max_waiters: int = Field(
         default=1000,
         ge=0,
-        description="Requests one API process keeps waiting at once; over it, 503 at once.",
+        description=(
+            "Requests one API process keeps waiting at once; the next one gets 503 at once."
+        ),
     )
     wait_poll_interval_s: float = Field(
         default=1.0,
         gt=0,
-        description="How often an API process asks, in one statement, which waited tasks "
-        "and batches have ended (the bound on a lost finish hint).",
+        description=(
+            "How often an API process asks, in one statement for all its waiting "
+            "requests, which of their tasks and batches have ended: the most a lost or "
+            "never-sent finish hint delays an answer."
+        ),
     )
     wakeup_hints: bool = Field(
         default=True,
-        description="Send and take wake-up hints through the broker's Redis; false: every "
-        "loop is woken by its poll alone.",
+        description=(
+            "Writers publish a wake-up hint in the broker's Redis after their commit and "
+            "the relays and API processes subscribe; `false`: every loop is woken by its "
+            "poll alone."
+        ),
     )
     wait_max_waiters_per_client: int = Field(
         default=100,
         ge=0,
-        description="Requests of one user one API process keeps waiting at once; over it, "
-        "429 at once: at the defaults, ten users always find room.",
+        description=(
+            "Requests of one user one API process keeps waiting at once; the user's next "
+            "one gets 429 at once with `Retry-After` (0: no waiting for anyone)."
+        ),
     )
 
     # Completion callbacks.
     callback_allow_http: bool = Field(
-        default=False, description="Accept http:// callback URLs (development and tests only)."
+        default=False,
+        description=(
+            "Accept `http://` callback URLs (development and tests only); otherwise https only."
+        ),
     )
     callback_timeout_s: float = Field(
-        default=10.0, gt=0, description="Longest a callback POST may take, connect included."
+        default=10.0, gt=0, description="Longest a callback POST may take, connection included."
     )
     callback_max_attempts: int = Field(
         default=10,
         ge=1,
-        description="Tries before a delivery is dead: the first and one after each wait of "
-        "SCAN_CALLBACK_RETRY_SCHEDULE_S.",
+        description=(
+            "Tries before a delivery is dead (a client's `POST "
+            "/api/v1/callbacks/deliveries/{id}/replay`, `scanctl callbacks replay` or the"
+            " dashboard sends it again): the first, then one after each wait of "
+            "`SCAN_CALLBACK_RETRY_SCHEDULE_S`."
+        ),
     )
     callback_retry_schedule_s: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: [float(wait) for wait in CALLBACK_RETRY_SCHEDULE_S],
-        description="Waits after the first, second, … failed try (the last repeats), less up "
-        "to a quarter of jitter: Standard Webhooks' example, 75.6 hours in all.",
+        description=(
+            "Waits after the first, second, … failed try (the last one repeats if "
+            "`SCAN_CALLBACK_MAX_ATTEMPTS` asks for more), each less up to a quarter of "
+            "jitter."
+        ),
     )
     callback_retry_after_min_s: float = Field(
         default=5.0,
         ge=0,
-        description="A receiver's Retry-After shorter than this waits this long instead.",
+        description=(
+            "A receiver's `Retry-After` (seconds or an HTTP-date) replaces the scheduled "
+            "wait, but never shorter than this."
+        ),
     )
     callback_retry_after_max_s: float = Field(
         default=86_400.0,
         gt=0,
-        description="A receiver's Retry-After longer than this waits this long instead.",
+        description="A receiver's `Retry-After` never makes a relay wait longer than this.",
     )
     callback_batch_size: int = Field(
-        default=50, ge=1, description="Callback POSTs a relay keeps in flight at once."
+        default=50,
+        ge=1,
+        description=(
+            "Callback POSTs a relay keeps in flight; each slot is refilled (a quarter of "
+            "them at a time) as its POST ends, so a receiver that hangs holds one slot, "
+            "not the others."
+        ),
     )
     callback_poll_interval_s: float = Field(
-        default=1.0, gt=0, description="How often a relay looks for due deliveries un-notified."
+        default=1.0,
+        gt=0,
+        description=(
+            "How often a relay looks for due deliveries without being notified (retries "
+            "coming due)."
+        ),
     )
     callback_per_user_in_flight: int = Field(
         default=10,
         ge=1,
-        description="Callback POSTs one relay keeps in flight for one user at most, so one "
-        "client's stalled receiver leaves the other slots to the others.",
+        description=(
+            "Callback POSTs one relay keeps in flight for one user; the claim skips a "
+            "user at the bound, so a client whose receiver stalls holds at most this many"
+            " of the relay's `SCAN_CALLBACK_BATCH_SIZE` slots (with R relays, R times "
+            "this in all)."
+        ),
     )
     callback_per_host_in_flight: int = Field(
         default=10,
         ge=1,
-        description="Callback POSTs one relay keeps in flight to one receiver host at most.",
+        description=(
+            "Callback POSTs one relay keeps in flight to one receiver host (port "
+            "ignored), for receivers several clients share."
+        ),
     )
     callback_submit_resolve_timeout_s: float = Field(
         default=2.0,
         gt=0,
-        description="Longest a submit waits for its callback host's addresses (no database "
-        "connection held meanwhile); without an answer the URL is accepted.",
+        description=(
+            "Longest a submit waits for its callback host's addresses, with no database "
+            "connection held (and, for a batch, after the rate limit has charged it); "
+            "without an answer the URL is accepted, since every delivery checks again."
+        ),
     )
 
     # Task defaults.
-    task_max_attempts: int = Field(default=3, ge=1)
+    task_max_attempts: int = Field(
+        default=3, ge=1, description="Runs a task may start (claims); re-dispatches do not count."
+    )
 
     # Redis safeguards.
     redis_safeguards: bool = Field(
         default=True,
-        description="False: no rate limit, create/retry lock, created marker or marker check.",
+        description=(
+            "`false`: no rate limit, no create/retry lock, no `task_created` marker, and "
+            "the worker's existence check asks the database only."
+        ),
     )
-    redis_timeout_s: float = Field(default=0.5, gt=0)
-    marker_ttl_s: int = Field(default=300, ge=1)
-    lock_timeout_s: float = Field(default=30.0, gt=0)
-    lock_wait_s: float = Field(default=2.0, ge=0)
-    existence_check_attempts: int = Field(default=5, ge=1)
-    existence_check_delay_s: float = Field(default=1.0, ge=0)
-    existence_check_backoff: float = Field(default=1.5, ge=1)
+    redis_timeout_s: float = Field(
+        default=0.5,
+        gt=0,
+        description=(
+            "How long a safeguard may wait on Redis before the operation goes on without it."
+        ),
+    )
+    marker_ttl_s: int = Field(default=300, ge=1, description="TTL of `task_created:{id}`.")
+    lock_timeout_s: float = Field(default=30.0, gt=0, description="Expiry of a Redis lock.")
+    lock_wait_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="Longest wait for a busy Redis lock (then the operation goes on unlocked).",
+    )
+    existence_check_attempts: int = Field(
+        default=5,
+        ge=1,
+        description=(
+            "Looks the worker's existence check takes at most before it drops a message "
+            "whose task is not there."
+        ),
+    )
+    existence_check_delay_s: float = Field(
+        default=1.0, ge=0, description="The existence check's delay after its first look."
+    )
+    existence_check_backoff: float = Field(
+        default=1.5,
+        ge=1,
+        description="Growth factor of the existence check's delay from one look to the next.",
+    )
 
     # Relay.
-    relay_batch_size: int = Field(default=500, ge=1)
+    relay_batch_size: int = Field(
+        default=500, ge=1, description="Rows claimed per relay transaction."
+    )
     relay_client_window: int = Field(
         default=64,
         ge=1,
-        description="Fewest messages each client may have in the broker per lane (interactive, "
-        "batch); the rest wait in the outbox and go out in turns across clients as workers "
-        "take them.",
+        description=(
+            "Fewest messages a client's lane (interactive creates, or batches) may have "
+            "in the broker, published but not yet taken by a worker; the rest of its "
+            "backlog waits in the outbox."
+        ),
     )
     relay_client_window_max: int = Field(
         default=4096,
         ge=1,
-        description="Most messages a client's lane may have in the broker (its Redis memory: "
-        "about 700 bytes a message).",
+        description="Most messages a client's lane may have in the broker, whatever the pace.",
     )
     relay_window_s: float = Field(
         default=0.25,
         gt=0,
-        description="Seconds of work, at the pace workers take messages, that the broker may "
-        "hold across all clients with a backlog: about the longest another client's new "
-        "scan waits behind them.",
+        description=(
+            "Seconds of work, at the pace the relay's messages are being taken, that the "
+            "broker may hold across all clients with a backlog, shared between their "
+            "lanes: about how long another client's new scan waits behind them."
+        ),
     )
     relay_window_poll_s: float = Field(
         default=0.02,
         gt=0,
-        description="While a client has more due messages than its window, how soon a relay "
-        "looks again for room the workers made.",
+        description=(
+            "While a client has more due messages than its window holds, how soon a relay"
+            " looks again for the room workers made (they do not tell it)."
+        ),
     )
-    relay_poll_interval_s: float = Field(default=1.0, gt=0)
+    relay_poll_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description=(
+            "Fallback poll when no wake-up hint arrives (and for rows whose "
+            "`available_at` has come): the most a lost hint costs."
+        ),
+    )
     relay_busy_gap_s: float = Field(
         default=0.01,
         ge=0,
-        description="After a cycle that found rows, the least time from its start to the "
-        "next one's: wake-up hints arriving meanwhile are gathered into one claim.",
+        description=(
+            "After a cycle that found rows, the least time from its start to the next "
+            "cycle's start: while creates keep coming, the wake-up hints of that gap (one"
+            " per commit) are gathered into one claim instead of a claim transaction "
+            "each."
+        ),
     )
-    relay_backoff_base_s: float = Field(default=1.0, gt=0)
-    relay_backoff_max_s: float = Field(default=300.0, gt=0)
-    relay_listen_reconnect_max_s: float = Field(default=10.0, gt=0)
-    relay_broker_timeout_s: float = Field(default=5.0, gt=0)
-    relay_shutdown_timeout_s: float = Field(default=20.0, gt=0)
-    relay_health_host: str = "127.0.0.1"
-    relay_health_port: int = Field(default=8001, ge=0, le=65535, description="0 disables it.")
-    relay_livez_max_age_s: float = Field(default=60.0, gt=0)
-    relay_leader_check_interval_s: float = Field(default=5.0, gt=0)
+    relay_backoff_base_s: float = Field(
+        default=1.0, gt=0, description="First delay of a publish retry's backoff."
+    )
+    relay_backoff_max_s: float = Field(
+        default=300.0, gt=0, description="Cap of a publish retry's backoff."
+    )
+    relay_listen_reconnect_max_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Backoff cap of the relay's wake-up hint subscription when Redis drops it.",
+    )
+    relay_broker_timeout_s: float = Field(
+        default=5.0, gt=0, description="Longest wait on one Redis call from the relay."
+    )
+    relay_shutdown_timeout_s: float = Field(
+        default=20.0,
+        gt=0,
+        description="On SIGTERM, longest wait for the batch in hand (then it is rolled back).",
+    )
+    relay_health_host: str = Field(
+        default="127.0.0.1",
+        description="Where the relay's `/livez`, `/readyz` and `/metrics` listen.",
+    )
+    relay_health_port: int = Field(
+        default=8001,
+        ge=0,
+        le=65535,
+        description="The port of the relay's `/livez`, `/readyz` and `/metrics` (0: off).",
+    )
+    relay_livez_max_age_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="`/livez` fails once the relay loop has not turned for this long.",
+    )
+    relay_leader_check_interval_s: float = Field(
+        default=5.0, gt=0, description="How often each relay takes or confirms the lead."
+    )
     relay_redispatch_interval_s: float = Field(
-        default=5.0, gt=0, description="How often the leader re-dispatches expired leases."
+        default=5.0,
+        gt=0,
+        description=(
+            "How often the leader sends again tasks whose lease expired (and runs the "
+            "last-resort sweep)."
+        ),
     )
-    relay_redispatch_batch_size: int = Field(default=100, ge=1)
-    relay_prune_interval_s: float = Field(default=300.0, gt=0)
-    relay_prune_batch_size: int = Field(default=1000, ge=1)
-    relay_gauges_interval_s: float = Field(default=5.0, gt=0)
-    outbox_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    relay_redispatch_batch_size: int = Field(
+        default=100, ge=1, description="Tasks per re-dispatch transaction."
+    )
+    relay_prune_interval_s: float = Field(
+        default=300.0,
+        gt=0,
+        description=(
+            "How often the leader prunes published outbox rows older than "
+            "`SCAN_OUTBOX_RETENTION_S`."
+        ),
+    )
+    relay_prune_batch_size: int = Field(
+        default=1000, ge=1, description="Published outbox rows pruned per transaction."
+    )
+    relay_gauges_interval_s: float = Field(
+        default=5.0, gt=0, description="Refresh of the outbox gauges by the leader."
+    )
+    outbox_retention_s: float = Field(
+        default=7 * 24 * 3600.0,
+        gt=0,
+        description="Age after which a published outbox row is pruned.",
+    )
 
     # Recovery: the leader knows where each queued message is, instead of guessing by age.
     relay_broker_check_interval_s: float = Field(
         default=2.0,
         gt=0,
-        description="How often the leader checks the broker epoch, requeues dead consumers' "
-        "messages and looks for queued tasks whose message is gone.",
+        description=(
+            "How often the leader checks the broker epoch, requeues dead consumers' "
+            "messages and looks for queued tasks whose message is gone."
+        ),
     )
     relay_broker_check_batch_size: int = Field(
-        default=2000, ge=1, description="Queued tasks whose message the leader checks per cycle."
+        default=2000,
+        ge=1,
+        description="Queued tasks checked per page (ten pages per check at most).",
     )
     queued_check_floor_s: float = Field(
-        default=5.0, ge=0, description="Queued tasks younger than this are not checked yet."
+        default=5.0,
+        ge=0,
+        description=(
+            "Queued tasks younger than this are not checked yet (except in a full walk "
+            "after a broker restart or a change of leader)."
+        ),
     )
     broker_heartbeat_timeout_s: float = Field(
         default=15.0,
         gt=0,
-        description="A worker silent this long is dead: its fetched messages go back to the queue.",
+        description=(
+            "A worker silent this long is dead and its fetched messages go back to the queue."
+        ),
     )
 
     # Worker.
-    queue_name: str = "scans"
+    queue_name: str = Field(
+        default="scans", description="Dramatiq queue (Redis list `dramatiq:<name>`)."
+    )
     worker_lease_s: float = Field(
-        default=30.0, gt=0, description="Renewed every third; a dead worker's scans rerun after it."
+        default=30.0, gt=0, description="Lease a claim takes, renewed every third."
     )
     worker_claim_retry_s: float = Field(
         default=30.0,
         ge=0,
-        description="How long a claim keeps trying through a database outage before the message "
-        "is handed back (the leader then sends it again).",
+        description=(
+            "How long a claim keeps trying through a database outage (backoff from 0.25 s"
+            " to 5 s) before its message goes to dead letters; the leader then sends the "
+            "task again once the database answers."
+        ),
     )
     target_lock_timeout_s: float = Field(
-        default=2.0, gt=0, description="Longest wait for a target's claim lock; then a deferral."
+        default=2.0,
+        gt=0,
+        description=(
+            "Longest wait for a target's claim lock; a timeout defers the task like the "
+            "politeness limit does."
+        ),
     )
-    retry_backoff_base_s: float = Field(default=5.0, gt=0)
-    retry_backoff_max_s: float = Field(default=300.0, gt=0)
-    per_target_concurrency: int = Field(default=2, ge=1)
-    politeness_delay_s: float = Field(default=5.0, gt=0)
+    retry_backoff_base_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="First delay before re-running a task after an infrastructure error.",
+    )
+    retry_backoff_max_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Cap of the delay before re-running a task after an infrastructure error.",
+    )
+    per_target_concurrency: int = Field(
+        default=2, ge=1, description="Scans of one domain running at once, across all workers."
+    )
+    politeness_delay_s: float = Field(
+        default=5.0,
+        gt=0,
+        description=(
+            "Delay before a deferred scan is tried again, times a random factor from 1 to 1.5."
+        ),
+    )
     worker_idle_poll_ms: int = Field(
         default=20,
         ge=1,
         le=60_000,
-        description="Longest sleep of an idle worker between polls of its Redis queue.",
+        description="Longest sleep of an idle worker's consumer between polls of its Redis queue.",
     )
     worker_concurrency: int = Field(
         default=256,
         ge=1,
         le=4096,
-        description="Scans in flight per worker process, as coroutines on its event loop. At 256, "
-        "against a site answering after 500 ms (bench io_bound): 124 scans/s per process, "
-        "9.7 times 8 in flight (12.8/s), worker RSS 96 MB against 84 MB at 8.",
+        description=(
+            "Scans in flight per worker process, as coroutines on one event loop "
+            "(`scanctl worker --concurrency`; `--threads` is refused)."
+        ),
     )
     worker_prefetch: int = Field(
         default=64,
         ge=0,
-        description="Messages a worker process fetches beyond those it runs: a cushion that "
-        "hides the fetch round trip, small so one process does not hoard the queue (64: a "
-        "quarter of the default concurrency; not separately benchmarked).",
+        description=(
+            "Messages a worker process fetches beyond those it runs, so one process does "
+            "not hoard the queue; unstarted ones are handed back at stop."
+        ),
     )
     worker_claim_batch: int = Field(
         default=64,
         ge=1,
-        description="Most tasks one claim transaction takes; claims that start while the "
-        "claim transactions are busy go together in the next.",
+        description=(
+            "Most tasks one claim transaction takes (up to 4 such transactions in flight "
+            "per process); claims that start while they are busy go together in the next,"
+            " each task under a lease token of its own and within its target's politeness"
+            " limit."
+        ),
     )
     worker_completion_batch: int = Field(
         default=256,
         ge=1,
-        description="Most runs' ends one statement writes; ends that arrive while a write is "
-        "in flight go together in the next (256: every scan of a process at the default "
-        "concurrency; 23 µs of worker CPU per task in batches of 32 against 405 µs one "
-        "by one, bench.task_cost).",
+        description=(
+            "Most runs' ends (final writes) one statement writes; ends arriving while a "
+            "write is in flight go together in the next, each still fenced by its lease "
+            "token."
+        ),
     )
-    worker_metrics_host: str = "127.0.0.1"
-    worker_metrics_port: int = Field(default=9191, ge=0, le=65535, description="0 disables it.")
+    worker_metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Where the workers' `/metrics`, `/livez` and `/readyz` listen.",
+    )
+    worker_metrics_port: int = Field(
+        default=9191,
+        ge=0,
+        le=65535,
+        description="The port of the workers' `/metrics`, `/livez` and `/readyz` (0: off).",
+    )
     worker_progress_max_age_s: float = Field(
         default=30.0,
         gt=0,
-        description="The worker's /livez and /readyz fail once a worker process's event loop or "
-        "one of its consumers has not moved for this long (the loop ticks every second).",
+        description=(
+            "The worker's `/livez` (and `/readyz`) answer 503 once a worker process's "
+            "event loop has not ticked, or one of its consumers has not turned outside a "
+            "broker call, for this long."
+        ),
     )
 
     # Recurring schedules.
     schedule_max_per_client: int = Field(
-        default=100, ge=0, description="Schedules one user may hold (409 beyond)."
+        default=100, ge=0, description="Schedules one user may hold (409 beyond; 0: none)."
     )
     schedule_max_domains: int = Field(
-        default=100, ge=1, description="Domains one schedule may scan at each run."
+        default=100,
+        ge=1,
+        description=(
+            "Domains one schedule scans at each run (422 above): a run is one batch, "
+            "written in the firing transaction, so this bounds the transaction that holds"
+            " the claimed schedules' locks."
+        ),
     )
     schedule_min_interval_s: int = Field(
         default=60,
         ge=1,
-        description="Shortest time between two ticks of a schedule (an interval, or the "
-        "closest two of a cron expression's next ten ticks).",
+        description=(
+            "Shortest time between two ticks: an `interval_s`, or the closest two of a "
+            "cron expression's next ten ticks (422 below)."
+        ),
     )
     schedule_poll_interval_s: float = Field(
-        default=1.0, gt=0, description="How often each relay looks for due schedules."
+        default=1.0,
+        gt=0,
+        description=(
+            "How often each relay claims due schedules, with a random quarter of it added"
+            " to each look so that relays take turns instead of the one whose timer runs "
+            "ahead taking every tick."
+        ),
     )
     schedule_fire_batch_size: int = Field(
-        default=50, ge=1, description="Due schedules one firing transaction claims."
+        default=50,
+        ge=1,
+        description=(
+            "Due schedules one firing transaction claims; a relay claims again at once "
+            "while claims come back full."
+        ),
     )
     schedule_misfire_grace_s: float = Field(
         default=30.0,
         ge=0,
-        description="A tick fired later than this was missed: its schedule's policy "
-        "(run_once or skip) decides.",
+        description=(
+            "A lone due tick fired later than this counts as missed, and the schedule's "
+            "`missed` policy decides (`run_once`: it runs; `skip`: it does not)."
+        ),
     )
     schedule_report_interval_s: float = Field(
         default=2.0,
         gt=0,
-        description="How often each relay compares the runs whose batch ended with the "
-        "previous run (the changes, and changes-only callbacks).",
+        description=(
+            "How often each relay compares the runs whose batch has ended with the "
+            "previous run (the run's `changes`, and `changes` callbacks)."
+        ),
     )
 
     # Operations: orphan detection, retention and the health verdict.
     queued_stale_s: float = Field(
         default=600.0,
         gt=0,
-        description="Last resort: a task queued this long whose message's whereabouts are "
-        "unknown is sent again (never failed, never charged an attempt).",
+        description=(
+            "Last resort: a task queued this long whose message nobody can locate (no "
+            "broker id recorded) is sent again, never failed and never charged an "
+            "attempt."
+        ),
     )
-    idempotency_retention_s: float = Field(default=24 * 3600.0, gt=0)
-    health_max_outbox_age_s: float = Field(default=60.0, gt=0)
-    health_max_dead_rows: int = Field(default=0, ge=0)
+    idempotency_retention_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="`scanctl full-cleanup` clears idempotency keys of tasks older than this.",
+    )
+    health_max_outbox_age_s: float = Field(
+        default=60.0,
+        gt=0,
+        description=(
+            "Health: oldest due, unpublished outbox row allowed (rows not due yet do not count)."
+        ),
+    )
+    health_max_dead_rows: int = Field(
+        default=0, ge=0, description="Health: dead outbox rows allowed."
+    )
 
     # Operations dashboard (/ui).
     ui_secret_key: SecretStr | None = Field(
         default=None,
-        description="Signs dashboard sessions (32+ characters); generated per process if unset.",
+        description="Signs dashboard sessions (32+ characters).",
     )
-    ui_session_ttl_s: int = Field(default=8 * 3600, ge=60)
+    ui_session_ttl_s: int = Field(
+        default=8 * 3600, ge=60, description="Dashboard session lifetime."
+    )
     ui_cookie_secure: bool | None = Field(
-        default=None, description="Secure cookies; unset: only when the request came over HTTPS."
+        default=None,
+        description=(
+            "`true`/`false` forces the cookies' `Secure` flag (behind a proxy that does "
+            "not forward the scheme)."
+        ),
     )
-    ui_refresh_s: int = Field(default=10, ge=0, description="Overview auto-refresh; 0: off.")
+    ui_refresh_s: int = Field(default=10, ge=0, description="Overview auto-refresh (0: off).")
 
     # `scanctl dev`.
     dev_stop_grace_s: float = Field(
         default=30.0,
         ge=0,
-        description="On Ctrl-C or SIGTERM, how long `scanctl dev` lets each service stop "
-        "before it kills what is left of its processes (as Kubernetes' default grace).",
+        description=(
+            "On Ctrl-C, SIGTERM, SIGHUP or the end of one service, `scanctl dev` sends "
+            "each service SIGTERM and waits this long for every process of its tree "
+            "(Dramatiq's worker processes included) to exit; then the service's process "
+            "group and every descendant seen get SIGKILL (a second Ctrl-C skips the "
+            "wait)."
+        ),
     )
 
     # Scanner.
     scanner: str = Field(
         default="worker_service.scanner:scan_domain",
-        description="The scan the worker runs, as module:function (an async callable).",
+        description=(
+            "The scan a worker runs, as `module:function`: an async callable `(domain, "
+            "config, settings) -> result dict`."
+        ),
     )
-    fetch_timeout_s: float = Field(default=10.0, gt=0)
-    dns_timeout_s: float = Field(default=5.0, gt=0)
-    fetch_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
-    max_redirects: int = Field(default=5, ge=0)
-    schemes: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["https", "http"])
-    http_port: int = Field(default=80, ge=1, le=65535)
-    https_port: int = Field(default=443, ge=1, le=65535)
-    allow_private: bool = False
-    resolver_overrides: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
-    total_timeout_s: float = Field(default=60.0, gt=0)
+    fetch_timeout_s: float = Field(
+        default=10.0, gt=0, description="Time cap of one HTTP hop, body included."
+    )
+    dns_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description=(
+            "Time cap of the DNS queries (a scan's, and a callback delivery's host lookup)."
+        ),
+    )
+    fetch_max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="Home-page bytes read at most."
+    )
+    max_redirects: int = Field(default=5, ge=0, description="Redirects followed.")
+    schemes: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["https", "http"],
+        description="Schemes fetched, each reported in its own section.",
+    )
+    http_port: int = Field(
+        default=80, ge=1, le=65535, description="The port scans fetch `http://` pages from."
+    )
+    https_port: int = Field(
+        default=443, ge=1, le=65535, description="The port scans fetch `https://` pages from."
+    )
+    allow_private: bool = Field(
+        default=False, description="Let scans reach private and loopback addresses (tests only)."
+    )
+    resolver_overrides: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="`name=ip,other=ip`: answer these names (and their subdomains) without DNS.",
+    )
+    total_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Time cap of one whole scan (DNS and every hop of both fetches).",
+    )
     rules_budget_s: float = Field(
         default=2.0,
         gt=0,
-        description="Time one scan's keyword and regex rules may take, on a rule thread; rules "
-        "left when it runs out are reported as not applied.",
+        description=(
+            "Time one scan's keyword and regex rules may take, on a rule thread (never "
+            "the event loop); rules left when it runs out get a `rule_not_applied` "
+            "finding."
+        ),
     )
-    dns_nameservers: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    tls_ca_bundle: str | None = None
-    tls_accept_untrusted: bool = False
+    dns_nameservers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "`ip`, `ip:port` or `[ipv6]:port`, comma-separated: ask only these (scans, "
+            "and callback hosts at submit and delivery)."
+        ),
+    )
+    tls_ca_bundle: str | None = Field(
+        default=None, description="PEM file of the CAs HTTPS certificates must chain to."
+    )
+    tls_accept_untrusted: bool = Field(
+        default=False,
+        description=(
+            "Fetch over an untrusted certificate anyway and report it as a `tls_untrusted` finding."
+        ),
+    )
 
     @field_validator("schemes", mode="before")
     @classmethod

@@ -102,8 +102,8 @@ async def count_expired_idempotency_keys(session: AsyncSession, older_than_s: fl
     return int((await session.execute(_COUNT_EXPIRED_SQL, params)).scalar_one())
 
 
-async def expire_idempotency_keys(session: AsyncSession, older_than_s: float, batch: int) -> int:
-    """Clear up to `batch` idempotency keys of tasks created over `older_than_s` ago."""
-    params = {"older_than_s": older_than_s, "batch": batch}
+async def expire_idempotency_keys(session: AsyncSession, older_than_s: float, limit: int) -> int:
+    """Clear up to `limit` idempotency keys of tasks created over `older_than_s` ago."""
+    params = {"older_than_s": older_than_s, "batch": limit}
     result = await session.execute(_EXPIRE_IDEMPOTENCY_SQL, params)
     return int(result.rowcount)  # type: ignore[attr-defined]

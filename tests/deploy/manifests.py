@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-OVERLAYS = ("dev", "prod", "prod-sentinel")
+OVERLAYS = ("dev", "prod", "prod-sentinel", "prod-pgbouncer")
 # The setting each process reads its probe port from, and the one its listening host.
 PORT_SETTINGS = {
     "api": "SCAN_API_PORT",
@@ -66,12 +66,22 @@ def named(docs: tuple[Doc, ...], kind: str, name: str) -> Doc:
 
 
 def secret_keys_referenced(docs: tuple[Doc, ...]) -> set[str]:
-    """Every key of the Secret some object of the overlay reads by name (KEDA's parameters)."""
+    """Every key of the Secret some object of the overlay reads by name: KEDA's parameters and
+    the containers' `secretKeyRef`s."""
     keys = set()
     for auth in of_kind(docs, "TriggerAuthentication"):
         for target in auth["spec"]["secretTargetRef"]:
             assert target["name"] == SECRET_NAME, target
             keys.add(target["key"])
+    for doc in docs:
+        if doc["kind"] not in ("Deployment", "StatefulSet", "Job"):
+            continue
+        spec = doc["spec"]["template"]["spec"]
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            for variable in container.get("env", []):
+                reference = variable.get("valueFrom", {}).get("secretKeyRef")
+                if reference and reference["name"] == SECRET_NAME:
+                    keys.add(reference["key"])
     return keys
 
 

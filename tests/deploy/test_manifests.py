@@ -47,6 +47,7 @@ DEPLOY_GUIDE = Path(__file__).resolve().parents[2] / "docs" / "deploy.md"
 GUIDE_SECTIONS = {
     "prod": "### Kubernetes, step by step",
     "prod-sentinel": "### Redis with Sentinel",
+    "prod-pgbouncer": "### Behind PgBouncer",
 }
 PRIVATE_RANGES = [
     ipaddress.ip_network(cidr)
@@ -171,7 +172,22 @@ def test_the_sentinel_overlay_scales_through_the_sentinels() -> None:
     assert "REDIS_SENTINELS" not in required_secret_keys(render("prod"))
 
 
-@pytest.mark.parametrize("overlay", ["prod", "prod-sentinel"])
+def test_the_pgbouncer_overlay_pools_every_process_and_gives_the_relay_a_session() -> None:
+    docs = render("prod-pgbouncer")
+    assert config_data(docs)["DATABASE_POOL_MODE"] == "transaction"
+    session_readers = {
+        doc["metadata"]["name"]
+        for doc in docs
+        if doc["kind"] in ("Deployment", "Job")
+        and any(v["name"] == "DATABASE_DIRECT_URL" for v in main_container(doc).get("env", []))
+    }
+    # The relay's leader lock and the migrations need a session; API and workers do not.
+    assert session_readers == {"scan-outbox-relay", "scan-outbox-migrate"}
+    assert "DATABASE_DIRECT_URL" in required_secret_keys(docs)
+    assert "DATABASE_POOL_MODE" not in config_data(render("prod"))
+
+
+@pytest.mark.parametrize("overlay", ["prod", "prod-sentinel", "prod-pgbouncer"])
 def test_secrets_are_referenced_never_inlined_in_prod(overlay: str) -> None:
     docs = render(overlay)
     assert of_kind(docs, "Secret") == []
