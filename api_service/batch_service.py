@@ -18,6 +18,7 @@ from api_service.domains import normalise_domain
 from api_service.schemas import BatchCreate
 from shared import create_rate, metrics, safeguards
 from shared.db import batches, tasks
+from shared.db.engine import single_statement
 from shared.db.models import TERMINAL_STATUSES, Batch, Task, User
 from shared.errors import IdempotencyKeyInFlight, InvalidEntries, InvalidInput, NotFound
 from shared.logging import get_logger
@@ -105,9 +106,8 @@ async def create_batch(
     """
     if idempotency_key is None:
         return await _charge_and_insert(session, redis, settings, user, request, None, request_id)
-    await task_service.release_connection(session)  # none held while Redis answers
     async with idempotency.processing(redis, settings, user.id, "batch", idempotency_key):
-        async with task_service.transaction(session):
+        async with single_statement(session):
             earlier = await batches.get_batch_by_idempotency_key(session, user.id, idempotency_key)
         if earlier is not None:
             idempotency.check_same_request(earlier.request_hash, request.fingerprint)
@@ -128,7 +128,7 @@ async def _charge_and_insert(
     request_id: str | None,
 ) -> CreatedBatch:
     quota = await create_rate.take(redis, settings, user.id, cost=len(request.domains))
-    await task_service.check_callback_host(session, request.callback_url, settings)
+    await task_service.check_callback_host(request.callback_url, settings)
     batch_id, created = await _insert(
         session, redis, settings, user, request, idempotency_key, request_id
     )
@@ -157,13 +157,18 @@ async def _insert(
             scan_entry(uuid.uuid4(), settings.queue_name, request_id) for _ in request.domains
         ],
     )
-    earlier: Batch | None = None
-    async with task_service.transaction(session):
+    # The batch, its tasks and their outbox rows: one statement (shared/db/batches.py).
+    async with single_statement(session):
         inserted = await batches.insert_batch(session, new)
-        if not inserted and idempotency_key is not None:
-            # The unique index made this insert wait for a concurrent one with the same key.
-            earlier = await batches.get_batch_by_idempotency_key(session, user.id, idempotency_key)
     if not inserted:
+        earlier: Batch | None = None
+        if idempotency_key is not None:
+            # The unique index made this insert wait for a concurrent one with the same key,
+            # committed by now: a statement of its own sees it.
+            async with single_statement(session):
+                earlier = await batches.get_batch_by_idempotency_key(
+                    session, user.id, idempotency_key
+                )
         if earlier is None:
             raise IdempotencyKeyInFlight()
         idempotency.check_same_request(earlier.request_hash, request.fingerprint)
@@ -209,7 +214,7 @@ async def read_batch(
 ) -> BatchView:
     """The user's batch with its counts and one page of tasks; another user's is 404."""
     after = decode_position(cursor) if cursor else -1
-    async with task_service.transaction(session):
+    async with session.begin():
         batch = await batches.get_user_batch(session, user.id, batch_id)
         if batch is None:
             raise NotFound("no such batch", field="batch_id")
@@ -234,7 +239,7 @@ async def list_batches(
 ) -> tuple[list[BatchSummary], str | None]:
     """One page of the user's batches, newest first, with their counts; and the next cursor."""
     before = task_service.decode_cursor(cursor) if cursor else None
-    async with task_service.transaction(session):
+    async with session.begin():
         rows = await batches.list_user_batches(session, user.id, limit=limit + 1, before=before)
         page = rows[:limit]
         progress = await batches.get_batches_progress(
@@ -247,7 +252,7 @@ async def list_batches(
 async def cancel_batch(session: AsyncSession, user: User, batch_id: uuid.UUID) -> int:
     """Cancel every task of the user's batch that has not ended; returns how many were.
     Another user's batch is 404; a batch already over cancels nothing."""
-    async with task_service.transaction(session):
+    async with session.begin():
         batch = await batches.get_user_batch(session, user.id, batch_id)
         if batch is None:
             raise NotFound("no such batch", field="batch_id")
@@ -258,7 +263,7 @@ async def cancel_batch(session: AsyncSession, user: User, batch_id: uuid.UUID) -
 
 async def get_user_batch(session: AsyncSession, user: User, batch_id: uuid.UUID) -> Batch:
     """The user's batch; another user's is 404 like a missing one."""
-    async with task_service.transaction(session):
+    async with single_statement(session):
         batch = await batches.get_user_batch(session, user.id, batch_id)
     if batch is None:
         raise NotFound("no such batch", field="batch_id")

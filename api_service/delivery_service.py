@@ -13,6 +13,7 @@ from api_service import task_service
 from api_service.schemas import DeliveryAttemptOut, DeliveryDetail, DeliveryOut, DeliveryPage
 from shared import callback_admin
 from shared.db import deliveries
+from shared.db.engine import single_statement
 from shared.db.models import Delivery, User
 from shared.errors import InvalidInput, InvalidState, NotFound
 from shared.settings import Settings
@@ -55,7 +56,9 @@ async def list_page(
     cursor: str | None,
 ) -> DeliveryPage:
     """One page, newest first, and the cursor of the next page if there is one."""
-    rows = await deliveries.list_page(session, owner, state, limit + 1, _cursor(cursor))
+    after = _cursor(cursor)
+    async with single_statement(session):
+        rows = await deliveries.list_page(session, owner, state, limit + 1, after)
     page = rows[:limit]
     next_cursor = str(page[-1].id) if len(rows) > limit else None
     return DeliveryPage(items=[delivery_out(row) for row in page], next_cursor=next_cursor)
@@ -71,8 +74,9 @@ async def _find(session: AsyncSession, owner: int | None, delivery_id: uuid.UUID
 
 
 async def show(session: AsyncSession, owner: int | None, delivery_id: uuid.UUID) -> DeliveryDetail:
-    row = await _find(session, owner, delivery_id)
-    tries = await deliveries.attempts_of(session, row.id)
+    async with session.begin():
+        row = await _find(session, owner, delivery_id)
+        tries = await deliveries.attempts_of(session, row.id)
     return DeliveryDetail(
         **delivery_out(row).model_dump(),
         user_id=row.user_id if owner is None else None,
@@ -82,15 +86,15 @@ async def show(session: AsyncSession, owner: int | None, delivery_id: uuid.UUID)
 
 async def replay(session: AsyncSession, owner: int | None, delivery_id: uuid.UUID) -> DeliveryOut:
     """Send an ended (dead or gone) delivery again, its tries reset; 409 for any other."""
-    row = await _find(session, owner, delivery_id)
-    async with task_service.transaction(session):
+    async with session.begin():
+        row = await _find(session, owner, delivery_id)
         replayed = await callback_admin.replay(session, owner, [row.id])
-    if not replayed:
-        state = deliveries.state_of(row)
-        raise InvalidState(
-            f"the delivery is {state}, not dead: nothing to replay", current_status=state
-        )
-    await session.refresh(row)
+        if not replayed:
+            state = deliveries.state_of(row)
+            raise InvalidState(
+                f"the delivery is {state}, not dead: nothing to replay", current_status=state
+            )
+        await session.refresh(row)
     return delivery_out(row)
 
 
@@ -98,7 +102,7 @@ async def send_test(session: AsyncSession, user: User, url: str, settings: Setti
     """A `callback.test` delivery to `url`, vetted as a task's callback URL is, sent by the
     relays as every delivery is (the same guard at each try, the same per-client bounds)."""
     task_service.checked_callback(user, url, settings)
-    await task_service.check_callback_host(session, url, settings)
-    async with task_service.transaction(session):
+    await task_service.check_callback_host(url, settings)
+    async with session.begin():
         row = await deliveries.insert_test(session, user.id, url)
     return delivery_out(row)

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from api_service.waiting import FinishWaiters
 from shared import wakeups
 from shared.db import users
-from shared.db.engine import autocommit
+from shared.db.engine import single_statement
 from shared.db.models import User
 from shared.errors import Forbidden, InvalidInput, NotAuthenticated
 from shared.settings import Settings
@@ -83,19 +83,14 @@ BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(beare
 async def get_current_user(credentials: BearerCredentials, session: SessionDep) -> User:
     """The active user whose bearer token the request carries.
 
-    Looked up on the route's own session, so a request checks out one pooled connection.
-    That connection runs in autocommit: every statement behind a bearer token (this
-    SELECT, each service's write) is one statement, atomic by itself, so it needs no
-    BEGIN or COMMIT round trip, and no transaction stays open between them.
+    Looked up in a short read of its own on the route's session, which then holds no
+    connection and no transaction: each use case opens its own at its write.
     """
     token = credentials.credentials.strip() if credentials is not None else ""
     if not token:
         raise NotAuthenticated("a bearer token is required", field="Authorization")
-    in_autocommit = await autocommit(session)
-    user = await users.get_active_user_by_token_hash(session, hash_token(token))
-    if not in_autocommit:
-        # Behind a transaction pooler: no transaction (and server connection) held meanwhile.
-        await session.commit()
+    async with single_statement(session):
+        user = await users.get_active_user_by_token_hash(session, hash_token(token))
     if user is None:
         raise NotAuthenticated("the token is invalid or revoked", field="Authorization")
     # Detached, as from a session of its own: a rollback of the route's work cannot expire it.

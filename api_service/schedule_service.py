@@ -20,6 +20,7 @@ from api_service.domains import normalise_domain
 from api_service.schedule_schemas import ScheduleCreate, ScheduleOut
 from shared import schedule_times
 from shared.db import batches, schedules
+from shared.db.engine import single_statement
 from shared.db.models import Schedule, ScheduleRun, User
 from shared.errors import Conflict, InvalidEntries, InvalidInput, NotFound
 from shared.logging import get_logger
@@ -82,7 +83,7 @@ def _spec(body: ScheduleCreate, settings: Settings, now: datetime) -> schedule_t
 async def _template(
     session: AsyncSession, user: User, batch_id: uuid.UUID, settings: Settings
 ) -> tuple[list[str], dict[str, Any]]:
-    async with task_service.transaction(session):
+    async with session.begin():
         batch = await batches.get_user_batch(session, user.id, batch_id)
         if batch is None:
             raise InvalidInput("is not one of your batches", field="batch_template")
@@ -125,7 +126,7 @@ async def create_schedule(
     """Commit the schedule with its first fire time; 409 once the user holds the maximum."""
     now = datetime.now(UTC)
     request = await validate(session, body, settings, user, now)
-    await task_service.check_callback_host(session, request.callback_url, settings)
+    await task_service.check_callback_host(request.callback_url, settings)
     schedule = Schedule(
         id=uuid.uuid4(),
         user_id=user.id,
@@ -141,7 +142,7 @@ async def create_schedule(
         missed=body.missed,
         next_fire_at=schedule_times.first_after(request.spec.trigger(), now),
     )
-    async with task_service.transaction(session):
+    async with session.begin():
         held = await schedules.count_user_schedules(session, user.id)
         if held >= settings.schedule_max_per_client:
             raise Conflict(
@@ -176,7 +177,7 @@ def schedule_out(schedule: Schedule) -> ScheduleOut:
 
 async def read_schedule(session: AsyncSession, user: User, schedule_id: uuid.UUID) -> Schedule:
     """The user's schedule; another user's is 404 as a missing one."""
-    async with task_service.transaction(session):
+    async with single_statement(session):
         schedule = await schedules.get_user_schedule(session, user.id, schedule_id)
     if schedule is None:
         raise NotFound("no such schedule", field="schedule_id")
@@ -184,13 +185,13 @@ async def read_schedule(session: AsyncSession, user: User, schedule_id: uuid.UUI
 
 
 async def list_schedules(session: AsyncSession, user: User, limit: int) -> Sequence[Schedule]:
-    async with task_service.transaction(session):
+    async with single_statement(session):
         return await schedules.list_user_schedules(session, user.id, limit)
 
 
 async def pause_schedule(session: AsyncSession, user: User, schedule_id: uuid.UUID) -> Schedule:
     """Paused (idempotent): it fires no more until resumed."""
-    async with task_service.transaction(session):
+    async with single_statement(session):
         await schedules.pause(session, user.id, schedule_id)
     return await read_schedule(session, user, schedule_id)
 
@@ -205,13 +206,13 @@ async def resume_schedule(session: AsyncSession, user: User, schedule_id: uuid.U
         schedule.cron, schedule.timezone, schedule.interval_s, schedule.anchor_at
     )
     next_fire_at = schedule_times.first_after(spec.trigger(), datetime.now(UTC))
-    async with task_service.transaction(session):
+    async with single_statement(session):
         await schedules.resume(session, user.id, schedule_id, next_fire_at)
     return await read_schedule(session, user, schedule_id)
 
 
 async def delete_schedule(session: AsyncSession, user: User, schedule_id: uuid.UUID) -> None:
-    async with task_service.transaction(session):
+    async with single_statement(session):
         deleted = await schedules.delete_schedule(session, user.id, schedule_id)
     if not deleted:
         raise NotFound("no such schedule", field="schedule_id")
@@ -221,7 +222,7 @@ async def list_runs(
     session: AsyncSession, user: User, schedule_id: uuid.UUID, limit: int
 ) -> Sequence[ScheduleRun]:
     schedule = await read_schedule(session, user, schedule_id)
-    async with task_service.transaction(session):
+    async with single_statement(session):
         return await schedules.list_runs(session, schedule.id, limit)
 
 
@@ -229,7 +230,7 @@ async def read_run(
     session: AsyncSession, user: User, schedule_id: uuid.UUID, run_id: int
 ) -> ScheduleRun:
     schedule = await read_schedule(session, user, schedule_id)
-    async with task_service.transaction(session):
+    async with single_statement(session):
         run = await schedules.get_run(session, schedule.id, run_id)
     if run is None:
         raise NotFound("no such run", field="run_id")

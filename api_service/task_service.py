@@ -1,4 +1,9 @@
-"""Use cases: each writes its business rows and their outbox row, then commits once."""
+"""Task use cases: each writes its business rows and their outbox row, then commits once.
+
+Every write is one statement in `single_statement` (or several in `session.begin()`) at the
+write itself; reads run in a short block of their own, so no connection is held while Redis,
+a resolver or a lock answers, and no block starts inside another's transaction.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,7 @@ import binascii
 import hashlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -20,6 +24,7 @@ from api_service.domains import normalise_domain
 from api_service.schemas import TaskCreate
 from shared import create_rate, keys, metrics, safeguards, wakeups
 from shared.db import tasks
+from shared.db.engine import single_statement
 from shared.db.models import Batch, Task, TaskStatus, User
 from shared.errors import (
     IdempotencyKeyInFlight,
@@ -33,40 +38,6 @@ from shared.messages import scan_entry
 from shared.settings import Settings
 
 log = get_logger(__name__)
-
-
-@asynccontextmanager
-async def transaction(session: AsyncSession) -> AsyncIterator[None]:
-    """`session.begin()` that also accepts the session authentication already used.
-
-    Behind a bearer token the session is in autocommit (`deps.get_current_user`), and
-    every write here is one statement, atomic by itself; elsewhere (the dashboard) the
-    block is a real transaction, committed once.
-    """
-    if not session.in_transaction():
-        async with session.begin():
-            yield
-        return
-    try:
-        yield
-    except BaseException:
-        await session.rollback()
-        raise
-    await session.commit()
-
-
-async def release_connection(session: AsyncSession) -> None:
-    """Give the session's pooled connection back (so far it has only read the user) before
-    waiting on something else; its next statement checks one out again."""
-    if session.in_transaction():
-        await session.rollback()
-
-
-async def _end_read(session: AsyncSession, settings: Settings) -> None:
-    """Give the connection back to the pool before waiting up to `lock_wait_s` on a
-    Redis lock."""
-    if settings.redis_safeguards:
-        await release_connection(session)
 
 
 async def _mark_created(redis: aioredis.Redis, settings: Settings, task_id: uuid.UUID) -> bool:
@@ -100,13 +71,12 @@ def checked_callback(user: User, url: str | None, settings: Settings) -> str | N
     return url
 
 
-async def check_callback_host(session: AsyncSession, url: str | None, settings: Settings) -> None:
-    """The callback host's resolution check (`callback_vetting.check_resolves_publicly`), run
-    with the session's pooled connection given back: a slow resolver must not hold
-    connections other requests and /readyz need."""
+async def check_callback_host(url: str | None, settings: Settings) -> None:
+    """The callback host's resolution check (`callback_vetting.check_resolves_publicly`). Run
+    it between transactions: a slow resolver must not hold connections other requests and
+    /readyz need."""
     if url is None:
         return
-    await release_connection(session)
     await callback_vetting.check_resolves_publicly(url, settings)
 
 
@@ -154,10 +124,8 @@ async def create_task(
     )
     if idempotency_key is None:
         return await _charge_and_insert(session, redis, settings, new, request_id)
-    # No pooled connection held while Redis answers.
-    await release_connection(session)
     async with idempotency.processing(redis, settings, user.id, "task", idempotency_key):
-        async with transaction(session):
+        async with single_statement(session):
             earlier = await tasks.get_task_by_idempotency_key(session, user.id, idempotency_key)
         if earlier is not None:
             idempotency.check_same_request(earlier.request_hash, fingerprint)
@@ -173,7 +141,7 @@ async def _charge_and_insert(
     request_id: str | None,
 ) -> Created:
     quota = await create_rate.take(redis, settings, new.user_id, cost=1)
-    await check_callback_host(session, new.callback_url, settings)
+    await check_callback_host(new.callback_url, settings)
     task, created = await _insert_task(session, redis, settings, new, request_id)
     return Created(task, not created, quota)
 
@@ -187,15 +155,18 @@ async def _insert_task(
 ) -> tuple[Task, bool]:
     task_id = uuid.uuid4()
     entry = scan_entry(task_id, settings.queue_name, request_id)
-    existing: Task | None = None
-    async with transaction(session):
+    # The task and its outbox row: one statement (shared/db/tasks.py, `_CREATE_TASK`).
+    async with single_statement(session):
         task = await tasks.insert_task_with_message(session, task_id, new, entry)
-        if task is None and new.idempotency_key is not None:
-            # The unique index made this insert wait for a concurrent one with the same key.
-            existing = await tasks.get_task_by_idempotency_key(
-                session, new.user_id, new.idempotency_key
-            )
     if task is None:
+        existing = None
+        if new.idempotency_key is not None:
+            # The unique index made this insert wait for a concurrent one with the same key,
+            # committed by now: a statement of its own sees it.
+            async with single_statement(session):
+                existing = await tasks.get_task_by_idempotency_key(
+                    session, new.user_id, new.idempotency_key
+                )
         if existing is None:
             raise IdempotencyKeyInFlight()
         idempotency.check_same_request(existing.request_hash, new.request_hash or "")
@@ -209,16 +180,6 @@ async def _insert_task(
         marked=marked,
     )
     return task, True
-
-
-def _refusal(current: Task | None, action: str, allowed: str) -> ScanOutboxError:
-    """404 for a task the user cannot see; 409 naming the state that forbids `action`."""
-    if current is None:
-        return NotFound("no such task", field="task_id")
-    return InvalidState(
-        f"a {current.status} task cannot be {action}; only {allowed} tasks can",
-        current_status=current.status,
-    )
 
 
 @dataclass(frozen=True)
@@ -254,6 +215,20 @@ async def _visible_task(session: AsyncSession, actor: Actor, task_id: uuid.UUID)
     return await tasks.get_user_task(session, actor.user_id, task_id)
 
 
+async def _refusal(
+    session: AsyncSession, actor: Actor, task_id: uuid.UUID, action: str, allowed: str
+) -> ScanOutboxError:
+    """404 for a task the actor cannot see; 409 naming the state that forbids `action`."""
+    async with single_statement(session):
+        current = await _visible_task(session, actor, task_id)
+    if current is None:
+        return NotFound("no such task", field="task_id")
+    return InvalidState(
+        f"a {current.status} task cannot be {action}; only {allowed} tasks can",
+        current_status=current.status,
+    )
+
+
 async def retry_task(
     session: AsyncSession,
     redis: aioredis.Redis,
@@ -265,13 +240,12 @@ async def retry_task(
 ) -> Task:
     """failed|cancelled -> pending with attempts reset, committed with its new outbox row."""
     entry = scan_entry(task_id, settings.queue_name, request_id)
-    await _end_read(session, settings)
     async with safeguards.optional_lock(redis, keys.task_lock(task_id), settings):
-        async with transaction(session):
+        # The task and its new outbox row: one statement (shared/db/tasks.py, `_RETRY_TASK`).
+        async with single_statement(session):
             task = await tasks.retry_task(session, actor.owner_id, task_id, entry)
-            current = None if task else await _visible_task(session, actor, task_id)
         if task is None:
-            raise _refusal(current, "retried", "failed or cancelled")
+            raise await _refusal(session, actor, task_id, "retried", "failed or cancelled")
         marked = await _mark_created(redis, settings, task.id)
     log.info(
         "task_retried",
@@ -292,18 +266,18 @@ async def announce_end(hints: wakeups.Hints, task: Task) -> None:
 
 async def cancel_task(session: AsyncSession, actor: Actor, task_id: uuid.UUID) -> Task:
     """Any non-terminal state -> cancelled; a running scan stops at its next lease renewal."""
-    async with transaction(session):
+    async with single_statement(session):
         task = await tasks.cancel_task(session, actor.owner_id, task_id)
-        current = None if task else await _visible_task(session, actor, task_id)
     if task is None:
-        raise _refusal(current, "cancelled", "pending, queued or running")
+        raise await _refusal(session, actor, task_id, "cancelled", "pending, queued or running")
     log.info("task_cancelled", task_id=str(task.id), actor=actor.describe())
     return task
 
 
 async def get_task(session: AsyncSession, user: User, task_id: uuid.UUID) -> Task:
     """The user's own task; another user's task is indistinguishable from a missing one."""
-    task = await tasks.get_user_task(session, user.id, task_id)
+    async with single_statement(session):
+        task = await tasks.get_user_task(session, user.id, task_id)
     if task is None:
         raise NotFound("no such task", field="task_id")
     return task
@@ -335,14 +309,15 @@ async def list_tasks(
 ) -> tuple[Sequence[Task], str | None]:
     """One page, newest first, and the cursor of the next page if there is one."""
     before = decode_cursor(cursor) if cursor else None
-    rows = await tasks.list_user_tasks(
-        session,
-        user.id,
-        limit=limit + 1,
-        status=status.value if status else None,
-        batch_id=batch_id,
-        before=before,
-    )
+    async with single_statement(session):
+        rows = await tasks.list_user_tasks(
+            session,
+            user.id,
+            limit=limit + 1,
+            status=status.value if status else None,
+            batch_id=batch_id,
+            before=before,
+        )
     page = rows[:limit]
     next_cursor = encode_cursor(page[-1]) if len(rows) > limit else None
     return page, next_cursor

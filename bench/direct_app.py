@@ -17,12 +17,12 @@ from dramatiq.brokers.redis import RedisBroker
 from fastapi import APIRouter, FastAPI, Request, Response, status
 from sqlalchemy import insert
 
-from api_service import task_service
 from api_service.app import create_app
 from api_service.deps import CurrentUser, SessionDep, SettingsDep
 from api_service.domains import normalise_domain
 from api_service.schemas import TaskCreate, TaskOut
 from shared import keys
+from shared.db.engine import single_statement
 from shared.db.models import Task
 from shared.dramatiq_broker import build_message, create_broker
 from shared.logging import configure_logging
@@ -49,7 +49,7 @@ async def create_direct(
         "config": body.config.model_dump(),
         "max_attempts": settings.task_max_attempts,
     }
-    async with task_service.transaction(session):
+    async with single_statement(session):
         task = (await session.execute(insert(Task).values(values).returning(Task))).scalar_one()
     broker: RedisBroker = request.app.state.bench_broker
     message = build_message(

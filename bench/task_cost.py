@@ -32,7 +32,7 @@ from bench import stub_scanner
 from bench.common import fill_tasks
 from shared import safeguards
 from shared.db import claims, completions, migrate
-from shared.db.engine import autocommit, create_engine, create_sessionmaker
+from shared.db.engine import create_engine, create_sessionmaker, single_statement
 from shared.db.models import TaskStatus
 from shared.embedded import embedded_servers
 from shared.logging import configure_logging, get_logger
@@ -161,8 +161,7 @@ async def _database_us(settings: Settings, count: int) -> dict[str, float]:
             completions.Completion(task.id, token, TaskStatus.SUCCEEDED, {"ok": True}, None)
             for task, token in held[count + index * BATCH : count + (index + 1) * BATCH]
         ]
-        async with sessionmaker() as session:
-            await autocommit(session)
+        async with sessionmaker() as session, single_statement(session):
             assert len(await completions.finish_tasks(session, ends)) == len(ends)
 
     claimer = lifecycle.claimer_of(runtime)

@@ -1,5 +1,8 @@
 """Completion callbacks: lease due deliveries, POST them signed, record each outcome.
 
+The rows are written by the trigger `task_finished_callbacks` (revision 0005; docs/design.md,
+"Completion callbacks") in the transaction that ends a task, whichever statement ends it.
+
 At least once: a delivery is leased (not locked) for longer than its POST can take, so a
 relay that dies mid-POST leaves it due again. Every relay delivers, claiming with SKIP
 LOCKED. Redirects are never followed; every address is checked by the SSRF guard and the

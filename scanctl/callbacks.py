@@ -98,7 +98,7 @@ def replay(
         fail("give either delivery IDs or --all-dead")
 
     async def do_replay() -> int:
-        async with db_session() as session:
+        async with db_session() as session, session.begin():
             count = await callback_admin.replay_dead(session, delivery_ids or None)
         if count:
             await send_hint(lambda hints: hints.callbacks())

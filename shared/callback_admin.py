@@ -1,5 +1,9 @@
 """Actions on callback deliveries shared by the client API (its own deliveries), the admin
-API, `scanctl callbacks` and the dashboard (every client's): one set of statements."""
+API, `scanctl callbacks` and the dashboard (every client's): one set of statements.
+
+Like every operator action (`outbox_admin` too), each runs in the caller's transaction,
+opened in sight at the call (`async with session.begin():`), and the caller hints the
+relays once it has committed."""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared import wakeups
 from shared.db import deliveries
 from shared.db.models import Delivery
 
@@ -24,20 +27,11 @@ async def replay(session: AsyncSession, owner: int | None, ids: Sequence[int] | 
     return await deliveries.replay(session, owner, ids)
 
 
-async def replay_dead(
-    session: AsyncSession, ids: Sequence[int] | None, hints: wakeups.Hints | None = None
-) -> int:
+async def replay_dead(session: AsyncSession, ids: Sequence[int] | None) -> int:
     """Make dead deliveries (`ids`, or every one if None) due now with their tries reset,
-    keeping their delivery id, in one transaction, then hint the relays (`hints`); the
-    number replayed.
-
-    `session` must have no transaction open.
-    """
-    async with session.begin():
-        count = await replay(session, None, ids)
-    if count and hints is not None:
-        await hints.callbacks()
-    return count
+    keeping their delivery id, in the caller's transaction; the number replayed. The caller
+    sends the callbacks hint after its commit."""
+    return await replay(session, None, ids)
 
 
 async def why_not_replayed(session: AsyncSession, owner: int | None, row_id: int) -> str:

@@ -1,4 +1,8 @@
-"""Operator actions on the outbox, shared by `scanctl outbox` and the dashboard."""
+"""Operator actions on the outbox, shared by `scanctl outbox` and the dashboard.
+
+Like every operator action (`callback_admin` too), each runs in the caller's transaction,
+opened in sight at the call (`async with session.begin():`), and the caller hints the
+relays once it has committed."""
 
 from __future__ import annotations
 

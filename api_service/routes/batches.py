@@ -195,8 +195,8 @@ async def export_results(
     ] = None,
 ) -> StreamingResponse:
     """A whole batch's results in one streamed response, at flat memory whatever its size."""
+    # The stream reads on connections of its own, chunk by chunk.
     await batch_service.get_user_batch(session, user, batch_id)
-    await session.close()  # the stream reads on connections of its own, chunk by chunk
     if export_format is None:
         accepts_csv = "text/csv" in request.headers.get("accept", "")
         export_format = (
@@ -240,9 +240,8 @@ async def get_batch(
                 session, user, batch_id, limit=min(limit, settings.page_size_max), cursor=cursor
             )
         finally:
-            # Between reads the request holds no connection, and the next read loads
-            # fresh rows rather than the ones this session already holds.
-            await session.close()
+            # The next read loads fresh rows rather than the ones this session already holds.
+            session.expunge_all()
 
     view = await waiting.wait_until(
         waiters, batch_id, wait_s, read, lambda view: view.done, settle_s=SETTLE_S, client=user.id

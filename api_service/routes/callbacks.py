@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from api_service import responses, task_service
+from api_service import responses
 from api_service.deps import CurrentUser, SessionDep
 from api_service.schemas import SecretOut, SecretRotate
 from shared import signing
 from shared.db import callbacks
+from shared.db.engine import single_statement
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -28,7 +29,7 @@ async def rotate_secret(
     callback carries one signature per secret) unless `retire_previous` is true."""
     secret = signing.new_secret()
     retire = body is not None and body.retire_previous
-    async with task_service.transaction(session):
+    async with single_statement(session):
         await callbacks.rotate_secret(session, user.id, secret, keep_previous=not retire)
     log.info("callback_secret_rotated", user_id=user.id, previous_retired=retire)
     return SecretOut(

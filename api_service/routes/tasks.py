@@ -106,11 +106,8 @@ async def get_task(
     wait_s = checked_wait_s(wait, settings)
 
     async def read() -> Task:
-        try:
-            return await task_service.get_task(session, user, task_id)
-        finally:
-            # Between reads the request holds no database connection.
-            await session.close()
+        # A short read of its own: between reads the request holds no database connection.
+        return await task_service.get_task(session, user, task_id)
 
     task = await waiting.wait_until(waiters, task_id, wait_s, read, _ended, client=user.id)
     return TaskOut.model_validate(task)

@@ -7,7 +7,6 @@ exports (lines and CSV built by PostgreSQL); expression language on the models f
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,15 +18,17 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import Text
 
-from shared.db.models import Batch, Lane, Task
+from shared.db import outbox
+from shared.db.models import Batch, Task
 from shared.messages import OutboxEntry
 
 # One statement, one round trip, whatever the batch size: the batch row, every task
 # (unnest of the arrays, never a loop) and, joined on the tasks actually inserted, every
-# outbox row. An idempotency-key conflict on the batch inserts nothing at all. The outbox
-# trigger is FOR EACH STATEMENT, so the whole batch sends one NOTIFY, delivered at commit.
+# outbox row (`outbox.insert_entries_sql`, the one outbox writer). An idempotency-key conflict
+# on the batch inserts nothing at all. The outbox trigger is FOR EACH STATEMENT, so the whole
+# batch sends one NOTIFY, delivered at commit.
 _CREATE_BATCH_SQL = text(
-    """
+    f"""
     WITH new_batch AS (
         INSERT INTO batches (id, user_id, config, task_count, idempotency_key, request_hash,
                              callback_url)
@@ -42,24 +43,15 @@ _CREATE_BATCH_SQL = text(
         FROM new_batch b,
              unnest(CAST(:task_ids AS uuid[]), CAST(:domains AS text[]))
                  WITH ORDINALITY AS t(id, domain, position)
-        RETURNING id
-    ), new_messages AS (
-        INSERT INTO outbox (message_id, actor, queue, payload, task_id, user_id, lane)
-        SELECT m.message_id, :actor, :queue, CAST(m.payload AS jsonb), m.task_id,
-               :user_id, CAST(:lane AS smallint)
-        FROM unnest(CAST(:task_ids AS uuid[]), CAST(:message_ids AS uuid[]),
-                    CAST(:payloads AS text[])) AS m(task_id, message_id, payload)
-        JOIN new_tasks ON new_tasks.id = m.task_id
-    )
+        RETURNING id, user_id, batch_id
+    ), new_messages AS ({outbox.insert_entries_sql("new_tasks")})
     SELECT id FROM new_batch
     """
 ).bindparams(
     bindparam("batch_id", type_=UUID(as_uuid=True)),
     bindparam("config", type_=JSONB),
-    bindparam("task_ids", type_=ARRAY(UUID(as_uuid=True))),
-    bindparam("message_ids", type_=ARRAY(UUID(as_uuid=True))),
     bindparam("domains", type_=ARRAY(Text)),
-    bindparam("payloads", type_=ARRAY(Text)),
+    *outbox.ENTRY_BINDS,
 )
 
 
@@ -71,7 +63,7 @@ class NewBatch:
     max_attempts: int
     request_hash: str
     idempotency_key: str | None
-    # One entry per task, in submission order; every entry's actor and queue are the same.
+    # One entry per task, in submission order.
     domains: Sequence[str]
     entries: Sequence[OutboxEntry]
     callback_url: str | None = None
@@ -80,7 +72,6 @@ class NewBatch:
 async def insert_batch(session: AsyncSession, new: NewBatch) -> bool:
     """Insert the batch, its pending tasks and their outbox rows; False (nothing written)
     when the user already has a batch with this idempotency key."""
-    first = new.entries[0]
     params = {
         "batch_id": new.id,
         "user_id": new.user_id,
@@ -89,13 +80,8 @@ async def insert_batch(session: AsyncSession, new: NewBatch) -> bool:
         "idempotency_key": new.idempotency_key,
         "request_hash": new.request_hash,
         "callback_url": new.callback_url,
-        "task_ids": [entry.task_id for entry in new.entries],
-        "message_ids": [entry.message_id for entry in new.entries],
         "domains": list(new.domains),
-        "payloads": [json.dumps(entry.payload) for entry in new.entries],
-        "actor": first.actor,
-        "queue": first.queue,
-        "lane": Lane.BATCH,
+        **outbox.entries_params(new.entries),
     }
     return (await session.execute(_CREATE_BATCH_SQL, params)).first() is not None
 

@@ -206,6 +206,8 @@ async def count_live_scans(session: AsyncSession, domain: str, other_than: uuid.
     return int((await session.execute(_LIVE_SCANS, params)).scalar_one())
 
 
+# An end like any other: it fires the deliveries trigger `task_finished_callbacks`
+# (docs/design.md "Completion callbacks").
 _FAIL_EXHAUSTED = text(
     f"""
     UPDATE tasks
@@ -231,7 +233,7 @@ def _redispatch_sql(task_update: str, *extra: BindParameter[Any]) -> TextClause:
     return text(
         f"""
         WITH changed AS ({task_update})
-        {outbox.insert_entry_sql("changed", due)}
+        {outbox.insert_entries_sql("changed", due)}
         RETURNING task_id
         """
     ).bindparams(
@@ -265,7 +267,7 @@ _REQUEUE_SQL = _redispatch_sql(
 
 
 def _entry_params(entry: OutboxEntry, delay_s: float) -> dict[str, Any]:
-    return {**outbox.entry_params(entry), "delay_s": delay_s}
+    return {**outbox.entries_params([entry]), "delay_s": delay_s}
 
 
 async def defer_task(

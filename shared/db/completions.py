@@ -41,7 +41,9 @@ class Completion:
 
 # Arrays unnested into rows join the tasks they end. Only the holder of the current lease, while
 # the task is still running, may write. `result` travels as text (NULL stays SQL NULL, not the
-# JSON value null).
+# JSON value null). Each end fires the deliveries trigger `task_finished_callbacks`
+# (docs/design.md "Completion callbacks"): the task's callback rows are written in the same
+# transaction.
 _FINISH_TASKS = text(
     f"""
     UPDATE tasks AS t

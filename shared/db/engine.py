@@ -139,26 +139,18 @@ def is_transaction_pooled(session: AsyncSession) -> bool:
     return bool(bind.sync_engine.get_execution_options().get(TRANSACTION_POOLED))
 
 
-async def autocommit(session: AsyncSession) -> bool:
-    """Run `session`'s statements in autocommit: each one-statement write is atomic by itself
-    in PostgreSQL, so it needs no BEGIN and COMMIT round trips. SQLAlchemy puts the
-    connection's isolation level back when it returns to the pool.
-
-    False, changing nothing, behind a transaction pooler: a statement SQLAlchemy prepares
-    outside a transaction may run on another server connection than the one that prepared
-    it, so there the statements run in a transaction the caller ends."""
-    if is_transaction_pooled(session):
-        return False
-    await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-    return True
-
-
 @asynccontextmanager
 async def single_statement(session: AsyncSession) -> AsyncIterator[None]:
-    """The block's one statement committed when the block ends without error: in autocommit,
-    or in a transaction behind a transaction pooler (see `autocommit`)."""
-    if await autocommit(session):
-        yield
-        return
+    """A transaction holding one statement (a write, or a read), committed when the block ends
+    without error; the session holds no connection after it.
+
+    A single statement is atomic by itself in PostgreSQL, so on a direct connection the block
+    runs it in autocommit, saving the BEGIN and COMMIT round trips; the connection goes back
+    to the pool as the block ends, and the pool puts its isolation level back. Behind a
+    transaction pooler it is a plain transaction: a statement prepared outside one may run on
+    another server connection than the one that prepared it. Like `session.begin()`, it
+    refuses a session already in a transaction, so no earlier read can hide in it."""
     async with session.begin():
+        if not is_transaction_pooled(session):
+            await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         yield

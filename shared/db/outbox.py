@@ -25,71 +25,65 @@ from sqlalchemy import (
     column,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from shared.db import predicates
 from shared.db.models import TASK_LANE_SQL
 from shared.messages import OutboxEntry
 
-# --- writing a message next to a task change ---------------------------------
+# --- writing messages next to task changes -----------------------------------
 
-# The bind parameters of one entry, whatever statement writes it.
+# The one way an outbox row is written: for 1..N entries, one array per column, joined on the
+# tasks a statement just wrote. A create, a retry, a batch, a schedule run, a worker's defer
+# or requeue and the leader's redispatch all write their rows through it.
 ENTRY_BINDS: tuple[BindParameter[Any], ...] = (
-    bindparam("message_id", type_=UUID(as_uuid=True)),
-    bindparam("payload", type_=JSONB),
+    bindparam("message_ids", type_=ARRAY(UUID(as_uuid=True))),
+    bindparam("task_ids", type_=ARRAY(UUID(as_uuid=True))),
+    bindparam("actors", type_=ARRAY(Text)),
+    bindparam("queues", type_=ARRAY(Text)),
+    bindparam("payloads", type_=ARRAY(Text)),
 )
 
 
-def insert_entry_sql(source: str, due: str = "now()") -> str:
-    """SQL inserting the entry bound by `entry_params` for each task the CTE `source`
-    returns (its `id`, `user_id` and `batch_id`), due at `due`, in the task's client
-    window and lane: only if the task change matched is a message written, and both
-    commit together or not at all."""
+def insert_entries_sql(source: str, due: str = "now()") -> str:
+    """SQL inserting the entries bound by `entries_params`, one row for each entry whose task
+    `source` (a CTE or table with `id`, `user_id`, `batch_id`) holds, due at `due`, in the
+    task's client window and lane. An entry whose task the statement did not write (an
+    idempotency conflict, a transition that did not match) writes nothing, so a task change
+    and its message commit together or not at all."""
     return f"""
         INSERT INTO outbox (message_id, actor, queue, payload, task_id, user_id, lane,
                             available_at)
-        SELECT :message_id, :actor, :queue, :payload, id, user_id, {TASK_LANE_SQL}, {due}
-        FROM {source}
+        SELECT m.message_id, m.actor, m.queue, CAST(m.payload AS jsonb), t.id, t.user_id,
+               {TASK_LANE_SQL}, {due}
+        FROM unnest(CAST(:message_ids AS uuid[]), CAST(:task_ids AS uuid[]),
+                    CAST(:actors AS text[]), CAST(:queues AS text[]),
+                    CAST(:payloads AS text[])) AS m(message_id, task_id, actor, queue, payload)
+        JOIN {source} t ON t.id = m.task_id
     """
 
 
-def entry_params(entry: OutboxEntry) -> dict[str, Any]:
-    """The values `insert_entry_sql` binds (the task id comes from the statement)."""
+def entries_params(entries: Sequence[OutboxEntry]) -> dict[str, Any]:
+    """The values `insert_entries_sql` binds, one array element per entry."""
     return {
-        "message_id": entry.message_id,
-        "actor": entry.actor,
-        "queue": entry.queue,
-        "payload": entry.payload,
+        "message_ids": [e.message_id for e in entries],
+        "task_ids": [e.task_id for e in entries],
+        "actors": [e.actor for e in entries],
+        "queues": [e.queue for e in entries],
+        "payloads": [json.dumps(e.payload) for e in entries],
     }
 
 
-# One statement for any number of entries, each in its task's client window and lane.
-_INSERT_MESSAGES_SQL = text(
-    f"""
-    INSERT INTO outbox (message_id, actor, queue, payload, task_id, user_id, lane)
-    SELECT m.message_id, m.actor, m.queue, CAST(m.payload AS jsonb), tasks.id,
-           tasks.user_id, {TASK_LANE_SQL}
-    FROM unnest(CAST(:message_ids AS uuid[]), CAST(:actors AS text[]),
-                CAST(:queues AS text[]), CAST(:payloads AS text[]),
-                CAST(:task_ids AS uuid[])) AS m(message_id, actor, queue, payload, task_id)
-    JOIN tasks ON tasks.id = m.task_id
-    """
-)
+# For tasks already written (the leader's redispatch puts them back to pending first).
+_INSERT_MESSAGES_SQL = text(insert_entries_sql("tasks")).bindparams(*ENTRY_BINDS)
 
 
 async def insert_messages(session: AsyncSession, entries: Sequence[OutboxEntry]) -> None:
     """Append one message per entry (each for an existing task) in the caller's transaction,
     in one statement."""
     if entries:
-        params = {
-            "message_ids": [e.message_id for e in entries],
-            "actors": [e.actor for e in entries],
-            "queues": [e.queue for e in entries],
-            "payloads": [json.dumps(e.payload) for e in entries],
-            "task_ids": [e.task_id for e in entries],
-        }
-        await session.execute(_INSERT_MESSAGES_SQL, params)
+        await session.execute(_INSERT_MESSAGES_SQL, entries_params(entries))
 
 
 # --- the relay ---------------------------------------------------------------
@@ -325,6 +319,8 @@ async def release_backoff(session: Executor) -> int:
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
+# Failing the task fires the deliveries trigger `task_finished_callbacks` (revision 0005,
+# docs/design.md "Completion callbacks"): its callback rows are written in this transaction.
 _MARK_DEAD_SQL = text(
     f"""
     WITH dead AS (

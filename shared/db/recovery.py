@@ -38,6 +38,8 @@ class RedispatchedTask:
 
 # Out of attempts (it ran max_attempts times and never finished), the task fails with the
 # reason; otherwise it goes back to pending without being charged: the claim already was.
+# A failure fires the deliveries trigger `task_finished_callbacks` (docs/design.md
+# "Completion callbacks"): the task's callback rows are written in this transaction.
 _EXPIRED_LEASES_SQL = text(
     f"""
     UPDATE tasks t SET

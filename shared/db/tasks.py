@@ -40,7 +40,7 @@ _CREATE_TASK = select(Task).from_statement(
                     :idempotency_key, :request_hash, :callback_url)
             ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
             RETURNING *
-        ), new_message AS ({outbox.insert_entry_sql("new_task")})
+        ), new_message AS ({outbox.insert_entries_sql("new_task")})
         SELECT * FROM new_task
         """
     ).bindparams(
@@ -76,7 +76,7 @@ async def insert_task_with_message(
         "idempotency_key": new.idempotency_key,
         "request_hash": new.request_hash,
         "callback_url": new.callback_url,
-        **outbox.entry_params(entry),
+        **outbox.entries_params([entry]),
     }
     return (await session.execute(_CREATE_TASK, params)).scalar_one_or_none()
 
@@ -98,7 +98,13 @@ async def get_task(session: AsyncSession, task_id: uuid.UUID) -> Task | None:
     return await session.get(Task, task_id)
 
 
-_USER_TASK = select(Task).where(Task.id == bindparam("task_id"), Task.user_id == bindparam("uid"))
+# Rows read afresh even into a session that holds the task already: a waiting request reads
+# the same task again and again on one session.
+_USER_TASK = (
+    select(Task)
+    .where(Task.id == bindparam("task_id"), Task.user_id == bindparam("uid"))
+    .execution_options(populate_existing=True)
+)
 
 
 async def get_user_task(session: AsyncSession, user_id: int, task_id: uuid.UUID) -> Task | None:
@@ -150,7 +156,7 @@ _RETRY_TASK = select(Task).from_statement(
             WHERE id = :task_id AND (CAST(:owner_id AS bigint) IS NULL OR user_id = :owner_id)
               AND status IN ({predicates.sql(TaskStatus.FAILED, TaskStatus.CANCELLED)})
             RETURNING *
-        ), new_message AS ({outbox.insert_entry_sql("retried")})
+        ), new_message AS ({outbox.insert_entries_sql("retried")})
         SELECT * FROM retried
         """
     ).bindparams(bindparam("task_id", type_=UUID(as_uuid=True)), *outbox.ENTRY_BINDS)
@@ -162,10 +168,12 @@ async def retry_task(
 ) -> Task | None:
     """failed|cancelled -> pending with attempts reset and a new outbox row; None otherwise.
     `owner_id` None: whoever owns the task (an administrator acting)."""
-    params = {"task_id": task_id, "owner_id": owner_id, **outbox.entry_params(entry)}
+    params = {"task_id": task_id, "owner_id": owner_id, **outbox.entries_params([entry])}
     return (await session.execute(_RETRY_TASK, params)).scalar_one_or_none()
 
 
+# Ending a task fires the deliveries trigger `task_finished_callbacks` (revision 0005,
+# docs/design.md "Completion callbacks"): its callback rows are written in this transaction.
 _CANCELLED = (
     f"status = {predicates.CANCELLED}, finished_at = now(), updated_at = now(), "
     f"{predicates.LEASE_CLEARED}"

@@ -99,9 +99,12 @@ async def replay_one(
     target = safe_next(back or HERE)
     if not 0 < row_id <= MAX_ROW_ID:
         return redirect(request, target, notice=f"no delivery {row_id}", error=True)
-    if not await callback_admin.replay_dead(session, [row_id], hints):
+    async with session.begin():
+        replayed = await callback_admin.replay_dead(session, [row_id])
+    if not replayed:
         why = await callback_admin.why_not_replayed(session, None, row_id)
         return redirect(request, target, notice=why, error=True)
+    await hints.callbacks()
     log.info("ui_callbacks_replayed", delivery_rows=[row_id], admin_id=admin.user.id)
     return redirect(request, target, notice=_replayed_notice(1))
 
@@ -110,6 +113,9 @@ async def replay_one(
 async def replay_all(
     request: Request, admin: UiActor, session: SessionDep, hints: HintsDep, back: BackField = ""
 ) -> Response:
-    count = await callback_admin.replay_dead(session, None, hints)
+    async with session.begin():
+        count = await callback_admin.replay_dead(session, None)
+    if count:
+        await hints.callbacks()
     log.info("ui_callbacks_replayed", rows=count, admin_id=admin.user.id)
     return redirect(request, safe_next(back or HERE), notice=_replayed_notice(count))
