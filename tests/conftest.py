@@ -8,6 +8,7 @@ import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -19,9 +20,12 @@ from shared.db.engine import create_engine, create_sessionmaker
 from shared.embedded import EmbeddedUrls, embedded_servers
 from shared.settings import Settings, get_settings
 from tests import disposable, given_servers
+from tests.faults.summary import FAULT_SECTIONS
 from tests.pgbouncer import PgBouncer, pgbouncer
 
 TABLES = "outbox, tasks, users, broker_state"
+# Sections the parallel workers' fault scenarios measured, printed once by the controller.
+WORKER_SECTIONS: list[tuple[str, list[str]]] = []
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -29,6 +33,19 @@ def pytest_configure(config: pytest.Config) -> None:
     message = disposable.refusal(os.environ)
     if message:
         raise pytest.UsageError(message)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """(pytest-xdist, on the controller) keep what a finished worker's fault scenarios measured."""
+    WORKER_SECTIONS.extend(getattr(node, "workeroutput", {}).get(FAULT_SECTIONS, []))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for title, lines in WORKER_SECTIONS:
+        terminalreporter.section(title)
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 @contextlib.contextmanager
