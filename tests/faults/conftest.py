@@ -16,17 +16,6 @@ from tests.faults.site import CountingSite, counting_site
 from tests.faults.summary import FAULT_SECTIONS
 from tests.helpers import make_user
 
-FAULTS_DIR = Path(__file__).parent
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Under `--dist loadgroup` the fault scenarios run one after another on one worker: one
-    # set of restartable servers, and no two scenarios' process stacks fighting for the CPUs
-    # while their recovery deadlines run.
-    for item in items:
-        if FAULTS_DIR in item.path.parents:
-            item.add_marker(pytest.mark.xdist_group("faults"))
-
 
 @pytest.fixture(scope="session")
 def own_servers() -> Iterator[FaultServers]:
