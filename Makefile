@@ -32,9 +32,8 @@ run: install
 	$(BIN)/scanctl dev --data-dir .data
 
 ## Parallel test workers, each with its own embedded PostgreSQL and Redis (tests/conftest.py).
-## The tests mostly wait on processes and servers, so more workers than CPUs pays: on 2 CPUs
-## the whole suite took TODO with 4 workers (docs/testing.md). TEST_WORKERS=0 runs one
-## process, for debugging.
+## The tests mostly wait on processes and servers, so more workers than CPUs: 4 on 2 CPUs
+## (why, and what was measured: docs/testing.md). TEST_WORKERS=0 runs one process, to debug.
 TEST_WORKERS ?= 4
 # loadgroup: tests marked xdist_group(name) run one after another on one worker.
 PARALLEL := -n $(TEST_WORKERS) --dist loadgroup
