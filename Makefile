@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 ## The test tools too (extra `test`): pytest, kubectl, Playwright, Schemathesis, mypy, ruff.
-$(TEST_STAMP): $(STAMP)
+$(TEST_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(TEST_STAMP)
 
@@ -31,13 +31,20 @@ install-test: $(TEST_STAMP)
 run: install
 	$(BIN)/scanctl dev --data-dir .data
 
+## Parallel test workers, each with its own embedded PostgreSQL and Redis (tests/conftest.py).
+## The tests mostly wait on processes and servers, so more workers than CPUs: 4 on 2 CPUs
+## (why, and what was measured: docs/testing.md). TEST_WORKERS=0 runs one process, to debug.
+TEST_WORKERS ?= 4
+# loadgroup: tests marked xdist_group(name) run one after another on one worker.
+PARALLEL := -n $(TEST_WORKERS) --dist loadgroup
+
 ## Every test: unit, integration (real PostgreSQL + Redis) and end-to-end (three processes).
 test: install-test
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PARALLEL)
 
 ## The fault suite alone: kills, freezes and server restarts under load, then the invariants.
 test-faults: install-test
-	$(BIN)/python -m pytest tests/faults
+	$(BIN)/python -m pytest $(PARALLEL) tests/faults
 
 ## Unit tests only: no servers.
 test-fast: install-test

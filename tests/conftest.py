@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -17,33 +19,81 @@ from shared.db import migrate
 from shared.db.engine import create_engine, create_sessionmaker
 from shared.embedded import EmbeddedUrls, embedded_servers
 from shared.settings import Settings, get_settings
+from tests import disposable, given_servers
+from tests.faults.summary import FAULT_SECTIONS
 from tests.pgbouncer import PgBouncer, pgbouncer
 
 TABLES = "outbox, tasks, users, broker_state"
+# Sections the parallel workers' fault scenarios measured, printed once by the controller.
+WORKER_SECTIONS: list[tuple[str, list[str]]] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse, before any test, servers the suite's truncates and flushes could hurt."""
+    message = disposable.refusal(os.environ)
+    if message:
+        raise pytest.UsageError(message)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """(pytest-xdist, on the controller) keep what a finished worker's fault scenarios measured."""
+    WORKER_SECTIONS.extend(getattr(node, "workeroutput", {}).get(FAULT_SECTIONS, []))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for title, lines in WORKER_SECTIONS:
+        terminalreporter.section(title)
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
+@contextlib.contextmanager
+def _urls_in_environment(urls: EmbeddedUrls) -> Iterator[EmbeddedUrls]:
+    """`urls` in DATABASE_URL and REDIS_URL (what the processes tests start read) meanwhile."""
+    saved = {name: os.environ.get(name) for name in ("DATABASE_URL", "REDIS_URL")}
+    os.environ["DATABASE_URL"], os.environ["REDIS_URL"] = urls.database_url, urls.redis_url
+    get_settings.cache_clear()
+    try:
+        yield urls
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        get_settings.cache_clear()
+
+
+def _given_servers(given: EmbeddedUrls) -> Iterator[EmbeddedUrls]:
+    """The given servers; a parallel worker gets its own database and Redis db on them."""
+    number = given_servers.worker_number()
+    if number is None:
+        migrate.upgrade(given.database_url)
+        yield given
+        return
+    urls = given_servers.worker_urls(given, number)
+    given_servers.create_database(given.database_url, urls.database_url)
+    migrate.upgrade(urls.database_url)
+    with _urls_in_environment(urls):
+        yield urls
 
 
 @pytest.fixture(scope="session")
 def servers() -> Iterator[EmbeddedUrls]:
-    """PostgreSQL (migrated) and Redis for the whole run; they must start, or the run fails."""
+    """PostgreSQL (migrated) and Redis for the whole run (for each parallel worker, its
+    own); they must start, or the run fails."""
     given_db, given_redis = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
     if given_db and given_redis:
-        urls = EmbeddedUrls(database_url=given_db, redis_url=given_redis)
-        migrate.upgrade(urls.database_url)
-        yield urls
+        yield from _given_servers(EmbeddedUrls(database_url=given_db, redis_url=given_redis))
         return
     with (
         tempfile.TemporaryDirectory(prefix="scan-outbox-test-") as tmp,
         embedded_servers(Path(tmp) / "servers", delete=True) as urls,
     ):
         migrate.upgrade(urls.database_url)
-        os.environ["DATABASE_URL"], os.environ["REDIS_URL"] = urls.database_url, urls.redis_url
-        get_settings.cache_clear()
-        try:
+        with _urls_in_environment(urls):
             yield urls
-        finally:
-            os.environ.pop("DATABASE_URL", None)
-            os.environ.pop("REDIS_URL", None)
-            get_settings.cache_clear()
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from tests.e2e.relays import Db
 from tests.faults import invariants
 from tests.faults.servers import FaultServers, fault_servers
 from tests.faults.site import CountingSite, counting_site
+from tests.faults.summary import FAULT_SECTIONS
 from tests.helpers import make_user
 
 
@@ -60,15 +61,31 @@ def site() -> Iterator[CountingSite]:
         yield running
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+def _summary_sections() -> list[tuple[str, list[str]]]:
+    """What this process's fault scenarios measured, as (title, lines) sections."""
+    sections = []
     if invariants.REPORTS:
-        terminalreporter.section("fault suite: invariants verified")
-        for report in invariants.REPORTS:
-            terminalreporter.write_line(report.line())
+        lines = [report.line() for report in invariants.REPORTS]
+        sections.append(("fault suite: invariants verified", lines))
     if invariants.RECOVERY_TIMES:
-        terminalreporter.section("fault suite: recovery times")
-        for line in invariants.RECOVERY_TIMES:
+        sections.append(("fault suite: recovery times", list(invariants.RECOVERY_TIMES)))
+    sections.extend(
+        ("load run: resident memory (MiB) as scans finished", [table])
+        for table in invariants.MEMORY_TABLES
+    )
+    return sections
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # A parallel worker hands its sections to the controller, which prints them
+    # (tests/conftest.py's pytest_testnodedown); `workeroutput` exists only on workers.
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput[FAULT_SECTIONS] = _summary_sections()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for title, lines in _summary_sections():
+        terminalreporter.section(title)
+        for line in lines:
             terminalreporter.write_line(line)
-    for table in invariants.MEMORY_TABLES:
-        terminalreporter.section("load run: resident memory (MiB) as scans finished")
-        terminalreporter.write_line(table)

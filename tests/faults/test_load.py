@@ -22,7 +22,9 @@ from tests.faults.servers import FaultServers
 from tests.faults.site import CountingSite, counting_site
 from tests.helpers import wait_until
 
-pytestmark = pytest.mark.faults
+# One worker runs the fault scenarios in turn (`--dist loadgroup`): one set of restartable
+# servers, and no two scenarios' stacks competing for the CPUs while recovery deadlines run.
+pytestmark = [pytest.mark.faults, pytest.mark.xdist_group("faults")]
 CREATES = 2000
 CLIENTS = 48
 MILESTONES = (0.25, 0.5, 0.75, 1.0)

@@ -37,7 +37,9 @@ from tests.faults.site import CountingSite
 from tests.helpers import wait_until
 from worker_service import claimer
 
-pytestmark = pytest.mark.faults
+# One worker runs the fault scenarios in turn (`--dist loadgroup`): one set of restartable
+# servers, and no two scenarios' stacks competing for the CPUs while recovery deadlines run.
+pytestmark = [pytest.mark.faults, pytest.mark.xdist_group("faults")]
 
 STAGE_DEADLINE_S = 60.0
 # How often the leader checks the broker (the product's default, not shortened here).

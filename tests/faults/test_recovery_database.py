@@ -25,7 +25,9 @@ from tests.faults.servers import FaultServers, publish_gate
 from tests.faults.site import CountingSite
 from tests.helpers import make_user, wait_until
 
-pytestmark = pytest.mark.faults
+# One worker runs the fault scenarios in turn (`--dist loadgroup`): one set of restartable
+# servers, and no two scenarios' stacks competing for the CPUs while recovery deadlines run.
+pytestmark = [pytest.mark.faults, pytest.mark.xdist_group("faults")]
 DEADLINE_S = 60.0
 
 

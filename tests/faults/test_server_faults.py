@@ -14,7 +14,9 @@ from tests.faults.scenario import scenario
 from tests.faults.servers import FaultServers
 from tests.faults.site import CountingSite
 
-pytestmark = pytest.mark.faults
+# One worker runs the fault scenarios in turn (`--dist loadgroup`): one set of restartable
+# servers, and no two scenarios' stacks competing for the CPUs while recovery deadlines run.
+pytestmark = [pytest.mark.faults, pytest.mark.xdist_group("faults")]
 
 
 def api_sample(api_url: str, name: str, **labels: str) -> float:
