@@ -100,13 +100,21 @@ class RedisProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self.process.returncode}")
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
-            ):
+            if self._answers_ping():
                 return
             time.sleep(0.02)
         raise RuntimeError("redis-server did not start in time")
+
+    def _answers_ping(self) -> bool:
+        """PONG, not just a connection: a Redis loading its data file accepts connections but
+        answers every command with LOADING until it has read the file."""
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as connection,
+        ):
+            connection.sendall(b"PING\r\n")
+            return connection.recv(64).startswith(b"+PONG")
+        return False
 
     def _persistence_options(self) -> list[str]:
         if not self.persistent:

@@ -103,7 +103,8 @@ def test_a_schedule_made_with_scanctl_runs_batches_the_worker_scans_and_compares
 
     listed = scanctl("schedules", "list", "--json", *api, env=env)
     assert [row["id"] for row in json.loads(listed.stdout)] == [schedule["id"]]
-    runs = scanctl("schedules", "runs", schedule["id"], *api, env=env)
+    # A table as wide as an operator's terminal: a pipe's default width would cut the ids.
+    runs = scanctl("schedules", "runs", schedule["id"], *api, env={**env, "COLUMNS": "200"})
     assert runs.returncode == 0
     assert str(second["batch_id"]) in runs.stdout
     paused = scanctl("schedules", "pause", schedule["id"], "--json", *api, env=env)
