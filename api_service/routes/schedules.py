@@ -21,10 +21,13 @@ from api_service.schedule_schemas import (
 router = APIRouter(prefix="/api/v1/schedules", tags=["schedules"])
 
 _ERRORS = responses.errors(401, 404, 409, 422, 503)
+_CREATE_ERRORS = responses.errors(401, 404, 409, 413, 422, 503)
 PAGE_SIZE_DEFAULT = 100
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ScheduleOut, responses=_ERRORS)
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, response_model=ScheduleOut, responses=_CREATE_ERRORS
+)
 async def create_schedule(
     body: ScheduleCreate,
     response: Response,
