@@ -72,23 +72,16 @@ def new_batch(due: schedules.DueSchedule, tick: datetime, settings: Settings) ->
     )
 
 
+@dataclass(eq=False)
 class Firing:
     """The relay's schedule job: `run_once` fires what is due, claim after claim."""
 
-    def __init__(
-        self,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        redis: aioredis.Redis,
-        settings: Settings,
-        stop: asyncio.Event,
-        wake_relay: Callable[[], None] | None = None,
-    ) -> None:
-        self.sessionmaker = sessionmaker
-        self.redis = redis
-        self.settings = settings
-        self.stop = stop
-        # The runs' outbox rows are committed: this relay publishes them at once.
-        self.wake_relay = wake_relay
+    sessionmaker: async_sessionmaker[AsyncSession]
+    redis: aioredis.Redis
+    settings: Settings
+    stop: asyncio.Event
+    # The runs' outbox rows are committed: this relay publishes them at once.
+    wake_relay: Callable[[], None] | None = None
 
     async def run_once(self) -> None:
         """Claim until a claim comes back short; never raises for a database error."""

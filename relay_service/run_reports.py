@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -71,17 +72,12 @@ async def report_ended(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
     return len(runs)
 
 
+@dataclass(eq=False)
 class RunReports:
-    def __init__(
-        self,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        stop: asyncio.Event,
-        wake_deliverer: Callable[[], None] | None = None,
-    ) -> None:
-        self.sessionmaker = sessionmaker
-        self.stop = stop
-        # A report may have committed a changes-only delivery: this relay sends it at once.
-        self.wake_deliverer = wake_deliverer
+    sessionmaker: async_sessionmaker[AsyncSession]
+    stop: asyncio.Event
+    # A report may have committed a changes-only delivery: this relay sends it at once.
+    wake_deliverer: Callable[[], None] | None = None
 
     async def run_once(self) -> None:
         try:
