@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import redis.asyncio as aioredis
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from relay_service.claim_rounds import claim_until_short
 from shared import create_rate, metrics, schedule_times
 from shared.db import batches, schedules
 from shared.logging import get_logger
@@ -85,19 +85,18 @@ class Firing:
 
     async def run_once(self) -> None:
         """Claim until a claim comes back short; never raises for a database error."""
-        try:
-            while not self.stop.is_set():
-                counts = await fire_due(self.sessionmaker, self.redis, self.settings)
-                _count(counts)
-                handled = counts.fired + sum(counts.skipped.values())
-                if counts.fired and self.wake_relay is not None:
-                    self.wake_relay()
-                if counts.fired or counts.skipped:
-                    log.info("schedules_fired", fired=counts.fired, skipped=counts.skipped)
-                if handled < self.settings.schedule_fire_batch_size:
-                    return
-        except (SQLAlchemyError, OSError) as exc:
-            log.warning("schedule_firing_failed", error=type(exc).__name__)
+        full = self.settings.schedule_fire_batch_size
+        await claim_until_short(self._fire_once, full, self.stop, log, "schedule_firing_failed")
+
+    async def _fire_once(self) -> int:
+        """One committed claim, counted, logged and announced; the schedules it handled."""
+        counts = await fire_due(self.sessionmaker, self.redis, self.settings)
+        _count(counts)
+        if counts.fired and self.wake_relay is not None:
+            self.wake_relay()
+        if counts.fired or counts.skipped:
+            log.info("schedules_fired", fired=counts.fired, skipped=counts.skipped)
+        return counts.fired + sum(counts.skipped.values())
 
 
 def _count(counts: FireCounts) -> None:
