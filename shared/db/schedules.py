@@ -8,7 +8,8 @@ one statement each per claim; each run's batch goes through `batches.insert_batc
 
 Idiom: expression language on the models (the ORM's `add` for a new schedule) for a client's
 schedules and the reads; `text()` built once at import for the firing claim, the runs, the
-new fire times and the changes' delivery.
+new fire times and the changes' delivery; the runs and fire times bind one array per field of
+`NewRun` and `Advance` (`shared/db/bulk.py`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlalchemy.types import BigInteger, Integer, Text
 
+from shared.db.bulk import execute_for_rows
 from shared.db.models import Schedule, ScheduleRun, Task, User
 from shared.db.predicates import NOT_ENDED
 
@@ -160,47 +162,38 @@ _INSERT_RUNS_SQL = text(
     """
     INSERT INTO schedule_runs (schedule_id, user_id, tick_at, missed_ticks, batch_id,
                                skipped_reason)
-    SELECT * FROM unnest(CAST(:schedule_ids AS uuid[]), CAST(:user_ids AS bigint[]),
-                         CAST(:ticks AS timestamptz[]), CAST(:missed AS integer[]),
-                         CAST(:batch_ids AS uuid[]), CAST(:reasons AS text[]))
+    SELECT * FROM unnest(CAST(:schedule_id AS uuid[]), CAST(:user_id AS bigint[]),
+                         CAST(:tick_at AS timestamptz[]), CAST(:missed_ticks AS integer[]),
+                         CAST(:batch_id AS uuid[]), CAST(:skipped_reason AS text[]))
     ON CONFLICT (schedule_id, tick_at) DO NOTHING
     """
 ).bindparams(
-    bindparam("schedule_ids", type_=ARRAY(UUID(as_uuid=True))),
-    bindparam("user_ids", type_=ARRAY(BigInteger)),
-    bindparam("ticks", type_=ARRAY(TIMESTAMP(timezone=True))),
-    bindparam("missed", type_=ARRAY(Integer)),
-    bindparam("batch_ids", type_=ARRAY(UUID(as_uuid=True))),
-    bindparam("reasons", type_=ARRAY(Text)),
+    bindparam("schedule_id", type_=ARRAY(UUID(as_uuid=True))),
+    bindparam("user_id", type_=ARRAY(BigInteger)),
+    bindparam("tick_at", type_=ARRAY(TIMESTAMP(timezone=True))),
+    bindparam("missed_ticks", type_=ARRAY(Integer)),
+    bindparam("batch_id", type_=ARRAY(UUID(as_uuid=True))),
+    bindparam("skipped_reason", type_=ARRAY(Text)),
 )
 
 
 async def insert_runs(session: AsyncSession, runs: Sequence[NewRun]) -> None:
-    if not runs:
-        return
-    params = {
-        "schedule_ids": [run.schedule_id for run in runs],
-        "user_ids": [run.user_id for run in runs],
-        "ticks": [run.tick_at for run in runs],
-        "missed": [run.missed_ticks for run in runs],
-        "batch_ids": [run.batch_id for run in runs],
-        "reasons": [run.skipped_reason for run in runs],
-    }
-    await session.execute(_INSERT_RUNS_SQL, params)
+    """Record the runs, one statement for all (a tick already recorded is left as it was)."""
+    await execute_for_rows(session, _INSERT_RUNS_SQL, runs)
 
 
 _ADVANCE_SQL = text(
     """
     UPDATE schedules s SET next_fire_at = n.next_fire_at,
                            last_fired_at = coalesce(n.fired_tick, s.last_fired_at)
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:next_times AS timestamptz[]),
-                CAST(:fired AS timestamptz[])) AS n(id, next_fire_at, fired_tick)
+    FROM unnest(CAST(:schedule_id AS uuid[]), CAST(:next_fire_at AS timestamptz[]),
+                CAST(:fired_tick AS timestamptz[])) AS n(id, next_fire_at, fired_tick)
     WHERE s.id = n.id
     """
 ).bindparams(
-    bindparam("ids", type_=ARRAY(UUID(as_uuid=True))),
-    bindparam("next_times", type_=ARRAY(TIMESTAMP(timezone=True))),
-    bindparam("fired", type_=ARRAY(TIMESTAMP(timezone=True))),
+    bindparam("schedule_id", type_=ARRAY(UUID(as_uuid=True))),
+    bindparam("next_fire_at", type_=ARRAY(TIMESTAMP(timezone=True))),
+    bindparam("fired_tick", type_=ARRAY(TIMESTAMP(timezone=True))),
 )
 
 
@@ -213,14 +206,7 @@ class Advance:
 
 async def advance(session: AsyncSession, moves: Sequence[Advance]) -> None:
     """Set each claimed schedule's next fire time (and the tick it fired, if any)."""
-    if not moves:
-        return
-    params = {
-        "ids": [move.schedule_id for move in moves],
-        "next_times": [move.next_fire_at for move in moves],
-        "fired": [move.fired_tick for move in moves],
-    }
-    await session.execute(_ADVANCE_SQL, params)
+    await execute_for_rows(session, _ADVANCE_SQL, moves)
 
 
 async def list_runs(
