@@ -17,6 +17,7 @@ from scanctl.common import (
     db_session,
     fail,
     load_settings,
+    parsed_id,
     print_json,
     run_async,
     send_hint,
@@ -29,13 +30,6 @@ from shared.settings import Settings
 
 app = typer.Typer(help="Inspect, retry and cancel tasks.", no_args_is_help=True)
 TaskIdArgument = Annotated[str, typer.Argument(metavar="ID", help="The task id.")]
-
-
-def parsed_task_id(task_id: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(task_id)
-    except ValueError:
-        fail(f"{task_id!r} is not a task id (a UUID)")
 
 
 @app.command("list")
@@ -75,7 +69,7 @@ def list_tasks(
 @app.command("show")
 def show(task_id: TaskIdArgument, json_output: JsonOption = False) -> None:
     """One task with its report."""
-    parsed = parsed_task_id(task_id)
+    parsed = parsed_id(task_id, "task")
 
     async def load() -> tuple[Task, str] | None:
         async with db_session() as session:
@@ -99,7 +93,7 @@ def _change_task(
 ) -> Task:
     """The task as `change` left it, in one transaction; else one line saying why not (no such
     task, or a status only `allowed` tasks leave) and exit code 1."""
-    parsed = parsed_task_id(task_id)
+    parsed = parsed_id(task_id, "task")
 
     async def apply() -> tuple[Task | None, tuple[Task, str] | None]:
         async with db_session(settings) as session, session.begin():
