@@ -20,7 +20,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, select, text, true, update
+from sqlalchemy import (
+    ColumnElement,
+    Executable,
+    and_,
+    bindparam,
+    delete,
+    func,
+    select,
+    text,
+    true,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -52,13 +63,23 @@ async def list_user_schedules(
     return (await session.execute(stmt)).scalars().all()
 
 
+def _owned(user_id: int, schedule_id: uuid.UUID) -> ColumnElement[bool]:
+    """The schedule, if it is the user's: another user's is as missing as a deleted one."""
+    return and_(Schedule.id == schedule_id, Schedule.user_id == user_id)
+
+
+async def _changed(session: AsyncSession, stmt: Executable) -> bool:
+    """Run a write of at most one schedule; whether it changed one."""
+    return bool(getattr(await session.execute(stmt), "rowcount", 0))
+
+
 async def get_user_schedule(
     session: AsyncSession, user_id: int, schedule_id: uuid.UUID
 ) -> Schedule | None:
     """The user's own schedule; None for a missing one and for another user's alike."""
     stmt = (
         select(Schedule)
-        .where(Schedule.id == schedule_id, Schedule.user_id == user_id)
+        .where(_owned(user_id, schedule_id))
         .execution_options(populate_existing=True)
     )
     return (await session.execute(stmt)).scalar_one_or_none()
@@ -68,14 +89,10 @@ async def pause(session: AsyncSession, user_id: int, schedule_id: uuid.UUID) -> 
     """Pause a running schedule (it leaves the due index); False if it was not running."""
     stmt = (
         update(Schedule)
-        .where(
-            Schedule.id == schedule_id,
-            Schedule.user_id == user_id,
-            Schedule.paused_at.is_(None),
-        )
+        .where(_owned(user_id, schedule_id), Schedule.paused_at.is_(None))
         .values(paused_at=func.now(), next_fire_at=None, updated_at=func.now())
     )
-    return bool(getattr(await session.execute(stmt), "rowcount", 0))
+    return await _changed(session, stmt)
 
 
 async def resume(
@@ -85,20 +102,15 @@ async def resume(
     missed: nobody wanted them); False if it was not paused."""
     stmt = (
         update(Schedule)
-        .where(
-            Schedule.id == schedule_id,
-            Schedule.user_id == user_id,
-            Schedule.paused_at.is_not(None),
-        )
+        .where(_owned(user_id, schedule_id), Schedule.paused_at.is_not(None))
         .values(paused_at=None, next_fire_at=next_fire_at, updated_at=func.now())
     )
-    return bool(getattr(await session.execute(stmt), "rowcount", 0))
+    return await _changed(session, stmt)
 
 
 async def delete_schedule(session: AsyncSession, user_id: int, schedule_id: uuid.UUID) -> bool:
     """Delete the schedule and its run records (the runs' batches stay the user's)."""
-    stmt = delete(Schedule).where(Schedule.id == schedule_id, Schedule.user_id == user_id)
-    return bool(getattr(await session.execute(stmt), "rowcount", 0))
+    return await _changed(session, delete(Schedule).where(_owned(user_id, schedule_id)))
 
 
 # Due schedules, earliest first, from ix_schedules_due; the clock is the database's unless
