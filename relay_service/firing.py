@@ -72,6 +72,7 @@ def new_batch(due: schedules.DueSchedule, tick: datetime, settings: Settings) ->
     )
 
 
+# eq=False: a live part, not a value: equal only to itself, and hashable.
 @dataclass(eq=False)
 class Firing:
     """The relay's schedule job: `run_once` fires what is due, claim after claim."""

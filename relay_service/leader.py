@@ -119,6 +119,7 @@ class LeaderElection:
         await self.engine.dispose()
 
 
+# eq=False: a live part, not a value: equal only to itself, and hashable.
 @dataclass(eq=False)
 class MaintenanceJobs:
     """The leader check (every relay) and the leader's jobs, each one `run_once` of the

@@ -72,6 +72,7 @@ async def report_ended(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
     return len(runs)
 
 
+# eq=False: a live part, not a value: equal only to itself, and hashable.
 @dataclass(eq=False)
 class RunReports:
     sessionmaker: async_sessionmaker[AsyncSession]

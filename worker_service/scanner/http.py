@@ -176,6 +176,7 @@ def _ssl_object(response: httpx.Response) -> ssl.SSLObject | None:
     return found if isinstance(found, ssl.SSLObject) else None
 
 
+# eq=False: a live part, not a value: equal only to itself, and hashable.
 @dataclass(eq=False)
 class _Fetcher:
     """One fetch: its clients, the settings, the scan's budget and the lookups made so far.
