@@ -19,7 +19,7 @@ from scanctl.common import (
     run_async,
     send_hint,
 )
-from scanctl.output import outbox_json, short_time
+from scanctl.output import facts_table, outbox_json, short_time
 from shared import outbox_admin
 from shared.db import inspection, outbox
 from shared.db.models import OutboxMessage
@@ -82,9 +82,7 @@ def show(
     if json_output:
         print_json(data)
         return
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column(overflow="fold")
+    table = facts_table()
     for name, value in data.items():
         shown = (
             json.dumps(value) if isinstance(value, dict) else "" if value is None else str(value)
