@@ -28,6 +28,7 @@ from shared.settings import Settings, get_settings
 T = TypeVar("T")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+RowsOption = Annotated[int, typer.Option(min=1, max=10_000, help="Rows at most.")]
 
 PIPED_WIDTH = 200
 

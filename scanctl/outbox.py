@@ -12,6 +12,7 @@ from rich.table import Table
 
 from scanctl.common import (
     JsonOption,
+    RowsOption,
     console,
     db_session,
     fail,
@@ -37,7 +38,7 @@ class State(enum.StrEnum):
 @app.command("list")
 def list_rows(
     state: Annotated[State, typer.Option(help="Which rows to show.")] = State.UNPUBLISHED,
-    limit: Annotated[int, typer.Option(min=1, max=10_000, help="Rows at most.")] = 50,
+    limit: RowsOption = 50,
     json_output: JsonOption = False,
 ) -> None:
     """Outbox rows, newest first (payloads only with `show`)."""
