@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import redis.asyncio as aioredis
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from relay_service.claim_rounds import claim_until_short
 from shared import create_rate, metrics, schedule_times
 from shared.db import batches, schedules
 from shared.logging import get_logger
@@ -72,39 +72,32 @@ def new_batch(due: schedules.DueSchedule, tick: datetime, settings: Settings) ->
     )
 
 
+# eq=False: a live part, not a value: equal only to itself, and hashable.
+@dataclass(eq=False)
 class Firing:
     """The relay's schedule job: `run_once` fires what is due, claim after claim."""
 
-    def __init__(
-        self,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        redis: aioredis.Redis,
-        settings: Settings,
-        stop: asyncio.Event,
-        wake_relay: Callable[[], None] | None = None,
-    ) -> None:
-        self.sessionmaker = sessionmaker
-        self.redis = redis
-        self.settings = settings
-        self.stop = stop
-        # The runs' outbox rows are committed: this relay publishes them at once.
-        self.wake_relay = wake_relay
+    sessionmaker: async_sessionmaker[AsyncSession]
+    redis: aioredis.Redis
+    settings: Settings
+    stop: asyncio.Event
+    # The runs' outbox rows are committed: this relay publishes them at once.
+    wake_relay: Callable[[], None] | None = None
 
     async def run_once(self) -> None:
         """Claim until a claim comes back short; never raises for a database error."""
-        try:
-            while not self.stop.is_set():
-                counts = await fire_due(self.sessionmaker, self.redis, self.settings)
-                _count(counts)
-                handled = counts.fired + sum(counts.skipped.values())
-                if counts.fired and self.wake_relay is not None:
-                    self.wake_relay()
-                if counts.fired or counts.skipped:
-                    log.info("schedules_fired", fired=counts.fired, skipped=counts.skipped)
-                if handled < self.settings.schedule_fire_batch_size:
-                    return
-        except (SQLAlchemyError, OSError) as exc:
-            log.warning("schedule_firing_failed", error=type(exc).__name__)
+        full = self.settings.schedule_fire_batch_size
+        await claim_until_short(self._fire_once, full, self.stop, log, "schedule_firing_failed")
+
+    async def _fire_once(self) -> int:
+        """One committed claim, counted, logged and announced; the schedules it handled."""
+        counts = await fire_due(self.sessionmaker, self.redis, self.settings)
+        _count(counts)
+        if counts.fired and self.wake_relay is not None:
+            self.wake_relay()
+        if counts.fired or counts.skipped:
+            log.info("schedules_fired", fired=counts.fired, skipped=counts.skipped)
+        return counts.fired + sum(counts.skipped.values())
 
 
 def _count(counts: FireCounts) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
@@ -118,23 +119,17 @@ class LeaderElection:
         await self.engine.dispose()
 
 
+# eq=False: a live part, not a value: equal only to itself, and hashable.
+@dataclass(eq=False)
 class MaintenanceJobs:
     """The leader check (every relay) and the leader's jobs, each one `run_once` of the
     relay's registry, which runs the leader's only while `leads()`."""
 
-    def __init__(
-        self,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        settings: Settings,
-        election: LeaderElection,
-        stop: asyncio.Event,
-        watch: BrokerWatch | None = None,
-    ) -> None:
-        self.sessionmaker = sessionmaker
-        self.settings = settings
-        self.election = election
-        self.stop = stop
-        self.watch = watch
+    sessionmaker: async_sessionmaker[AsyncSession]
+    settings: Settings
+    election: LeaderElection
+    stop: asyncio.Event
+    watch: BrokerWatch | None = None
 
     def leads(self) -> bool:
         return self.election.is_leader

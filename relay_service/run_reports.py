@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from relay_service.claim_rounds import claim_until_short
 from shared import run_changes
 from shared.db import schedules
 from shared.db.models import Schedule, ScheduleRun
@@ -71,25 +72,22 @@ async def report_ended(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
     return len(runs)
 
 
+# eq=False: a live part, not a value: equal only to itself, and hashable.
+@dataclass(eq=False)
 class RunReports:
-    def __init__(
-        self,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        stop: asyncio.Event,
-        wake_deliverer: Callable[[], None] | None = None,
-    ) -> None:
-        self.sessionmaker = sessionmaker
-        self.stop = stop
-        # A report may have committed a changes-only delivery: this relay sends it at once.
-        self.wake_deliverer = wake_deliverer
+    sessionmaker: async_sessionmaker[AsyncSession]
+    stop: asyncio.Event
+    # A report may have committed a changes-only delivery: this relay sends it at once.
+    wake_deliverer: Callable[[], None] | None = None
 
     async def run_once(self) -> None:
-        try:
-            while not self.stop.is_set():
-                reported = await report_ended(self.sessionmaker)
-                if reported and self.wake_deliverer is not None:
-                    self.wake_deliverer()
-                if reported < CLAIM_LIMIT:
-                    return
-        except (SQLAlchemyError, OSError) as exc:
-            log.warning("schedule_reports_failed", error=type(exc).__name__)
+        """Report until a claim comes back short; never raises for a database error."""
+        await claim_until_short(
+            self._report_once, CLAIM_LIMIT, self.stop, log, "schedule_reports_failed"
+        )
+
+    async def _report_once(self) -> int:
+        reported = await report_ended(self.sessionmaker)
+        if reported and self.wake_deliverer is not None:
+            self.wake_deliverer()
+        return reported

@@ -4,7 +4,6 @@ all of its results (NDJSON or CSV) to a file or stdout."""
 from __future__ import annotations
 
 import sys
-import uuid
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
@@ -18,6 +17,7 @@ from scanctl.common import (
     db_session,
     fail,
     load_settings,
+    parsed_id,
     print_json,
     run_async,
     send_hint,
@@ -33,13 +33,6 @@ app = typer.Typer(
 )
 BatchIdArgument = Annotated[str, typer.Argument(metavar="ID", help="The batch id.")]
 TERMINAL = frozenset(status.value for status in TERMINAL_STATUSES)
-
-
-def parsed_batch_id(batch_id: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(batch_id)
-    except ValueError:
-        fail(f"{batch_id!r} is not a batch id (a UUID)")
 
 
 def batch_json(batch: Batch, owner: str, progress: batches.BatchProgress) -> dict[str, Any]:
@@ -96,7 +89,7 @@ def list_batches(
 
 
 def _load_one(batch_id: str) -> dict[str, Any]:
-    parsed = parsed_batch_id(batch_id)
+    parsed = parsed_id(batch_id, "batch")
 
     async def load() -> dict[str, Any] | None:
         async with db_session() as session:
@@ -130,7 +123,7 @@ def show(batch_id: BatchIdArgument, json_output: JsonOption = False) -> None:
 @app.command("cancel")
 def cancel(batch_id: BatchIdArgument, json_output: JsonOption = False) -> None:
     """Cancel every task of the batch that has not ended, whoever owns it."""
-    parsed = parsed_batch_id(batch_id)
+    parsed = parsed_id(batch_id, "batch")
 
     async def do_cancel() -> int | None:
         async with db_session() as session, session.begin():
@@ -163,7 +156,7 @@ def results(
     ] = None,
 ) -> None:
     """Every task of the batch with its report, in submission order (flat memory)."""
-    parsed = parsed_batch_id(batch_id)
+    parsed = parsed_id(batch_id, "batch")
     _load_one(batch_id)  # a missing batch is an error, not an empty file
     settings = load_settings()
 

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from scanctl.common import (
     JsonOption,
+    RowsOption,
     console,
     db_session,
     fail,
@@ -57,7 +58,7 @@ def delivery_json(row: Delivery) -> dict[str, Any]:
 @app.command("list")
 def list_rows(
     state: Annotated[State, typer.Option(help="Which deliveries to show.")] = State.PENDING,
-    limit: Annotated[int, typer.Option(min=1, max=10_000, help="Rows at most.")] = 50,
+    limit: RowsOption = 50,
     json_output: JsonOption = False,
 ) -> None:
     """Deliveries, newest first."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -27,6 +28,7 @@ from shared.settings import Settings, get_settings
 T = TypeVar("T")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+RowsOption = Annotated[int, typer.Option(min=1, max=10_000, help="Rows at most.")]
 
 PIPED_WIDTH = 200
 
@@ -46,6 +48,14 @@ err_console = _console(stderr=True)
 def fail(message: str, code: int = 1) -> NoReturn:
     err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
     raise typer.Exit(code)
+
+
+def parsed_id(value: str, kind: str) -> uuid.UUID:
+    """`value` as the UUID it spells, else one line saying it is no `kind` id, and exit 1."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        fail(f"{value!r} is not a {kind} id (a UUID)")
 
 
 def run_async(factory: Callable[[], Awaitable[T]]) -> T:

@@ -25,7 +25,7 @@ from shared.settings import Settings
 DryRunOption = Annotated[
     bool, typer.Option("--dry-run", help="Only report what would be done; change nothing.")
 ]
-Cleanup = Callable[..., Awaitable[cleanup.CleanupReport]]
+Cleanup = Callable[[cleanup.CleanupScope], Awaitable[cleanup.CleanupReport]]
 
 
 def _mark(ok: bool, good: str = "reachable", bad: str = "unreachable") -> str:
@@ -100,9 +100,8 @@ def _run_cleanup(operation: Cleanup, dry_run: bool, json_output: bool) -> None:
         redis: aioredis.Redis
         async with db_and_redis(settings) as (sessionmaker, redis):
             with progress_bar(enabled=not json_output) as progress:
-                return await operation(
-                    sessionmaker, redis, settings, dry_run=dry_run, progress=progress
-                )
+                scope = cleanup.CleanupScope(sessionmaker, redis, settings, dry_run, progress)
+                return await operation(scope)
 
     report = run_async(run)
     if json_output:

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from scanctl.common import (
     JsonOption,
+    RowsOption,
     console,
     db_session,
     fail,
@@ -19,7 +20,7 @@ from scanctl.common import (
     run_async,
     send_hint,
 )
-from scanctl.output import outbox_json, short_time
+from scanctl.output import facts_table, outbox_json, short_time
 from shared import outbox_admin
 from shared.db import inspection, outbox
 from shared.db.models import OutboxMessage
@@ -37,7 +38,7 @@ class State(enum.StrEnum):
 @app.command("list")
 def list_rows(
     state: Annotated[State, typer.Option(help="Which rows to show.")] = State.UNPUBLISHED,
-    limit: Annotated[int, typer.Option(min=1, max=10_000, help="Rows at most.")] = 50,
+    limit: RowsOption = 50,
     json_output: JsonOption = False,
 ) -> None:
     """Outbox rows, newest first (payloads only with `show`)."""
@@ -82,9 +83,7 @@ def show(
     if json_output:
         print_json(data)
         return
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column(overflow="fold")
+    table = facts_table()
     for name, value in data.items():
         shown = (
             json.dumps(value) if isinstance(value, dict) else "" if value is None else str(value)

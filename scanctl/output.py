@@ -102,11 +102,18 @@ def result_tree(title: str, result: dict[str, Any]) -> Tree:
     return tree
 
 
-def task_view(data: dict[str, Any]) -> Group:
-    """A task's facts as a short table, then its report as a tree."""
+def facts_table() -> Table:
+    """A table of one thing's facts: a name in bold, then its value, folded when long; no
+    header, no box."""
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
+    return table
+
+
+def task_view(data: dict[str, Any]) -> Group:
+    """A task's facts as a short table, then its report as a tree."""
+    table = facts_table()
     for name in ("id", "user", "target_domain", "status", "attempts", "created_at", "finished_at"):
         if data.get(name) is not None:
             table.add_row(name, escape(str(data[name])))

@@ -131,53 +131,33 @@ def list_schedules(
     _show(rows)
 
 
-def _one(
-    method: str,
-    suffix: str,
-    schedule_id: str,
-    api_url: str | None,
-    token: str | None,
-    json_output: bool,
-) -> None:
-    with _client(api_url, token) as client:
-        row = scan._call(client, method, f"/api/v1/schedules/{schedule_id}{suffix}")
-    if json_output:
-        print_json(row)
-        return
-    _show([row])
+def _add_one_schedule_command(name: str, method: str, suffix: str, summary: str) -> None:
+    """`scanctl schedules NAME ID`: one API call on the schedule, which is then printed."""
+
+    def command(
+        schedule_id: ScheduleId,
+        api_url: ApiUrl = None,
+        token: Token = None,
+        json_output: JsonOption = False,
+    ) -> None:
+        with _client(api_url, token) as client:
+            row = scan._call(client, method, f"/api/v1/schedules/{schedule_id}{suffix}")
+        if json_output:
+            print_json(row)
+            return
+        _show([row])
+
+    command.__doc__ = summary
+    app.command(name)(command)
 
 
-@app.command("show")
-def show(
-    schedule_id: ScheduleId,
-    api_url: ApiUrl = None,
-    token: Token = None,
-    json_output: JsonOption = False,
-) -> None:
-    """One schedule."""
-    _one("GET", "", schedule_id, api_url, token, json_output)
-
-
-@app.command("pause")
-def pause(
-    schedule_id: ScheduleId,
-    api_url: ApiUrl = None,
-    token: Token = None,
-    json_output: JsonOption = False,
-) -> None:
-    """No more runs until resumed."""
-    _one("POST", "/pause", schedule_id, api_url, token, json_output)
-
-
-@app.command("resume")
-def resume(
-    schedule_id: ScheduleId,
-    api_url: ApiUrl = None,
-    token: Token = None,
-    json_output: JsonOption = False,
-) -> None:
-    """Run again from the next tick after now."""
-    _one("POST", "/resume", schedule_id, api_url, token, json_output)
+# The commands that differ only in the call they make, in the order `--help` lists them.
+for _name, _method, _suffix, _summary in (
+    ("show", "GET", "", "One schedule."),
+    ("pause", "POST", "/pause", "No more runs until resumed."),
+    ("resume", "POST", "/resume", "Run again from the next tick after now."),
+):
+    _add_one_schedule_command(_name, _method, _suffix, _summary)
 
 
 @app.command("delete")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from scanctl.common import (
     JsonOption,
@@ -15,6 +17,7 @@ from scanctl.common import (
     db_session,
     fail,
     load_settings,
+    parsed_id,
     print_json,
     run_async,
     send_hint,
@@ -23,16 +26,10 @@ from scanctl.output import short_time, task_json, task_view
 from shared.db import inspection, tasks
 from shared.db.models import Task, TaskStatus
 from shared.messages import scan_entry
+from shared.settings import Settings
 
 app = typer.Typer(help="Inspect, retry and cancel tasks.", no_args_is_help=True)
 TaskIdArgument = Annotated[str, typer.Argument(metavar="ID", help="The task id.")]
-
-
-def parsed_task_id(task_id: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(task_id)
-    except ValueError:
-        fail(f"{task_id!r} is not a task id (a UUID)")
 
 
 @app.command("list")
@@ -72,7 +69,7 @@ def list_tasks(
 @app.command("show")
 def show(task_id: TaskIdArgument, json_output: JsonOption = False) -> None:
     """One task with its report."""
-    parsed = parsed_task_id(task_id)
+    parsed = parsed_id(task_id, "task")
 
     async def load() -> tuple[Task, str] | None:
         async with db_session() as session:
@@ -88,32 +85,41 @@ def show(task_id: TaskIdArgument, json_output: JsonOption = False) -> None:
         console.print(task_view(data), highlight=False)
 
 
-def _transition_refused(
-    found: tuple[Task, str] | None, task_id: str, action: str, allowed: str
-) -> None:
-    if found is None:
+TaskChange = Callable[[AsyncSession, uuid.UUID], Awaitable[Task | None]]
+
+
+def _change_task(
+    task_id: str, change: TaskChange, action: str, allowed: str, settings: Settings | None = None
+) -> Task:
+    """The task as `change` left it, in one transaction; else one line saying why not (no such
+    task, or a status only `allowed` tasks leave) and exit code 1."""
+    parsed = parsed_id(task_id, "task")
+
+    async def apply() -> tuple[Task | None, tuple[Task, str] | None]:
+        async with db_session(settings) as session, session.begin():
+            task = await change(session, parsed)
+            current = None if task else await inspection.get_task_with_owner(session, parsed)
+            return task, current
+
+    task, current = run_async(apply)
+    if task is not None:
+        return task
+    if current is None:
         fail(f"no task {task_id}")
-    fail(f"a {found[0].status} task cannot be {action}; only {allowed} tasks can")
+    fail(f"a {current[0].status} task cannot be {action}; only {allowed} tasks can")
 
 
 @app.command("retry")
 def retry(task_id: TaskIdArgument, json_output: JsonOption = False) -> None:
     """Run a failed or cancelled task again from a fresh start (attempts reset), whoever owns
     it; its new message is committed with it."""
-    parsed = parsed_task_id(task_id)
     settings = load_settings()
 
-    async def do_retry() -> tuple[Task | None, tuple[Task, str] | None]:
-        async with db_session(settings) as session, session.begin():
-            entry = scan_entry(parsed, settings.queue_name)
-            task = await tasks.retry_task(session, None, parsed, entry)
-            current = None if task else await inspection.get_task_with_owner(session, parsed)
-            return task, current
+    def retry_one(session: AsyncSession, task_id: uuid.UUID) -> Awaitable[Task | None]:
+        entry = scan_entry(task_id, settings.queue_name)
+        return tasks.retry_task(session, None, task_id, entry)
 
-    task, current = run_async(do_retry)
-    if task is None:
-        _transition_refused(current, task_id, "retried", "failed or cancelled")
-        return
+    task = _change_task(task_id, retry_one, "retried", "failed or cancelled", settings)
     run_async(lambda: send_hint(lambda hints: hints.outbox()))
     _print_transition(task, "pending again", json_output)
 
@@ -122,18 +128,11 @@ def retry(task_id: TaskIdArgument, json_output: JsonOption = False) -> None:
 def cancel(task_id: TaskIdArgument, json_output: JsonOption = False) -> None:
     """Cancel a pending, queued or running task, whoever owns it (a running scan stops at its
     next lease renewal)."""
-    parsed = parsed_task_id(task_id)
 
-    async def do_cancel() -> tuple[Task | None, tuple[Task, str] | None]:
-        async with db_session() as session, session.begin():
-            task = await tasks.cancel_task(session, None, parsed)
-            current = None if task else await inspection.get_task_with_owner(session, parsed)
-            return task, current
+    def cancel_one(session: AsyncSession, task_id: uuid.UUID) -> Awaitable[Task | None]:
+        return tasks.cancel_task(session, None, task_id)
 
-    task, current = run_async(do_cancel)
-    if task is None:
-        _transition_refused(current, task_id, "cancelled", "pending, queued or running")
-        return
+    task = _change_task(task_id, cancel_one, "cancelled", "pending, queued or running")
     ended = [(task.id, task.batch_id)]
     run_async(lambda: send_hint(lambda hints: hints.finished(ended, callbacks=True)))
     _print_transition(task, "cancelled", json_output)

@@ -47,6 +47,18 @@ class NoProgress:
         pass
 
 
+@dataclass(frozen=True)
+class CleanupScope:
+    """What a cleanup works on (the database, Redis, the settings), whether it only counts
+    (`dry_run`), and where its long steps report progress."""
+
+    sessionmaker: async_sessionmaker[AsyncSession]
+    redis: aioredis.Redis
+    settings: Settings
+    dry_run: bool
+    progress: ProgressSink = field(default_factory=NoProgress)
+
+
 @dataclass
 class CleanupReport:
     """What each step did (or, with dry_run, would do), by step name."""
@@ -81,50 +93,38 @@ async def _stale_markers(
     ]
 
 
-async def remove_stale_markers(
-    redis: aioredis.Redis,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    *,
-    dry_run: bool,
-    progress: ProgressSink,
-) -> dict[str, int]:
+async def remove_stale_markers(scope: CleanupScope) -> dict[str, int]:
     """Delete `task_created:{id}` markers of terminal or deleted tasks."""
     seen = stale = 0
     batch: list[bytes] = []
     try:
-        keys_iter = redis.scan_iter(match=keys.TASK_CREATED_MARKER_PATTERN, count=SCAN_COUNT)
+        keys_iter = scope.redis.scan_iter(match=keys.TASK_CREATED_MARKER_PATTERN, count=SCAN_COUNT)
         async for key in keys_iter:
             batch.append(key)
             if len(batch) < SCAN_COUNT:
                 continue
-            stale += await _drop_markers(redis, sessionmaker, batch, dry_run)
+            stale += await _drop_markers(scope, batch)
             seen, batch = seen + len(batch), []
-            progress.advance(SCAN_COUNT)
+            scope.progress.advance(SCAN_COUNT)
         if batch:
-            stale += await _drop_markers(redis, sessionmaker, batch, dry_run)
+            stale += await _drop_markers(scope, batch)
             seen += len(batch)
-            progress.advance(len(batch))
+            scope.progress.advance(len(batch))
     except (RedisError, OSError) as exc:
         raise _redis_down(exc) from exc
     return {"markers_seen": seen, "markers_removed": stale}
 
 
-async def _drop_markers(
-    redis: aioredis.Redis,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    batch: Sequence[bytes],
-    dry_run: bool,
-) -> int:
-    stale = await _stale_markers(sessionmaker, batch)
-    if stale and not dry_run:
-        await redis.delete(*stale)
+async def _drop_markers(scope: CleanupScope, batch: Sequence[bytes]) -> int:
+    stale = await _stale_markers(scope.sessionmaker, batch)
+    if stale and not scope.dry_run:
+        await scope.redis.delete(*stale)
     return len(stale)
 
 
-async def remove_locks_without_ttl(
-    redis: aioredis.Redis, *, dry_run: bool, progress: ProgressSink
-) -> dict[str, int]:
+async def remove_locks_without_ttl(scope: CleanupScope) -> dict[str, int]:
     """Delete `lock:*` keys that would never expire (a holder died between SET and EXPIRE)."""
+    redis, dry_run, progress = scope.redis, scope.dry_run, scope.progress
     seen = removed = 0
     try:
         async for key in redis.scan_iter(match=keys.LOCK_PATTERN, count=SCAN_COUNT):
@@ -153,20 +153,13 @@ class _ExpiryStatements(Protocol):
     ) -> int: ...
 
 
-async def expire_idempotency_keys(
-    sessionmaker: async_sessionmaker[AsyncSession],
-    settings: Settings,
-    statements: _ExpiryStatements,
-    *,
-    dry_run: bool,
-    progress: ProgressSink,
-) -> int:
+async def expire_idempotency_keys(scope: CleanupScope, statements: _ExpiryStatements) -> int:
     """Clear keys older than `idempotency_retention_s`, one small batch per commit; the count
     cleared (or, with `dry_run`, due)."""
-    retention_s = settings.idempotency_retention_s
+    sessionmaker, retention_s = scope.sessionmaker, scope.settings.idempotency_retention_s
     async with sessionmaker() as session:
         due = await statements.count_expired_idempotency_keys(session, retention_s)
-    if dry_run or not due:
+    if scope.dry_run or not due:
         return due
     cleared = 0
     while True:
@@ -177,59 +170,34 @@ async def expire_idempotency_keys(
         if not count:
             return cleared
         cleared += count
-        progress.advance(count)
+        scope.progress.advance(count)
 
 
-async def cleanup_orphaned(
-    sessionmaker: async_sessionmaker[AsyncSession],
-    redis: aioredis.Redis,
-    settings: Settings,
-    *,
-    dry_run: bool,
-    progress: ProgressSink | None = None,
-) -> CleanupReport:
+async def cleanup_orphaned(scope: CleanupScope) -> CleanupReport:
     """Re-dispatch or fail orphaned tasks, then drop stale markers and locks without a TTL."""
-    progress = progress or NoProgress()
-    report = CleanupReport(dry_run=dry_run)
-    progress.step("re-dispatching orphaned tasks")
+    report = CleanupReport(dry_run=scope.dry_run)
+    scope.progress.step("re-dispatching orphaned tasks")
     report.steps["orphans"] = await maintenance_jobs.redispatch_orphans(
-        sessionmaker, settings, dry_run=dry_run
+        scope.sessionmaker, scope.settings, dry_run=scope.dry_run
     )
-    progress.step("removing stale task markers")
-    report.steps["markers"] = await remove_stale_markers(
-        redis, sessionmaker, dry_run=dry_run, progress=progress
-    )
-    progress.step("removing locks without a TTL")
-    report.steps["locks"] = await remove_locks_without_ttl(
-        redis, dry_run=dry_run, progress=progress
-    )
+    scope.progress.step("removing stale task markers")
+    report.steps["markers"] = await remove_stale_markers(scope)
+    scope.progress.step("removing locks without a TTL")
+    report.steps["locks"] = await remove_locks_without_ttl(scope)
     return report
 
 
-async def full_cleanup(
-    sessionmaker: async_sessionmaker[AsyncSession],
-    redis: aioredis.Redis,
-    settings: Settings,
-    *,
-    dry_run: bool,
-    progress: ProgressSink | None = None,
-) -> CleanupReport:
+async def full_cleanup(scope: CleanupScope) -> CleanupReport:
     """`cleanup_orphaned`, then prune published outbox rows and expire idempotency keys."""
-    progress = progress or NoProgress()
-    report = await cleanup_orphaned(
-        sessionmaker, redis, settings, dry_run=dry_run, progress=progress
-    )
-    progress.step("pruning published outbox rows")
+    report = await cleanup_orphaned(scope)
+    scope.progress.step("pruning published outbox rows")
     report.steps["outbox"] = await maintenance_jobs.prune_published(
-        sessionmaker, settings, dry_run=dry_run
+        scope.sessionmaker, scope.settings, dry_run=scope.dry_run
     )
-    progress.step("expiring idempotency keys")
+    scope.progress.step("expiring idempotency keys")
     for step, counter, statements in (
         ("idempotency", "idempotency_keys_expired", housekeeping),
         ("batch_idempotency", "batch_idempotency_keys_expired", batches),
     ):
-        expired = await expire_idempotency_keys(
-            sessionmaker, settings, statements, dry_run=dry_run, progress=progress
-        )
-        report.steps[step] = {counter: expired}
+        report.steps[step] = {counter: await expire_idempotency_keys(scope, statements)}
     return report

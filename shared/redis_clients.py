@@ -61,15 +61,27 @@ def _timeouts(timeout_s: float | None) -> dict[str, Any]:
     return {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
 
 
-def _primary_options(
-    url: str, parse: Callable[[str], Any], ssl_class: type
-) -> tuple[dict[str, Any], bool]:
+@dataclass(frozen=True)
+class _Flavour:
+    """redis-py's blocking or asyncio classes: both sides take the same arguments."""
+
+    redis_class: type[redis.Redis] | type[aioredis.Redis]
+    sentinel_class: type[Sentinel] | type[AsyncSentinel]
+    parse_url: Callable[[str], Any]
+    ssl_class: type
+
+
+_BLOCKING = _Flavour(redis.Redis, Sentinel, parse_url, SSLConnection)
+_ASYNCIO = _Flavour(aioredis.Redis, AsyncSentinel, async_parse_url, AsyncSSLConnection)
+
+
+def _primary_options(url: str, flavour: _Flavour) -> tuple[dict[str, Any], bool]:
     """What the URL says besides its address, and whether it asks for TLS."""
-    options: dict[str, Any] = dict(parse(url))
+    options: dict[str, Any] = dict(flavour.parse_url(url))
     for address_part in ("host", "port", "path"):
         options.pop(address_part, None)
     connection_class = options.pop("connection_class", None)
-    tls = connection_class is not None and issubclass(connection_class, ssl_class)
+    tls = connection_class is not None and issubclass(connection_class, flavour.ssl_class)
     if tls:
         options["ssl"] = True
     return options, tls
@@ -84,17 +96,30 @@ def _sentinel_options(found: RedisTarget, tls: bool, timeout_s: float | None) ->
     return options
 
 
+def _client(
+    flavour: _Flavour,
+    settings: Settings,
+    broker: bool,
+    timeout_s: float | None,
+    options: dict[str, Any],
+) -> Any:
+    """A client of `flavour` for the target the settings name, straight or through Sentinel."""
+    found = target(settings, broker=broker)
+    options.update(_timeouts(timeout_s))
+    if not found.sentinels:
+        return flavour.redis_class.from_url(found.url, **options)
+    primary, tls = _primary_options(found.url, flavour)
+    sentinel = flavour.sentinel_class(
+        found.sentinels, sentinel_kwargs=_sentinel_options(found, tls, timeout_s)
+    )
+    return sentinel.master_for(found.master, **primary, **options)
+
+
 def sync_client(
     settings: Settings, *, broker: bool = False, timeout_s: float | None = None, **options: Any
 ) -> redis.Redis:
     """A blocking client; `timeout_s` bounds every call (None: a hung Redis blocks)."""
-    found = target(settings, broker=broker)
-    options.update(_timeouts(timeout_s))
-    if not found.sentinels:
-        return redis.Redis.from_url(found.url, **options)
-    primary, tls = _primary_options(found.url, parse_url, SSLConnection)
-    sentinel = Sentinel(found.sentinels, sentinel_kwargs=_sentinel_options(found, tls, timeout_s))
-    client: redis.Redis = sentinel.master_for(found.master, **primary, **options)
+    client: redis.Redis = _client(_BLOCKING, settings, broker, timeout_s, options)
     return client
 
 
@@ -102,15 +127,7 @@ def async_client(
     settings: Settings, *, broker: bool = False, timeout_s: float | None = None, **options: Any
 ) -> aioredis.Redis:
     """An asyncio client; `timeout_s` bounds every call (None: a hung Redis blocks)."""
-    found = target(settings, broker=broker)
-    options.update(_timeouts(timeout_s))
-    if not found.sentinels:
-        return aioredis.Redis.from_url(found.url, **options)
-    primary, tls = _primary_options(found.url, async_parse_url, AsyncSSLConnection)
-    sentinel = AsyncSentinel(
-        found.sentinels, sentinel_kwargs=_sentinel_options(found, tls, timeout_s)
-    )
-    client: aioredis.Redis = sentinel.master_for(found.master, **primary, **options)
+    client: aioredis.Redis = _client(_ASYNCIO, settings, broker, timeout_s, options)
     return client
 
 

@@ -6,7 +6,7 @@ import ipaddress
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Standard Webhooks' example schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h.
@@ -15,6 +15,33 @@ CALLBACK_RETRY_SCHEDULE_S = (5, 300, 1_800, 7_200, 18_000, 36_000, 50_400, 72_00
 SENTINEL_PORT = 26379
 # A shorter dashboard signing key could be guessed offline from one signed cookie.
 UI_SECRET_KEY_MIN_CHARS = 32
+
+
+def split_commas(value: object) -> object:
+    """`a, b,,c` as `["a", "b", "c"]`, so a list is easy to write in a shell."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def unprefixed(name: str) -> AliasChoices:
+    """A setting read from `NAME`, the name every deployment knows it by, or `SCAN_NAME`."""
+    return AliasChoices(name, f"SCAN_{name}")
+
+
+# The kinds of setting, each with the bounds every setting of its kind has.
+Seconds = Annotated[float, Field(gt=0)]
+# 0 means none: no wait, no grace, or (for a server-side timeout) no limit.
+SecondsOrZero = Annotated[float, Field(ge=0)]
+OneOrMore = Annotated[int, Field(ge=1)]
+# 0 means none: no limit, nothing allowed, or off, as each description says.
+ZeroOrMore = Annotated[int, Field(ge=0)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+# 0: the probe server is off.
+PortOrOff = Annotated[int, Field(ge=0, le=65535)]
+# A body cap below 1 KiB would refuse ordinary requests and pages.
+BodyBytes = Annotated[int, Field(ge=1024)]
+CommaSeparated = Annotated[list[str], NoDecode, BeforeValidator(split_commas)]
 
 
 class Settings(BaseSettings):
@@ -26,12 +53,12 @@ class Settings(BaseSettings):
 
     database_url: SecretStr = Field(
         default=SecretStr("postgresql://postgres@127.0.0.1:5432/scan_outbox"),
-        validation_alias=AliasChoices("DATABASE_URL", "SCAN_DATABASE_URL"),
+        validation_alias=unprefixed("DATABASE_URL"),
         description="PostgreSQL (`postgresql://…`; Unix sockets via `?host=/dir`).",
     )
     database_direct_url: SecretStr | None = Field(
         default=None,
-        validation_alias=AliasChoices("DATABASE_DIRECT_URL", "SCAN_DATABASE_DIRECT_URL"),
+        validation_alias=unprefixed("DATABASE_DIRECT_URL"),
         description=(
             "A session connection to the same database (direct, or a pooler in session "
             "mode) for what lives in a server session: the relay leader's advisory lock "
@@ -40,7 +67,7 @@ class Settings(BaseSettings):
     )
     database_pool_mode: Literal["session", "transaction"] = Field(
         default="session",
-        validation_alias=AliasChoices("DATABASE_POOL_MODE", "SCAN_DATABASE_POOL_MODE"),
+        validation_alias=unprefixed("DATABASE_POOL_MODE"),
         description=(
             "`transaction` when `DATABASE_URL` is a transaction-pooling pooler (PgBouncer"
             " `pool_mode = transaction`): no settings at connection start (the statement "
@@ -50,29 +77,29 @@ class Settings(BaseSettings):
     )
     redis_url: SecretStr = Field(
         default=SecretStr("redis://127.0.0.1:6379/0"),
-        validation_alias=AliasChoices("REDIS_URL", "SCAN_REDIS_URL"),
+        validation_alias=unprefixed("REDIS_URL"),
         description="Redis of the safeguards (marker, locks, rate limit).",
     )
     broker_url: SecretStr | None = Field(
         default=None,
-        validation_alias=AliasChoices("BROKER_URL", "SCAN_BROKER_URL"),
+        validation_alias=unprefixed("BROKER_URL"),
         description="Redis of the Dramatiq broker.",
     )
     # Redis through Sentinel: the primary of `redis_sentinel_master` as the Sentinels say.
-    redis_sentinels: Annotated[list[str], NoDecode] = Field(
+    redis_sentinels: CommaSeparated = Field(
         default_factory=list,
-        validation_alias=AliasChoices("REDIS_SENTINELS", "SCAN_REDIS_SENTINELS"),
+        validation_alias=unprefixed("REDIS_SENTINELS"),
         description="Redis Sentinels as `host:port,host:port` (port 26379 if left out).",
     )
     redis_sentinel_master: str = Field(
         default="mymaster",
         min_length=1,
-        validation_alias=AliasChoices("REDIS_SENTINEL_MASTER", "SCAN_REDIS_SENTINEL_MASTER"),
+        validation_alias=unprefixed("REDIS_SENTINEL_MASTER"),
         description="The master set the Sentinels monitor (`sentinel monitor <name> …`).",
     )
     redis_sentinel_password: SecretStr | None = Field(
         default=None,
-        validation_alias=AliasChoices("REDIS_SENTINEL_PASSWORD", "SCAN_REDIS_SENTINEL_PASSWORD"),
+        validation_alias=unprefixed("REDIS_SENTINEL_PASSWORD"),
         description="The Sentinels' own password (`requirepass` in `sentinel.conf`).",
     )
     log_level: str = Field(default="INFO", description="Log level of every service.")
@@ -81,9 +108,9 @@ class Settings(BaseSettings):
     )
 
     # Database pool.
-    db_pool_size: int = Field(default=10, ge=1, description="SQLAlchemy pool per process.")
-    db_max_overflow: int = Field(
-        default=10, ge=0, description="Extra connections above the pool under bursts."
+    db_pool_size: OneOrMore = Field(default=10, description="SQLAlchemy pool per process.")
+    db_max_overflow: ZeroOrMore = Field(
+        default=10, description="Extra connections above the pool under bursts."
     )
     db_pool_pre_ping: bool = Field(
         default=False,
@@ -95,46 +122,39 @@ class Settings(BaseSettings):
     # Limits on every database connection, so a frozen or vanished peer cannot hold locks:
     # the server ends a session idle in a transaction, a statement running too long, and
     # (keepalives) a connection whose client host is gone. 0 disables a limit.
-    db_statement_timeout_s: float = Field(
-        default=30.0,
-        ge=0,
-        description="Server-side `statement_timeout` on every connection (0: off).",
+    db_statement_timeout_s: SecondsOrZero = Field(
+        default=30.0, description="Server-side `statement_timeout` on every connection (0: off)."
     )
-    db_idle_in_transaction_timeout_s: float = Field(
+    db_idle_in_transaction_timeout_s: SecondsOrZero = Field(
         default=15.0,
-        ge=0,
         description=(
             "Server-side `idle_in_transaction_session_timeout` (0: off): a relay frozen "
             "in the middle of a batch loses its transaction and its row locks, and "
             "another relay publishes them."
         ),
     )
-    db_tcp_keepalives_idle_s: int = Field(
+    db_tcp_keepalives_idle_s: ZeroOrMore = Field(
         default=30,
-        ge=0,
         description="Silence after which the server sends TCP keepalive probes on a connection.",
     )
-    db_tcp_keepalives_interval_s: int = Field(
-        default=10, ge=0, description="Time between two TCP keepalive probes."
+    db_tcp_keepalives_interval_s: ZeroOrMore = Field(
+        default=10, description="Time between two TCP keepalive probes."
     )
-    db_tcp_keepalives_count: int = Field(
+    db_tcp_keepalives_count: ZeroOrMore = Field(
         default=3,
-        ge=0,
         description="Unanswered TCP keepalive probes after which the server closes a connection.",
     )
 
     # API.
     api_host: str = Field(default="127.0.0.1", description="Where `scanctl api` listens.")
-    api_port: int = Field(
-        default=8000, ge=1, le=65535, description="The port `scanctl api` listens on."
-    )
-    max_body_bytes: int = Field(
-        default=64 * 1024, ge=1024, description="Request body cap (413 above)."
+    api_port: Port = Field(default=8000, description="The port `scanctl api` listens on.")
+    max_body_bytes: BodyBytes = Field(
+        default=64 * 1024, description="Request body cap (413 above)."
     )
     max_config_bytes: int = Field(
         default=16 * 1024, ge=16, description="A task's `config` as JSON (422 above)."
     )
-    page_size_max: int = Field(default=100, ge=1, description="Largest list page.")
+    page_size_max: OneOrMore = Field(default=100, description="Largest list page.")
     export_chunk_rows: int = Field(
         default=500,
         ge=10,
@@ -145,43 +165,36 @@ class Settings(BaseSettings):
             "own; one chunk is in memory at a time."
         ),
     )
-    rate_limit_per_minute: int = Field(
-        default=600,
-        ge=0,
-        description="Creates per token per minute, sustained (429 above; 0: no limit).",
+    rate_limit_per_minute: ZeroOrMore = Field(
+        default=600, description="Creates per token per minute, sustained (429 above; 0: no limit)."
     )
-    rate_limit_burst: int = Field(
-        default=60, ge=1, description="Creates a token may send at once before the rate applies."
+    rate_limit_burst: OneOrMore = Field(
+        default=60, description="Creates a token may send at once before the rate applies."
     )
-    batch_max_tasks: int = Field(
+    batch_max_tasks: OneOrMore = Field(
         default=1000,
-        ge=1,
         le=10_000,
         description=(
             "Domains one `POST /api/v1/batches` may carry (at most 10,000); the whole "
             "batch is one transaction."
         ),
     )
-    batch_max_body_bytes: int = Field(
+    batch_max_body_bytes: BodyBytes = Field(
         default=512 * 1024,
-        ge=1024,
         description="Body limit of `POST /api/v1/batches` (other routes: `SCAN_MAX_BODY_BYTES`).",
     )
-    wait_max_s: float = Field(
+    wait_max_s: SecondsOrZero = Field(
         default=30.0,
-        ge=0,
         description="Longest `wait` a `GET` of a task or batch may ask for (422 above).",
     )
-    wait_max_waiters: int = Field(
+    wait_max_waiters: ZeroOrMore = Field(
         default=1000,
-        ge=0,
         description=(
             "Requests one API process keeps waiting at once; the next one gets 503 at once."
         ),
     )
-    wait_poll_interval_s: float = Field(
+    wait_poll_interval_s: Seconds = Field(
         default=1.0,
-        gt=0,
         description=(
             "How often an API process asks, in one statement for all its waiting "
             "requests, which of their tasks and batches have ended: the most a lost or "
@@ -196,9 +209,8 @@ class Settings(BaseSettings):
             "poll alone."
         ),
     )
-    wait_max_waiters_per_client: int = Field(
+    wait_max_waiters_per_client: ZeroOrMore = Field(
         default=100,
-        ge=0,
         description=(
             "Requests of one user one API process keeps waiting at once; the user's next "
             "one gets 429 at once with `Retry-After` (0: no waiting for anyone)."
@@ -212,12 +224,11 @@ class Settings(BaseSettings):
             "Accept `http://` callback URLs (development and tests only); otherwise https only."
         ),
     )
-    callback_timeout_s: float = Field(
-        default=10.0, gt=0, description="Longest a callback POST may take, connection included."
+    callback_timeout_s: Seconds = Field(
+        default=10.0, description="Longest a callback POST may take, connection included."
     )
-    callback_max_attempts: int = Field(
+    callback_max_attempts: OneOrMore = Field(
         default=10,
-        ge=1,
         description=(
             "Tries before a delivery is dead (a client's `POST "
             "/api/v1/callbacks/deliveries/{id}/replay`, `scanctl callbacks replay` or the"
@@ -233,39 +244,34 @@ class Settings(BaseSettings):
             "jitter."
         ),
     )
-    callback_retry_after_min_s: float = Field(
+    callback_retry_after_min_s: SecondsOrZero = Field(
         default=5.0,
-        ge=0,
         description=(
             "A receiver's `Retry-After` (seconds or an HTTP-date) replaces the scheduled "
             "wait, but never shorter than this."
         ),
     )
-    callback_retry_after_max_s: float = Field(
+    callback_retry_after_max_s: Seconds = Field(
         default=86_400.0,
-        gt=0,
         description="A receiver's `Retry-After` never makes a relay wait longer than this.",
     )
-    callback_batch_size: int = Field(
+    callback_batch_size: OneOrMore = Field(
         default=50,
-        ge=1,
         description=(
             "Callback POSTs a relay keeps in flight; each slot is refilled (a quarter of "
             "them at a time) as its POST ends, so a receiver that hangs holds one slot, "
             "not the others."
         ),
     )
-    callback_poll_interval_s: float = Field(
+    callback_poll_interval_s: Seconds = Field(
         default=1.0,
-        gt=0,
         description=(
             "How often a relay looks for due deliveries without being notified (retries "
             "coming due)."
         ),
     )
-    callback_per_user_in_flight: int = Field(
+    callback_per_user_in_flight: OneOrMore = Field(
         default=10,
-        ge=1,
         description=(
             "Callback POSTs one relay keeps in flight for one user; the claim skips a "
             "user at the bound, so a client whose receiver stalls holds at most this many"
@@ -273,17 +279,15 @@ class Settings(BaseSettings):
             "this in all)."
         ),
     )
-    callback_per_host_in_flight: int = Field(
+    callback_per_host_in_flight: OneOrMore = Field(
         default=10,
-        ge=1,
         description=(
             "Callback POSTs one relay keeps in flight to one receiver host (port "
             "ignored), for receivers several clients share."
         ),
     )
-    callback_submit_resolve_timeout_s: float = Field(
+    callback_submit_resolve_timeout_s: Seconds = Field(
         default=2.0,
-        gt=0,
         description=(
             "Longest a submit waits for its callback host's addresses, with no database "
             "connection held (and, for a batch, after the rate limit has charged it); "
@@ -292,8 +296,8 @@ class Settings(BaseSettings):
     )
 
     # Task defaults.
-    task_max_attempts: int = Field(
-        default=3, ge=1, description="Runs a task may start (claims); re-dispatches do not count."
+    task_max_attempts: OneOrMore = Field(
+        default=3, description="Runs a task may start (claims); re-dispatches do not count."
     )
 
     # Redis safeguards.
@@ -304,30 +308,27 @@ class Settings(BaseSettings):
             "the worker's existence check asks the database only."
         ),
     )
-    redis_timeout_s: float = Field(
+    redis_timeout_s: Seconds = Field(
         default=0.5,
-        gt=0,
         description=(
             "How long a safeguard may wait on Redis before the operation goes on without it."
         ),
     )
-    marker_ttl_s: int = Field(default=300, ge=1, description="TTL of `task_created:{id}`.")
-    lock_timeout_s: float = Field(default=30.0, gt=0, description="Expiry of a Redis lock.")
-    lock_wait_s: float = Field(
+    marker_ttl_s: OneOrMore = Field(default=300, description="TTL of `task_created:{id}`.")
+    lock_timeout_s: Seconds = Field(default=30.0, description="Expiry of a Redis lock.")
+    lock_wait_s: SecondsOrZero = Field(
         default=2.0,
-        ge=0,
         description="Longest wait for a busy Redis lock (then the operation goes on unlocked).",
     )
-    existence_check_attempts: int = Field(
+    existence_check_attempts: OneOrMore = Field(
         default=5,
-        ge=1,
         description=(
             "Looks the worker's existence check takes at most before it drops a message "
             "whose task is not there."
         ),
     )
-    existence_check_delay_s: float = Field(
-        default=1.0, ge=0, description="The existence check's delay after its first look."
+    existence_check_delay_s: SecondsOrZero = Field(
+        default=1.0, description="The existence check's delay after its first look."
     )
     existence_check_backoff: float = Field(
         default=1.5,
@@ -336,51 +337,45 @@ class Settings(BaseSettings):
     )
 
     # Relay.
-    relay_batch_size: int = Field(
-        default=500, ge=1, description="Rows claimed per relay transaction."
+    relay_batch_size: OneOrMore = Field(
+        default=500, description="Rows claimed per relay transaction."
     )
-    relay_client_window: int = Field(
+    relay_client_window: OneOrMore = Field(
         default=64,
-        ge=1,
         description=(
             "Fewest messages a client's lane (interactive creates, or batches) may have "
             "in the broker, published but not yet taken by a worker; the rest of its "
             "backlog waits in the outbox."
         ),
     )
-    relay_client_window_max: int = Field(
+    relay_client_window_max: OneOrMore = Field(
         default=4096,
-        ge=1,
         description="Most messages a client's lane may have in the broker, whatever the pace.",
     )
-    relay_window_s: float = Field(
+    relay_window_s: Seconds = Field(
         default=0.25,
-        gt=0,
         description=(
             "Seconds of work, at the pace the relay's messages are being taken, that the "
             "broker may hold across all clients with a backlog, shared between their "
             "lanes: about how long another client's new scan waits behind them."
         ),
     )
-    relay_window_poll_s: float = Field(
+    relay_window_poll_s: Seconds = Field(
         default=0.02,
-        gt=0,
         description=(
             "While a client has more due messages than its window holds, how soon a relay"
             " looks again for the room workers made (they do not tell it)."
         ),
     )
-    relay_poll_interval_s: float = Field(
+    relay_poll_interval_s: Seconds = Field(
         default=1.0,
-        gt=0,
         description=(
             "Fallback poll when no wake-up hint arrives (and for rows whose "
             "`available_at` has come): the most a lost hint costs."
         ),
     )
-    relay_busy_gap_s: float = Field(
+    relay_busy_gap_s: SecondsOrZero = Field(
         default=0.01,
-        ge=0,
         description=(
             "After a cycle that found rows, the least time from its start to the next "
             "cycle's start: while creates keep coming, the wake-up hints of that gap (one"
@@ -388,106 +383,89 @@ class Settings(BaseSettings):
             "each."
         ),
     )
-    relay_backoff_base_s: float = Field(
-        default=1.0, gt=0, description="First delay of a publish retry's backoff."
+    relay_backoff_base_s: Seconds = Field(
+        default=1.0, description="First delay of a publish retry's backoff."
     )
-    relay_backoff_max_s: float = Field(
-        default=300.0, gt=0, description="Cap of a publish retry's backoff."
+    relay_backoff_max_s: Seconds = Field(
+        default=300.0, description="Cap of a publish retry's backoff."
     )
-    relay_listen_reconnect_max_s: float = Field(
+    relay_listen_reconnect_max_s: Seconds = Field(
         default=10.0,
-        gt=0,
         description="Backoff cap of the relay's wake-up hint subscription when Redis drops it.",
     )
-    relay_broker_timeout_s: float = Field(
-        default=5.0, gt=0, description="Longest wait on one Redis call from the relay."
+    relay_broker_timeout_s: Seconds = Field(
+        default=5.0, description="Longest wait on one Redis call from the relay."
     )
-    relay_shutdown_timeout_s: float = Field(
+    relay_shutdown_timeout_s: Seconds = Field(
         default=20.0,
-        gt=0,
         description="On SIGTERM, longest wait for the batch in hand (then it is rolled back).",
     )
     relay_health_host: str = Field(
         default="127.0.0.1",
         description="Where the relay's `/livez`, `/readyz` and `/metrics` listen.",
     )
-    relay_health_port: int = Field(
+    relay_health_port: PortOrOff = Field(
         default=8001,
-        ge=0,
-        le=65535,
         description="The port of the relay's `/livez`, `/readyz` and `/metrics` (0: off).",
     )
-    relay_livez_max_age_s: float = Field(
-        default=60.0,
-        gt=0,
-        description="`/livez` fails once the relay loop has not turned for this long.",
+    relay_livez_max_age_s: Seconds = Field(
+        default=60.0, description="`/livez` fails once the relay loop has not turned for this long."
     )
-    relay_leader_check_interval_s: float = Field(
-        default=5.0, gt=0, description="How often each relay takes or confirms the lead."
+    relay_leader_check_interval_s: Seconds = Field(
+        default=5.0, description="How often each relay takes or confirms the lead."
     )
-    relay_redispatch_interval_s: float = Field(
+    relay_redispatch_interval_s: Seconds = Field(
         default=5.0,
-        gt=0,
         description=(
             "How often the leader sends again tasks whose lease expired (and runs the "
             "last-resort sweep), and makes dead the deliveries whose last try recorded no "
             "outcome."
         ),
     )
-    relay_redispatch_batch_size: int = Field(
-        default=100, ge=1, description="Tasks per re-dispatch transaction."
+    relay_redispatch_batch_size: OneOrMore = Field(
+        default=100, description="Tasks per re-dispatch transaction."
     )
-    relay_prune_interval_s: float = Field(
+    relay_prune_interval_s: Seconds = Field(
         default=300.0,
-        gt=0,
         description=(
-            "How often the leader prunes published outbox rows and delivered callbacks older "
-            "than "
+            "How often the leader prunes published outbox rows and delivered callbacks older than "
             "`SCAN_OUTBOX_RETENTION_S`."
         ),
     )
-    relay_prune_batch_size: int = Field(
-        default=1000, ge=1, description="Published outbox rows pruned per transaction."
+    relay_prune_batch_size: OneOrMore = Field(
+        default=1000, description="Published outbox rows pruned per transaction."
     )
-    relay_gauges_interval_s: float = Field(
+    relay_gauges_interval_s: Seconds = Field(
         default=5.0,
-        gt=0,
         description=(
             "Refresh of the outbox gauges by the leader, and of the callbacks gauges by every "
             "relay."
         ),
     )
-    outbox_retention_s: float = Field(
-        default=7 * 24 * 3600.0,
-        gt=0,
-        description="Age after which a published outbox row is pruned.",
+    outbox_retention_s: Seconds = Field(
+        default=7 * 24 * 3600.0, description="Age after which a published outbox row is pruned."
     )
 
     # Recovery: the leader knows where each queued message is, instead of guessing by age.
-    relay_broker_check_interval_s: float = Field(
+    relay_broker_check_interval_s: Seconds = Field(
         default=2.0,
-        gt=0,
         description=(
             "How often the leader checks the broker epoch, requeues dead consumers' "
             "messages and looks for queued tasks whose message is gone."
         ),
     )
-    relay_broker_check_batch_size: int = Field(
-        default=2000,
-        ge=1,
-        description="Queued tasks checked per page (ten pages per check at most).",
+    relay_broker_check_batch_size: OneOrMore = Field(
+        default=2000, description="Queued tasks checked per page (ten pages per check at most)."
     )
-    queued_check_floor_s: float = Field(
+    queued_check_floor_s: SecondsOrZero = Field(
         default=5.0,
-        ge=0,
         description=(
             "Queued tasks younger than this are not checked yet (except in a full walk "
             "after a broker restart or a change of leader)."
         ),
     )
-    broker_heartbeat_timeout_s: float = Field(
+    broker_heartbeat_timeout_s: Seconds = Field(
         default=15.0,
-        gt=0,
         description=(
             "A worker silent this long is dead and its fetched messages go back to the queue."
         ),
@@ -497,73 +475,66 @@ class Settings(BaseSettings):
     queue_name: str = Field(
         default="scans", description="Dramatiq queue (Redis list `dramatiq:<name>`)."
     )
-    worker_lease_s: float = Field(
-        default=30.0, gt=0, description="Lease a claim takes, renewed every third."
+    worker_lease_s: Seconds = Field(
+        default=30.0, description="Lease a claim takes, renewed every third."
     )
-    worker_claim_retry_s: float = Field(
+    worker_claim_retry_s: SecondsOrZero = Field(
         default=30.0,
-        ge=0,
         description=(
             "How long a claim keeps trying through a database outage (backoff from 0.25 s"
             " to 5 s) before its message goes to dead letters; the leader then sends the "
             "task again once the database answers."
         ),
     )
-    target_lock_timeout_s: float = Field(
+    target_lock_timeout_s: Seconds = Field(
         default=2.0,
-        gt=0,
         description=(
             "Longest wait for a target's claim lock; a timeout defers the task like the "
             "politeness limit does."
         ),
     )
-    retry_backoff_base_s: float = Field(
+    retry_backoff_base_s: Seconds = Field(
         default=5.0,
-        gt=0,
         description="First delay before re-running a task after an infrastructure error.",
     )
-    retry_backoff_max_s: float = Field(
+    retry_backoff_max_s: Seconds = Field(
         default=300.0,
-        gt=0,
         description="Cap of the delay before re-running a task after an infrastructure error.",
     )
-    per_target_concurrency: int = Field(
-        default=2, ge=1, description="Scans of one domain running at once, across all workers."
+    per_target_concurrency: OneOrMore = Field(
+        default=2, description="Scans of one domain running at once, across all workers."
     )
-    politeness_delay_s: float = Field(
+    politeness_delay_s: Seconds = Field(
         default=5.0,
-        gt=0,
         description=(
             "Delay before a deferred scan is tried again, times a random factor from 1 to 1.5."
         ),
     )
-    worker_idle_poll_ms: int = Field(
+    worker_idle_poll_ms: OneOrMore = Field(
         default=20,
-        ge=1,
         le=60_000,
-        description="Longest sleep of a worker's consumer between fetches: after its blocking "
-        "wait on the queue ended empty, and while the messages it holds fill its prefetch.",
+        description=(
+            "Longest sleep of a worker's consumer between fetches: after its blocking "
+            "wait on the queue ended empty, and while the messages it holds fill its prefetch."
+        ),
     )
-    worker_concurrency: int = Field(
+    worker_concurrency: OneOrMore = Field(
         default=256,
-        ge=1,
         le=4096,
         description=(
             "Scans in flight per worker process, as coroutines on one event loop "
             "(`scanctl worker --concurrency`; `--threads` is refused)."
         ),
     )
-    worker_prefetch: int = Field(
+    worker_prefetch: ZeroOrMore = Field(
         default=64,
-        ge=0,
         description=(
             "Messages a worker process fetches beyond those it runs, so one process does "
             "not hoard the queue; unstarted ones are handed back at stop."
         ),
     )
-    worker_claim_batch: int = Field(
+    worker_claim_batch: OneOrMore = Field(
         default=64,
-        ge=1,
         description=(
             "Most tasks one claim transaction takes (up to 4 such transactions in flight "
             "per process); claims that start while they are busy go together in the next,"
@@ -571,9 +542,8 @@ class Settings(BaseSettings):
             " limit."
         ),
     )
-    worker_completion_batch: int = Field(
+    worker_completion_batch: OneOrMore = Field(
         default=256,
-        ge=1,
         description=(
             "Most runs' ends (final writes) one statement writes; ends arriving while a "
             "write is in flight go together in the next, each still fenced by its lease "
@@ -584,15 +554,12 @@ class Settings(BaseSettings):
         default="127.0.0.1",
         description="Where the workers' `/metrics`, `/livez` and `/readyz` listen.",
     )
-    worker_metrics_port: int = Field(
+    worker_metrics_port: PortOrOff = Field(
         default=9191,
-        ge=0,
-        le=65535,
         description="The port of the workers' `/metrics`, `/livez` and `/readyz` (0: off).",
     )
-    worker_progress_max_age_s: float = Field(
+    worker_progress_max_age_s: Seconds = Field(
         default=30.0,
-        gt=0,
         description=(
             "The worker's `/livez` (and `/readyz`) answer 503 once a worker process's "
             "event loop has not ticked, or one of its consumers has not turned outside a "
@@ -601,54 +568,48 @@ class Settings(BaseSettings):
     )
 
     # Recurring schedules.
-    schedule_max_per_client: int = Field(
-        default=100, ge=0, description="Schedules one user may hold (409 beyond; 0: none)."
+    schedule_max_per_client: ZeroOrMore = Field(
+        default=100, description="Schedules one user may hold (409 beyond; 0: none)."
     )
-    schedule_max_domains: int = Field(
+    schedule_max_domains: OneOrMore = Field(
         default=100,
-        ge=1,
         description=(
             "Domains one schedule scans at each run (422 above): a run is one batch, "
             "written in the firing transaction, so this bounds the transaction that holds"
             " the claimed schedules' locks."
         ),
     )
-    schedule_min_interval_s: int = Field(
+    schedule_min_interval_s: OneOrMore = Field(
         default=60,
-        ge=1,
         description=(
             "Shortest time between two ticks: an `interval_s`, or the closest two of a "
             "cron expression's next ten ticks (422 below)."
         ),
     )
-    schedule_poll_interval_s: float = Field(
+    schedule_poll_interval_s: Seconds = Field(
         default=1.0,
-        gt=0,
         description=(
             "How often each relay claims due schedules, with a random quarter of it added"
             " to each look so that relays take turns instead of the one whose timer runs "
             "ahead taking every tick."
         ),
     )
-    schedule_fire_batch_size: int = Field(
+    schedule_fire_batch_size: OneOrMore = Field(
         default=50,
-        ge=1,
         description=(
             "Due schedules one firing transaction claims; a relay claims again at once "
             "while claims come back full."
         ),
     )
-    schedule_misfire_grace_s: float = Field(
+    schedule_misfire_grace_s: SecondsOrZero = Field(
         default=30.0,
-        ge=0,
         description=(
             "A lone due tick fired later than this counts as missed, and the schedule's "
             "`missed` policy decides (`run_once`: it runs; `skip`: it does not)."
         ),
     )
-    schedule_report_interval_s: float = Field(
+    schedule_report_interval_s: Seconds = Field(
         default=2.0,
-        gt=0,
         description=(
             "How often each relay compares the runs whose batch has ended with the "
             "previous run (the run's `changes`, and `changes` callbacks)."
@@ -656,29 +617,26 @@ class Settings(BaseSettings):
     )
 
     # Operations: orphan detection, retention and the health verdict.
-    queued_stale_s: float = Field(
+    queued_stale_s: Seconds = Field(
         default=600.0,
-        gt=0,
         description=(
             "Last resort: a task queued this long whose message nobody can locate (no "
             "broker id recorded) is sent again, never failed and never charged an "
             "attempt."
         ),
     )
-    idempotency_retention_s: float = Field(
+    idempotency_retention_s: Seconds = Field(
         default=24 * 3600.0,
-        gt=0,
         description="`scanctl full-cleanup` clears idempotency keys of tasks older than this.",
     )
-    health_max_outbox_age_s: float = Field(
+    health_max_outbox_age_s: Seconds = Field(
         default=60.0,
-        gt=0,
         description=(
             "Health: oldest due, unpublished outbox row allowed (rows not due yet do not count)."
         ),
     )
-    health_max_dead_rows: int = Field(
-        default=0, ge=0, description="Health: dead outbox rows allowed."
+    health_max_dead_rows: ZeroOrMore = Field(
+        default=0, description="Health: dead outbox rows allowed."
     )
 
     # Operations dashboard (/ui).
@@ -696,12 +654,11 @@ class Settings(BaseSettings):
             "not forward the scheme)."
         ),
     )
-    ui_refresh_s: int = Field(default=10, ge=0, description="Overview auto-refresh (0: off).")
+    ui_refresh_s: ZeroOrMore = Field(default=10, description="Overview auto-refresh (0: off).")
 
     # `scanctl dev`.
-    dev_stop_grace_s: float = Field(
+    dev_stop_grace_s: SecondsOrZero = Field(
         default=30.0,
-        ge=0,
         description=(
             "On Ctrl-C, SIGTERM, SIGHUP or the end of one service, `scanctl dev` sends "
             "each service SIGTERM and waits this long for every process of its tree "
@@ -719,30 +676,25 @@ class Settings(BaseSettings):
             "config, settings) -> result dict`."
         ),
     )
-    fetch_timeout_s: float = Field(
-        default=10.0, gt=0, description="Time cap of one HTTP hop, body included."
+    fetch_timeout_s: Seconds = Field(
+        default=10.0, description="Time cap of one HTTP hop, body included."
     )
-    dns_timeout_s: float = Field(
+    dns_timeout_s: Seconds = Field(
         default=5.0,
-        gt=0,
         description=(
             "Time cap of the DNS queries (a scan's, and a callback delivery's host lookup)."
         ),
     )
-    fetch_max_body_bytes: int = Field(
-        default=1024 * 1024, ge=1024, description="Home-page bytes read at most."
+    fetch_max_body_bytes: BodyBytes = Field(
+        default=1024 * 1024, description="Home-page bytes read at most."
     )
-    max_redirects: int = Field(default=5, ge=0, description="Redirects followed.")
-    schemes: Annotated[list[str], NoDecode] = Field(
+    max_redirects: ZeroOrMore = Field(default=5, description="Redirects followed.")
+    schemes: CommaSeparated = Field(
         default_factory=lambda: ["https", "http"],
         description="Schemes fetched, each reported in its own section.",
     )
-    http_port: int = Field(
-        default=80, ge=1, le=65535, description="The port scans fetch `http://` pages from."
-    )
-    https_port: int = Field(
-        default=443, ge=1, le=65535, description="The port scans fetch `https://` pages from."
-    )
+    http_port: Port = Field(default=80, description="The port scans fetch `http://` pages from.")
+    https_port: Port = Field(default=443, description="The port scans fetch `https://` pages from.")
     allow_private: bool = Field(
         default=False, description="Let scans reach private and loopback addresses (tests only)."
     )
@@ -750,21 +702,18 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="`name=ip,other=ip`: answer these names (and their subdomains) without DNS.",
     )
-    total_timeout_s: float = Field(
-        default=60.0,
-        gt=0,
-        description="Time cap of one whole scan (DNS and every hop of both fetches).",
+    total_timeout_s: Seconds = Field(
+        default=60.0, description="Time cap of one whole scan (DNS and every hop of both fetches)."
     )
-    rules_budget_s: float = Field(
+    rules_budget_s: Seconds = Field(
         default=2.0,
-        gt=0,
         description=(
             "Time one scan's keyword and regex rules may take, on a rule thread (never "
             "the event loop); rules left when it runs out get a `rule_not_applied` "
             "finding."
         ),
     )
-    dns_nameservers: Annotated[list[str], NoDecode] = Field(
+    dns_nameservers: CommaSeparated = Field(
         default_factory=list,
         description=(
             "`ip`, `ip:port` or `[ipv6]:port`, comma-separated: ask only these (scans, "
@@ -780,13 +729,6 @@ class Settings(BaseSettings):
             "Fetch over an untrusted certificate anyway and report it as a `tls_untrusted` finding."
         ),
     )
-
-    @field_validator("schemes", mode="before")
-    @classmethod
-    def _split_schemes(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
 
     @field_validator("schemes")
     @classmethod
@@ -810,24 +752,10 @@ class Settings(BaseSettings):
             raise ValueError("must be a non-empty list of positive waits in seconds")
         return value
 
-    @field_validator("redis_sentinels", mode="before")
-    @classmethod
-    def _split_sentinels(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
     @field_validator("redis_sentinels")
     @classmethod
     def _sentinel_addresses(cls, value: list[str]) -> list[str]:
         parse_sentinels(value)
-        return value
-
-    @field_validator("dns_nameservers", mode="before")
-    @classmethod
-    def _split_nameservers(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
     @field_validator("dns_nameservers")

@@ -8,7 +8,8 @@ one statement each per claim; each run's batch goes through `batches.insert_batc
 
 Idiom: expression language on the models (the ORM's `add` for a new schedule) for a client's
 schedules and the reads; `text()` built once at import for the firing claim, the runs, the
-new fire times and the changes' delivery.
+new fire times and the changes' delivery; the runs and fire times bind one array per field of
+`NewRun` and `Advance` (`shared/db/bulk.py`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,24 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, select, text, true, update
+from sqlalchemy import (
+    ColumnElement,
+    Executable,
+    and_,
+    bindparam,
+    delete,
+    func,
+    select,
+    text,
+    true,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlalchemy.types import BigInteger, Integer, Text
 
+from shared.db.bulk import execute_for_rows
 from shared.db.models import Schedule, ScheduleRun, Task, User
 from shared.db.predicates import NOT_ENDED
 
@@ -50,13 +63,23 @@ async def list_user_schedules(
     return (await session.execute(stmt)).scalars().all()
 
 
+def _owned(user_id: int, schedule_id: uuid.UUID) -> ColumnElement[bool]:
+    """The schedule, if it is the user's: another user's is as missing as a deleted one."""
+    return and_(Schedule.id == schedule_id, Schedule.user_id == user_id)
+
+
+async def _changed(session: AsyncSession, stmt: Executable) -> bool:
+    """Run a write of at most one schedule; whether it changed one."""
+    return bool(getattr(await session.execute(stmt), "rowcount", 0))
+
+
 async def get_user_schedule(
     session: AsyncSession, user_id: int, schedule_id: uuid.UUID
 ) -> Schedule | None:
     """The user's own schedule; None for a missing one and for another user's alike."""
     stmt = (
         select(Schedule)
-        .where(Schedule.id == schedule_id, Schedule.user_id == user_id)
+        .where(_owned(user_id, schedule_id))
         .execution_options(populate_existing=True)
     )
     return (await session.execute(stmt)).scalar_one_or_none()
@@ -66,14 +89,10 @@ async def pause(session: AsyncSession, user_id: int, schedule_id: uuid.UUID) -> 
     """Pause a running schedule (it leaves the due index); False if it was not running."""
     stmt = (
         update(Schedule)
-        .where(
-            Schedule.id == schedule_id,
-            Schedule.user_id == user_id,
-            Schedule.paused_at.is_(None),
-        )
+        .where(_owned(user_id, schedule_id), Schedule.paused_at.is_(None))
         .values(paused_at=func.now(), next_fire_at=None, updated_at=func.now())
     )
-    return bool(getattr(await session.execute(stmt), "rowcount", 0))
+    return await _changed(session, stmt)
 
 
 async def resume(
@@ -83,20 +102,15 @@ async def resume(
     missed: nobody wanted them); False if it was not paused."""
     stmt = (
         update(Schedule)
-        .where(
-            Schedule.id == schedule_id,
-            Schedule.user_id == user_id,
-            Schedule.paused_at.is_not(None),
-        )
+        .where(_owned(user_id, schedule_id), Schedule.paused_at.is_not(None))
         .values(paused_at=None, next_fire_at=next_fire_at, updated_at=func.now())
     )
-    return bool(getattr(await session.execute(stmt), "rowcount", 0))
+    return await _changed(session, stmt)
 
 
 async def delete_schedule(session: AsyncSession, user_id: int, schedule_id: uuid.UUID) -> bool:
     """Delete the schedule and its run records (the runs' batches stay the user's)."""
-    stmt = delete(Schedule).where(Schedule.id == schedule_id, Schedule.user_id == user_id)
-    return bool(getattr(await session.execute(stmt), "rowcount", 0))
+    return await _changed(session, delete(Schedule).where(_owned(user_id, schedule_id)))
 
 
 # Due schedules, earliest first, from ix_schedules_due; the clock is the database's unless
@@ -160,47 +174,38 @@ _INSERT_RUNS_SQL = text(
     """
     INSERT INTO schedule_runs (schedule_id, user_id, tick_at, missed_ticks, batch_id,
                                skipped_reason)
-    SELECT * FROM unnest(CAST(:schedule_ids AS uuid[]), CAST(:user_ids AS bigint[]),
-                         CAST(:ticks AS timestamptz[]), CAST(:missed AS integer[]),
-                         CAST(:batch_ids AS uuid[]), CAST(:reasons AS text[]))
+    SELECT * FROM unnest(CAST(:schedule_id AS uuid[]), CAST(:user_id AS bigint[]),
+                         CAST(:tick_at AS timestamptz[]), CAST(:missed_ticks AS integer[]),
+                         CAST(:batch_id AS uuid[]), CAST(:skipped_reason AS text[]))
     ON CONFLICT (schedule_id, tick_at) DO NOTHING
     """
 ).bindparams(
-    bindparam("schedule_ids", type_=ARRAY(UUID(as_uuid=True))),
-    bindparam("user_ids", type_=ARRAY(BigInteger)),
-    bindparam("ticks", type_=ARRAY(TIMESTAMP(timezone=True))),
-    bindparam("missed", type_=ARRAY(Integer)),
-    bindparam("batch_ids", type_=ARRAY(UUID(as_uuid=True))),
-    bindparam("reasons", type_=ARRAY(Text)),
+    bindparam("schedule_id", type_=ARRAY(UUID(as_uuid=True))),
+    bindparam("user_id", type_=ARRAY(BigInteger)),
+    bindparam("tick_at", type_=ARRAY(TIMESTAMP(timezone=True))),
+    bindparam("missed_ticks", type_=ARRAY(Integer)),
+    bindparam("batch_id", type_=ARRAY(UUID(as_uuid=True))),
+    bindparam("skipped_reason", type_=ARRAY(Text)),
 )
 
 
 async def insert_runs(session: AsyncSession, runs: Sequence[NewRun]) -> None:
-    if not runs:
-        return
-    params = {
-        "schedule_ids": [run.schedule_id for run in runs],
-        "user_ids": [run.user_id for run in runs],
-        "ticks": [run.tick_at for run in runs],
-        "missed": [run.missed_ticks for run in runs],
-        "batch_ids": [run.batch_id for run in runs],
-        "reasons": [run.skipped_reason for run in runs],
-    }
-    await session.execute(_INSERT_RUNS_SQL, params)
+    """Record the runs, one statement for all (a tick already recorded is left as it was)."""
+    await execute_for_rows(session, _INSERT_RUNS_SQL, runs)
 
 
 _ADVANCE_SQL = text(
     """
     UPDATE schedules s SET next_fire_at = n.next_fire_at,
                            last_fired_at = coalesce(n.fired_tick, s.last_fired_at)
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:next_times AS timestamptz[]),
-                CAST(:fired AS timestamptz[])) AS n(id, next_fire_at, fired_tick)
+    FROM unnest(CAST(:schedule_id AS uuid[]), CAST(:next_fire_at AS timestamptz[]),
+                CAST(:fired_tick AS timestamptz[])) AS n(id, next_fire_at, fired_tick)
     WHERE s.id = n.id
     """
 ).bindparams(
-    bindparam("ids", type_=ARRAY(UUID(as_uuid=True))),
-    bindparam("next_times", type_=ARRAY(TIMESTAMP(timezone=True))),
-    bindparam("fired", type_=ARRAY(TIMESTAMP(timezone=True))),
+    bindparam("schedule_id", type_=ARRAY(UUID(as_uuid=True))),
+    bindparam("next_fire_at", type_=ARRAY(TIMESTAMP(timezone=True))),
+    bindparam("fired_tick", type_=ARRAY(TIMESTAMP(timezone=True))),
 )
 
 
@@ -213,14 +218,7 @@ class Advance:
 
 async def advance(session: AsyncSession, moves: Sequence[Advance]) -> None:
     """Set each claimed schedule's next fire time (and the tick it fired, if any)."""
-    if not moves:
-        return
-    params = {
-        "ids": [move.schedule_id for move in moves],
-        "next_times": [move.next_fire_at for move in moves],
-        "fired": [move.fired_tick for move in moves],
-    }
-    await session.execute(_ADVANCE_SQL, params)
+    await execute_for_rows(session, _ADVANCE_SQL, moves)
 
 
 async def list_runs(

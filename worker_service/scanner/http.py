@@ -176,25 +176,19 @@ def _ssl_object(response: httpx.Response) -> ssl.SSLObject | None:
     return found if isinstance(found, ssl.SSLObject) else None
 
 
+# eq=False: a live part, not a value: equal only to itself, and hashable.
+@dataclass(eq=False)
 class _Fetcher:
     """One fetch: its clients, the settings, the scan's budget and the lookups made so far.
 
     `insecure` is set only when untrusted certificates are to be described, not refused.
     """
 
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        insecure: httpx.AsyncClient | None,
-        settings: Settings,
-        known: dict[str, resolver.Resolution],
-        budget: Budget,
-    ) -> None:
-        self.client = client
-        self.insecure = insecure
-        self.settings = settings
-        self.known = known
-        self.budget = budget
+    client: httpx.AsyncClient
+    insecure: httpx.AsyncClient | None
+    settings: Settings
+    known: dict[str, resolver.Resolution]
+    budget: Budget
 
     async def _addresses(self, host: str) -> list[str]:
         resolution = self.known.get(host)

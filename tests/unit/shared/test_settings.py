@@ -81,3 +81,43 @@ def test_behind_a_transaction_pooler_nothing_is_set_at_connection_start() -> Non
         "statement_timeout": "30000",
         "idle_in_transaction_session_timeout": "15000",
     }
+
+
+def test_comma_separated_settings_split_from_the_environment_without_blanks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REDIS_SENTINELS", "s1:26380, s2,,")
+    monkeypatch.setenv("SCAN_DNS_NAMESERVERS", "10.0.0.53, [::1]:5353")
+    monkeypatch.setenv("SCAN_SCHEMES", " https ,http")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.redis_sentinels == ["s1:26380", "s2"]
+    assert settings.dns_nameservers == ["10.0.0.53", "[::1]:5353"]
+    assert settings.schemes == ["https", "http"]
+
+
+@pytest.mark.parametrize(
+    ("name", "refused", "accepted"),
+    [
+        ("SCAN_RELAY_POLL_INTERVAL_S", "0", "0.001"),
+        ("SCAN_LOCK_WAIT_S", "-0.5", "0"),
+        ("SCAN_RELAY_BATCH_SIZE", "0", "1"),
+        ("SCAN_RATE_LIMIT_PER_MINUTE", "-1", "0"),
+        ("SCAN_API_PORT", "0", "65535"),
+        ("SCAN_API_PORT", "65536", "1"),
+        ("SCAN_RELAY_HEALTH_PORT", "65536", "0"),
+        ("SCAN_MAX_BODY_BYTES", "1023", "1024"),
+        # A kind's bound and the setting's own together.
+        ("SCAN_BATCH_MAX_TASKS", "10001", "10000"),
+        ("SCAN_BATCH_MAX_TASKS", "0", "1"),
+    ],
+)
+def test_each_kind_of_setting_keeps_its_bounds(
+    monkeypatch: pytest.MonkeyPatch, name: str, refused: str, accepted: str
+) -> None:
+    field = name.removeprefix("SCAN_").lower()
+    monkeypatch.setenv(name, refused)
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    assert field in str(caught.value)
+    monkeypatch.setenv(name, accepted)
+    assert float(getattr(Settings(_env_file=None), field)) == float(accepted)  # type: ignore[call-arg]
