@@ -94,10 +94,11 @@ async def delete_schedule(schedule_id: uuid.UUID, user: CurrentUser, session: Se
 
 @router.get("/{schedule_id}/runs", response_model=ScheduleRunPage, responses=_ERRORS)
 async def list_runs(
-    schedule: OwnedSchedule, session: SessionDep, size: PageSize
+    schedule_id: uuid.UUID, user: CurrentUser, session: SessionDep, size: PageSize
 ) -> ScheduleRunPage:
     """The schedule's runs, latest tick first: each run's batch, or why it was skipped."""
-    runs = await schedule_service.list_runs(session, schedule, size)
+    # Read here, not as a dependency: a bad `limit` is 422 before the schedule is looked up.
+    runs = await schedule_service.list_runs(session, user, schedule_id, size)
     return ScheduleRunPage(items=[ScheduleRunOut.model_validate(run) for run in runs])
 
 
