@@ -10,17 +10,17 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api_service import idempotency, task_service
 from api_service.domains import normalise_domain
+from api_service.ownership import read_owned
 from api_service.schemas import BatchCreate
 from shared import create_rate, metrics, safeguards
 from shared.db import batches, tasks
 from shared.db.engine import single_statement
 from shared.db.models import TERMINAL_STATUSES, Batch, Task, User
-from shared.errors import IdempotencyKeyInFlight, InvalidEntries, InvalidInput, NotFound
+from shared.errors import InvalidEntries, InvalidInput, NotFound
 from shared.logging import get_logger
 from shared.messages import scan_entry
 from shared.settings import Settings
@@ -89,14 +89,11 @@ class CreatedBatch:
 
 
 async def create_batch(
-    session: AsyncSession,
-    redis: aioredis.Redis,
-    settings: Settings,
+    dispatch: task_service.Dispatch,
     user: User,
     request: BatchRequest,
     *,
     idempotency_key: str | None,
-    request_id: str | None,
 ) -> CreatedBatch:
     """Commit the batch, its tasks and their outbox rows together, charged one create per task.
 
@@ -104,46 +101,7 @@ async def create_batch(
     with another body is IdempotencyKeyReused, one while the first is in flight
     IdempotencyKeyInFlight. The callback host is resolved only once the request is charged.
     """
-    if idempotency_key is None:
-        return await _charge_and_insert(session, redis, settings, user, request, None, request_id)
-    async with idempotency.processing(redis, settings, user.id, "batch", idempotency_key):
-        async with single_statement(session):
-            earlier = await batches.get_batch_by_idempotency_key(session, user.id, idempotency_key)
-        if earlier is not None:
-            idempotency.check_same_request(earlier.request_hash, request.fingerprint)
-            quota = await create_rate.take(redis, settings, user.id, cost=0)
-            return CreatedBatch(earlier.id, True, quota)
-        return await _charge_and_insert(
-            session, redis, settings, user, request, idempotency_key, request_id
-        )
-
-
-async def _charge_and_insert(
-    session: AsyncSession,
-    redis: aioredis.Redis,
-    settings: Settings,
-    user: User,
-    request: BatchRequest,
-    idempotency_key: str | None,
-    request_id: str | None,
-) -> CreatedBatch:
-    quota = await create_rate.take(redis, settings, user.id, cost=len(request.domains))
-    await task_service.check_callback_host(request.callback_url, settings)
-    batch_id, created = await _insert(
-        session, redis, settings, user, request, idempotency_key, request_id
-    )
-    return CreatedBatch(batch_id, not created, quota)
-
-
-async def _insert(
-    session: AsyncSession,
-    redis: aioredis.Redis,
-    settings: Settings,
-    user: User,
-    request: BatchRequest,
-    idempotency_key: str | None,
-    request_id: str | None,
-) -> tuple[uuid.UUID, bool]:
+    settings = dispatch.settings
     new = batches.NewBatch(
         id=uuid.uuid4(),
         user_id=user.id,
@@ -154,29 +112,48 @@ async def _insert(
         domains=request.domains,
         callback_url=request.callback_url,
         entries=[
-            scan_entry(uuid.uuid4(), settings.queue_name, request_id) for _ in request.domains
+            scan_entry(uuid.uuid4(), settings.queue_name, dispatch.request_id)
+            for _ in request.domains
         ],
     )
+    if idempotency_key is None:
+        return await _charge_and_insert(dispatch, new)
+    async with idempotency.processing(dispatch.redis, settings, user.id, "batch", idempotency_key):
+        earlier = await idempotency.read_by_key(
+            dispatch.session, batches.get_batch_by_idempotency_key, user.id, idempotency_key
+        )
+        if earlier is not None:
+            idempotency.check_same_request(earlier.request_hash, request.fingerprint)
+            quota = await create_rate.take(dispatch.redis, settings, user.id, cost=0)
+            return CreatedBatch(earlier.id, True, quota)
+        return await _charge_and_insert(dispatch, new)
+
+
+async def _charge_and_insert(
+    dispatch: task_service.Dispatch, new: batches.NewBatch
+) -> CreatedBatch:
+    cost = len(new.domains)
+    quota = await create_rate.take(dispatch.redis, dispatch.settings, new.user_id, cost=cost)
+    await task_service.check_callback_host(new.callback_url, dispatch.settings)
+    batch_id, created = await _insert(dispatch, new)
+    return CreatedBatch(batch_id, not created, quota)
+
+
+async def _insert(dispatch: task_service.Dispatch, new: batches.NewBatch) -> tuple[uuid.UUID, bool]:
+    session, settings = dispatch.session, dispatch.settings
     # The batch, its tasks and their outbox rows: one statement (shared/db/batches.py).
     async with single_statement(session):
         inserted = await batches.insert_batch(session, new)
     if not inserted:
-        earlier: Batch | None = None
-        if idempotency_key is not None:
-            # The unique index made this insert wait for a concurrent one with the same key,
-            # committed by now: a statement of its own sees it.
-            async with single_statement(session):
-                earlier = await batches.get_batch_by_idempotency_key(
-                    session, user.id, idempotency_key
-                )
-        if earlier is None:
-            raise IdempotencyKeyInFlight()
-        idempotency.check_same_request(earlier.request_hash, request.fingerprint)
+        earlier = await idempotency.turned_away_by(
+            session, batches.get_batch_by_idempotency_key, new.user_id, new.idempotency_key
+        )
+        idempotency.check_same_request(earlier.request_hash, new.request_hash)
         return earlier.id, False
     metrics.TASKS_CREATED.inc(len(new.entries))
     task_ids = [entry.task_id for entry in new.entries if entry.task_id is not None]
     marked = settings.redis_safeguards and await safeguards.set_created_markers(
-        redis, task_ids, settings.marker_ttl_s
+        dispatch.redis, task_ids, settings.marker_ttl_s
     )
     log.info("batch created", batch_id=str(new.id), tasks=len(task_ids), marked=marked)
     return new.id, True
@@ -263,8 +240,4 @@ async def cancel_batch(session: AsyncSession, user: User, batch_id: uuid.UUID) -
 
 async def get_user_batch(session: AsyncSession, user: User, batch_id: uuid.UUID) -> Batch:
     """The user's batch; another user's is 404 like a missing one."""
-    async with single_statement(session):
-        batch = await batches.get_user_batch(session, user.id, batch_id)
-    if batch is None:
-        raise NotFound("no such batch", field="batch_id")
-    return batch
+    return await read_owned(session, batches.get_user_batch, user.id, batch_id, kind="batch")

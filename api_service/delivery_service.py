@@ -5,6 +5,7 @@ as a missing one, so ids reveal nothing."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -48,17 +49,22 @@ def _cursor(cursor: str | None) -> int | None:
     return int(cursor)
 
 
-async def list_page(
-    session: AsyncSession,
-    owner: int | None,
-    state: str,
-    limit: int,
-    cursor: str | None,
-) -> DeliveryPage:
+@dataclass(frozen=True)
+class PageQuery:
+    """Which page of deliveries: those in `state` (or `all`), `size` of them, older than the
+    `cursor` a previous page gave."""
+
+    state: str
+    size: int
+    cursor: str | None
+
+
+async def list_page(session: AsyncSession, owner: int | None, query: PageQuery) -> DeliveryPage:
     """One page, newest first, and the cursor of the next page if there is one."""
-    after = _cursor(cursor)
+    after = _cursor(query.cursor)
+    limit = query.size
     async with single_statement(session):
-        rows = await deliveries.list_page(session, owner, state, limit + 1, after)
+        rows = await deliveries.list_page(session, owner, query.state, limit + 1, after)
     page = rows[:limit]
     next_cursor = str(page[-1].id) if len(rows) > limit else None
     return DeliveryPage(items=[delivery_out(row) for row in page], next_cursor=next_cursor)

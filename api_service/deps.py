@@ -1,4 +1,5 @@
-"""FastAPI dependencies: settings, session, Redis and the authenticated user.
+"""FastAPI dependencies: settings, session, Redis, what a use case dispatches with, and the
+authenticated user.
 
 All are `async def`: FastAPI runs a plain `def` dependency in its thread pool, a thread
 hop per dependency per request for what is only an attribute read.
@@ -14,6 +15,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from api_service.task_service import Dispatch
 from api_service.waiting import FinishWaiters
 from shared import wakeups
 from shared.db import users
@@ -68,6 +70,20 @@ HintsDep = Annotated[wakeups.Hints, Depends(get_hints)]
 RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 RequestIdDep = Annotated[str | None, Depends(get_request_id)]
+
+
+async def get_dispatch(
+    session: SessionDep,
+    redis: RedisDep,
+    settings: SettingsDep,
+    hints: HintsDep,
+    request_id: RequestIdDep,
+) -> Dispatch:
+    return Dispatch(session, redis, settings, hints, request_id)
+
+
+# The route's own session (the one the user was looked up with: dependencies are cached).
+DispatchDep = Annotated[Dispatch, Depends(get_dispatch)]
 
 
 # Declared in OpenAPI as the `bearerAuth` HTTP bearer scheme, so /docs can sign in; a missing

@@ -12,13 +12,17 @@ like the others: without Redis a concurrent repeat waits on the database's uniqu
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Annotated, TypeVar
 
 import redis.asyncio as aioredis
+from fastapi import Header
 from redis.exceptions import RedisError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared import keys, metrics
+from shared.db.engine import single_statement
 from shared.errors import IdempotencyKeyInFlight, IdempotencyKeyReused, InvalidInput
 from shared.logging import get_logger
 from shared.settings import Settings
@@ -28,6 +32,17 @@ log = get_logger(__name__)
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+# The header as a create route declares it; the route checks it with `checked_key`.
+KeyHeader = Annotated[
+    str | None,
+    Header(
+        alias=HEADER,
+        description="Makes the create safe to retry (IETF draft): a repeat with the same body "
+        "gets the first answer again, uncharged; another body is 422; a repeat while the first "
+        "is still being processed is 409. Kept `SCAN_IDEMPOTENCY_RETENTION_S` (a day).",
+    ),
+]
 
 
 def checked_key(value: str | None) -> str | None:
@@ -72,3 +87,28 @@ async def processing(
             # Expired or unreachable: the key expires by itself after `lock_timeout_s`.
             metrics.SAFEGUARD_FAILURES.labels(safeguard="lock").inc()
             log.warning("safeguard_lock_release_failed", lock=name, error=type(exc).__name__)
+
+
+R = TypeVar("R")
+# A statement reading the user's create (a task, a batch) that holds a key, None if none does.
+ReadByKey = Callable[[AsyncSession, int, str], Awaitable[R | None]]
+
+
+async def read_by_key(
+    session: AsyncSession, read: ReadByKey[R], user_id: int, key: str
+) -> R | None:
+    """The user's create that holds `key`, read in a statement of its own."""
+    async with single_statement(session):
+        return await read(session, user_id, key)
+
+
+async def turned_away_by(
+    session: AsyncSession, read: ReadByKey[R], user_id: int, key: str | None
+) -> R:
+    """After an insert that wrote nothing: the create holding its key, IdempotencyKeyInFlight
+    if none does. The unique index made the insert wait for that concurrent create, which is
+    committed by now: a statement of its own sees it."""
+    earlier = None if key is None else await read_by_key(session, read, user_id, key)
+    if earlier is None:
+        raise IdempotencyKeyInFlight()
+    return earlier

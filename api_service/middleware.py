@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import re
 import time
 import uuid
@@ -26,8 +27,9 @@ def pick_request_id(given: str | None) -> str:
     return uuid.uuid4().hex
 
 
-class RequestIdMiddleware:
-    """Binds a request id to every log line and returns it in `X-Request-ID`."""
+class HttpMiddleware(abc.ABC):
+    """A pure ASGI middleware that acts on HTTP requests in `handle`; everything else
+    (the lifespan, websockets) passes through untouched."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -36,6 +38,17 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.handle(scope, receive, send)
+
+    @abc.abstractmethod
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The middleware's work on one HTTP request."""
+
+
+class RequestIdMiddleware(HttpMiddleware):
+    """Binds a request id to every log line and returns it in `X-Request-ID`."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         given = None
         for name, value in scope.get("headers", []):
             if name == REQUEST_ID_HEADER.encode():
@@ -60,21 +73,18 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request body exceeds {max_body_bytes} bytes")
 
 
-class BodySizeLimitMiddleware:
+class BodySizeLimitMiddleware(HttpMiddleware):
     """Refuses bodies over `max_body_bytes` (or the limit `by_path` gives the exact path)
     with 413, whether or not Content-Length says so."""
 
     def __init__(
         self, app: ASGIApp, max_body_bytes: int, by_path: Mapping[str, int] | None = None
     ) -> None:
-        self.app = app
+        super().__init__(app)
         self.max_body_bytes = max_body_bytes
         self.by_path = dict(by_path or {})
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = self.by_path.get(scope.get("path", ""), self.max_body_bytes)
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > limit:
@@ -114,16 +124,10 @@ def route_label(scope: Scope) -> str:
     return path if isinstance(path, str) else UNMATCHED_ROUTE
 
 
-class MetricsMiddleware:
+class MetricsMiddleware(HttpMiddleware):
     """Counts requests and times them by method, route template and status."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"] if scope["method"] in _KNOWN_METHODS else "OTHER"
         status = 500  # what the client gets if the app raises before answering
         started = time.perf_counter()

@@ -1,11 +1,16 @@
 """What each route documents in OpenAPI beyond its success: its errors with their body, and
-the header fields clients act on (`Retry-After`, the IETF RateLimit fields)."""
+the header fields clients act on (`Retry-After`, the IETF RateLimit fields), which a create's
+answer sets here too."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from fastapi import Response
+
+from api_service import idempotency
 from api_service.schemas import ErrorResponse
+from shared import create_rate
 
 _INTEGER = {"schema": {"type": "integer"}}
 _STRING = {"schema": {"type": "string"}}
@@ -20,6 +25,12 @@ RATE_LIMIT = {
         '("creates";r=59;t=1)',
         **_STRING,
     },
+}
+REPLAYED = {
+    idempotency.REPLAYED_HEADER: {
+        "description": "`true` on the replay of an earlier create with the same Idempotency-Key",
+        **_STRING,
+    }
 }
 
 _DESCRIPTIONS = {
@@ -59,9 +70,23 @@ def rate_limited_create(description: str) -> dict[int | str, dict[str, Any]]:
     }
 
 
-REPLAYED = {
-    "Idempotent-Replayed": {
-        "description": "`true` on the replay of an earlier create with the same Idempotency-Key",
-        **_STRING,
+def idempotent_create(too_many: str) -> dict[int | str, dict[str, Any]]:
+    """A create's answers: its 201 (or the replay of an earlier create) with the RateLimit and
+    Idempotent-Replayed fields, and those of `rate_limited_create`, `too_many` its 429's."""
+    return {
+        201: {
+            "description": "Created, or the replay of a create with the same Idempotency-Key",
+            "headers": {**RATE_LIMIT, **REPLAYED},
+        },
+        **rate_limited_create(too_many),
     }
-}
+
+
+def answer_create(
+    response: Response, location: str, quota: create_rate.Quota | None, *, replayed: bool
+) -> None:
+    """The header fields `idempotent_create` documents, and `Location`, on a create's 201."""
+    response.headers.update(create_rate.headers(quota))
+    response.headers["Location"] = location
+    if replayed:
+        response.headers[idempotency.REPLAYED_HEADER] = "true"

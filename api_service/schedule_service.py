@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api_service import task_service
 from api_service.domains import normalise_domain
+from api_service.ownership import read_owned
 from api_service.schedule_schemas import ScheduleCreate, ScheduleOut
 from shared import schedule_times
 from shared.db import batches, schedules
@@ -177,11 +178,9 @@ def schedule_out(schedule: Schedule) -> ScheduleOut:
 
 async def read_schedule(session: AsyncSession, user: User, schedule_id: uuid.UUID) -> Schedule:
     """The user's schedule; another user's is 404 as a missing one."""
-    async with single_statement(session):
-        schedule = await schedules.get_user_schedule(session, user.id, schedule_id)
-    if schedule is None:
-        raise NotFound("no such schedule", field="schedule_id")
-    return schedule
+    return await read_owned(
+        session, schedules.get_user_schedule, user.id, schedule_id, kind="schedule"
+    )
 
 
 async def list_schedules(session: AsyncSession, user: User, limit: int) -> Sequence[Schedule]:
@@ -189,17 +188,23 @@ async def list_schedules(session: AsyncSession, user: User, limit: int) -> Seque
         return await schedules.list_user_schedules(session, user.id, limit)
 
 
-async def pause_schedule(session: AsyncSession, user: User, schedule_id: uuid.UUID) -> Schedule:
+async def _read_again(session: AsyncSession, schedule: Schedule) -> Schedule:
+    """`schedule` as now committed (404 if it was deleted meanwhile)."""
+    return await read_owned(
+        session, schedules.get_user_schedule, schedule.user_id, schedule.id, kind="schedule"
+    )
+
+
+async def pause_schedule(session: AsyncSession, schedule: Schedule) -> Schedule:
     """Paused (idempotent): it fires no more until resumed."""
     async with single_statement(session):
-        await schedules.pause(session, user.id, schedule_id)
-    return await read_schedule(session, user, schedule_id)
+        await schedules.pause(session, schedule.user_id, schedule.id)
+    return await _read_again(session, schedule)
 
 
-async def resume_schedule(session: AsyncSession, user: User, schedule_id: uuid.UUID) -> Schedule:
+async def resume_schedule(session: AsyncSession, schedule: Schedule) -> Schedule:
     """Running again from its next tick after now (idempotent); the ticks while paused are
     not missed ticks: none of them runs."""
-    schedule = await read_schedule(session, user, schedule_id)
     if schedule.paused_at is None:
         return schedule
     spec = schedule_times.Spec(
@@ -207,8 +212,8 @@ async def resume_schedule(session: AsyncSession, user: User, schedule_id: uuid.U
     )
     next_fire_at = schedule_times.first_after(spec.trigger(), datetime.now(UTC))
     async with single_statement(session):
-        await schedules.resume(session, user.id, schedule_id, next_fire_at)
-    return await read_schedule(session, user, schedule_id)
+        await schedules.resume(session, schedule.user_id, schedule.id, next_fire_at)
+    return await _read_again(session, schedule)
 
 
 async def delete_schedule(session: AsyncSession, user: User, schedule_id: uuid.UUID) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -18,6 +18,7 @@ from pydantic import (
 from shared import patterns
 
 MAX_RULES = 50
+Item = TypeVar("Item")
 # NUL cannot be stored in PostgreSQL text or jsonb, and a lone surrogate (legal in
 # JSON escapes) cannot be encoded as UTF-8: refuse both before they reach the database.
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -61,20 +62,28 @@ class ScanConfig(BaseModel):
     )
 
 
+TargetDomain = Annotated[
+    str, Field(max_length=1024, description="A public domain name; IDN allowed, no scheme or path.")
+]
+
+
+def callback_url_field(what: str) -> Any:
+    """A create's optional `callback_url`, described as the URL to POST `what` to."""
+    return Field(
+        default=None,
+        max_length=2048,
+        description=f"https URL to POST {what} (see docs/api.md); needs a signing secret "
+        "(POST /api/v1/callbacks/secret).",
+        examples=["https://hooks.example.com/scan-finished"],
+    )
+
+
 class TaskCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    target_domain: str = Field(
-        max_length=1024, description="A public domain name; IDN allowed, no scheme or path."
-    )
+    target_domain: TargetDomain
     config: ScanConfig = Field(default_factory=ScanConfig)
-    callback_url: str | None = Field(
-        default=None,
-        max_length=2048,
-        description="https URL to POST a signed completion callback to (see docs/api.md); "
-        "needs a signing secret (POST /api/v1/callbacks/secret).",
-        examples=["https://hooks.example.com/scan-finished"],
-    )
+    callback_url: str | None = callback_url_field("a signed completion callback to")
 
 
 class TaskOut(BaseModel):
@@ -118,11 +127,17 @@ class TaskOut(BaseModel):
         )
 
 
-class TaskPage(BaseModel):
-    items: list[TaskOut]
+class KeysetPage(BaseModel, Generic[Item]):
+    """One page of a newest-first list; each route's page is a subclass named for OpenAPI."""
+
+    items: list[Item]
     next_cursor: str | None = Field(
         description="Pass as `cursor` to get the next (older) page; null on the last page."
     )
+
+
+class TaskPage(KeysetPage[TaskOut]):
+    pass
 
 
 # A hard ceiling for the schema; the configured limit (`SCAN_BATCH_MAX_TASKS`) applies below it.
@@ -132,9 +147,7 @@ BATCH_TASKS_CEILING = 10_000
 class BatchEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    target_domain: str = Field(
-        max_length=1024, description="A public domain name; IDN allowed, no scheme or path."
-    )
+    target_domain: TargetDomain
 
 
 class BatchCreate(BaseModel):
@@ -159,12 +172,8 @@ class BatchCreate(BaseModel):
         "The same domain twice (after normalisation) is one task.",
     )
     config: ScanConfig = Field(default_factory=ScanConfig)
-    callback_url: str | None = Field(
-        default=None,
-        max_length=2048,
-        description="https URL to POST one signed callback to once every task has ended "
-        "(see docs/api.md); needs a signing secret (POST /api/v1/callbacks/secret).",
-        examples=["https://hooks.example.com/scan-finished"],
+    callback_url: str | None = callback_url_field(
+        "one signed callback to once every task has ended"
     )
 
 
@@ -236,11 +245,8 @@ class BatchOut(BatchSummaryOut):
     )
 
 
-class BatchPage(BaseModel):
-    items: list[BatchSummaryOut]
-    next_cursor: str | None = Field(
-        description="Pass as `cursor` to get the next (older) page; null on the last page."
-    )
+class BatchPage(KeysetPage[BatchSummaryOut]):
+    pass
 
 
 class SecretRotate(BaseModel):
@@ -316,11 +322,8 @@ class DeliveryDetail(DeliveryOut):
     attempt_log: list[DeliveryAttemptOut] = Field(description="Every recorded try, oldest first.")
 
 
-class DeliveryPage(BaseModel):
-    items: list[DeliveryOut]
-    next_cursor: str | None = Field(
-        description="Pass as `cursor` to get the next (older) page; null on the last page."
-    )
+class DeliveryPage(KeysetPage[DeliveryOut]):
+    pass
 
 
 class CallbackTest(BaseModel):

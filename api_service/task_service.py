@@ -21,30 +21,48 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api_service import callback_vetting, idempotency
 from api_service.domains import normalise_domain
+from api_service.ownership import read_owned
 from api_service.schemas import TaskCreate
 from shared import create_rate, keys, metrics, safeguards, wakeups
 from shared.db import tasks
 from shared.db.engine import single_statement
 from shared.db.models import Batch, Task, TaskStatus, User
 from shared.errors import (
-    IdempotencyKeyInFlight,
     InvalidInput,
     InvalidState,
     NotFound,
     ScanOutboxError,
 )
 from shared.logging import get_logger
-from shared.messages import scan_entry
+from shared.messages import OutboxEntry, scan_entry
 from shared.settings import Settings
 
 log = get_logger(__name__)
 
 
-async def _mark_created(redis: aioredis.Redis, settings: Settings, task_id: uuid.UUID) -> bool:
-    """The secondary `task_created` marker, set after commit; False if off or Redis failed."""
-    if not settings.redis_safeguards:
-        return False
-    return await safeguards.set_created_marker(redis, task_id, settings.marker_ttl_s)
+@dataclass(frozen=True)
+class Dispatch:
+    """What a use case that commits scan messages works with: the session of its writes,
+    Redis (the create budget, locks, markers), the settings, the request id its messages
+    carry, and the hints that wake the relays once it has committed."""
+
+    session: AsyncSession
+    redis: aioredis.Redis
+    settings: Settings
+    hints: wakeups.Hints
+    request_id: str | None
+
+
+async def _mark_and_log(
+    dispatch: Dispatch, event: str, task: Task, entry: OutboxEntry, **fields: object
+) -> None:
+    """After the commit of `task`'s new message: the secondary `task_created` marker (unless
+    off), then `event` logged with the task and message ids and whether the marker was set."""
+    settings = dispatch.settings
+    marked = settings.redis_safeguards and await safeguards.set_created_marker(
+        dispatch.redis, task.id, settings.marker_ttl_s
+    )
+    log.info(event, task_id=str(task.id), message_id=str(entry.message_id), marked=marked, **fields)
 
 
 def request_fingerprint(
@@ -91,20 +109,14 @@ class Created:
 
 
 async def create_task(
-    session: AsyncSession,
-    redis: aioredis.Redis,
-    settings: Settings,
-    user: User,
-    body: TaskCreate,
-    *,
-    idempotency_key: str | None,
-    request_id: str | None,
+    dispatch: Dispatch, user: User, body: TaskCreate, *, idempotency_key: str | None
 ) -> Created:
     """Commit a pending task with its outbox row, charged one create.
 
     With an idempotency key already used for the same request, the original task, uncharged;
     for a different request IdempotencyKeyReused, while it is in flight IdempotencyKeyInFlight.
     """
+    settings = dispatch.settings
     domain = normalise_domain(body.target_domain)
     config = body.config.model_dump()
     if len(json.dumps(config)) > settings.max_config_bytes:
@@ -123,62 +135,40 @@ async def create_task(
         callback_url=callback_url,
     )
     if idempotency_key is None:
-        return await _charge_and_insert(session, redis, settings, new, request_id)
-    async with idempotency.processing(redis, settings, user.id, "task", idempotency_key):
-        async with single_statement(session):
-            earlier = await tasks.get_task_by_idempotency_key(session, user.id, idempotency_key)
+        return await _charge_and_insert(dispatch, new)
+    async with idempotency.processing(dispatch.redis, settings, user.id, "task", idempotency_key):
+        earlier = await idempotency.read_by_key(
+            dispatch.session, tasks.get_task_by_idempotency_key, user.id, idempotency_key
+        )
         if earlier is not None:
             idempotency.check_same_request(earlier.request_hash, fingerprint)
-            return Created(earlier, True, await create_rate.take(redis, settings, user.id, cost=0))
-        return await _charge_and_insert(session, redis, settings, new, request_id)
+            quota = await create_rate.take(dispatch.redis, settings, user.id, cost=0)
+            return Created(earlier, True, quota)
+        return await _charge_and_insert(dispatch, new)
 
 
-async def _charge_and_insert(
-    session: AsyncSession,
-    redis: aioredis.Redis,
-    settings: Settings,
-    new: tasks.NewTask,
-    request_id: str | None,
-) -> Created:
-    quota = await create_rate.take(redis, settings, new.user_id, cost=1)
-    await check_callback_host(new.callback_url, settings)
-    task, created = await _insert_task(session, redis, settings, new, request_id)
+async def _charge_and_insert(dispatch: Dispatch, new: tasks.NewTask) -> Created:
+    quota = await create_rate.take(dispatch.redis, dispatch.settings, new.user_id, cost=1)
+    await check_callback_host(new.callback_url, dispatch.settings)
+    task, created = await _insert_task(dispatch, new)
     return Created(task, not created, quota)
 
 
-async def _insert_task(
-    session: AsyncSession,
-    redis: aioredis.Redis,
-    settings: Settings,
-    new: tasks.NewTask,
-    request_id: str | None,
-) -> tuple[Task, bool]:
+async def _insert_task(dispatch: Dispatch, new: tasks.NewTask) -> tuple[Task, bool]:
+    session = dispatch.session
     task_id = uuid.uuid4()
-    entry = scan_entry(task_id, settings.queue_name, request_id)
+    entry = scan_entry(task_id, dispatch.settings.queue_name, dispatch.request_id)
     # The task and its outbox row: one statement (shared/db/tasks.py, `_CREATE_TASK`).
     async with single_statement(session):
         task = await tasks.insert_task_with_message(session, task_id, new, entry)
     if task is None:
-        existing = None
-        if new.idempotency_key is not None:
-            # The unique index made this insert wait for a concurrent one with the same key,
-            # committed by now: a statement of its own sees it.
-            async with single_statement(session):
-                existing = await tasks.get_task_by_idempotency_key(
-                    session, new.user_id, new.idempotency_key
-                )
-        if existing is None:
-            raise IdempotencyKeyInFlight()
+        existing = await idempotency.turned_away_by(
+            session, tasks.get_task_by_idempotency_key, new.user_id, new.idempotency_key
+        )
         idempotency.check_same_request(existing.request_hash, new.request_hash or "")
         return existing, False
     metrics.TASKS_CREATED.inc()
-    marked = await _mark_created(redis, settings, task.id)
-    log.info(
-        "task created and marked",
-        task_id=str(task.id),
-        message_id=str(entry.message_id),
-        marked=marked,
-    )
+    await _mark_and_log(dispatch, "task created and marked", task, entry)
     return task, True
 
 
@@ -229,31 +219,17 @@ async def _refusal(
     )
 
 
-async def retry_task(
-    session: AsyncSession,
-    redis: aioredis.Redis,
-    settings: Settings,
-    actor: Actor,
-    task_id: uuid.UUID,
-    *,
-    request_id: str | None,
-) -> Task:
+async def retry_task(dispatch: Dispatch, actor: Actor, task_id: uuid.UUID) -> Task:
     """failed|cancelled -> pending with attempts reset, committed with its new outbox row."""
-    entry = scan_entry(task_id, settings.queue_name, request_id)
-    async with safeguards.optional_lock(redis, keys.task_lock(task_id), settings):
+    session, settings = dispatch.session, dispatch.settings
+    entry = scan_entry(task_id, settings.queue_name, dispatch.request_id)
+    async with safeguards.optional_lock(dispatch.redis, keys.task_lock(task_id), settings):
         # The task and its new outbox row: one statement (shared/db/tasks.py, `_RETRY_TASK`).
         async with single_statement(session):
             task = await tasks.retry_task(session, actor.owner_id, task_id, entry)
         if task is None:
             raise await _refusal(session, actor, task_id, "retried", "failed or cancelled")
-        marked = await _mark_created(redis, settings, task.id)
-    log.info(
-        "task_retried",
-        task_id=str(task.id),
-        message_id=str(entry.message_id),
-        marked=marked,
-        actor=actor.describe(),
-    )
+        await _mark_and_log(dispatch, "task_retried", task, entry, actor=actor.describe())
     return task
 
 
@@ -276,11 +252,7 @@ async def cancel_task(session: AsyncSession, actor: Actor, task_id: uuid.UUID) -
 
 async def get_task(session: AsyncSession, user: User, task_id: uuid.UUID) -> Task:
     """The user's own task; another user's task is indistinguishable from a missing one."""
-    async with single_statement(session):
-        task = await tasks.get_user_task(session, user.id, task_id)
-    if task is None:
-        raise NotFound("no such task", field="task_id")
-    return task
+    return await read_owned(session, tasks.get_user_task, user.id, task_id, kind="task")
 
 
 def encode_cursor(row: Task | Batch) -> str:

@@ -19,8 +19,9 @@ import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
+from fastapi import Query
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api_service.schemas import ErrorResponse
@@ -41,6 +42,16 @@ CLIENT_SHARE_RESPONSES: dict[int | str, dict[str, object]] = {
         "headers": {"Retry-After": {"schema": {"type": "integer"}}},
     }
 }
+
+# The `wait` query parameter of the reads that can wait (checked by `deps.checked_wait_s`).
+WaitQuery = Annotated[
+    float,
+    Query(
+        ge=0,
+        description="Seconds to wait for the end (at most `SCAN_WAIT_MAX_S`, 30): answered as "
+        "soon as it ends, or with the current state when the wait is over. 0: at once.",
+    ),
+]
 
 T = TypeVar("T")
 # The ids, among those given, of the tasks that have ended and the batches that have.

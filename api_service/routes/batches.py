@@ -9,18 +9,16 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from api_service import batch_service, idempotency, responses, waiting
+from api_service import batch_service, idempotency, paging, responses, waiting
 from api_service.deps import (
     CurrentUser,
+    DispatchDep,
     HintsDep,
-    RedisDep,
-    RequestIdDep,
     SessionDep,
     SettingsDep,
     WaitersDep,
     checked_wait_s,
 )
-from api_service.routes.tasks import IdempotencyKey, WaitQuery
 from api_service.schemas import (
     BatchCreate,
     BatchOut,
@@ -29,7 +27,7 @@ from api_service.schemas import (
     BatchTaskOut,
     BatchTaskResultOut,
 )
-from shared import batch_export, create_rate
+from shared import batch_export
 
 router = APIRouter(prefix="/api/v1/batches", tags=["batches"])
 
@@ -91,48 +89,30 @@ def batch_as_created(view: batch_service.BatchView) -> BatchOut:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=BatchOut,
-    responses={
-        201: {
-            "description": "Created, or the replay of a create with the same Idempotency-Key",
-            "headers": {**responses.RATE_LIMIT, **responses.REPLAYED},
-        },
-        **responses.rate_limited_create(
-            "The batch's tasks exceed this token's rate limit; `Retry-After` says when to retry"
-        ),
-    },
+    responses=responses.idempotent_create(
+        "The batch's tasks exceed this token's rate limit; `Retry-After` says when to retry"
+    ),
 )
 async def create_batch(
     body: BatchCreate,
     response: Response,
     user: CurrentUser,
-    session: SessionDep,
-    redis: RedisDep,
-    hints: HintsDep,
-    settings: SettingsDep,
-    request_id: RequestIdDep,
-    idempotency_key: IdempotencyKey = None,
+    dispatch: DispatchDep,
+    idempotency_key: idempotency.KeyHeader = None,
 ) -> BatchOut:
     """Accept up to `SCAN_BATCH_MAX_TASKS` domains: every task and its message are committed
     in one transaction, or, if any entry is invalid, nothing is (422 naming each entry)."""
-    request = batch_service.validate_batch(body, settings, user)
-    created = await batch_service.create_batch(
-        session,
-        redis,
-        settings,
-        user,
-        request,
-        idempotency_key=idempotency.checked_key(idempotency_key),
-        request_id=request_id,
-    )
-    response.headers.update(create_rate.headers(created.quota))
-    response.headers["Location"] = f"/api/v1/batches/{created.id}"
+    request = batch_service.validate_batch(body, dispatch.settings, user)
+    key = idempotency.checked_key(idempotency_key)
+    created = await batch_service.create_batch(dispatch, user, request, idempotency_key=key)
+    location = f"/api/v1/batches/{created.id}"
+    responses.answer_create(response, location, created.quota, replayed=created.replayed)
     view = await batch_service.read_batch(
-        session, user, created.id, limit=PAGE_SIZE_DEFAULT, cursor=None
+        dispatch.session, user, created.id, limit=PAGE_SIZE_DEFAULT, cursor=None
     )
     if created.replayed:
-        response.headers[idempotency.REPLAYED_HEADER] = "true"
         return batch_as_created(view)
-    await hints.outbox()
+    await dispatch.hints.outbox()
     return batch_out(view)
 
 
@@ -141,12 +121,12 @@ async def list_batches(
     user: CurrentUser,
     session: SessionDep,
     settings: SettingsDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: paging.LimitQuery = 20,
+    cursor: paging.CursorQuery = None,
 ) -> BatchPage:
     """The caller's batches with their counts, newest first, one keyset page at a time."""
     page, next_cursor = await batch_service.list_batches(
-        session, user, limit=min(limit, settings.page_size_max), cursor=cursor
+        session, user, limit=paging.page_size(limit, settings), cursor=cursor
     )
     return BatchPage(items=[summary_out(summary) for summary in page], next_cursor=next_cursor)
 
@@ -223,12 +203,12 @@ async def get_batch(
     session: SessionDep,
     settings: SettingsDep,
     waiters: WaitersDep,
-    limit: Annotated[int, Query(ge=1, le=1000)] = PAGE_SIZE_DEFAULT,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: paging.LongLimitQuery = PAGE_SIZE_DEFAULT,
+    cursor: paging.CursorQuery = None,
     include: Annotated[
         Include | None, Query(description="`result`: each task with its report.")
     ] = None,
-    wait: WaitQuery = 0,
+    wait: waiting.WaitQuery = 0,
 ) -> BatchOut:
     """The caller's batch: tasks by status, timestamps and one page of its tasks; with
     `wait`, once every task has ended or the wait is over."""
@@ -237,7 +217,7 @@ async def get_batch(
     async def read() -> batch_service.BatchView:
         try:
             return await batch_service.read_batch(
-                session, user, batch_id, limit=min(limit, settings.page_size_max), cursor=cursor
+                session, user, batch_id, limit=paging.page_size(limit, settings), cursor=cursor
             )
         finally:
             # The next read loads fresh rows rather than the ones this session already holds.

@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response, status
 
-from api_service import delivery_service, responses
+from api_service import delivery_service, paging, responses
 from api_service.deps import (
     AdminUser,
     CurrentUser,
@@ -49,22 +49,27 @@ class State(enum.StrEnum):
 
 
 StateQuery = Annotated[State, Query(description="dead includes those ended by a 410.")]
-LimitQuery = Annotated[int, Query(ge=1, le=100)]
+# A delivery's row id, not the keyset cursor of tasks and batches.
 CursorQuery = Annotated[str | None, Query(max_length=30)]
 
 
-@router.get("/deliveries", response_model=DeliveryPage, responses=CLIENT_ERRORS)
-async def list_own(
-    user: CurrentUser,
-    session: SessionDep,
+async def get_page_query(
     settings: SettingsDep,
     state: StateQuery = State.ALL,
-    limit: LimitQuery = 20,
+    limit: paging.LimitQuery = 20,
     cursor: CursorQuery = None,
-) -> DeliveryPage:
+) -> delivery_service.PageQuery:
+    return delivery_service.PageQuery(state.value, paging.page_size(limit, settings), cursor)
+
+
+# The same parameters for a client's own deliveries and an administrator's view of all.
+PageQueryDep = Annotated[delivery_service.PageQuery, Depends(get_page_query)]
+
+
+@router.get("/deliveries", response_model=DeliveryPage, responses=CLIENT_ERRORS)
+async def list_own(user: CurrentUser, session: SessionDep, query: PageQueryDep) -> DeliveryPage:
     """Your callback deliveries, newest first, in pages."""
-    size = min(limit, settings.page_size_max)
-    return await delivery_service.list_page(session, user.id, state.value, size, cursor)
+    return await delivery_service.list_page(session, user.id, query)
 
 
 @router.get("/deliveries/{delivery_id}", response_model=DeliveryDetail, responses=CLIENT_ERRORS)
@@ -119,17 +124,9 @@ async def send_test(
 
 
 @ops_router.get("/deliveries", response_model=DeliveryPage, responses=OPS_ERRORS)
-async def list_all(
-    _: AdminUser,
-    session: SessionDep,
-    settings: SettingsDep,
-    state: StateQuery = State.ALL,
-    limit: LimitQuery = 20,
-    cursor: CursorQuery = None,
-) -> DeliveryPage:
+async def list_all(_: AdminUser, session: SessionDep, query: PageQueryDep) -> DeliveryPage:
     """Every client's deliveries, newest first, in pages."""
-    size = min(limit, settings.page_size_max)
-    return await delivery_service.list_page(session, None, state.value, size, cursor)
+    return await delivery_service.list_page(session, None, query)
 
 
 @ops_router.get("/deliveries/{delivery_id}", response_model=DeliveryDetail, responses=OPS_ERRORS)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Depends, Response, status
 
-from api_service import responses, schedule_service
+from api_service import paging, responses, schedule_service
 from api_service.deps import CurrentUser, SessionDep, SettingsDep
 from api_service.schedule_schemas import (
     ScheduleCreate,
@@ -17,6 +17,7 @@ from api_service.schedule_schemas import (
     ScheduleRunOut,
     ScheduleRunPage,
 )
+from shared.db.models import Schedule
 
 router = APIRouter(prefix="/api/v1/schedules", tags=["schedules"])
 
@@ -42,42 +43,50 @@ async def create_schedule(
     return schedule_service.schedule_out(schedule)
 
 
+async def get_page_size(
+    settings: SettingsDep, limit: paging.LongLimitQuery = PAGE_SIZE_DEFAULT
+) -> int:
+    return paging.page_size(limit, settings)
+
+
+# The `limit` of the schedules and of a schedule's runs, both read whole up to it.
+PageSize = Annotated[int, Depends(get_page_size)]
+
+
 @router.get("", response_model=SchedulePage, responses=_ERRORS)
-async def list_schedules(
-    user: CurrentUser,
-    session: SessionDep,
-    settings: SettingsDep,
-    limit: Annotated[int, Query(ge=1, le=1000)] = PAGE_SIZE_DEFAULT,
-) -> SchedulePage:
+async def list_schedules(user: CurrentUser, session: SessionDep, size: PageSize) -> SchedulePage:
     """The caller's schedules, oldest first, with their next fire times."""
-    rows = await schedule_service.list_schedules(session, user, min(limit, settings.page_size_max))
+    rows = await schedule_service.list_schedules(session, user, size)
     return SchedulePage(items=[schedule_service.schedule_out(row) for row in rows])
 
 
-@router.get("/{schedule_id}", response_model=ScheduleOut, responses=_ERRORS)
-async def get_schedule(
+async def owned_schedule(
     schedule_id: uuid.UUID, user: CurrentUser, session: SessionDep
-) -> ScheduleOut:
-    schedule = await schedule_service.read_schedule(session, user, schedule_id)
+) -> Schedule:
+    """The caller's schedule the path names; another client's is 404 as a missing one."""
+    return await schedule_service.read_schedule(session, user, schedule_id)
+
+
+OwnedSchedule = Annotated[Schedule, Depends(owned_schedule)]
+
+
+@router.get("/{schedule_id}", response_model=ScheduleOut, responses=_ERRORS)
+async def get_schedule(schedule: OwnedSchedule) -> ScheduleOut:
     return schedule_service.schedule_out(schedule)
 
 
 @router.post("/{schedule_id}/pause", response_model=ScheduleOut, responses=_ERRORS)
-async def pause_schedule(
-    schedule_id: uuid.UUID, user: CurrentUser, session: SessionDep
-) -> ScheduleOut:
+async def pause_schedule(schedule: OwnedSchedule, session: SessionDep) -> ScheduleOut:
     """No more runs until resumed (pausing a paused schedule changes nothing)."""
-    schedule = await schedule_service.pause_schedule(session, user, schedule_id)
-    return schedule_service.schedule_out(schedule)
+    paused = await schedule_service.pause_schedule(session, schedule)
+    return schedule_service.schedule_out(paused)
 
 
 @router.post("/{schedule_id}/resume", response_model=ScheduleOut, responses=_ERRORS)
-async def resume_schedule(
-    schedule_id: uuid.UUID, user: CurrentUser, session: SessionDep
-) -> ScheduleOut:
+async def resume_schedule(schedule: OwnedSchedule, session: SessionDep) -> ScheduleOut:
     """Runs again from its next tick after now; the ticks while paused never run."""
-    schedule = await schedule_service.resume_schedule(session, user, schedule_id)
-    return schedule_service.schedule_out(schedule)
+    resumed = await schedule_service.resume_schedule(session, schedule)
+    return schedule_service.schedule_out(resumed)
 
 
 @router.delete("/{schedule_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_ERRORS)
@@ -88,16 +97,11 @@ async def delete_schedule(schedule_id: uuid.UUID, user: CurrentUser, session: Se
 
 @router.get("/{schedule_id}/runs", response_model=ScheduleRunPage, responses=_ERRORS)
 async def list_runs(
-    schedule_id: uuid.UUID,
-    user: CurrentUser,
-    session: SessionDep,
-    settings: SettingsDep,
-    limit: Annotated[int, Query(ge=1, le=1000)] = PAGE_SIZE_DEFAULT,
+    schedule_id: uuid.UUID, user: CurrentUser, session: SessionDep, size: PageSize
 ) -> ScheduleRunPage:
     """The schedule's runs, latest tick first: each run's batch, or why it was skipped."""
-    runs = await schedule_service.list_runs(
-        session, user, schedule_id, min(limit, settings.page_size_max)
-    )
+    # Read here, not as a dependency: a bad `limit` is 422 before the schedule is looked up.
+    runs = await schedule_service.list_runs(session, user, schedule_id, size)
     return ScheduleRunPage(items=[ScheduleRunOut.model_validate(run) for run in runs])
 
 

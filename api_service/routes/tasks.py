@@ -5,88 +5,48 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Query, Response, status
 
-from api_service import idempotency, responses, task_service, waiting
+from api_service import idempotency, paging, responses, task_service, waiting
 from api_service.deps import (
     CurrentUser,
+    DispatchDep,
     HintsDep,
-    RedisDep,
-    RequestIdDep,
     SessionDep,
     SettingsDep,
     WaitersDep,
     checked_wait_s,
 )
 from api_service.schemas import TaskCreate, TaskOut, TaskPage
-from shared import create_rate
 from shared.db.models import TERMINAL_STATUSES, Task, TaskStatus
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
-
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias=idempotency.HEADER,
-        description="Makes the create safe to retry (IETF draft): a repeat with the same body "
-        "gets the first answer again, uncharged; another body is 422; a repeat while the first "
-        "is still being processed is 409. Kept `SCAN_IDEMPOTENCY_RETENTION_S` (a day).",
-    ),
-]
 
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=TaskOut,
-    responses={
-        201: {
-            "description": "Created, or the replay of a create with the same Idempotency-Key",
-            "headers": {**responses.RATE_LIMIT, **responses.REPLAYED},
-        },
-        **responses.rate_limited_create(
-            "Too many creates from this token; `Retry-After` says when to retry"
-        ),
-    },
+    responses=responses.idempotent_create(
+        "Too many creates from this token; `Retry-After` says when to retry"
+    ),
 )
 async def create_task(
     body: TaskCreate,
     response: Response,
     user: CurrentUser,
-    session: SessionDep,
-    redis: RedisDep,
-    hints: HintsDep,
-    settings: SettingsDep,
-    request_id: RequestIdDep,
-    idempotency_key: IdempotencyKey = None,
+    dispatch: DispatchDep,
+    idempotency_key: idempotency.KeyHeader = None,
 ) -> TaskOut:
     """Accept a scan: the task and the message that starts it are committed together."""
-    created = await task_service.create_task(
-        session,
-        redis,
-        settings,
-        user,
-        body,
-        idempotency_key=idempotency.checked_key(idempotency_key),
-        request_id=request_id,
-    )
-    response.headers.update(create_rate.headers(created.quota))
-    response.headers["Location"] = f"/api/v1/tasks/{created.task.id}"
+    key = idempotency.checked_key(idempotency_key)
+    created = await task_service.create_task(dispatch, user, body, idempotency_key=key)
+    location = f"/api/v1/tasks/{created.task.id}"
+    responses.answer_create(response, location, created.quota, replayed=created.replayed)
     if created.replayed:
-        response.headers[idempotency.REPLAYED_HEADER] = "true"
         return TaskOut.as_created(created.task)
-    await hints.outbox()
+    await dispatch.hints.outbox()
     return TaskOut.model_validate(created.task)
-
-
-WaitQuery = Annotated[
-    float,
-    Query(
-        ge=0,
-        description="Seconds to wait for the end (at most `SCAN_WAIT_MAX_S`, 30): answered as "
-        "soon as it ends, or with the current state when the wait is over. 0: at once.",
-    ),
-]
 
 
 @router.get(
@@ -100,7 +60,7 @@ async def get_task(
     session: SessionDep,
     settings: SettingsDep,
     waiters: WaitersDep,
-    wait: WaitQuery = 0,
+    wait: waiting.WaitQuery = 0,
 ) -> TaskOut:
     """The caller's task; with `wait`, once it has ended or the wait is over."""
     wait_s = checked_wait_s(wait, settings)
@@ -126,14 +86,14 @@ async def list_tasks(
     batch_id: Annotated[
         uuid.UUID | None, Query(description="Only the tasks of this batch of the caller's.")
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: paging.LimitQuery = 20,
+    cursor: paging.CursorQuery = None,
 ) -> TaskPage:
     """The caller's tasks with their results, newest first, one keyset page at a time."""
     page, next_cursor = await task_service.list_tasks(
         session,
         user,
-        limit=min(limit, settings.page_size_max),
+        limit=paging.page_size(limit, settings),
         status=status_filter,
         cursor=cursor,
         batch_id=batch_id,
@@ -144,20 +104,10 @@ async def list_tasks(
 @router.post(
     "/{task_id}/retry", response_model=TaskOut, responses=responses.errors(401, 404, 409, 422, 503)
 )
-async def retry_task(
-    task_id: uuid.UUID,
-    user: CurrentUser,
-    session: SessionDep,
-    redis: RedisDep,
-    hints: HintsDep,
-    settings: SettingsDep,
-    request_id: RequestIdDep,
-) -> TaskOut:
+async def retry_task(task_id: uuid.UUID, user: CurrentUser, dispatch: DispatchDep) -> TaskOut:
     """Run a failed or cancelled task again from a fresh start (attempts reset to 0)."""
-    task = await task_service.retry_task(
-        session, redis, settings, task_service.Actor.owner(user), task_id, request_id=request_id
-    )
-    await hints.outbox()
+    task = await task_service.retry_task(dispatch, task_service.Actor.owner(user), task_id)
+    await dispatch.hints.outbox()
     return TaskOut.model_validate(task)
 
 

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from fastapi.templating import Jinja2Templates
@@ -17,6 +17,9 @@ from starlette.responses import RedirectResponse, Response
 from api_service.ui.csrf import LoginCsrf
 from api_service.ui.session import COOKIE_PATH, SessionCodec
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from api_service.ui.auth import Admin
 
 HERE = Path(__file__).parent
 TEMPLATES_DIR = HERE / "templates"
@@ -123,6 +126,21 @@ def page(
     if FLASH_COOKIE in request.cookies:
         response.delete_cookie(FLASH_COOKIE, path=COOKIE_PATH)
     return harden(response)
+
+
+def admin_page(
+    request: Request,
+    admin: Admin,
+    template: str,
+    title: str,
+    context: dict[str, Any],
+    *,
+    nav: str | None = None,
+    status_code: int = 200,
+) -> Response:
+    """A dashboard page for a signed-in admin: `title`, and `nav` marked in the menu."""
+    full = {"admin": admin, "title": title, "nav": nav, **context}
+    return page(request, template, full, status_code=status_code)
 
 
 # --- template filters --------------------------------------------------------

@@ -3,16 +3,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from api_service.deps import HintsDep, SessionDep
 from api_service.ui import reads
-from api_service.ui.auth import UiActor, UiAdmin
-from api_service.ui.rendering import page, redirect, safe_next
+from api_service.ui.actions import UiAction
+from api_service.ui.auth import UiAdmin
+from api_service.ui.rendering import admin_page
 from shared import callback_admin
 from shared.db import callbacks, deliveries
 from shared.logging import get_logger
@@ -24,7 +24,6 @@ PAGE_SIZE = 50
 HERE = "/ui/callbacks"
 DEFAULT_STATE = "all"
 MAX_ROW_ID = 2**63 - 1  # a bigint
-BackField = Annotated[str, Form(alias="back")]
 
 
 def page_url(state: str, before_id: int | None = None) -> str:
@@ -67,9 +66,6 @@ async def callbacks_page(
         older = page_url(state, rows[-1][0].id)
     here = page_url(state, before_id)
     context = {
-        "admin": admin,
-        "title": "Callbacks",
-        "nav": "callbacks",
         "summary": summary,
         "state": state,
         "states": deliveries.STATES,
@@ -79,7 +75,7 @@ async def callbacks_page(
         "older": older,
         "here": here,
     }
-    return page(request, "callbacks.html", context)
+    return admin_page(request, admin, "callbacks.html", "Callbacks", context, nav="callbacks")
 
 
 def _replayed_notice(count: int) -> str:
@@ -89,33 +85,25 @@ def _replayed_notice(count: int) -> str:
 
 @router.post("/{row_id}/replay")
 async def replay_one(
-    request: Request,
-    row_id: int,
-    admin: UiActor,
-    session: SessionDep,
-    hints: HintsDep,
-    back: BackField = "",
+    row_id: int, action: UiAction, session: SessionDep, hints: HintsDep
 ) -> Response:
-    target = safe_next(back or HERE)
     if not 0 < row_id <= MAX_ROW_ID:
-        return redirect(request, target, notice=f"no delivery {row_id}", error=True)
+        return action.answer(HERE, f"no delivery {row_id}", error=True)
     async with session.begin():
         replayed = await callback_admin.replay_dead(session, [row_id])
     if not replayed:
         why = await callback_admin.why_not_replayed(session, None, row_id)
-        return redirect(request, target, notice=why, error=True)
+        return action.answer(HERE, why, error=True)
     await hints.callbacks()
-    log.info("ui_callbacks_replayed", delivery_rows=[row_id], admin_id=admin.user.id)
-    return redirect(request, target, notice=_replayed_notice(1))
+    log.info("ui_callbacks_replayed", delivery_rows=[row_id], admin_id=action.admin.user.id)
+    return action.answer(HERE, _replayed_notice(1))
 
 
 @router.post("/replay-dead")
-async def replay_all(
-    request: Request, admin: UiActor, session: SessionDep, hints: HintsDep, back: BackField = ""
-) -> Response:
+async def replay_all(action: UiAction, session: SessionDep, hints: HintsDep) -> Response:
     async with session.begin():
         count = await callback_admin.replay_dead(session, None)
     if count:
         await hints.callbacks()
-    log.info("ui_callbacks_replayed", rows=count, admin_id=admin.user.id)
-    return redirect(request, safe_next(back or HERE), notice=_replayed_notice(count))
+    log.info("ui_callbacks_replayed", rows=count, admin_id=action.admin.user.id)
+    return action.answer(HERE, _replayed_notice(count))

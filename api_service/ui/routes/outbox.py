@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from api_service.deps import HintsDep, SessionDep
 from api_service.ui import reads
-from api_service.ui.auth import UiActor, UiAdmin
-from api_service.ui.rendering import page, redirect, safe_next
+from api_service.ui.actions import UiAction
+from api_service.ui.auth import UiAdmin
+from api_service.ui.rendering import admin_page, redirect
 from shared import outbox_admin
 from shared.db import inspection, outbox
 from shared.logging import get_logger
@@ -20,24 +19,17 @@ router = APIRouter(prefix="/ui/outbox")
 
 ROWS_SHOWN = 100
 HERE = "/ui/outbox"
-BackField = Annotated[str, Form(alias="back")]
 
 
 @router.get("")
 async def outbox_page(request: Request, admin: UiAdmin, session: SessionDep) -> Response:
-    summary = await inspection.summarize_outbox(session)
-    dead = await inspection.list_outbox(session, limit=ROWS_SHOWN, state="dead")
-    backlog = await reads.list_unpublished(session, ROWS_SHOWN)
     context = {
-        "admin": admin,
-        "title": "Outbox",
-        "nav": "outbox",
-        "summary": summary,
-        "dead": dead,
-        "backlog": backlog,
+        "summary": await inspection.summarize_outbox(session),
+        "dead": await inspection.list_outbox(session, limit=ROWS_SHOWN, state="dead"),
+        "backlog": await reads.list_unpublished(session, ROWS_SHOWN),
         "rows_shown": ROWS_SHOWN,
     }
-    return page(request, "outbox.html", context)
+    return admin_page(request, admin, "outbox.html", "Outbox", context, nav="outbox")
 
 
 def _replayed_notice(replayed: list[outbox.ReplayedMessage]) -> str:
@@ -48,32 +40,24 @@ def _replayed_notice(replayed: list[outbox.ReplayedMessage]) -> str:
 
 @router.post("/{outbox_id}/replay")
 async def replay_one(
-    request: Request,
-    outbox_id: int,
-    admin: UiActor,
-    session: SessionDep,
-    hints: HintsDep,
-    back: BackField = "",
+    outbox_id: int, action: UiAction, session: SessionDep, hints: HintsDep
 ) -> Response:
-    target = safe_next(back or HERE)
     async with session.begin():
         replayed = await outbox_admin.replay_dead(session, [outbox_id])
-    if replayed:
-        await hints.outbox()
-    else:
+    if not replayed:
         why = await outbox_admin.why_not_replayed(session, outbox_id)
-        return redirect(request, target, notice=why, error=True)
-    log.info("ui_outbox_replayed", outbox_ids=[outbox_id], admin_id=admin.user.id)
-    return redirect(request, target, notice=_replayed_notice(replayed))
+        return action.answer(HERE, why, error=True)
+    await hints.outbox()
+    log.info("ui_outbox_replayed", outbox_ids=[outbox_id], admin_id=action.admin.user.id)
+    return action.answer(HERE, _replayed_notice(replayed))
 
 
 @router.post("/replay-dead")
-async def replay_all(
-    request: Request, admin: UiActor, session: SessionDep, hints: HintsDep
-) -> Response:
+async def replay_all(action: UiAction, session: SessionDep, hints: HintsDep) -> Response:
     async with session.begin():
         replayed = await outbox_admin.replay_dead(session, None)
     if replayed:
         await hints.outbox()
-    log.info("ui_outbox_replayed", rows=len(replayed), admin_id=admin.user.id)
-    return redirect(request, HERE, notice=_replayed_notice(replayed))
+    log.info("ui_outbox_replayed", rows=len(replayed), admin_id=action.admin.user.id)
+    # The page's own button: no `back` to follow.
+    return redirect(action.request, HERE, notice=_replayed_notice(replayed))

@@ -9,7 +9,7 @@ from starlette.responses import Response
 from api_service.deps import RedisDep, SettingsDep
 from api_service.ui import views
 from api_service.ui.auth import UiAdmin
-from api_service.ui.rendering import page
+from api_service.ui.rendering import admin_page
 
 router = APIRouter(prefix="/ui")
 
@@ -20,11 +20,5 @@ async def overview(
 ) -> Response:
     sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
     data = await views.load_overview(sessionmaker, redis, settings)
-    context = {
-        "admin": admin,
-        "title": "Overview",
-        "nav": "overview",
-        "o": data,
-        "refresh_s": settings.ui_refresh_s or None,
-    }
-    return page(request, "overview.html", context)
+    context = {"o": data, "refresh_s": settings.ui_refresh_s or None}
+    return admin_page(request, admin, "overview.html", "Overview", context, nav="overview")

@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from api_service.deps import SessionDep
 from api_service.ui.auth import UiAdmin
-from api_service.ui.rendering import page
+from api_service.ui.rendering import admin_page
 from shared.db import schedules
 
 router = APIRouter(prefix="/ui/schedules")
@@ -20,12 +20,5 @@ PAGE_SIZE = 200
 @router.get("")
 async def schedules_page(request: Request, admin: UiAdmin, session: SessionDep) -> Response:
     rows = await schedules.list_upcoming(session, PAGE_SIZE)
-    context = {
-        "admin": admin,
-        "title": "Schedules",
-        "nav": "schedules",
-        "rows": rows,
-        "now": datetime.now(UTC),
-        "limit": PAGE_SIZE,
-    }
-    return page(request, "schedules.html", context)
+    context = {"rows": rows, "now": datetime.now(UTC), "limit": PAGE_SIZE}
+    return admin_page(request, admin, "schedules.html", "Schedules", context, nav="schedules")

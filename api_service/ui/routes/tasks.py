@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from collections.abc import Awaitable, Callable
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from api_service import task_service
-from api_service.deps import HintsDep, RedisDep, RequestIdDep, SessionDep, SettingsDep
+from api_service.deps import DispatchDep, HintsDep, SessionDep
 from api_service.ui import reads, views
-from api_service.ui.auth import Admin, UiActor, UiAdmin
+from api_service.ui.actions import FormAction, UiAction
+from api_service.ui.auth import Admin, UiAdmin
 from api_service.ui.filters import read_query
-from api_service.ui.rendering import page, redirect, safe_next
+from api_service.ui.rendering import admin_page
 from shared.db.models import TaskStatus
 from shared.errors import InvalidInput, ScanOutboxError
 from shared.logging import get_logger
@@ -22,12 +23,11 @@ log = get_logger(__name__)
 router = APIRouter(prefix="/ui/tasks")
 
 PAGE_SIZE = 50
-BackField = Annotated[str, Form(alias="back")]
 
 
 def not_found(request: Request, admin: Admin, what: str) -> Response:
-    context = {"admin": admin, "title": "Not found", "message": f"There is no {what}."}
-    return page(request, "error.html", context, status_code=404)
+    context = {"message": f"There is no {what}."}
+    return admin_page(request, admin, "error.html", "Not found", context, status_code=404)
 
 
 def _task_id(raw: str) -> uuid.UUID | None:
@@ -62,16 +62,13 @@ async def task_list(
         rows = rows[:PAGE_SIZE]
         older = query.url(task_service.encode_cursor(rows[-1][0]))
     context = {
-        "admin": admin,
-        "title": "Tasks",
-        "nav": "tasks",
         "query": query,
         "rows": rows,
         "older": older,
         "statuses": [s.value for s in TaskStatus],
         "paged": cursor is not None,
     }
-    return page(request, "tasks.html", context)
+    return admin_page(request, admin, "tasks.html", "Tasks", context, nav="tasks")
 
 
 @router.get("/{task_id}")
@@ -82,55 +79,47 @@ async def task_page(
     detail = await views.load_task(session, parsed) if parsed else None
     if detail is None:
         return not_found(request, admin, "such task")
-    context = {"admin": admin, "title": f"Task {detail.task.target_domain}", "nav": "tasks"}
-    return page(request, "task.html", {**context, "d": detail})
+    title = f"Task {detail.task.target_domain}"
+    return admin_page(request, admin, "task.html", title, {"d": detail}, nav="tasks")
+
+
+async def _act_on(
+    action: FormAction, task_id: str, act: Callable[[uuid.UUID], Awaitable[str]]
+) -> Response:
+    """Back to the form's page (the task's by default) with the notice `act` returns for
+    the task, or with why there is no such task or why it refused."""
+    here = f"/ui/tasks/{task_id}"
+    parsed = _task_id(task_id)
+    if parsed is None:
+        return action.answer(here, "There is no such task.", error=True)
+    try:
+        notice = await act(parsed)
+    except ScanOutboxError as exc:
+        return action.answer(here, exc.message, error=True)
+    return action.answer(here, notice)
 
 
 @router.post("/{task_id}/retry")
-async def retry_task(
-    request: Request,
-    task_id: str,
-    admin: UiActor,
-    session: SessionDep,
-    redis: RedisDep,
-    hints: HintsDep,
-    settings: SettingsDep,
-    request_id: RequestIdDep,
-    back: BackField = "",
-) -> Response:
-    parsed = _task_id(task_id)
-    target = safe_next(back or f"/ui/tasks/{task_id}")
-    if parsed is None:
-        return redirect(request, target, notice="There is no such task.", error=True)
-    actor = task_service.Actor.admin(admin.user)
-    try:
-        await task_service.retry_task(
-            session, redis, settings, actor, parsed, request_id=request_id
-        )
-    except ScanOutboxError as exc:
-        return redirect(request, target, notice=exc.message, error=True)
-    await hints.outbox()
-    log.info("ui_task_retried", task_id=str(parsed), admin_id=admin.user.id)
-    return redirect(request, target, notice="Task sent again: it is pending.")
+async def retry_task(task_id: str, action: UiAction, dispatch: DispatchDep) -> Response:
+    async def retry(parsed: uuid.UUID) -> str:
+        actor = task_service.Actor.admin(action.admin.user)
+        await task_service.retry_task(dispatch, actor, parsed)
+        await dispatch.hints.outbox()
+        log.info("ui_task_retried", task_id=str(parsed), admin_id=action.admin.user.id)
+        return "Task sent again: it is pending."
+
+    return await _act_on(action, task_id, retry)
 
 
 @router.post("/{task_id}/cancel")
 async def cancel_task(
-    request: Request,
-    task_id: str,
-    admin: UiActor,
-    session: SessionDep,
-    hints: HintsDep,
-    back: BackField = "",
+    task_id: str, action: UiAction, session: SessionDep, hints: HintsDep
 ) -> Response:
-    parsed = _task_id(task_id)
-    target = safe_next(back or f"/ui/tasks/{task_id}")
-    if parsed is None:
-        return redirect(request, target, notice="There is no such task.", error=True)
-    try:
-        task = await task_service.cancel_task(session, task_service.Actor.admin(admin.user), parsed)
-    except ScanOutboxError as exc:
-        return redirect(request, target, notice=exc.message, error=True)
-    await task_service.announce_end(hints, task)
-    log.info("ui_task_cancelled", task_id=str(parsed), admin_id=admin.user.id)
-    return redirect(request, target, notice="Task cancelled.")
+    async def cancel(parsed: uuid.UUID) -> str:
+        actor = task_service.Actor.admin(action.admin.user)
+        task = await task_service.cancel_task(session, actor, parsed)
+        await task_service.announce_end(hints, task)
+        log.info("ui_task_cancelled", task_id=str(parsed), admin_id=action.admin.user.id)
+        return "Task cancelled."
+
+    return await _act_on(action, task_id, cancel)
