@@ -149,3 +149,27 @@ async def test_a_batch_leaves_a_row_another_transaction_holds_without_waiting_fo
 
     assert [answer is None for answer in answers] == [True, False]
     assert (await load(sessionmaker, held)).status == TaskStatus.PENDING
+
+
+async def test_a_row_held_until_a_moment_after_the_first_batch_is_taken_at_the_second_look(
+    batcher: Claimer, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    held = await committed_task(sessionmaker, "relayed.example")
+    # Time enough for the commit below on a busy machine.
+    batcher.second_look_s = 1.0
+    async with sessionmaker() as relay:
+        async with relay.begin():
+            # A relay that published the task's message and has not committed its mark yet.
+            await relay.execute(text("SELECT 1 FROM tasks WHERE id = :id FOR UPDATE"), {"id": held})
+            answer = asyncio.ensure_future(batcher.claim(held))
+            deadline = asyncio.get_running_loop().time() + 10
+            while not batcher.looking_again:
+                assert asyncio.get_running_loop().time() < deadline, "no second look was set"
+                await asyncio.sleep(0.001)
+        # The relay commits before the second look.
+
+        claim = await asyncio.wait_for(answer, 10)
+
+    assert claim is not None
+    row = await load(sessionmaker, held)
+    assert (row.status, row.lease_token) == (TaskStatus.RUNNING, claim[1])
