@@ -35,4 +35,3 @@ def test_the_worker_entry_point_imports_nothing_only_the_metrics_fork_needs() ->
     packages = {name.split(".")[0] for name in loaded}
     early = [name for name in NOT_BEFORE_THE_FORK if name in packages or name in loaded]
     assert early == []
-
