@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import sys
+import threading
 
 import structlog
 
@@ -11,8 +14,14 @@ UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 QUIET_LIBRARY_LOGGERS = ("apscheduler", "httpx", "httpcore")
 
 
-def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
-    """Route structlog and stdlib records through one renderer on stderr."""
+def configure_logging(
+    level: str = "INFO", json: bool | None = None, *, batch_lines: bool = False
+) -> None:
+    """Route structlog and stdlib records through one renderer on stderr. With `batch_lines`,
+    our own lines logged on an event loop during one turn of it go out in one write at its
+    next turn (`_LoopLines`); elsewhere they are written at once."""
+    global _write_line
+    _write_line = _LOOP_LINES.write if batch_lines else _write_now
     if json is None:
         json = not sys.stderr.isatty()
     # Records of other libraries (uvicorn, Dramatiq) come through the stdlib; they get the
@@ -79,16 +88,63 @@ def _reroute_own_handlers() -> None:
             logger.propagate = True
 
 
+def _write_now(line: str) -> None:
+    # `sys.stderr` as it is at the time of the call: Dramatiq's processes and tests replace it.
+    sys.stderr.write(line)
+
+
+class _LoopLines:
+    """Lines logged on an event loop, gathered until the loop's next turn and written in one
+    piece. In a Dramatiq worker process stderr is a pipe to the main process, which writes
+    every message it reads: a line per task cost a pipe message per task on both sides,
+    where the runs whose ends commit together now cost one. A line logged off any loop is
+    written at once; what is still pending when the process exits is written then."""
+
+    def __init__(self) -> None:
+        # By thread: each runs one loop at most, and only that thread touches its list.
+        self.pending: dict[int, list[str]] = {}
+
+    def write(self, line: str) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            _write_now(line)
+            return
+        thread = threading.get_ident()
+        pending = self.pending.get(thread)
+        if pending is None:
+            pending = self.pending[thread] = []
+            # The callbacks of this turn are already counted: this one runs at the next.
+            loop.call_soon(self.flush, thread)
+        pending.append(line)
+
+    def flush(self, thread: int) -> None:
+        """Write the pending lines of `thread`'s loop in one piece."""
+        pending = self.pending.pop(thread, None)
+        if pending:
+            _write_now("".join(pending))
+
+    def flush_all(self) -> None:
+        for thread in list(self.pending):
+            self.flush(thread)
+
+
+_LOOP_LINES = _LoopLines()
+_write_line = _write_now
+# Lines of a loop stopped before its next turn.
+atexit.register(_LOOP_LINES.flush_all)
+
+
 class _StderrLogger:
-    """Writes each rendered line to `sys.stderr` as it is at the time of the call (Dramatiq's
-    processes and tests replace it); a line-buffered stream writes the line in one piece.
-    `name` is what `add_logger_name` reports."""
+    """Writes each rendered line to stderr, in one piece (at once, or with the lines of the
+    same loop turn: `configure_logging(batch_lines=True)`). `name` is what `add_logger_name`
+    reports."""
 
     def __init__(self, name: str) -> None:
         self.name = name
 
     def msg(self, message: str) -> None:
-        sys.stderr.write(message + "\n")
+        _write_line(message + "\n")
 
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
 

@@ -48,7 +48,7 @@ def main() -> int:
         os.environ["SCAN_WORKER_PREFETCH"] = str(ours.prefetch)
     get_settings.cache_clear()
     settings = get_settings()
-    configure_logging(settings.log_level, settings.log_json)
+    configure_logging(settings.log_level, settings.log_json, batch_lines=True)
     metrics_dir, owned = exposition.prepare_multiproc_dir()
     # Imported after the metrics dir is set: nothing in the workers may see prometheus_client first.
     from dramatiq import cli

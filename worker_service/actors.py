@@ -15,7 +15,7 @@ from worker_service import async_worker, lifecycle
 from worker_service.broker import install_broker
 from worker_service.runtime import get_runtime
 
-configure_logging(get_settings().log_level, get_settings().log_json)
+configure_logging(get_settings().log_level, get_settings().log_json, batch_lines=True)
 install_broker()
 log = get_logger(__name__)
 

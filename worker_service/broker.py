@@ -8,7 +8,7 @@ import uuid
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import AsyncIO, CurrentMessage
+from dramatiq.middleware import AsyncIO
 
 from shared import keys, redis_clients
 from shared.settings import get_settings
@@ -30,7 +30,6 @@ def install_broker() -> RedisBroker:
     # First, so that a worker it refuses boots nothing of the rest.
     broker.add_middleware(AsyncWorkerOnly(), before=type(broker.middleware[0]))
     broker.add_middleware(AsyncIO())
-    broker.add_middleware(CurrentMessage())
     broker.add_middleware(Heartbeat(settings.broker_heartbeat_timeout_s))
     broker.add_middleware(Progress(broker.turns))
     dramatiq.set_broker(broker)

@@ -31,13 +31,17 @@ class Coalescer(ABC, Generic[Request, Answer]):
 
     async def submit(self, request: Request) -> Answer:
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self.enqueue(request, future)
+        return await asyncio.shield(future)
+
+    def enqueue(self, request: Request, future: asyncio.Future[Answer]) -> None:
+        """Put `request` in the next batch; its answer settles `future`."""
         self.pending.append((request, future))
         if len(self.flushers) < self.parallel:
             # A context of its own: the batch serves many runs, not the one that started it
             # (whose bound log fields would otherwise label the batch's lines).
             flusher = asyncio.create_task(self._flush_pending(), context=contextvars.Context())
             self.flushers.add(flusher)
-        return await asyncio.shield(future)
 
     async def close(self) -> None:
         """Return once every request handed over so far is served (or has failed)."""

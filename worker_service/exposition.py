@@ -4,7 +4,9 @@ Each worker process writes its samples (and its progress, `worker_service.progre
 in PROMETHEUS_MULTIPROC_DIR; one Dramatiq fork process serves their sum, and the probes judging
 that progress (`worker_service.probes`), on SCAN_WORKER_METRICS_HOST:PORT.
 prometheus_client is imported lazily here: it picks its storage when first imported,
-and worker processes inherit that choice from the main process through fork.
+and worker processes inherit that choice from the main process through fork. So are the HTTP
+server and the probes, which only the fork process serving them needs: the main process
+imports this module before it forks the workers, whose first fetch would wait for them.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from shared.logging import get_logger
 from shared.settings import get_settings
-from worker_service import probes, progress
+from worker_service import progress
 
 if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
     from prometheus_client.metrics_core import Metric
     from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -63,11 +66,16 @@ class WorkerCollector:
                 yield family
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """No line per request: probes arrive every few seconds."""
+def _quiet_handler() -> type[WSGIRequestHandler]:
+    from wsgiref.simple_server import WSGIRequestHandler
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+    class QuietHandler(WSGIRequestHandler):
+        """No line per request: probes arrive every few seconds."""
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return QuietHandler
 
 
 def _server_class(host: str, port: int) -> type[WSGIServer]:
@@ -82,10 +90,13 @@ def _server_class(host: str, port: int) -> type[WSGIServer]:
 
 def serve_metrics() -> int:
     """A Dramatiq fork target: serve the workers' metrics and probes until the fork is stopped."""
+    from wsgiref.simple_server import make_server
+
     from prometheus_client import CollectorRegistry, make_wsgi_app
     from prometheus_client.multiprocess import MultiProcessCollector
 
     from shared import metrics
+    from worker_service import probes
 
     settings = get_settings()
     names = [family.name for metric in metrics.WORKER_METRICS for family in metric.describe()]
@@ -101,7 +112,7 @@ def serve_metrics() -> int:
     host, port = settings.worker_metrics_host, settings.worker_metrics_port
     try:
         server = make_server(
-            host, port, app, _server_class(host, port), handler_class=_QuietHandler
+            host, port, app, _server_class(host, port), handler_class=_quiet_handler()
         )
     except OSError as exc:
         log.error("worker_metrics_unavailable", host=host, port=port, error=str(exc))

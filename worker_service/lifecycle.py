@@ -98,8 +98,19 @@ async def run_task(
         outcome = claim
     else:
         outcome = await _run_claimed(runtime, claim[0], claim[1], request_id)
-    metrics.TASKS_FINISHED.labels(outcome=outcome.value).inc()
+    _finished_counter(outcome).inc()
     return outcome
+
+
+# Each outcome's counter, looked up once: `labels()` takes a lock and builds a key per call.
+_FINISHED_COUNTERS: dict[Outcome, Any] = {}
+
+
+def _finished_counter(outcome: Outcome) -> Any:
+    counter = _FINISHED_COUNTERS.get(outcome)
+    if counter is None:
+        counter = _FINISHED_COUNTERS[outcome] = metrics.TASKS_FINISHED.labels(outcome=outcome.value)
+    return counter
 
 
 async def claim_under_locks(

@@ -182,15 +182,20 @@ class Progress(Middleware):
         self.directory = Path(given) if given else None
         self.ticking: concurrent.futures.Future[None] | None = None
 
+    def snapshot(self) -> ProcessProgress:
+        return ProcessProgress(os.getpid(), time.monotonic(), self.turns.snapshot())
+
     def write(self) -> None:
         assert self.directory is not None
-        progress = ProcessProgress(os.getpid(), time.monotonic(), self.turns.snapshot())
-        write_progress(self.directory, progress)
+        write_progress(self.directory, self.snapshot())
 
     async def _tick(self) -> None:
+        assert self.directory is not None
         while True:
             try:
-                self.write()
+                # The tick is taken on the loop, the file written off it: a disk busy with the
+                # database's flushes held the loop, and every run on it, for the write.
+                await asyncio.to_thread(write_progress, self.directory, self.snapshot())
             except OSError as exc:
                 # The file then goes stale and the probes fail: this says why.
                 log.warning("worker_progress_unwritable", error=str(exc))

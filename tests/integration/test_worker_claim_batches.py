@@ -18,7 +18,7 @@ from shared.db.claims import Claim
 from shared.db.models import TaskStatus
 from shared.settings import Settings
 from tests.workers import GatedScanner, claim_one, committed_task, load, worker_settings
-from worker_service.claimer import Claimer
+from worker_service.claimer import SECOND_LOOK_MIN_BATCH, Claimer
 from worker_service.lifecycle import claimer_of
 from worker_service.runtime import WorkerRuntime
 
@@ -149,3 +149,48 @@ async def test_a_batch_leaves_a_row_another_transaction_holds_without_waiting_fo
 
     assert [answer is None for answer in answers] == [True, False]
     assert (await load(sessionmaker, held)).status == TaskStatus.PENDING
+
+
+async def test_a_row_held_until_a_moment_after_a_busy_batch_is_taken_at_the_second_look(
+    batcher: Claimer, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    held = await committed_task(sessionmaker, "relayed.example")
+    others = [
+        await committed_task(sessionmaker, f"busy{index}.example")
+        for index in range(SECOND_LOOK_MIN_BATCH - 1)
+    ]
+    # Time enough for the commit below on a busy machine.
+    batcher.second_look_s = 1.0
+    async with sessionmaker() as relay:
+        async with relay.begin():
+            # A relay that published the task's message and has not committed its mark yet.
+            await relay.execute(text("SELECT 1 FROM tasks WHERE id = :id FOR UPDATE"), {"id": held})
+            answers = asyncio.ensure_future(claim_together(batcher, [held, *others]))
+            deadline = asyncio.get_running_loop().time() + 10
+            while not batcher.looking_again:
+                assert asyncio.get_running_loop().time() < deadline, "no second look was set"
+                await asyncio.sleep(0.001)
+        # The relay commits before the second look.
+
+        claims_made = await asyncio.wait_for(answers, 10)
+
+    assert all(claim is not None for claim in claims_made)
+    claim = claims_made[0]
+    assert claim is not None
+    row = await load(sessionmaker, held)
+    assert (row.status, row.lease_token) == (TaskStatus.RUNNING, claim[1])
+
+
+async def test_what_a_lone_claim_leaves_goes_to_the_single_claim_at_once(
+    batcher: Claimer, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    held = await committed_task(sessionmaker, "idle.example")
+    batcher.second_look_s = 60.0
+    async with sessionmaker() as relay, relay.begin():
+        await relay.execute(text("SELECT 1 FROM tasks WHERE id = :id FOR UPDATE"), {"id": held})
+
+        # An idle worker's claim: no second look to wait for, the single claim waits for the row.
+        answer = await asyncio.wait_for(batcher.claim(held), 10)
+
+    assert answer is None
+    assert not batcher.looking_again

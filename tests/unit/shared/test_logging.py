@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import logging
 import logging.config
+import sys
 from collections.abc import Iterator
 
 import pytest
 import structlog
 from uvicorn.config import LOGGING_CONFIG
 
+from shared import logging as shared_logging
 from shared.logging import UVICORN_LOGGERS, configure_logging, get_logger
 
 NAMES = ("", *UVICORN_LOGGERS, "dramatiq")
@@ -26,7 +29,9 @@ def restore_logging() -> Iterator[None]:
     }
     level = logging.getLogger().level
     config = structlog.get_config()
+    write_line = shared_logging._write_line
     yield
+    shared_logging._write_line = write_line
     for name, (handlers, propagate) in saved.items():
         logging.getLogger(name).handlers[:] = handlers
         logging.getLogger(name).propagate = propagate
@@ -94,3 +99,66 @@ def test_http_clients_log_only_their_warnings(capsys: pytest.CaptureFixture[str]
     logging.getLogger("httpcore.connection").info("connect_tcp.started")
     logging.getLogger("httpx").warning("retrying")
     assert [line["event"] for line in json_lines(capsys.readouterr().err)] == ["retrying"]
+
+
+class Writes:
+    """A stderr that keeps each write apart."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_lines_of_one_loop_turn_go_out_together_at_the_next_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stderr = Writes()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    configure_logging("INFO", json=True, batch_lines=True)
+    log = get_logger("worker_service.lifecycle")
+    seen_before_the_turn: list[str] = []
+
+    async def runs_ending_together() -> None:
+        for n in range(3):
+            log.info("task_finished", task_id=f"t-{n}")
+        seen_before_the_turn.extend(stderr.writes)
+        for _ in range(2):
+            await asyncio.sleep(0)
+
+    asyncio.run(runs_ending_together())
+    assert seen_before_the_turn == []
+    assert len(stderr.writes) == 1
+    assert [line["task_id"] for line in json_lines(stderr.writes[0])] == ["t-0", "t-1", "t-2"]
+
+
+def test_lines_logged_off_any_loop_are_written_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    stderr = Writes()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    configure_logging("INFO", json=True, batch_lines=True)
+    get_logger("worker_service").info("worker_ready")
+    assert [line["event"] for line in json_lines("".join(stderr.writes))] == ["worker_ready"]
+    assert len(stderr.writes) == 1
+
+
+def test_lines_still_pending_when_the_loop_stops_are_written_at_exit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stderr = Writes()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    configure_logging("INFO", json=True, batch_lines=True)
+    loop = asyncio.new_event_loop()
+    try:
+        loop.call_soon(lambda: get_logger("worker_service").info("task_finished"))
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+    finally:
+        loop.close()
+    assert stderr.writes == []
+    shared_logging._LOOP_LINES.flush_all()
+    assert [line["event"] for line in json_lines("".join(stderr.writes))] == ["task_finished"]
