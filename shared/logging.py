@@ -131,8 +131,15 @@ class _LoopLines:
 
 _LOOP_LINES = _LoopLines()
 _write_line = _write_now
-# Lines of a loop stopped before its next turn.
-atexit.register(_LOOP_LINES.flush_all)
+
+
+def flush_pending_lines() -> None:
+    """Write the lines of loops stopped before their next turn. Also run at exit; a process
+    that ends without running its exit handlers (a forked worker process) calls it itself."""
+    _LOOP_LINES.flush_all()
+
+
+atexit.register(flush_pending_lines)
 
 
 class _StderrLogger:

@@ -41,6 +41,7 @@ from dramatiq.worker import DELAY_QUEUE_PREFETCH, WORKER_TIMEOUT, Worker
 from redis import exceptions as redis_errors
 
 from shared import dramatiq_private, gc_pauses
+from shared.logging import flush_pending_lines
 from shared.settings import Settings
 from worker_service import acks
 
@@ -307,6 +308,9 @@ class AsyncWorker(Worker):
             thread.join()
         left_ms = max(0, int(timeout - (time.monotonic() - started) * 1000))
         super().stop(timeout=left_ms)
+        # The loop has stopped: lines of its last turn would otherwise be lost, since a forked
+        # worker process ends without running its exit handlers.
+        flush_pending_lines()
 
     def _wait_settled(self, timeout_s: float) -> bool:
         """True once every message handed to the loop has ended, False after `timeout_s`."""

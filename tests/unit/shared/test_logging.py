@@ -146,7 +146,7 @@ def test_lines_logged_off_any_loop_are_written_at_once(monkeypatch: pytest.Monke
     assert len(stderr.writes) == 1
 
 
-def test_lines_still_pending_when_the_loop_stops_are_written_at_exit(
+def test_lines_still_pending_when_the_loop_stops_are_written_by_the_flush(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     stderr = Writes()
@@ -160,5 +160,5 @@ def test_lines_still_pending_when_the_loop_stops_are_written_at_exit(
     finally:
         loop.close()
     assert stderr.writes == []
-    shared_logging._LOOP_LINES.flush_all()
+    shared_logging.flush_pending_lines()
     assert [line["event"] for line in json_lines("".join(stderr.writes))] == ["task_finished"]
