@@ -55,3 +55,11 @@ def test_a_command_that_runs_loads_what_it_needs() -> None:
     loaded, done = _loaded_by("users", "--help")
     assert done.returncode == 0, done.stderr
     assert "sqlalchemy" in loaded
+
+
+@pytest.mark.parametrize("command", ["scan", "schedules"])
+def test_a_command_of_the_http_api_loads_no_database_or_redis_client(command: str) -> None:
+    loaded, done = _loaded_by(command, "--help")
+    assert done.returncode == 0, done.stderr
+    assert "httpx" in loaded
+    assert [name for name in ("redis", "sqlalchemy", "asyncpg") if name in loaded] == []
