@@ -12,7 +12,9 @@ from scanctl.lazy_commands import LazyCommand, LazyGroup
 
 
 class ScanctlCommands(LazyGroup):
-    """Every scanctl command, in the order `scanctl --help` lists them."""
+    """Every scanctl command, in the order `scanctl --help` lists them. A new command is an
+    entry here; tests/unit/scanctl/test_command_table.py holds each help line to the command's
+    own docstring or `help=`."""
 
     lazy_commands: ClassVar[Mapping[str, LazyCommand]] = {
         "status": LazyCommand(
