@@ -46,6 +46,17 @@ class _CommandTable(MutableMapping[str, Command]):
     def built(self, name: str) -> Command | None:
         return self._built.get(name)
 
+    def __contains__(self, name: object) -> bool:
+        # Mapping's own test would look the command up, and so import its module.
+        return name in self._lazy or name in self._built
+
+    def get(self, name: str, default: Command | None = None) -> Command | None:
+        # Mapping's own `get` would take a KeyError raised while importing a command's module
+        # for an unknown command.
+        if name not in self:
+            return default
+        return self[name]
+
     def __getitem__(self, name: str) -> Command:
         if name not in self._built:
             self._built[name] = self._build(name, self._lazy[name])
@@ -94,10 +105,11 @@ class LazyGroup(TyperGroup):
             )
         return self.commands.get(cmd_name)
 
-    def format_commands(self, ctx: Any, formatter: Any) -> None:
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        # Both of Typer's help formats (plain and rich) list commands through get_command.
         self._listing = True
         try:
-            super().format_commands(ctx, formatter)
+            super().format_help(ctx, formatter)
         finally:
             self._listing = False
 

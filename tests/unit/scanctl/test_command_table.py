@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
+from typing import ClassVar
 
+import pytest
 import typer
 import typer.main
 from typer.core import TyperGroup
 
+from scanctl.lazy_commands import LazyCommand, LazyGroup
 from scanctl.main import ScanctlCommands, app
 
 
@@ -56,3 +60,20 @@ def test_a_command_built_on_demand_parses_its_options() -> None:
     assert isinstance(tasks, TyperGroup)
     assert "list" in tasks.list_commands(ctx)
     assert group.get_command(ctx, "nosuch") is None
+
+
+class _Broken(LazyGroup):
+    lazy_commands: ClassVar[Mapping[str, LazyCommand]] = {
+        "broken": LazyCommand("scanctl.no_such_module:app", "A command whose module is gone.")
+    }
+
+
+def test_a_command_is_imported_when_looked_up_and_not_before() -> None:
+    group = _Broken(name="scanctl", rich_markup_mode=None)
+    ctx = typer.Context(group, info_name="scanctl")
+    assert "broken" in group.commands
+    assert group.list_commands(ctx) == ["broken"]
+    assert "A command whose module is gone." in group.get_help(ctx)
+    # A module that fails to import is a loud error, never taken for an unknown command.
+    with pytest.raises(ModuleNotFoundError):
+        group.get_command(ctx, "broken")
