@@ -5,25 +5,27 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
-import redis.asyncio as aioredis
 import typer
-from pydantic import ValidationError
-from redis.exceptions import RedisError
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared import devenv, redis_clients, safeguards, wakeups
-from shared.db.engine import create_engine, create_sessionmaker
 from shared.errors import ScanOutboxError
-from shared.settings import Settings, get_settings
+
+# The clients, the engine and the settings are imported by the functions that use them: each
+# command then pays only for the libraries it reaches (the database, Redis, or neither).
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+    from rich.progress import Progress, TaskID
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+    from shared import wakeups
+    from shared.settings import Settings
 
 T = TypeVar("T")
 
@@ -68,10 +70,30 @@ def run_async(factory: Callable[[], Awaitable[T]]) -> T:
         return asyncio.run(main())
     except ScanOutboxError as exc:
         fail(exc.message)
-    except RedisError as exc:
-        fail(f"Redis is unreachable ({type(exc).__name__}); check REDIS_URL")
-    except (OperationalError, InterfaceError, OSError) as exc:
-        fail(f"the database is unreachable ({type(exc).__name__}); check DATABASE_URL")
+    except Exception as exc:
+        unreachable = _unreachable(exc)
+        if unreachable is None:
+            raise
+        fail(unreachable)
+
+
+def _unreachable(exc: Exception) -> str | None:
+    """What a server-unreachable error says to the operator; None for any other error."""
+    # Only a client library already imported can have raised its errors: importing one here
+    # would cost a command that never used it the import.
+    if "redis" in sys.modules:
+        from redis.exceptions import RedisError
+
+        if isinstance(exc, RedisError):
+            return f"Redis is unreachable ({type(exc).__name__}); check REDIS_URL"
+    database_errors: tuple[type[Exception], ...] = (OSError,)
+    if "sqlalchemy" in sys.modules:
+        from sqlalchemy.exc import InterfaceError, OperationalError
+
+        database_errors = (OperationalError, InterfaceError, OSError)
+    if isinstance(exc, database_errors):
+        return f"the database is unreachable ({type(exc).__name__}); check DATABASE_URL"
+    return None
 
 
 def load_settings() -> Settings:
@@ -79,6 +101,11 @@ def load_settings() -> Settings:
 
     With no server URL in the environment, a running `scanctl dev`'s `.data/dev.env` gives them.
     """
+    from pydantic import ValidationError
+
+    from shared import devenv
+    from shared.settings import Settings, get_settings
+
     dev_env = devenv.file_to_read(os.environ)
     try:
         if dev_env is not None:
@@ -95,6 +122,8 @@ def load_settings() -> Settings:
 @asynccontextmanager
 async def db_session(settings: Settings | None = None) -> AsyncIterator[AsyncSession]:
     """A session on a short-lived engine, for one command."""
+    from shared.db.engine import create_engine, create_sessionmaker
+
     engine = create_engine(settings or load_settings())
     try:
         async with create_sessionmaker(engine)() as session:
@@ -106,6 +135,8 @@ async def db_session(settings: Settings | None = None) -> AsyncIterator[AsyncSes
 async def send_hint(send: Callable[[wakeups.Hints], Awaitable[None]]) -> None:
     """One wake-up hint from a command, after its commit; Redis away costs the relays'
     next poll, nothing else."""
+    from shared import wakeups
+
     settings = load_settings()
     hints = wakeups.Hints(wakeups.create_client(settings) if settings.wakeup_hints else None)
     await send(hints)
@@ -117,6 +148,9 @@ async def db_and_redis(
     settings: Settings,
 ) -> AsyncIterator[tuple[async_sessionmaker[AsyncSession], aioredis.Redis]]:
     """A sessionmaker and a Redis client for one command, both closed on exit."""
+    from shared import redis_clients, safeguards
+    from shared.db.engine import create_engine, create_sessionmaker
+
     engine = create_engine(settings)
     redis = safeguards.create_redis(settings)
     try:
@@ -158,6 +192,8 @@ class BarProgress:
 @contextmanager
 def progress_bar(enabled: bool = True) -> Iterator[BarProgress]:
     """Progress for long operations; pass enabled=False under --json."""
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
+
     columns = (
         SpinnerColumn(finished_text="[green]✓[/green]"),
         TextColumn("{task.description}"),

@@ -1,23 +1,80 @@
-"""The `scanctl` entry point: one Typer app wiring every command group."""
+"""The `scanctl` entry point: one Typer app listing every command; each command's module is
+imported only when that command is used (scanctl/lazy_commands.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import time
-from importlib.metadata import version as package_version
-from pathlib import Path
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, ClassVar
 
 import typer
 
-from scanctl import batches, callbacks, ops, outbox, scan, schedules, tasks, users
-from scanctl.common import console, fail, load_settings
-from scanctl.processes import THREADS_REFUSED, api_command, relay_command, worker_command
-from shared import devenv
+from scanctl.lazy_commands import LazyCommand, LazyGroup
+
+
+class ScanctlCommands(LazyGroup):
+    """Every scanctl command, in the order `scanctl --help` lists them. A new command is an
+    entry here; tests/unit/scanctl/test_command_table.py holds each help line to the command's
+    own docstring or `help=`."""
+
+    lazy_commands: ClassVar[Mapping[str, LazyCommand]] = {
+        "status": LazyCommand(
+            "scanctl.ops:status",
+            "Tasks by state, outbox backlog (and each client's, with its messages in the broker), "
+            "dead\nrows, orphans, Redis and database reachability.",
+        ),
+        "cleanup-orphaned": LazyCommand(
+            "scanctl.ops:cleanup_orphaned",
+            "Re-dispatch or fail orphaned tasks; remove stale task markers and locks without a "
+            "TTL.",
+        ),
+        "full-cleanup": LazyCommand(
+            "scanctl.ops:full_cleanup",
+            "cleanup-orphaned, then prune published outbox rows and expire old idempotency keys.",
+        ),
+        "scan": LazyCommand(
+            "scanctl.scan:scan",
+            "Submit DOMAIN (or every domain in --file) through the HTTP API; with --wait, show\n"
+            "progress and then the report.",
+        ),
+        "migrate": LazyCommand(
+            "scanctl.services:migrate",
+            "Apply the database schema (Alembic) up to REVISION, or down to it with --down.",
+        ),
+        "api": LazyCommand(
+            "scanctl.services:api",
+            "Run the HTTP API under uvicorn (SCAN_API_HOST, SCAN_API_PORT).",
+        ),
+        "relay": LazyCommand(
+            "scanctl.services:relay",
+            "Run the relay daemon: publish committed outbox rows to the broker.",
+        ),
+        "worker": LazyCommand(
+            "scanctl.services:worker",
+            "Run Dramatiq workers for the scan queue (JSON logs, metrics on "
+            "SCAN_WORKER_METRICS_PORT).",
+        ),
+        "dev": LazyCommand(
+            "scanctl.services:dev",
+            "Run api, relay and worker together (embedded PostgreSQL/Redis unless URLs are set).",
+        ),
+        "users": LazyCommand("scanctl.users:app", "Manage API users and their tokens."),
+        "tasks": LazyCommand("scanctl.tasks:app", "Inspect, retry and cancel tasks."),
+        "batches": LazyCommand(
+            "scanctl.batches:app", "Inspect batches, cancel them and export their results."
+        ),
+        "outbox": LazyCommand("scanctl.outbox:app", "Inspect the outbox and replay dead messages."),
+        "callbacks": LazyCommand(
+            "scanctl.callbacks:app", "Inspect callback deliveries and replay dead ones."
+        ),
+        "schedules": LazyCommand(
+            "scanctl.schedules:app", "Recurring scans: create, list, pause, resume, delete, runs."
+        ),
+    }
+
 
 app = typer.Typer(
     name="scanctl",
+    cls=ScanctlCommands,
     help="Operate scan-outbox: health, cleanups, outbox, tasks, batches, schedules, callbacks, "
     "users, scans and the services.",
     no_args_is_help=True,
@@ -25,20 +82,13 @@ app = typer.Typer(
     # Plain click output: usage errors are one "Error: ..." line (scripts and logs read them).
     rich_markup_mode=None,
 )
-app.add_typer(users.app, name="users")
-app.add_typer(tasks.app, name="tasks")
-app.add_typer(batches.app, name="batches")
-app.add_typer(outbox.app, name="outbox")
-app.add_typer(callbacks.app, name="callbacks")
-app.add_typer(schedules.app, name="schedules")
-app.command("status")(ops.status)
-app.command("cleanup-orphaned")(ops.cleanup_orphaned)
-app.command("full-cleanup")(ops.full_cleanup)
-app.command("scan")(scan.scan)
 
 
 def _print_version(wanted: bool) -> None:
     if wanted:
+        # Reading the installed metadata costs every other command nothing when done here.
+        from importlib.metadata import version as package_version
+
         typer.echo(f"scanctl {package_version('scan-outbox')}")
         raise typer.Exit()
 
@@ -54,113 +104,6 @@ def main(
 ) -> None:
     """Operate scan-outbox: health, cleanups, outbox, tasks, batches, schedules, callbacks,
     users, scans and the services."""
-
-
-def _exec(command: list[str]) -> None:
-    """Replace this process, so signals reach the service directly."""
-    os.execvp(command[0], command)
-
-
-@app.command()
-def migrate(
-    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
-    down: Annotated[bool, typer.Option("--down", help="Downgrade to REVISION instead.")] = False,
-    check: Annotated[
-        bool, typer.Option("--check", help="Change nothing; exit 0 only if the schema is current.")
-    ] = False,
-    wait_s: Annotated[
-        float, typer.Option("--wait-s", min=0, help="With --check: wait this long for it.")
-    ] = 0.0,
-) -> None:
-    """Apply the database schema (Alembic) up to REVISION, or down to it with --down."""
-    from alembic.util.exc import CommandError
-    from sqlalchemy.exc import InterfaceError, OperationalError
-
-    from shared.db import migrate as migrations
-
-    # DDL, the migration lock and CONCURRENTLY need a whole session: never a transaction pooler.
-    url = load_settings().direct_url
-    if check:
-        _check_schema(url, wait_s)
-        return
-    try:
-        if down:
-            migrations.downgrade(url, revision)
-        else:
-            migrations.upgrade(url, revision)
-    except CommandError as exc:
-        fail(str(exc))
-    except (OperationalError, InterfaceError, OSError) as exc:
-        fail(
-            f"the database is unreachable ({type(exc).__name__}); "
-            "check DATABASE_DIRECT_URL (or DATABASE_URL)"
-        )
-    console.print(f"database at {'revision ' + revision if down else revision}")
-
-
-def _check_schema(url: str, wait_s: float) -> None:
-    """Exit 0 once the database is at the code's head revision, 1 if it is not by `wait_s`."""
-    from sqlalchemy.exc import InterfaceError, OperationalError
-
-    from shared.db import migrate as migrations
-
-    head = migrations.head_revision()
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            current = asyncio.run(migrations.current_revision(url))
-        except (OperationalError, InterfaceError, OSError) as exc:
-            current, problem = None, f"the database is unreachable ({type(exc).__name__})"
-        else:
-            problem = f"the database is at {current or 'no revision'}, the code needs {head}"
-        if current == head:
-            console.print(f"database at {head}")
-            return
-        if time.monotonic() >= deadline:
-            fail(problem)
-        time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
-
-
-@app.command()
-def api() -> None:
-    """Run the HTTP API under uvicorn (SCAN_API_HOST, SCAN_API_PORT)."""
-    settings = load_settings()
-    _exec(api_command(settings.api_host, settings.api_port))
-
-
-@app.command()
-def relay() -> None:
-    """Run the relay daemon: publish committed outbox rows to the broker."""
-    _exec(relay_command())
-
-
-@app.command()
-def worker(
-    processes: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
-    concurrency: Annotated[
-        int | None,
-        typer.Option(min=1, help="Scans in flight per process [default: SCAN_WORKER_CONCURRENCY]."),
-    ] = None,
-    threads: Annotated[int | None, typer.Option(hidden=True)] = None,
-) -> None:
-    """Run Dramatiq workers for the scan queue (JSON logs, metrics on SCAN_WORKER_METRICS_PORT)."""
-    if threads is not None:
-        # Scripts written for the thread-per-scan worker must fail loudly, not run 8 scans.
-        console.print(f"[red]Error:[/red] {THREADS_REFUSED}")
-        raise typer.Exit(2)
-    _exec(worker_command(processes, concurrency))
-
-
-@app.command()
-def dev(
-    data_dir: Annotated[
-        Path, typer.Option(help="Where embedded servers keep their data.")
-    ] = devenv.DEFAULT_DATA_DIR,
-) -> None:
-    """Run api, relay and worker together (embedded PostgreSQL/Redis unless URLs are set)."""
-    from scanctl.dev import run_stack
-
-    raise typer.Exit(run_stack(data_dir.resolve()))
 
 
 if __name__ == "__main__":

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
-from shared.db.models import OutboxMessage, Task
-from shared.outbox_admin import outbox_state
+# The models bring SQLAlchemy, which `scanctl scan` (HTTP only) never needs.
+if TYPE_CHECKING:
+    from shared.db.models import OutboxMessage, Task
 
 MAX_TEXT_CHARS = 200
 
@@ -48,6 +49,8 @@ def task_json(task: Task, owner: str) -> dict[str, Any]:
 
 
 def outbox_json(row: OutboxMessage, *, with_payload: bool) -> dict[str, Any]:
+    from shared.outbox_admin import outbox_state
+
     data: dict[str, Any] = {
         "id": row.id,
         "state": outbox_state(row),
