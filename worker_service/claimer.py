@@ -1,7 +1,7 @@
 """Coalescing the claims of messages that start together into one transaction.
 
 Under load a worker's slots free up by the dozen and each starts a claim; one transaction
-claims them all (`lifecycle.claim_batch`), a few such transactions at a time so that one
+claims them all (`lifecycle.claim_batch`), two such transactions at a time so that one
 waiting on a busy target's lock does not hold up the rest. A task a busy worker's batch (of
 `SECOND_LOOK_MIN_BATCH` or more) left alone gets a second look in a batch `SECOND_LOOK_S`
 later: a batch skips rows other transactions hold, and a relay holds the tasks of the
@@ -24,8 +24,11 @@ from worker_service.coalescing import Coalescer, settle
 
 log = get_logger(__name__)
 
-# Claim transactions of one process in flight at once.
-BATCHES_IN_FLIGHT = 4
+# Claim transactions of one process in flight at once: two, so one held on a busy target's
+# lock does not hold up the rest. Four drained a backlog slower: e2e_drain on a quiet
+# machine, in turns, 1,311 and 1,211 tasks/s with two against 1,112 and 1,219 with four
+# (docs/performance.md).
+BATCHES_IN_FLIGHT = 2
 # How long after its first batch a task left alone is tried in another. A relay's commit
 # follows its publish by a few milliseconds: without the second look, about 3 % of the tasks
 # of a drain went to the single claim (a transaction and often a new connection each).
