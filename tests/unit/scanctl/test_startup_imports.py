@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from tests.imports import modules_loaded_by, with_packages
+
 # Each costs every invocation start-up CPU, `--help` and a mistyped command included.
 NOT_BEFORE_A_COMMAND_RUNS = ("dns", "httpx", "redis", "sqlalchemy")
 
@@ -24,19 +26,12 @@ def _loaded_by(*args: str) -> tuple[set[str], subprocess.CompletedProcess[str]]:
     done = subprocess.run(
         [sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, check=False
     )
-    loaded = set(done.stderr.splitlines()[-1].split())
-    return loaded | {name.split(".")[0] for name in loaded}, done
+    return with_packages(set(done.stderr.splitlines()[-1].split())), done
 
 
 def test_importing_the_entry_point_loads_no_server_library() -> None:
-    loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, scanctl.main; print(' '.join(sys.modules))"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    packages = {name.split(".")[0] for name in loaded}
-    assert [name for name in NOT_BEFORE_A_COMMAND_RUNS if name in packages] == []
+    loaded = modules_loaded_by("import scanctl.main")
+    assert [name for name in NOT_BEFORE_A_COMMAND_RUNS if name in loaded] == []
 
 
 @pytest.mark.parametrize(
